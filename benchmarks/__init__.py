@@ -1,0 +1,1 @@
+"""brainmap's speed and memory benchmarks: ``python -m benchmarks [NAME ...]`` (see README)."""

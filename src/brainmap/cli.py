@@ -1,0 +1,134 @@
+"""The ``brainmap`` command.
+
+    brainmap demo [--out DIR]                       the main job on the bundled data
+    brainmap info                                   what is bundled, versions
+    brainmap atlas structure QUERY                  look up a structure by id, acronym or name
+    brainmap atlas slice --plane P --position UM    write an annotation slice as PNG
+    brainmap atlas mask STRUCTURE... --out F.nrrd   export a structure mask as NRRD
+
+Errors in the input (an unknown structure, a bad file) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from brainmap.errors import BrainmapError
+
+
+def _add_space_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resolution", type=int, default=25, help="bundled annotation resolution in um: 25, 50 or 100 (default 25)"
+    )
+    parser.add_argument("--annotation", type=Path, help="an annotation NRRD to use instead of the bundled one")
+
+
+def _reference_space(args: argparse.Namespace):
+    from brainmap.atlas import ReferenceSpace
+
+    if args.annotation is not None:
+        return ReferenceSpace.from_files(args.annotation)
+    return ReferenceSpace.bundled(args.resolution)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from brainmap import __version__
+
+    parser = argparse.ArgumentParser(prog="brainmap", description="Spatially mapped mouse brain data (Allen CCF v3).")
+    parser.add_argument("--version", action="version", version=f"brainmap {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="load the bundled atlas, summarize it, write slice pictures")
+    demo.add_argument("--out", type=Path, default=Path("brainmap-demo"), help="output folder (default ./brainmap-demo)")
+    _add_space_options(demo)
+    demo.set_defaults(run=_run_demo)
+
+    info = commands.add_parser("info", help="what is bundled, and versions")
+    info.set_defaults(run=_run_info)
+
+    atlas = commands.add_parser("atlas", help="the structure ontology and the reference space")
+    atlas_commands = atlas.add_subparsers(dest="atlas_command", required=True, metavar="ATLAS_COMMAND")
+
+    structure = atlas_commands.add_parser("structure", help="look up a structure by id, acronym or name")
+    structure.add_argument("query", help="structure id, acronym (e.g. VISp) or full name")
+    _add_space_options(structure)
+    structure.set_defaults(run=_run_structure)
+
+    slice_ = atlas_commands.add_parser("slice", help="write an annotation slice image as PNG")
+    slice_.add_argument("--plane", choices=["coronal", "horizontal", "sagittal"], default="coronal")
+    slice_.add_argument("--position", type=float, required=True, help="position along the plane's axis in um")
+    slice_.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    _add_space_options(slice_)
+    slice_.set_defaults(run=_run_slice)
+
+    mask = atlas_commands.add_parser("mask", help="export a structure mask (with descendants) as NRRD")
+    mask.add_argument("structures", nargs="+", help="structure ids or acronyms")
+    mask.add_argument("--out", type=Path, required=True, help="NRRD file to write (uint8, 1 inside)")
+    mask.add_argument("--direct-only", action="store_true", help="only voxels labelled with the structures themselves")
+    _add_space_options(mask)
+    mask.set_defaults(run=_run_mask)
+    return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from brainmap.demo import run_demo
+
+    run_demo(args.out, resolution=args.resolution, annotation=args.annotation)
+    return 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from brainmap.inventory import describe_installation
+
+    print(describe_installation())
+    return 0
+
+
+def _run_structure(args: argparse.Namespace) -> int:
+    from brainmap.atlas.describe import describe_structure, resolve_structure
+
+    space = _reference_space(args)
+    node = resolve_structure(space.structure_tree, args.query)
+    print(describe_structure(space, int(node["id"])))
+    return 0
+
+
+def _run_slice(args: argparse.Namespace) -> int:
+    from brainmap.io.png import write_png
+
+    space = _reference_space(args)
+    write_png(args.out, space.get_slice_image(args.plane, args.position))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _run_mask(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from brainmap.atlas.describe import resolve_structure
+    from brainmap.io.nrrd import write_nrrd
+
+    space = _reference_space(args)
+    ids = [int(resolve_structure(space.structure_tree, q)["id"]) for q in args.structures]
+    mask = space.make_structure_mask(ids, direct_only=args.direct_only)
+    write_nrrd(args.out, mask.astype(np.uint8), spacing_um=space.resolution)
+    print(f"wrote {args.out}: {int(mask.sum()):,} voxels of {', '.join(args.structures)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``brainmap`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (BrainmapError, FileNotFoundError, ValueError) as error:
+        print(f"brainmap: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
