@@ -22,6 +22,12 @@ def shared_file(relative: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_data():
+    """``shared_data("ish/x.mnc")``: the path of an optional ../shared/data file, or skip saying why."""
+    return shared_file
+
+
+@pytest.fixture(scope="session")
 def tree() -> StructureTree:
     return StructureTree.bundled()
 
