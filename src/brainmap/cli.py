@@ -5,6 +5,7 @@
     brainmap atlas structure QUERY                  look up a structure by id, acronym or name
     brainmap atlas slice --plane P --position UM    write an annotation slice as PNG
     brainmap atlas mask STRUCTURE... --out F.nrrd   export a structure mask as NRRD
+    brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
 
 Errors in the input (an unknown structure, a bad file) print one clear line and exit with status 2.
 """
@@ -70,7 +71,36 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--direct-only", action="store_true", help="only voxels labelled with the structures themselves")
     _add_space_options(mask)
     mask.set_defaults(run=_run_mask)
+    unionize = commands.add_parser("unionize", help="structure unionization of a folder of grid volumes")
+    unionize.add_argument("grid_dir", type=Path, help="folder of {name}_{resolution}.nrrd grid files")
+    unionize.add_argument("--product", choices=["connectivity", "ish"], default="connectivity")
+    unionize.add_argument("--grid-resolution", type=int, help="which resolution's files to use (um)")
+    unionize.add_argument("--experiment-id", type=int, help="id written into the rows")
+    unionize.add_argument("--pixel-size", type=float, default=0.35, help="image pixel size in um (default 0.35)")
+    unionize.add_argument("--annotation", type=Path, help="annotation NRRD on the grid (default: bundled)")
+    unionize.add_argument("--out", type=Path, help="CSV to write (default GRID_DIR/structure_unionizes.csv)")
+    unionize.set_defaults(run=_run_unionize)
     return parser
+
+
+def _run_unionize(args: argparse.Namespace) -> int:
+    from brainmap.atlas import ReferenceSpace
+    from brainmap.io.atomic import atomic_write
+    from brainmap.pipeline.unionize import GridFolder, unionize_expression, unionize_projection
+
+    grids = GridFolder(args.grid_dir, resolution=args.grid_resolution)
+    space = (
+        ReferenceSpace.from_files(args.annotation) if args.annotation else ReferenceSpace.bundled(grids.resolution)
+    )
+    if args.product == "connectivity":
+        table = unionize_projection(grids, space, experiment_id=args.experiment_id, pixel_size_um=args.pixel_size)
+    else:
+        table = unionize_expression(grids, space, section_data_set_id=args.experiment_id)
+    out = args.out or args.grid_dir / "structure_unionizes.csv"
+    with atomic_write(out, "w", newline="") as fh:
+        table.to_csv(fh, index=False)
+    print(f"wrote {out}: {len(table):,} rows ({table.structure_id.nunique()} structures x hemispheres 1, 2, 3)")
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -180,6 +180,11 @@ class LabelIndex:
         self.compact = _like(out, annotation)
         self._flat = out
 
+    @property
+    def flat(self) -> np.ndarray:
+        """The compact labels as a 1-D view in the annotation's memory order."""
+        return self._flat
+
     # ------------------------------------------------------------------ counting
     def direct_counts(self, weights: np.ndarray | None = None, region: tuple | None = None) -> np.ndarray:
         """Voxels (or summed ``weights``) labelled exactly with each structure, by preorder position.

@@ -1,0 +1,77 @@
+"""Grid volumes for unionization: in-memory arrays or a folder of files named as Allen names them.
+
+Allen's connectivity grid files are ``{name}_{resolution}.nrrd`` (``projection_density_100.nrrd``,
+``injection_fraction_100.nrrd``, ``sum_pixels_100.nrrd``, ``data_mask_100.nrrd``, ...). A :class:`GridFolder`
+loads each volume only when asked, so a unionizer that uses one volume at a time never holds them all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from brainmap.errors import FormatError
+from brainmap.io.nrrd import read_nrrd
+
+_GRID_FILE = re.compile(r"^(?P<name>[a-z_]+)_(?P<resolution>\d+)\.nrrd$")
+
+
+class GridFolder(Mapping):
+    """Read-only mapping ``name -> volume`` over the ``{name}_{resolution}.nrrd`` files of a folder.
+
+    Parameters
+    ----------
+    folder : path
+        The folder holding the grid files.
+    resolution : int, optional
+        Which resolution (um) to use when the folder holds several; required then.
+    """
+
+    def __init__(self, folder: str | Path, resolution: int | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"grid folder {self.folder} does not exist")
+        found: dict[int, dict[str, Path]] = {}
+        for path in sorted(self.folder.iterdir()):
+            match = _GRID_FILE.match(path.name)
+            if match:
+                found.setdefault(int(match["resolution"]), {})[match["name"]] = path
+        if not found:
+            raise FormatError(f"{self.folder}: no grid files named like 'projection_density_100.nrrd'")
+        if resolution is None:
+            if len(found) > 1:
+                raise FormatError(
+                    f"{self.folder}: grids at several resolutions ({', '.join(map(str, sorted(found)))} um); "
+                    "choose one with resolution="
+                )
+            resolution = next(iter(found))
+        if resolution not in found:
+            raise FormatError(f"{self.folder}: no grid files at {resolution} um (found {sorted(found)})")
+        self.resolution = int(resolution)
+        self.paths = found[self.resolution]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.paths:
+            raise KeyError(name)
+        volume, _ = read_nrrd(self.paths[name])
+        return volume
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"GridFolder({str(self.folder)!r}, resolution={self.resolution}, volumes={sorted(self.paths)})"
+
+
+def require(grids: Mapping[str, np.ndarray], names: list[str], where: str) -> None:
+    """Raise a clear error naming every missing volume."""
+    missing = [n for n in names if n not in grids]
+    if missing:
+        raise FormatError(f"{where}: missing grid volume(s) {', '.join(missing)} (have {', '.join(sorted(grids))})")

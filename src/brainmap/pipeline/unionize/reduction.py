@@ -1,0 +1,131 @@
+"""One label-indexed reduction for all structures and both hemispheres, then the roll-up through the ontology.
+
+Structure unionization sums per-voxel quantities over every structure (with its descendants) and hemisphere.
+Doing that with one mask per structure costs one pass over the volume per structure; here the cost does not
+grow with the number of structures:
+
+1. Once per grid, each selected voxel (in the brain, with data) gets a *bin*: its structure's compact preorder
+   index plus ``n + 1`` if it lies in the right hemisphere (:class:`StructureBins`).
+2. Each quantity is one ``np.bincount`` over the bins (direct sums per structure and hemisphere), and each
+   maximum one scatter-max over the voxels with a positive value.
+3. The roll-up adds every structure's descendants by prefix sums over the preorder, and takes the largest
+   maximum over each subtree with the ancestor closure (a structures x structures matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from brainmap.atlas.label_index import flat_view
+from brainmap.atlas.reference_space import ReferenceSpace, midline_index
+
+
+def _layout(template: np.ndarray) -> str:
+    return "F" if (template.flags.f_contiguous and not template.flags.c_contiguous) else "C"
+
+
+@dataclass
+class MaxVoxels:
+    """Per structure and hemisphere (3, n): the largest value and the flat index of its voxel (-1 if none)."""
+
+    value: np.ndarray
+    flat_index: np.ndarray
+
+
+class StructureBins:
+    """The selected voxels of a grid, binned by structure (preorder position) and hemisphere.
+
+    Parameters
+    ----------
+    space : ReferenceSpace
+        The annotation on the same grid as the volumes to reduce (same shape).
+    selected : bool array shaped like the annotation, optional
+        Voxels to count (e.g. ``data_mask > 0``); voxels outside the brain (label 0) never count.
+    """
+
+    def __init__(self, space: ReferenceSpace, selected: np.ndarray | None = None):
+        index = space.label_index
+        self.space = space
+        self.n = len(index.order)
+        self.shape = space.shape
+        self.order = _layout(index.compact)
+        compact = index.flat
+        keep = compact != 0
+        if selected is not None:
+            if selected.shape != self.shape:
+                raise ValueError(f"selection shape {selected.shape} differs from the annotation's {self.shape}")
+            keep &= flat_view(self.like_annotation(selected)).astype(bool, copy=False)
+        self.keep = keep
+        right = np.zeros(self.shape, dtype=bool, order=self.order)
+        right[:, :, midline_index(self.shape[2]) :] = True
+        bins = compact[keep].astype(np.intp)
+        bins[flat_view(right)[keep]] += self.n + 1
+        self.bins = bins
+
+    def like_annotation(self, volume: np.ndarray) -> np.ndarray:
+        """``volume`` in the annotation's memory order, so flat views line up voxel for voxel."""
+        volume = np.asarray(volume)
+        if volume.shape != self.shape:
+            raise ValueError(f"volume shape {volume.shape} differs from the annotation's {self.shape}")
+        return np.asfortranarray(volume) if self.order == "F" else np.ascontiguousarray(volume)
+
+    def gather(self, volume: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """The values of ``volume`` at the selected voxels, in bin order (float64 by default)."""
+        return flat_view(self.like_annotation(volume))[self.keep].astype(dtype, copy=False)
+
+    # --------------------------------------------------------------- sums
+    def sums(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """Direct sums (2, n) per hemisphere (left, right) and structure; voxel counts without weights."""
+        total = np.bincount(self.bins, weights=weights, minlength=2 * (self.n + 1))
+        return total.reshape(2, self.n + 1)[:, 1:]
+
+    def roll_up(self, direct: np.ndarray) -> np.ndarray:
+        """(2, n) direct sums -> (3, n) sums with descendants for hemispheres 1, 2 and 3 (both)."""
+        rolled = self.space.label_index.roll_up(direct.T).T
+        return np.vstack([rolled, rolled.sum(axis=0, keepdims=True)])
+
+    # --------------------------------------------------------------- maxima
+    def selected_flat_positions(self) -> np.ndarray:
+        """Flat (memory-order) index of every selected voxel, in bin order."""
+        return np.flatnonzero(self.keep)
+
+    def max_voxels(self, values: np.ndarray) -> MaxVoxels:
+        """Largest positive ``values`` (gathered, bin order) per structure and hemisphere, rolled up.
+
+        Zero ``values`` where a voxel must not count. Ties keep the first voxel in memory order. A structure
+        with no positive value gets 0 and index -1.
+        """
+        n = self.n
+        best = np.zeros(2 * (n + 1))
+        np.maximum.at(best, self.bins, values)
+        hits = np.flatnonzero((values > 0) & (values == best[self.bins]))
+        first_bins, first = np.unique(self.bins[hits], return_index=True)
+        flat = np.full(2 * (n + 1), -1, dtype=np.int64)
+        flat[first_bins] = self.selected_flat_positions()[hits[first]]
+        direct_value = best.reshape(2, n + 1)[:, 1:]
+        direct_flat = flat.reshape(2, n + 1)[:, 1:]
+        # Roll up: each structure takes the largest maximum in its subtree (ancestor closure, n x n).
+        closure = self.space.ontology_order.ancestor_closure()
+        value = np.empty((3, n))
+        flat_index = np.empty((3, n), dtype=np.int64)
+        for h in range(2):
+            candidates = np.where(closure, direct_value[h][None, :], -1.0)
+            pick = candidates.argmax(axis=1)
+            value[h] = candidates[np.arange(n), pick]
+            flat_index[h] = direct_flat[h][pick]
+        both_right = value[1] > value[0]
+        value[2] = np.where(both_right, value[1], value[0])
+        flat_index[2] = np.where(both_right, flat_index[1], flat_index[0])
+        none = value <= 0
+        value[none], flat_index[none] = 0.0, -1
+        return MaxVoxels(value, flat_index)
+
+    def voxel_coordinates_um(self, flat_index: np.ndarray, spacing_um: np.ndarray) -> np.ndarray:
+        """(..., 3) voxel index x spacing in um (AP, DV, LR) of flat indices; 0 where the index is -1."""
+        flat = np.asarray(flat_index)
+        ijk = np.stack(np.unravel_index(np.maximum(flat, 0), self.shape, order=self.order), axis=-1)
+        coords = ijk * np.asarray(spacing_um)
+        coords[flat < 0] = 0
+        return coords
