@@ -5,6 +5,8 @@
     brainmap atlas structure QUERY                  look up a structure by id, acronym or name
     brainmap atlas slice --plane P --position UM    write an annotation slice as PNG
     brainmap atlas mask STRUCTURE... --out F.nrrd   export a structure mask as NRRD
+    brainmap specimen make --product P ... --out DIR  make a virtual specimen with known truth
+    brainmap align DIR                              align a data set to the reference
     brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
 
 Errors in the input (an unknown structure, a bad file) print one clear line and exit with status 2.
@@ -71,6 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--direct-only", action="store_true", help="only voxels labelled with the structures themselves")
     _add_space_options(mask)
     mask.set_defaults(run=_run_mask)
+    specimen = commands.add_parser("specimen", help="section data sets: the virtual microscope")
+    specimen_commands = specimen.add_subparsers(dest="specimen_command", required=True, metavar="SPECIMEN_COMMAND")
+    make = specimen_commands.add_parser("make", help="make a virtual specimen with known ground truth")
+    make.add_argument("--product", choices=["connectivity", "ish"], required=True)
+    make.add_argument("--experiment", type=int, help="connectivity: a real experiment id (e.g. 112672974)")
+    make.add_argument("--gene", help="ISH: a gene symbol from the ISH experiments table (e.g. Pvalb)")
+    make.add_argument("--plane", choices=["coronal", "sagittal"], help="default coronal (sagittal: ISH only)")
+    make.add_argument("--pixel-size", type=float, help="image pixel size in um (default 10 connectivity, 8 ISH)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--truth-resolution", type=int, default=25, choices=[25, 50, 100])
+    make.add_argument("--no-damage", action="store_true", help="no missing, failed, torn or bubbled sections")
+    make.add_argument("--alignment", choices=["none", "2d", "all"], default="none",
+                      help="true transforms to store in dataset.json: none (default; for the aligner), 2d, or all")
+    make.add_argument("--overwrite", action="store_true", help="replace an existing data set folder")
+    make.add_argument("--out", type=Path, required=True, help="data set folder to write")
+    make.set_defaults(run=_run_specimen_make)
+
+    align = commands.add_parser("align", help="align a section data set to the reference (Alignment2d, Alignment3d)")
+    align.add_argument("dataset_dir", type=Path)
+    align.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100])
+    align.set_defaults(run=_run_align)
+
     unionize = commands.add_parser("unionize", help="structure unionization of a folder of grid volumes")
     unionize.add_argument("grid_dir", type=Path, help="folder of {name}_{resolution}.nrrd grid files")
     unionize.add_argument("--product", choices=["connectivity", "ish"], default="connectivity")
@@ -81,6 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     unionize.add_argument("--out", type=Path, help="CSV to write (default GRID_DIR/structure_unionizes.csv)")
     unionize.set_defaults(run=_run_unionize)
     return parser
+
+
+def _run_specimen_make(args: argparse.Namespace) -> int:
+    from brainmap.specimen.synthetic import make_specimen
+
+    if args.product == "connectivity" and args.experiment is None:
+        raise ValueError("--product connectivity needs --experiment ID (e.g. 112672974)")
+    if args.product == "ish" and not args.gene:
+        raise ValueError("--product ish needs --gene SYMBOL (e.g. Pvalb)")
+    dataset = make_specimen(
+        args.product, args.out, experiment_id=args.experiment, gene=args.gene, plane=args.plane,
+        pixel_size_um=args.pixel_size, seed=args.seed, truth_resolution_um=args.truth_resolution,
+        damage=not args.no_damage, alignment=args.alignment, overwrite=args.overwrite,
+    )
+    usable = sum(not image.failed for image in dataset.images)
+    print(f"wrote {args.out}: data set {dataset.id}, {dataset.product} {dataset.plane}, "
+          f"{len(dataset.images)} sections ({usable} usable), {dataset.pixel_size_um:g} um pixels; truth in truth/")
+    return 0
+
+
+def _run_align(args: argparse.Namespace) -> int:
+    from brainmap.pipeline.align import run_align_cli
+
+    run_align_cli(args.dataset_dir, reference_resolution_um=args.reference_resolution)
+    return 0
 
 
 def _run_unionize(args: argparse.Namespace) -> int:

@@ -236,7 +236,8 @@ def _checked_array(array: Any, image: SectionImage, channel: str) -> np.ndarray:
 def _write_tiff(path: Path, array: np.ndarray) -> None:
     """A one-page, zlib-compressed (lossless) grayscale TIFF, written atomically."""
     encoded = io.BytesIO()  # tifffile wants a named file or a memory buffer; the temporary file has no name
-    _tifffile().imwrite(encoded, array, photometric="minisblack", compression="zlib", metadata=None)
+    _tifffile().imwrite(encoded, array, photometric="minisblack", compression="zlib",
+                          compressionargs={"level": 1}, metadata=None)  # ~5x faster than the default, ~1 % larger
     with atomic_write(path) as fh:
         fh.write(encoded.getbuffer())
 

@@ -174,7 +174,15 @@ class _Affine:
         if p.ndim == 0 or p.shape[-1] != self.NDIM:
             raise TransformError(f"{type(self).__name__}.apply: points must have shape (..., {self.NDIM}), "
                                  f"got {p.shape}")
-        return p @ self.matrix.T + self.translation
+        # Column by column: several times faster than a (..., n) @ (n, n) matmul on many points.
+        out = np.empty(np.broadcast_shapes(p.shape), dtype=np.float64)
+        for i in range(self.NDIM):
+            row = self.matrix[i]
+            column = p[..., 0] * row[0] + self.translation[i]
+            for j in range(1, self.NDIM):
+                column += p[..., j] * row[j]
+            out[..., i] = column
+        return out
 
     __call__ = apply
 

@@ -1,0 +1,404 @@
+"""Rendering section images: the virtual microscope's camera.
+
+For each section (one at a time; every step is vectorized over the section's pixels), every pixel centre is
+mapped through the TRUE ``tsv`` and ``tvr`` to reference microns and the reference volumes are sampled there
+(trilinear, :func:`scipy.ndimage.map_coordinates`):
+
+* **tissue** channel -- the Nissl-like template (:func:`~brainmap.specimen.synthetic.template.make_template`)
+  times a fine cellular grain. For connectivity it stands for the red (background) channel of the two-photon
+  images; for ISH for the counterstain separated from the brightfield colour image (stain amount: higher =
+  more stain, glass is dark).
+* **signal** channel -- drawn from the truth signal density ``d`` (expected fraction of signal pixels):
+
+  - connectivity (the green GFP channel): labelled axons as thin bright curvilinear fibres. A Gaussian random
+    field ``F`` made of independent noises filtered by elongated Gaussians at three orientations, blended by a
+    smooth random local fibre direction (so ``F`` stays exactly standard normal), turned into a uniform field
+    ``U = Phi(F)``: pixels with ``U > 1 - d`` are signal, so the expected fraction of signal pixels is ``d``
+    exactly. The injection site (injection fraction > 0) is bright and saturates the 12-bit range.
+  - ISH (the expression stain): expressing cells as Gaussian spots (FWHM = the gene's cell diameter, 10-15 um)
+    at Poisson positions with rate ``-ln(1 - d) / cell area`` per um^2 (so the expected area covered by the
+    cell discs is ``d``, overlaps included), each with the structure's expression intensity times a lognormal
+    factor. A spot's integral is kept whatever the pixel size, so coarse pixels average the stain.
+
+Realism: a smooth multiplicative illumination field over each image and tile vignetting (seams every
+``tile_um``), per-section and per-channel brightness variation, background (autofluorescence / unspecific
+stain) in the tissue, shot noise (variance proportional to the counts) and readout noise, ``uint16`` output
+within 12 bits (connectivity, 0..4095) or 14 bits (ISH, 0..16383). Damage drawn by
+:mod:`~brainmap.specimen.synthetic.geometry` (tears, bubbles, lost tissue) applies to both channels.
+
+Every random draw comes from ``numpy.random.default_rng([seed, section_number, ...])``: a section renders the
+same whatever the order or subset of sections rendered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft
+from scipy import ndimage
+from scipy.special import ndtr
+
+from brainmap.specimen.synthetic.geometry import SectionPlan, SpecimenPlan
+from brainmap.specimen.synthetic.template import upsample_linear
+
+__all__ = [
+    "CHANNELS",
+    "OPTICS",
+    "Optics",
+    "RenderSources",
+    "cell_signal",
+    "damage_masks",
+    "fibre_signal",
+    "pixel_reference_um",
+    "render_section",
+    "sample_volume",
+    "tissue_volume",
+]
+
+#: Channel names, in the order they are written.
+CHANNELS = ("tissue", "signal")
+
+
+@dataclass(frozen=True)
+class Optics:
+    """Camera and illumination of one product (counts are the uint16 pixel values).
+
+    Attributes:
+        bit_depth: the images use ``0 .. 2**bit_depth - 1``.
+        tissue_offset, signal_offset: counts on bare glass.
+        tissue_gain: counts of full template intensity (1.0) in the tissue channel.
+        signal_gain: counts of a full signal pixel (fibre core / expressing cell of intensity 1).
+        background: counts of unspecific signal-channel background per unit template (autofluorescence,
+            unspecific stain).
+        shot: variance of the shot noise per count (``var = shot * counts``).
+        read_noise: standard deviation of the readout noise, counts.
+        illumination: amplitude of the smooth illumination field (relative).
+        tile_um, vignetting: tile size (um) and relative fall-off at tile edges (seams).
+        brightness_jitter: standard deviation (log) of the per-section, per-channel brightness.
+    """
+
+    bit_depth: int
+    tissue_offset: float
+    signal_offset: float
+    tissue_gain: float
+    signal_gain: float
+    background: float
+    shot: float
+    read_noise: float
+    illumination: float
+    tile_um: float
+    vignetting: float
+    brightness_jitter: float
+
+    @property
+    def max_count(self) -> int:
+        return 2 ** self.bit_depth - 1
+
+
+#: The optics of each product.
+OPTICS: dict[str, Optics] = {
+    "connectivity": Optics(bit_depth=12, tissue_offset=60.0, signal_offset=50.0, tissue_gain=1500.0,
+                           signal_gain=2600.0, background=260.0, shot=1.5, read_noise=6.0, illumination=0.08,
+                           tile_um=832.0, vignetting=0.07, brightness_jitter=0.06),
+    "ish": Optics(bit_depth=14, tissue_offset=150.0, signal_offset=120.0, tissue_gain=7000.0, signal_gain=11000.0,
+                  background=500.0, shot=1.0, read_noise=12.0, illumination=0.06, tile_um=1000.0,
+                  vignetting=0.05, brightness_jitter=0.08),
+}
+
+#: Fibre shape (connectivity): Gaussian sigmas along and across a fibre, microns (at least ~0.5-1.5 px).
+FIBRE_SIGMA_LONG_UM = 30.0
+FIBRE_SIGMA_SHORT_UM = 2.0
+#: Fibre orientations blended by the local direction field (degrees).
+FIBRE_ORIENTATIONS_DEG = (0.0, 60.0, 120.0)
+
+
+@dataclass
+class RenderSources:
+    """The reference volumes a section samples, all ``(AP, DV, LR)`` at ``resolution_um``.
+
+    Attributes:
+        resolution_um: voxel size, microns.
+        tissue: float32 Nissl-like template (0..1) times the presence of tissue (0 outside the brain and in
+            the ventricles: sections have holes there); see :func:`tissue_volume`.
+        signal_density: float32 expected fraction of signal pixels.
+        injection_fraction: float32 (connectivity) or ``None``.
+        expression_intensity: float32 (ISH) or ``None``.
+        cell_diameter_um: ISH cell diameter, microns.
+        injection_box_um: ``(lo, hi)`` reference corners (um) of the voxels with injection fraction > 0; a section
+            that misses this box does not sample the injection volume.
+    """
+
+    resolution_um: float
+    tissue: np.ndarray
+    signal_density: np.ndarray
+    injection_fraction: np.ndarray | None = None
+    expression_intensity: np.ndarray | None = None
+    cell_diameter_um: float = 12.0
+    injection_box_um: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if self.injection_fraction is not None and self.injection_box_um is None:
+            where = np.nonzero(self.injection_fraction > 0)
+            if where[0].size:
+                lo = np.array([w.min() for w in where], dtype=np.float64) * self.resolution_um
+                hi = (np.array([w.max() for w in where], dtype=np.float64) + 1) * self.resolution_um
+                self.injection_box_um = (lo, hi)
+
+
+def tissue_volume(template: np.ndarray, space) -> np.ndarray:
+    """``template`` times the presence of tissue: 0 outside the brain and in the ventricular systems (73), in
+    place (float32, the template's memory order)."""
+    order = space.ontology_order
+    table = np.ones(len(order), dtype=np.float32)
+    k = order.position.get(73)
+    if k is not None:
+        table[k: k + int(order.subtree_size[k])] = 0.0
+    template *= space.label_index.lookup(table, fill=np.float32(0.0))
+    return template
+
+
+# -- geometry -------------------------------------------------------------------------------------------------
+def pixel_reference_um(plan: SpecimenPlan, section: SectionPlan) -> np.ndarray:
+    """Reference coordinates ``(3, height, width)`` float32, ``(AP, DV, LR)`` microns, of every pixel centre
+    ``(x, y) = (col + 0.5, row + 0.5)`` of a section: ``tvr(tsv(x, y), section_number * thickness)``."""
+    tsv = section.alignment2d.tsv
+    tvr = plan.tvr
+    sz = section.section_number * plan.section_thickness_um
+    matrix = tvr.matrix[:, :2] @ tsv.matrix  # (3, 2): pixels -> reference
+    offset = tvr.matrix[:, :2] @ tsv.translation + tvr.matrix[:, 2] * sz + tvr.translation
+    x = (np.arange(plan.width, dtype=np.float64) + 0.5)[None, :]
+    y = (np.arange(plan.height, dtype=np.float64) + 0.5)[:, None]
+    out = np.empty((3, plan.height, plan.width), dtype=np.float32)
+    for axis in range(3):
+        out[axis] = matrix[axis, 0] * x + matrix[axis, 1] * y + offset[axis]
+    return out
+
+
+def sample_volume(volume: np.ndarray, resolution_um: float, reference_um: np.ndarray, order: int = 1,
+                  cval: float = 0.0) -> np.ndarray:
+    """Sample an ``(AP, DV, LR)`` volume at reference points ``(3, ...)`` (microns): voxel ``i`` is centred at
+    ``(i + 0.5) * resolution_um``; trilinear (``order=1``) or nearest (``order=0``); ``cval`` outside. float32."""
+    coords = reference_um / np.float32(resolution_um) - np.float32(0.5)
+    return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=cval, prefilter=False,
+                                   output=np.float32)
+
+
+# -- damage ---------------------------------------------------------------------------------------------------
+def damage_masks(shape: tuple[int, int], damage: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """``(keep, glare)`` float32 images for a section's damage records (pixel coordinates): ``keep`` (0..1) is
+    the fraction of tissue left (0 in tears and lost tissue, 0.25 inside bubbles); ``glare`` (0..1) the bright
+    haze and rim of bubbles."""
+    height, width = shape
+    keep = np.ones(shape, dtype=np.float32)
+    glare = np.zeros(shape, dtype=np.float32)
+    if not damage:
+        return keep, glare
+    x = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
+    y = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
+    for record in damage:
+        kind = record["kind"]
+        if kind == "loss":
+            px, py = record["point"]
+            nx, ny = record["normal"]
+            keep *= ((x - px) * nx + (y - py) * ny < 0).astype(np.float32)
+        elif kind == "tear":
+            crack = np.zeros(shape, dtype=bool)
+            points = np.asarray(record["points"], dtype=np.float64)
+            # densify the polyline to <= 0.5 px steps, then mark and widen
+            seg = np.diff(points, axis=0)
+            steps = np.maximum(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / 0.5).astype(int), 1)
+            dense = np.concatenate([p0 + np.outer(np.arange(k) / k, d) for p0, d, k in zip(points[:-1], seg, steps)]
+                                   + [points[-1:]])
+            cols, rows = np.floor(dense[:, 0]).astype(int), np.floor(dense[:, 1]).astype(int)
+            ok = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+            crack[rows[ok], cols[ok]] = True
+            if crack.any():
+                half = record["width_px"] / 2.0
+                distance = ndimage.distance_transform_edt(~crack)
+                keep *= np.clip(distance - half + 0.5, 0.0, 1.0).astype(np.float32)
+        elif kind == "bubble":
+            cx, cy = record["center"]
+            a, b = record["axes"]
+            t = np.deg2rad(record["angle_deg"])
+            u = ((x - cx) * np.cos(t) + (y - cy) * np.sin(t)) / a
+            v = (-(x - cx) * np.sin(t) + (y - cy) * np.cos(t)) / b
+            r = np.sqrt(u * u + v * v)
+            inside = np.clip((1.0 - r) * min(a, b) / 2.0 + 0.5, 0.0, 1.0)  # ~2 px soft edge
+            keep *= 1.0 - 0.75 * inside
+            rim = np.exp(-0.5 * ((r - 1.0) * min(a, b) / max(1.5, 0.04 * min(a, b))) ** 2)
+            glare = np.maximum(glare, 0.12 * inside + 0.45 * rim).astype(np.float32)
+    return keep, glare
+
+
+# -- signals --------------------------------------------------------------------------------------------------
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], pixel_um: float, scale_um: float) -> np.ndarray:
+    """A smooth random field of unit standard deviation, correlation length ~``scale_um``, float32."""
+    step_px = max(scale_um / pixel_um, 1.0)
+    coarse_shape = (int(np.ceil(shape[0] / step_px)) + 3, int(np.ceil(shape[1] / step_px)) + 3)
+    coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 1.0, mode="wrap")
+    coarse = (coarse - coarse.mean()) / (coarse.std() + 1e-12)
+    return upsample_linear(coarse.astype(np.float32), step_px, shape, 1.0)
+
+
+@lru_cache(maxsize=4)
+def _fibre_filters(shape: tuple[int, int], pixel_um: float) -> tuple[tuple[np.ndarray, ...], tuple[float, ...]]:
+    """The elongated Gaussian filters (rfft layout, float32) of :data:`FIBRE_ORIENTATIONS_DEG` for a padded
+    image shape, and the standard deviation of white noise after each (the same for every section of a plan)."""
+    long_px = max(FIBRE_SIGMA_LONG_UM / pixel_um, 1.5)
+    short_px = max(FIBRE_SIGMA_SHORT_UM / pixel_um, 0.5)
+    fy = scipy.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
+    fx = scipy.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
+    # each rfft column but the first (and the last, for an even width) stands for two of the full spectrum
+    multiplicity = np.full(fx.shape, 2.0, dtype=np.float64)
+    multiplicity[0, 0] = 1.0
+    if shape[1] % 2 == 0:
+        multiplicity[0, -1] = 1.0
+    gains, stds = [], []
+    for degrees in FIBRE_ORIENTATIONS_DEG:
+        t = np.deg2rad(degrees)
+        along = fx * np.float32(np.cos(t)) + fy * np.float32(np.sin(t))
+        across = -fx * np.float32(np.sin(t)) + fy * np.float32(np.cos(t))
+        gain = np.exp(np.float32(-2.0 * np.pi ** 2) * (np.float32(long_px ** 2) * along ** 2
+                                                       + np.float32(short_px ** 2) * across ** 2))
+        gains.append(gain)
+        stds.append(float(np.sqrt(np.sum(multiplicity * gain.astype(np.float64) ** 2) / (shape[0] * shape[1]))))
+    return tuple(gains), tuple(stds)
+
+
+def _fibre_uniform(rng: np.random.Generator, shape: tuple[int, int], pixel_um: float) -> np.ndarray:
+    """The uniform (0..1) field whose upper tail draws fibres (see the module docstring)."""
+    padded = (scipy.fft.next_fast_len(shape[0], real=True), scipy.fft.next_fast_len(shape[1], real=True))
+    gains, stds = _fibre_filters(padded, float(pixel_um))
+    direction = (np.pi * ndtr(_smooth_field(rng, shape, pixel_um, 1500.0))).astype(np.float32)  # fibre angle
+    total = np.zeros(shape, dtype=np.float32)
+    norm = np.zeros(shape, dtype=np.float32)
+    for degrees, gain, std in zip(FIBRE_ORIENTATIONS_DEG, gains, stds):
+        noise = rng.standard_normal(padded, dtype=np.float32)
+        spectrum = scipy.fft.rfft2(noise, workers=-1)
+        spectrum *= gain
+        field = scipy.fft.irfft2(spectrum, s=padded, workers=-1)[: shape[0], : shape[1]]
+        weight = np.exp(np.float32(3.0) * np.cos(np.float32(2.0) * (direction - np.float32(np.deg2rad(degrees)))))
+        total += weight * (field * np.float32(1.0 / std))
+        norm += weight * weight
+    total /= np.sqrt(norm)
+    return ndtr(total).astype(np.float32)
+
+
+def fibre_signal(rng: np.random.Generator, density: np.ndarray, injection: np.ndarray | None,
+                         pixel_um: float) -> np.ndarray:
+    """Signal amount (0..~1.6) of a connectivity section: fibres where ``U > 1 - d``, brighter at their core,
+    and the injection site (bright, saturating)."""
+    uniform = _fibre_uniform(rng, density.shape, pixel_um)
+    threshold = 1.0 - density
+    is_signal = uniform > threshold
+    with np.errstate(divide="ignore", invalid="ignore"):
+        core = np.where(is_signal, (uniform - threshold) / np.maximum(density, 1e-6), 0.0)
+    signal = np.where(is_signal, 0.55 + 0.45 * np.clip(core, 0, 1), 0.0).astype(np.float32)
+    if injection is not None and injection.any():
+        glow = ndimage.gaussian_filter(injection, max(60.0 / pixel_um, 0.5))  # light scattered around the site
+        signal = np.maximum(signal, (np.float32(1.8) * injection + np.float32(0.35) * glow).astype(np.float32))
+    return signal
+
+
+def cell_signal(rng: np.random.Generator, density: np.ndarray, intensity: np.ndarray, pixel_um: float,
+                cell_diameter_um: float) -> np.ndarray:
+    """Expression stain (0..~1.3) of an ISH section: Gaussian cells at Poisson positions (module docstring)."""
+    height, width = density.shape
+    cell_area_um2 = np.pi * (cell_diameter_um / 2.0) ** 2
+    rate = -np.log1p(-np.clip(density, 0.0, 0.95)) / cell_area_um2 * pixel_um ** 2  # cells per pixel
+    counts = rng.poisson(rate).ravel()
+    pixel = np.repeat(np.arange(counts.size), counts)
+    stain = np.zeros(height * width, dtype=np.float64)
+    if pixel.size:
+        x = pixel % width + rng.random(pixel.size) - 0.5  # position relative to pixel centres
+        y = pixel // width + rng.random(pixel.size) - 0.5
+        sigma_um = cell_diameter_um / 2.3548
+        amount = intensity.ravel()[pixel] * rng.lognormal(0.0, 0.25, pixel.size) * (
+            2.0 * np.pi * sigma_um ** 2 / pixel_um ** 2)  # the spot's integral, in pixel units
+        x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+        wx, wy = x - x0, y - y0
+        for dx, dy, w in ((0, 0, (1 - wx) * (1 - wy)), (1, 0, wx * (1 - wy)), (0, 1, (1 - wx) * wy), (1, 1, wx * wy)):
+            cx, cy = np.clip(x0 + dx, 0, width - 1), np.clip(y0 + dy, 0, height - 1)
+            stain += np.bincount(cy * width + cx, weights=amount * w, minlength=height * width)
+    image = stain.reshape(height, width).astype(np.float32)
+    sigma_px = cell_diameter_um / 2.3548 / pixel_um
+    if sigma_px > 0.3:
+        image = ndimage.gaussian_filter(image, sigma_px, truncate=3.0)
+    return np.minimum(image, np.float32(1.3))
+
+
+def _illumination(rng: np.random.Generator, shape: tuple[int, int], pixel_um: float, optics: Optics) -> np.ndarray:
+    """Smooth illumination field times tile vignetting (seams every ``optics.tile_um``)."""
+    field = 1.0 + optics.illumination * _smooth_field(rng, shape, pixel_um, 3000.0)
+    tile_px = optics.tile_um / pixel_um
+    offset = rng.uniform(0, tile_px, 2)
+    profiles = []
+    for n, off in zip(shape, offset):
+        u = ((np.arange(n) + 0.5 + off) % tile_px) / tile_px
+        profiles.append((1.0 - optics.vignetting * (2.0 * u - 1.0) ** 2).astype(np.float32))
+    return (field * profiles[0][:, None] * profiles[1][None, :]).astype(np.float32)
+
+
+def _to_counts(rng: np.random.Generator, expected: np.ndarray, optics: Optics) -> np.ndarray:
+    """Expected counts -> noisy uint16 counts (shot + readout noise, clipped to the bit depth)."""
+    noise = rng.standard_normal(expected.shape, dtype=np.float32)
+    noisy = expected + noise * np.sqrt(np.float32(optics.shot) * np.maximum(expected, 0) + optics.read_noise ** 2)
+    return np.clip(np.rint(noisy), 0, optics.max_count).astype(np.uint16)
+
+
+def _hits_box(ref: np.ndarray, box: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """Whether any pixel's reference point (``(3, h, w)`` um) lies in the box (the section is a plane, so its
+    corners bound its points; the check is exact for the bounding box)."""
+    if box is None:
+        return False
+    lo, hi = box
+    corners = ref[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # (3, 4): a plane's extremes over a rectangle are corners
+    if np.any(corners.max(axis=1) < lo) or np.any(corners.min(axis=1) > hi):
+        return False
+    inside = np.all((ref >= lo[:, None, None]) & (ref <= hi[:, None, None]), axis=0)
+    return bool(inside.any())
+
+
+def render_section(plan: SpecimenPlan, section: SectionPlan, sources: RenderSources, seed: int = 0
+                   ) -> dict[str, np.ndarray]:
+    """The images of one section: ``{"tissue": uint16 (height, width), "signal": uint16 (height, width)}``.
+
+    Deterministic given ``(plan, section, sources, seed)``.
+    """
+    rng = np.random.default_rng([int(seed), int(section.section_number), 0x5EC7])
+    optics = OPTICS[plan.product]
+    shape = (plan.height, plan.width)
+    pixel_um = plan.pixel_size_um
+    ref = pixel_reference_um(plan, section)
+    res = sources.resolution_um
+    tissue_here = sample_volume(sources.tissue, res, ref)
+    density = np.clip(sample_volume(sources.signal_density, res, ref), 0.0, 1.0)
+    keep, glare = damage_masks(shape, section.damage)
+
+    grain = 1.0 + 0.12 * ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32),
+                                                 max(4.0 / pixel_um, 0.5))
+    tissue = tissue_here * grain * keep
+    if plan.product == "connectivity":
+        injection = None
+        if sources.injection_fraction is not None and _hits_box(ref, sources.injection_box_um):
+            injection = sample_volume(sources.injection_fraction, res, ref)
+        signal = fibre_signal(rng, density, injection, pixel_um)
+    else:
+        intensity = (sample_volume(sources.expression_intensity, res, ref, order=0)
+                     if sources.expression_intensity is not None else np.ones(shape, np.float32))
+        signal = cell_signal(rng, density, intensity, pixel_um, sources.cell_diameter_um)
+    signal *= keep
+    tissue_left = tissue_here * keep
+
+    out = {}
+    for name, offset, value in (
+        ("tissue", optics.tissue_offset, optics.tissue_gain * (tissue + glare)),
+        ("signal", optics.signal_offset,
+         optics.background * tissue_left + optics.signal_gain * signal + 0.5 * optics.background * glare),
+    ):
+        brightness = np.float32(np.exp(rng.normal(0.0, optics.brightness_jitter)))
+        expected = offset + value * _illumination(rng, shape, pixel_um, optics) * brightness
+        out[name] = _to_counts(rng, expected.astype(np.float32), optics)
+    return out

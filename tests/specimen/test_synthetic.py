@@ -1,0 +1,383 @@
+"""The virtual microscope: template, geometry, truth signal, rendering and specimen folders.
+
+Specimens here use coarse pixels (50-100 um) and 100 um truth volumes to stay fast; the full-size numbers are
+in docs/virtual-microscope.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainmap.atlas import ReferenceSpace
+from brainmap.data.tables import UnknownExperimentError, UnknownGeneError, connectivity_experiment
+from brainmap.specimen import SectionDataSet, pixels_to_reference, read_dataset, read_section_image
+from brainmap.specimen.synthetic import make_template
+from brainmap.specimen.synthetic.geometry import DamageRates, plan_specimen, random_specimen_transform
+from brainmap.specimen.synthetic.make import make_specimen, read_truth
+from brainmap.specimen.synthetic.render import OPTICS, cell_signal, damage_masks, fibre_signal
+from brainmap.specimen.synthetic.signal import expression_profile, truth_density
+
+EXPERIMENT = 112672974
+GENE = "Pvalb"
+FIBER_TRACTS, VENTRICLES, ISOCORTEX = 1009, 73, 315
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+def truly_aligned(folder: Path) -> SectionDataSet:
+    """The data set of ``folder`` with its true transforms filled in from ``truth/``."""
+    dataset = read_dataset(folder)
+    truth = read_truth(folder)
+    dataset.alignment3d = truth.alignment3d
+    for image in dataset.images:
+        image.alignment2d = truth.alignment2d[image.id]
+    return dataset
+
+
+def pixel_centres(image) -> np.ndarray:
+    """``(height, width, 2)`` pixel centres ``(x, y)``."""
+    y, x = np.mgrid[0:image.height, 0:image.width] + 0.5
+    return np.stack([x, y], axis=-1)
+
+
+def labels_at(space: ReferenceSpace, points_um: np.ndarray) -> np.ndarray:
+    """Annotation labels at reference points (0 outside the volume)."""
+    idx = np.floor(points_um / space.resolution).astype(int)
+    inside = np.all((idx >= 0) & (idx < np.asarray(space.shape)), axis=-1)
+    out = np.zeros(points_um.shape[:-1], dtype=np.int64)
+    out[inside] = space.annotation[tuple(idx[inside].T)]
+    return out
+
+
+def volume_at(volume: np.ndarray, resolution: float, points_um: np.ndarray) -> np.ndarray:
+    idx = np.clip(np.floor(points_um / resolution).astype(int), 0, np.asarray(volume.shape) - 1)
+    return volume[tuple(np.moveaxis(idx, -1, 0))]
+
+
+# -- fixtures -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def conn(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("conn")
+    make_specimen("connectivity", folder, experiment_id=EXPERIMENT, pixel_size_um=100.0, truth_resolution_um=100,
+                  seed=3, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ish_coronal(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ish_coronal")
+    make_specimen("ish", folder, gene=GENE, pixel_size_um=80.0, truth_resolution_um=100, seed=1, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ish_sagittal(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ish_sagittal")
+    make_specimen("ish", folder, gene=GENE, plane="sagittal", pixel_size_um=50.0, truth_resolution_um=100, seed=2,
+                  damage=False, progress=False)
+    return folder
+
+
+# -- template -------------------------------------------------------------------------------------------------
+def test_template_shape_range_and_contrast(space100):
+    template = make_template(space100)
+    assert template.shape == space100.shape and template.dtype == np.float32
+    assert template.min() >= 0.0 and template.max() <= 1.0
+    fibre = template[space100.make_structure_mask([FIBER_TRACTS])].mean()
+    cortex = template[space100.make_structure_mask([ISOCORTEX])].mean()
+    ventricles = template[space100.make_structure_mask([VENTRICLES])].mean()
+    outside = template[space100.annotation == 0].mean()
+    assert fibre < cortex - 0.15
+    assert ventricles < 0.25 and outside < 0.06
+    # cell-dense layers brighter than layer 1
+    granule = template[space100.make_structure_mask([632])].mean()  # DG-sg
+    layer1 = template[space100.make_structure_mask([320, 656, 68])].mean()  # MOp1, MOs1, FRP1
+    assert granule > cortex > layer1
+
+
+def test_template_is_deterministic(space100):
+    a, b = make_template(space100, seed=0), make_template(space100, seed=0)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, make_template(space100, seed=1))
+
+
+# -- geometry -------------------------------------------------------------------------------------------------
+def test_random_specimen_transform_is_near_nominal():
+    from brainmap.specimen import nominal_tvr
+
+    tvr = random_specimen_transform(np.random.default_rng(0), "coronal", max_rotation_deg=5.0,
+                                    scale_range=(0.95, 1.05), max_shift_um=300.0)
+    p = nominal_tvr("coronal").matrix
+    m = tvr.matrix @ p.T  # R S
+    singular = np.linalg.svd(m, compute_uv=False)
+    assert np.all((singular > 0.949) & (singular < 1.051))
+    center = np.array([6600.0, 4000.0, 5700.0])
+    moved = tvr.apply(p.T @ center)  # the specimen point nominally at the centre
+    assert np.all(np.abs(moved - center) <= 300.0 + 1e-6)
+
+
+def test_section_sampling(space100):
+    rng = np.random.default_rng(0)
+    conn = plan_specimen(space100, "connectivity", "coronal", 100.0, rng, dataset_id=1)
+    numbers = [s.section_number for s in conn.sections]
+    assert conn.section_thickness_um == conn.sampling_um == 100.0
+    assert np.all(np.diff(numbers) == 1) and 120 <= len(numbers) <= 145
+    ish = plan_specimen(space100, "ish", "coronal", 100.0, rng, dataset_id=1)
+    numbers = np.array([s.section_number for s in ish.sections])
+    assert (ish.section_thickness_um, ish.sampling_um) == (25.0, 200.0)
+    assert np.all(np.diff(numbers) == 8) and 55 <= len(numbers) <= 70
+    sag = plan_specimen(space100, "ish", "sagittal", 100.0, rng, dataset_id=1)
+    assert 18 <= len(sag.sections) <= 30 and sag.hemisphere == 1
+
+
+# -- folders --------------------------------------------------------------------------------------------------
+def test_connectivity_folder(conn):
+    dataset = read_dataset(conn)
+    assert dataset.product == "connectivity" and dataset.plane == "coronal" and dataset.id == EXPERIMENT
+    assert dataset.alignment3d is None and all(image.alignment2d is None for image in dataset.images)
+    assert all(set(image.channels) == {"tissue", "signal"} for image in dataset.images)
+    record = connectivity_experiment(EXPERIMENT)
+    assert dataset.metadata["injection_coordinates_um"] == [record["injection_x"], record["injection_y"],
+                                                            record["injection_z"]]
+    assert dataset.metadata["injection_volume_mm3"] == record["injection_volume"]
+    truth = read_truth(conn)
+    assert set(truth.alignment2d) == {image.id for image in dataset.images}
+    assert truth.signal_density.shape == truth.injection_fraction.shape == (132, 80, 114)
+    image = dataset.images[0]
+    pixels = read_section_image(conn, image, "signal")
+    assert pixels.dtype == np.uint16 and pixels.max() <= OPTICS["connectivity"].max_count
+
+
+@pytest.mark.parametrize("which", ["conn", "ish_coronal", "ish_sagittal"])
+def test_true_transforms_put_tissue_in_the_brain(which, request, space100):
+    folder = request.getfixturevalue(which)
+    dataset = truly_aligned(folder)
+    optics = OPTICS[dataset.product]
+    hits = total = 0
+    for image in dataset.sorted_images()[::4]:
+        tissue = read_section_image(folder, image, "tissue").astype(float)
+        is_tissue = tissue > optics.tissue_offset + 0.15 * optics.tissue_gain
+        if not is_tissue.any():
+            continue
+        points = pixels_to_reference(dataset, image, pixel_centres(image)[is_tissue])
+        hits += int(np.count_nonzero(labels_at(space100, points)))
+        total += len(points)
+    assert total > 1000
+    assert hits / total > 0.97
+
+
+def test_connectivity_signal_tracks_truth(conn, space100):
+    dataset = truly_aligned(conn)
+    truth = read_truth(conn)
+    optics = OPTICS["connectivity"]
+    threshold = optics.signal_offset + optics.background + 0.3 * optics.signal_gain
+    labels, bright, density = [], [], []
+    for image in dataset.images:
+        points = pixels_to_reference(dataset, image, pixel_centres(image)).reshape(-1, 3)
+        signal = read_section_image(conn, image, "signal").ravel()
+        labels.append(labels_at(space100, points))
+        bright.append(signal > threshold)
+        density.append(volume_at(truth.signal_density, truth.resolution_um, points))
+    labels, bright, density = map(np.concatenate, (labels, bright, density))
+    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    keep = (ids != 0) & (counts >= 30)
+    fraction = np.bincount(inverse, weights=bright)[keep] / counts[keep]
+    expected = np.bincount(inverse, weights=density)[keep] / counts[keep]
+    assert keep.sum() > 100
+    assert np.corrcoef(fraction, expected)[0, 1] > 0.9
+    assert np.median(np.abs(fraction - expected)[expected > 0.05]) < 0.1
+
+
+def test_injection_site_at_the_real_coordinate(conn):
+    dataset = truly_aligned(conn)
+    truth = read_truth(conn)
+    saturated = []
+    for image in dataset.images:
+        signal = read_section_image(conn, image, "signal")
+        at = signal >= OPTICS["connectivity"].max_count
+        if at.any():
+            saturated.append(pixels_to_reference(dataset, image, pixel_centres(image)[at]))
+    points = np.concatenate(saturated)
+    center = np.array(dataset.metadata["injection_coordinates_um"])
+    assert np.linalg.norm(points.mean(axis=0) - center) < 200.0
+    assert np.percentile(np.linalg.norm(points - center, axis=1), 90) < truth.info["injection_radius_um"] + 150
+    # the truth volume's injection site too
+    f = truth.injection_fraction
+    idx = np.argwhere(f > 0)
+    centroid = ((idx + 0.5) * truth.resolution_um * f[f > 0][:, None]).sum(0) / f.sum()
+    assert np.linalg.norm(centroid - center) < 100.0
+    assert f.sum() * truth.resolution_um ** 3 * 1e-9 == pytest.approx(dataset.metadata["injection_volume_mm3"],
+                                                                         rel=0.1)
+
+
+def test_connectivity_truth_meets_the_normalized_projection_volumes(conn, space100):
+    truth = read_truth(conn)
+    profile = truth.profile
+    scale = read_dataset(conn).metadata["density_scale"]
+    # (where the injection site lies, its part is not scaled by density_scale)
+    used = profile[(profile["status"] == "used") & (profile["projection_density"] > 0)
+                   & (profile["injection_voxels"] == 0)]
+    assert len(used) > 300
+    np.testing.assert_allclose(used["achieved_npv"], used["normalized_projection_volume"] * scale, rtol=1e-6)
+    injection_volume = read_dataset(conn).metadata["injection_volume_mm3"]
+    voxel_mm3 = truth.resolution_um ** 3 * 1e-9
+    for _, row in used.nlargest(5, "normalized_projection_volume").iterrows():
+        mask = space100.make_structure_mask([int(row["structure_id"])])
+        mask[space100.hemisphere_region(3 - int(row["hemisphere_id"]))] = False
+        npv = truth.signal_density[mask].sum() * voxel_mm3 / injection_volume
+        assert npv == pytest.approx(row["normalized_projection_volume"] * scale, rel=0.02)
+
+
+def test_ish_signal_tracks_truth(ish_coronal, space100):
+    dataset = truly_aligned(ish_coronal)
+    truth = read_truth(ish_coronal)
+    optics = OPTICS["ish"]
+    profile = truth.profile[truth.profile["hemisphere_id"] == 1].set_index("structure_id")
+    labels, stain = [], []
+    for image in dataset.images:
+        points = pixels_to_reference(dataset, image, pixel_centres(image)).reshape(-1, 3)
+        tissue = read_section_image(ish_coronal, image, "tissue").ravel().astype(float)
+        signal = read_section_image(ish_coronal, image, "signal").ravel().astype(float)
+        # the signal channel's unspecific background follows the tissue channel; remove it
+        background = optics.signal_offset + (tissue - optics.tissue_offset) * optics.background / optics.tissue_gain
+        labels.append(labels_at(space100, points))
+        stain.append(signal - background)
+    labels, stain = np.concatenate(labels), np.concatenate(stain)
+    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    keep = (ids != 0) & (counts >= 100)
+    mean_stain = np.bincount(inverse, weights=stain)[keep] / counts[keep]
+    fraction = profile.loc[ids[keep], "expression_fraction"].to_numpy()
+    intensity = profile.loc[ids[keep], "expression_intensity"].to_numpy()
+    expected = -np.log1p(-fraction) * intensity  # expected stain per area ~ cell rate x cell intensity
+    assert np.corrcoef(mean_stain, expected)[0, 1] > 0.85
+
+
+def test_rendered_fractions_follow_density():
+    rng = np.random.default_rng(0)
+    for d in (0.02, 0.1):
+        density = np.full((600, 600), d, dtype=np.float32)
+        fibres = fibre_signal(rng, density, None, pixel_um=2.0)
+        assert (fibres > 0).mean() == pytest.approx(d, rel=0.15)
+        cells = cell_signal(rng, density, np.ones_like(density), pixel_um=1.0, cell_diameter_um=12.0)
+        assert (cells > 0.5).mean() == pytest.approx(d, rel=0.3)
+
+
+def test_sagittal_ish_covers_only_the_left_hemisphere(ish_sagittal, space100):
+    dataset = truly_aligned(ish_sagittal)
+    assert dataset.plane == "sagittal"
+    lr = []
+    optics = OPTICS["ish"]
+    for image in dataset.images:
+        tissue = read_section_image(ish_sagittal, image, "tissue")
+        is_tissue = tissue > optics.tissue_offset + 0.15 * optics.tissue_gain
+        lr.append(pixels_to_reference(dataset, image, pixel_centres(image)[is_tissue])[:, 2])
+    lr = np.concatenate(lr)
+    assert np.mean(lr < 5700) > 0.999
+    assert lr.max() > 5000 and lr.min() < 2000  # from lateral to near the midline
+
+
+def test_damage(conn, ish_sagittal, space100):
+    truth = read_truth(conn)
+    damaged = [i for i in truth.info["images"] if i["damage"] or i["failed"]]
+    assert damaged or truth.info["missing_section_numbers"]
+    dataset = truly_aligned(conn)
+    # tissue is gone where a tear or loss cut it
+    for record in damaged:
+        image = dataset.image(record["id"])
+        keep, _ = damage_masks((image.height, image.width), [d for d in record["damage"] if d["kind"] != "bubble"])
+        cut = keep < 0.01
+        if not cut.any():
+            continue
+        points = pixels_to_reference(dataset, image, pixel_centres(image)[cut])
+        in_brain = labels_at(space100, points) != 0
+        tissue = read_section_image(conn, image, "tissue")[cut][in_brain]
+        if tissue.size:
+            assert np.mean(tissue < OPTICS["connectivity"].tissue_offset + 100) > 0.95
+    clean = read_truth(ish_sagittal)
+    assert not clean.info["missing_section_numbers"]
+    assert not any(i["damage"] or i["failed"] for i in clean.info["images"])
+    numbers = sorted(i["section_number"] for i in clean.info["images"])
+    assert np.all(np.diff(numbers) == 8)
+
+
+def test_damage_rates_none_and_forced(space100):
+    plan = plan_specimen(space100, "ish", "coronal", 100.0, np.random.default_rng(5), dataset_id=2,
+                         damage=DamageRates(missing=0, failed=0, tear=0, bubble=0, at_least_one=True))
+    assert sum(bool(s.damage) for s in plan.sections) == 1
+    failed = plan_specimen(space100, "ish", "coronal", 100.0, np.random.default_rng(5), dataset_id=2,
+                           damage=DamageRates(missing=0.2, failed=0.2, tear=0, bubble=0))
+    assert failed.missing_section_numbers and any(s.failed for s in failed.sections)
+
+
+def test_same_seed_same_files(tmp_path, space100):
+    def make(name: str, seed: int) -> Path:
+        make_specimen("ish", tmp_path / name, gene=GENE, plane="sagittal", pixel_size_um=100.0,
+                      truth_resolution_um=100, seed=seed, progress=False)
+        return tmp_path / name
+
+    first, again = make("first", 4), make("again", 4)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(files) > 40 and files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for name in files:
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+    # another seed: another pose, other sections
+    plans = [plan_specimen(space100, "ish", "sagittal", 100.0, np.random.default_rng([seed, 0xB4A1]),
+                           dataset_id=1) for seed in (4, 5)]
+    assert not plans[0].tvr.is_close(plans[1].tvr)
+
+
+def test_alignment_all_stores_the_truth(tmp_path):
+    folder = tmp_path / "aligned"
+    dataset = make_specimen("ish", folder, gene="pvalb", plane="sagittal", pixel_size_um=100.0,
+                            truth_resolution_um=100, damage=False, progress=False, alignment="all")
+    assert dataset.metadata["gene"] == "Pvalb"  # matched case-insensitively, stored as the table spells it
+    dataset = read_dataset(folder)
+    truth = read_truth(folder)
+    assert dataset.alignment3d.tvr.is_close(truth.alignment3d.tvr)
+    assert all(image.alignment2d.tsv.is_close(truth.alignment2d[image.id].tsv) for image in dataset.images)
+
+
+def test_expression_profile_is_deterministic_and_sparse(tree):
+    a, b = expression_profile("Pvalb", tree), expression_profile("Pvalb", tree)
+    assert np.array_equal(a.fraction, b.fraction) and np.array_equal(a.intensity, b.intensity)
+    assert not np.array_equal(a.fraction, expression_profile("Gad1", tree).fraction)
+    assert np.mean(a.fraction < 0.01) > 0.3 and a.fraction.max() > 0.02
+    assert np.all((a.intensity >= 0) & (a.intensity <= 1))
+
+
+def test_truth_density_ish(space100):
+    truth = truth_density("ish", gene="Gad1", space=space100)
+    assert truth.signal_density.shape == space100.shape and truth.injection_fraction is None
+    assert truth.signal_density[space100.annotation == 0].max() == 0
+    # texture keeps each structure's mean
+    direct, total = space100.direct_voxel_counts(), space100.total_voxel_counts()
+    alone = direct.index[(direct > 0) & (direct == total)]  # labelled, and no labelled descendant
+    profile = truth.profile.dropna(subset=["mean_density"])
+    leaves = profile[profile["structure_id"].isin(alone) & (profile["expression_fraction"] < 0.4)]
+    assert len(leaves) > 1000
+    np.testing.assert_allclose(leaves["mean_density"], leaves["expression_fraction"], rtol=1e-3, atol=1e-6)
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+def test_bad_inputs(tmp_path, conn):
+    with pytest.raises(UnknownExperimentError, match="not in"):
+        make_specimen("connectivity", tmp_path / "a", experiment_id=1, progress=False)
+    with pytest.raises(UnknownGeneError, match="no ISH experiment"):
+        make_specimen("ish", tmp_path / "b", gene="NotAGene123", progress=False)
+    with pytest.raises(UnknownGeneError):
+        make_specimen("ish", tmp_path / "c", gene="Nothing", progress=False)  # the Nissl rows' placeholder
+    with pytest.raises(ValueError, match="product"):
+        make_specimen("mri", tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="experiment_id"):
+        make_specimen("connectivity", tmp_path / "e", progress=False)
+    with pytest.raises(ValueError, match="plane"):
+        make_specimen("ish", tmp_path / "f", gene=GENE, plane="horizontal", progress=False)
+    with pytest.raises(ValueError, match="pixel_size_um"):
+        make_specimen("ish", tmp_path / "g", gene=GENE, pixel_size_um=-1, progress=False)
+    with pytest.raises(FileExistsError):
+        make_specimen("connectivity", conn, experiment_id=EXPERIMENT, progress=False)
+    assert not any((tmp_path / name).exists() for name in "abcdefg")
+    assert json.loads((conn / "dataset.json").read_text())["id"] == EXPERIMENT  # untouched
