@@ -7,6 +7,7 @@
     brainmap atlas mask STRUCTURE... --out F.nrrd   export a structure mask as NRRD
     brainmap specimen make --product P ... --out DIR  make a virtual specimen with known truth
     brainmap align DIR                              align a data set to the reference
+    brainmap load DIR...                            load pipeline outputs into the database
     brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
 
 Errors in the input (an unknown structure, a bad file) print one clear line and exit with status 2.
@@ -95,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100])
     align.set_defaults(run=_run_align)
 
+    load = commands.add_parser("load", help="load pipeline outputs and the bundled ontology into the database")
+    from brainmap.store.load import add_load_arguments
+
+    add_load_arguments(load)
+    load.set_defaults(run=_run_load)
+
     unionize = commands.add_parser("unionize", help="structure unionization of a folder of grid volumes")
     unionize.add_argument("grid_dir", type=Path, help="folder of {name}_{resolution}.nrrd grid files")
     unionize.add_argument("--product", choices=["connectivity", "ish"], default="connectivity")
@@ -130,6 +137,12 @@ def _run_align(args: argparse.Namespace) -> int:
 
     run_align_cli(args.dataset_dir, reference_resolution_um=args.reference_resolution)
     return 0
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    from brainmap.store.load import run_load_command
+
+    return run_load_command(args.dirs, database_url=args.database_url, data_dir=args.data_dir)
 
 
 def _run_unionize(args: argparse.Namespace) -> int:
