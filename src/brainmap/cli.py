@@ -7,6 +7,7 @@
     brainmap atlas mask STRUCTURE... --out F.nrrd   export a structure mask as NRRD
     brainmap specimen make --product P ... --out DIR  make a virtual specimen with known truth
     brainmap align DIR                              align a data set to the reference
+    brainmap run DIR...                             align -> detect -> grid -> unionize (resumable, Dask)
     brainmap load DIR...                            load pipeline outputs into the database
     brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
 
@@ -96,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100])
     align.set_defaults(run=_run_align)
 
+    run = commands.add_parser("run", help="take data sets through align -> detect -> grid -> unionize")
+    run.add_argument("dataset_dirs", nargs="+", type=Path, help="data set folders (dataset.json + images/)")
+    run.add_argument("--scheduler", help="address of a dask.distributed scheduler (default: a local cluster)")
+    run.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
+    run.add_argument("--grid-resolution", type=int, default=100, choices=[10, 25, 50, 100],
+                     help="connectivity grid in um (ISH uses the 200 um grid)")
+    run.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100])
+    run.add_argument("--keep-alignment", action="store_true",
+                     help="use the transforms already in dataset.json instead of aligning again")
+    run.set_defaults(run=_run_pipeline)
+
     load = commands.add_parser("load", help="load pipeline outputs and the bundled ontology into the database")
     from brainmap.store.load import add_load_arguments
 
@@ -136,6 +148,16 @@ def _run_align(args: argparse.Namespace) -> int:
     from brainmap.pipeline.align import run_align_cli
 
     run_align_cli(args.dataset_dir, reference_resolution_um=args.reference_resolution)
+    return 0
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from brainmap.pipeline.run import RunSettings, run_pipeline, summarize_runs
+
+    settings = RunSettings(reference_resolution_um=args.reference_resolution,
+                           grid_resolution_um=args.grid_resolution, keep_alignment=args.keep_alignment)
+    runs = run_pipeline(args.dataset_dirs, settings, scheduler=args.scheduler, workers=args.workers)
+    print(summarize_runs(runs))
     return 0
 
 

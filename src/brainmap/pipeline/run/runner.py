@@ -1,0 +1,303 @@
+"""The runner: data sets through align -> detect -> grid -> unionize, resumable and parallel with Dask.
+
+Each data set folder gets a ``pipeline/`` folder beside its images::
+
+    <dataset>/pipeline/
+      alignment.json               # the Alignment2d of every image and the Alignment3d (Allen's parameters)
+      align.record.json            # stage records (see brainmap.pipeline.run.records)
+      grids/                       # {name}_{res}.nrrd (and ISH MetaImages + grid_data.zip)
+      grid.record.json
+      structure_unionizes.csv      # Allen's (Projection)StructureUnionize rows
+      unionize.record.json
+
+Every artefact is written atomically and each stage's record last, so a run killed at any moment (even with
+SIGKILL) and started again redoes only what is not verifiably done, and never takes a half-written file for a
+result. A stage is redone when its inputs or parameters change.
+
+Parallelism (Dask): all data sets are aligned at once (one task each), then the sections of every data set are
+detected and gridded as one task per section, their partial grids summed as they arrive, then each data set is
+unionized (one task each). By default a local cluster of worker processes is started; ``scheduler=`` connects
+to an existing dask.distributed scheduler instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from tqdm import tqdm
+
+from brainmap.io.atomic import atomic_write
+from brainmap.pipeline.run.records import (
+    StageRecord,
+    fingerprint,
+    remove_stale_temporaries,
+    stage_is_done,
+)
+from brainmap.specimen.folder import dataset_to_dict, read_dataset, read_section_image, update_alignment
+from brainmap.specimen.model import SectionDataSet, SectionImage
+from brainmap.specimen.transforms import Alignment2d, Alignment3d
+
+PIPELINE_DIR = "pipeline"
+GRID_DIR = "grids"
+ALIGNMENT_FILE = "alignment.json"
+UNIONIZE_FILE = "structure_unionizes.csv"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Parameters of a run.
+
+    Attributes:
+        reference_resolution_um: the template resolution alignment registers to (25, 50 or 100 um).
+        grid_resolution_um: connectivity grid (10, 25, 50 or 100 um); ISH always uses Allen's 200 um grid.
+        keep_alignment: use the transforms already in ``dataset.json`` when it has them all (data aligned
+            elsewhere) instead of aligning again.
+    """
+
+    reference_resolution_um: int = 25
+    grid_resolution_um: int = 100
+    keep_alignment: bool = False
+
+    def grid_resolution(self, product: str) -> int:
+        return 200 if product == "ish" else int(self.grid_resolution_um)
+
+
+@dataclass
+class DatasetRun:
+    """What a run did to one data set: each stage "done" (ran now) or "skipped" (verified as done before)."""
+
+    folder: Path
+    dataset_id: int
+    product: str
+    stages: dict[str, str] = field(default_factory=dict)
+    unionize_path: Path | None = None
+
+
+# --------------------------------------------------------------------------- fingerprints
+def _work_dir(folder: Path) -> Path:
+    work = folder / PIPELINE_DIR
+    work.mkdir(exist_ok=True)
+    return work
+
+
+def _identity(dataset: SectionDataSet) -> dict[str, Any]:
+    """``dataset.json`` without the transforms: what alignment depends on."""
+    doc = dataset_to_dict(dataset)
+    doc.pop("alignment3d", None)
+    for image in doc["images"]:
+        image.pop("alignment2d", None)
+    return doc
+
+
+def _image_signature(folder: Path, dataset: SectionDataSet) -> list[tuple[str, int, int]]:
+    """(name, bytes, mtime_ns) of every image file: a change of any image redoes the stages that read them."""
+    signature = []
+    for image in dataset.images:
+        for file_name in sorted(image.channels.values()):
+            stat = (folder / "images" / file_name).stat()
+            signature.append((file_name, stat.st_size, stat.st_mtime_ns))
+    return signature
+
+
+def _align_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
+    return fingerprint([], {"stage": "align", "dataset": _identity(dataset), "images": _image_signature(folder, dataset),
+                            "reference_resolution_um": settings.reference_resolution_um,
+                            "keep_alignment": settings.keep_alignment})
+
+
+def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
+    work = folder / PIPELINE_DIR
+    return fingerprint([work / ALIGNMENT_FILE], {"stage": "grid", "images": _image_signature(folder, dataset),
+                                                 "grid_resolution_um": settings.grid_resolution(dataset.product)})
+
+
+def _unionize_fingerprint(folder: Path, dataset: SectionDataSet) -> str:
+    grid_record = StageRecord.read(folder / PIPELINE_DIR, "grid")
+    outputs = grid_record.outputs if grid_record else {}
+    return fingerprint([], {"stage": "unionize", "grids": outputs, "id": dataset.id,
+                            "pixel_size_um": dataset.pixel_size_um})
+
+
+# --------------------------------------------------------------------------- align
+def _write_alignment(work: Path, dataset: SectionDataSet) -> Path:
+    path = work / ALIGNMENT_FILE
+    doc = {
+        "alignment3d": dataset.alignment3d.to_allen(),
+        "alignment2d": {str(i.id): i.alignment2d.to_allen() for i in dataset.images if i.alignment2d is not None},
+    }
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1, sort_keys=True)
+    return path
+
+
+def _restore_alignment(folder: Path, work: Path) -> None:
+    """Make ``dataset.json`` carry the recorded transforms (it may have been rewritten since)."""
+    doc = json.loads((work / ALIGNMENT_FILE).read_text(encoding="utf-8"))
+    alignment3d = Alignment3d.from_allen(doc["alignment3d"])
+    alignment2d = {int(k): Alignment2d.from_allen(v) for k, v in doc["alignment2d"].items()}
+    dataset = read_dataset(folder, check_files=False)
+    current = {i.id: i.alignment2d for i in dataset.images}
+    if dataset.alignment3d != alignment3d or any(current.get(k) != v for k, v in alignment2d.items()):
+        update_alignment(folder, alignment2d, alignment3d)
+
+
+def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
+    """Align one data set unless done; returns "done" or "skipped". Runs in a Dask worker."""
+    from brainmap.pipeline.align import align_dataset
+
+    folder = Path(folder)
+    remove_stale_temporaries(folder)
+    work = _work_dir(folder)
+    dataset = read_dataset(folder)
+    expected = _align_fingerprint(folder, dataset, settings)
+    if stage_is_done(work, "align", expected):
+        _restore_alignment(folder, work)
+        return "skipped"
+    aligned = dataset.alignment3d is not None and all(i.alignment2d is not None for i in dataset.images if not i.failed)
+    if not (settings.keep_alignment and aligned):
+        align_dataset(folder, reference_resolution_um=settings.reference_resolution_um, progress=False)
+        dataset = read_dataset(folder)
+    path = _write_alignment(work, dataset)
+    StageRecord("align", expected, StageRecord.describe_outputs(work, [path])).write(work)
+    return "done"
+
+
+# --------------------------------------------------------------------------- detect + grid
+def _grid_one_section(gridder, folder: str, image: SectionImage):
+    """The map step: read one section's channels, detect, grid; returns the partial grid."""
+    arrays = {channel: read_section_image(folder, image, channel) for channel in image.channels}
+    return gridder.process(image, arrays)
+
+
+def _finish_grid(folder: Path, gridder, accumulator, expected: str) -> None:
+    work = folder / PIPELINE_DIR
+    volumes = gridder.volumes(accumulator)
+    paths = gridder.write(work / GRID_DIR, volumes)
+    for stale in set((work / GRID_DIR).iterdir()) - {Path(p) for p in paths}:  # e.g. another resolution's grids
+        if stale.is_file():
+            stale.unlink()
+    StageRecord("grid", expected, StageRecord.describe_outputs(work, paths),
+                {"sections": accumulator.sections, "resolution_um": gridder.spec.resolution_um}).write(work)
+
+
+# --------------------------------------------------------------------------- unionize
+def unionize_stage(folder: str | os.PathLike[str]) -> str:
+    """Unionize one data set's grids unless done; returns "done" or "skipped". Runs in a Dask worker."""
+    from brainmap.atlas import ReferenceSpace
+    from brainmap.atlas.expression_grid import expression_grid_space
+    from brainmap.pipeline.unionize import GridFolder, unionize_expression, unionize_projection
+
+    folder = Path(folder)
+    work = folder / PIPELINE_DIR
+    dataset = read_dataset(folder, check_files=False)
+    expected = _unionize_fingerprint(folder, dataset)
+    if stage_is_done(work, "unionize", expected):
+        return "skipped"
+    if dataset.product == "ish":
+        table = unionize_expression(GridFolder(work / GRID_DIR, resolution=200), expression_grid_space(),
+                                    section_data_set_id=dataset.id)
+    else:
+        resolution = int(round(StageRecord.read(work, "grid").summary["resolution_um"]))
+        grids = GridFolder(work / GRID_DIR, resolution=resolution)
+        table = unionize_projection(grids, ReferenceSpace.bundled(grids.resolution), experiment_id=dataset.id,
+                                    pixel_size_um=dataset.pixel_size_um)
+    path = work / UNIONIZE_FILE
+    with atomic_write(path, "w", newline="") as fh:
+        table.to_csv(fh, index=False)
+    StageRecord("unionize", expected, StageRecord.describe_outputs(work, [path]), {"rows": len(table)}).write(work)
+    return "done"
+
+
+# --------------------------------------------------------------------------- the run
+@contextmanager
+def dask_client(scheduler: str | None = None, workers: int = 2) -> Iterator[Any]:
+    """A dask.distributed client: to ``scheduler`` if given, else to a new local cluster of worker processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+def run_pipeline(
+    folders: Sequence[str | os.PathLike[str]],
+    settings: RunSettings = RunSettings(),
+    *,
+    scheduler: str | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> list[DatasetRun]:
+    """Take data set folders through align -> detect -> grid -> unionize (see the module docstring)."""
+    from distributed import as_completed
+
+    from brainmap.pipeline.grid import Gridder
+
+    folders = [Path(f) for f in folders]
+    for folder in folders:
+        read_dataset(folder)  # fail early, naming the folder, on anything malformed
+    runs = {folder: DatasetRun(folder, 0, "") for folder in folders}
+    with dask_client(scheduler, workers) as client:
+        # Align every data set at once.
+        futures = {client.submit(align_stage, str(f), settings, pure=False): f for f in folders}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="align", unit="data set",
+                           disable=not progress):
+            runs[futures[future]].stages["align"] = future.result()
+
+        # Detect and grid every section of every data set; sum the partial grids as they arrive.
+        pending: dict[Any, Path] = {}
+        state: dict[Path, tuple[Any, Any, str]] = {}
+        for folder in folders:
+            dataset = read_dataset(folder)
+            run = runs[folder]
+            run.dataset_id, run.product = dataset.id, dataset.product
+            expected = _grid_fingerprint(folder, dataset, settings)
+            if stage_is_done(folder / PIPELINE_DIR, "grid", expected):
+                run.stages["grid"] = "skipped"
+                continue
+            gridder = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product))
+            shared = client.scatter(gridder, broadcast=True)
+            state[folder] = (gridder, gridder.accumulator(), expected)
+            for image in gridder.usable_images():
+                pending[client.submit(_grid_one_section, shared, str(folder), image, pure=False)] = folder
+        for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
+                           disable=not progress):
+            folder = pending[future]
+            state[folder][1].add(future.result())
+            future.release()
+        for folder, (gridder, accumulator, expected) in state.items():
+            _finish_grid(folder, gridder, accumulator, expected)
+            runs[folder].stages["grid"] = "done"
+
+        # Unionize every data set.
+        futures = {client.submit(unionize_stage, str(f), pure=False): f for f in folders}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="unionize", unit="data set",
+                           disable=not progress):
+            folder = futures[future]
+            runs[folder].stages["unionize"] = future.result()
+            runs[folder].unionize_path = folder / PIPELINE_DIR / UNIONIZE_FILE
+    return [runs[f] for f in folders]
+
+
+def summarize_runs(runs: Sequence[DatasetRun]) -> str:
+    """One line per data set: its id, product and what each stage did."""
+    lines = []
+    for run in runs:
+        stages = ", ".join(f"{name} {what}" for name, what in run.stages.items())
+        lines.append(f"{run.product} {run.dataset_id} ({run.folder}): {stages}; rows in {run.unionize_path}")
+    return "\n".join(lines)
+
+
+__all__ = ["DatasetRun", "RunSettings", "align_stage", "dask_client", "run_pipeline", "summarize_runs",
+           "unionize_stage"]

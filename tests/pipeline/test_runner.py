@@ -1,0 +1,124 @@
+"""The runner: a whole run on virtual specimens, skipping what is done, redoing what changed, surviving SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainmap.pipeline.run import RunSettings, run_pipeline
+from brainmap.pipeline.run.records import StageRecord
+from brainmap.pipeline.run.runner import PIPELINE_DIR, UNIONIZE_FILE
+from brainmap.specimen.synthetic import make_specimen
+
+SETTINGS = RunSettings(grid_resolution_um=100, keep_alignment=True)
+
+
+@pytest.fixture(scope="module")
+def specimens(tmp_path_factory):
+    """A connectivity and a sagittal ISH virtual specimen, coarse pixels, true transforms in dataset.json."""
+    root = tmp_path_factory.mktemp("specimens")
+    make_specimen("connectivity", root / "conn", experiment_id=112672974, pixel_size_um=50, truth_resolution_um=100,
+                  alignment="all", progress=False)
+    make_specimen("ish", root / "ish", gene="Pvalb", plane="sagittal", pixel_size_um=40, truth_resolution_um=100,
+                  alignment="all", progress=False)
+    return root
+
+
+def _copy(specimens, tmp_path, name):
+    target = tmp_path / name
+    shutil.copytree(specimens / name, target)
+    return target
+
+
+def _outputs(folder: Path) -> dict[str, str]:
+    work = folder / PIPELINE_DIR
+    return {name: meta["sha256"] for stage in ("align", "grid", "unionize")
+            for name, meta in StageRecord.read(work, stage).outputs.items()}
+
+
+@pytest.fixture(scope="module")
+def completed(specimens, tmp_path_factory):
+    """Both specimens run once through the whole pipeline (2 Dask worker processes); the output checksums."""
+    root = tmp_path_factory.mktemp("completed")
+    conn, ish = _copy(specimens, root, "conn"), _copy(specimens, root, "ish")
+    runs = run_pipeline([conn, ish], SETTINGS, workers=2, progress=False)
+    return conn, ish, runs, {"conn": _outputs(conn), "ish": _outputs(ish)}
+
+
+def test_run_writes_every_stage_then_skips_and_redoes_what_changed(completed):
+    conn, ish, runs, _ = completed
+    assert [r.stages for r in runs] == [{"align": "done", "grid": "done", "unionize": "done"}] * 2
+    projection = pd.read_csv(conn / PIPELINE_DIR / UNIONIZE_FILE)
+    expression = pd.read_csv(ish / PIPELINE_DIR / UNIONIZE_FILE)
+    assert projection.is_injection.any() and (projection.experiment_id == 112672974).all()
+    assert {"expression_energy", "voxel_energy_cv"} <= set(expression.columns)
+    # Sagittal ISH covers the left hemisphere only.
+    by_hemisphere = expression.query("structure_id == 997").set_index("hemisphere_id").sum_pixels
+    assert by_hemisphere.get(2, 0) < 0.05 * by_hemisphere[1]
+    for name in ("projection_density_100.nrrd", "injection_fraction_100.nrrd", "data_mask_100.nrrd"):
+        assert (conn / PIPELINE_DIR / "grids" / name).exists()
+    assert (ish / PIPELINE_DIR / "grids" / "energy.mhd").exists()
+
+    again = run_pipeline([conn, ish], SETTINGS, workers=1, progress=False)
+    assert [r.stages for r in again] == [{"align": "skipped", "grid": "skipped", "unionize": "skipped"}] * 2
+
+    # A changed parameter redoes its stage; what depends only on unchanged outputs is still skipped.
+    other = RunSettings(grid_resolution_um=100, keep_alignment=True, reference_resolution_um=50)
+    redone = run_pipeline([ish], other, workers=1, progress=False)
+    assert redone[0].stages == {"align": "done", "grid": "skipped", "unionize": "skipped"}
+    # An altered output is redone.
+    (ish / PIPELINE_DIR / UNIONIZE_FILE).write_text("tampered\n")
+    redone = run_pipeline([ish], other, workers=1, progress=False)
+    assert redone[0].stages == {"align": "skipped", "grid": "skipped", "unionize": "done"}
+    assert pd.read_csv(ish / PIPELINE_DIR / UNIONIZE_FILE).shape[0] > 100
+
+
+def test_sigkill_in_the_middle_then_rerun_finishes_with_correct_outputs(specimens, completed, tmp_path):
+    killed = _copy(specimens, tmp_path, "conn")
+    command = [sys.executable, "-m", "brainmap.cli", "run", str(killed), "--keep-alignment", "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    align_record = killed / PIPELINE_DIR / "align.record.json"
+    while not align_record.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(2.0)  # into detection and gridding
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)  # the runner and its Dask workers, no clean-up
+    process.wait(timeout=30)
+    assert not (killed / PIPELINE_DIR / "unionize.record.json").exists()
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "align skipped" in result.stdout and "unionize done" in result.stdout
+    assert _outputs(killed) == completed[3]["conn"]  # the same bytes as an uninterrupted run
+    assert not list(killed.rglob(".*.tmp")), "a temporary file survived"
+    doc = json.loads((killed / PIPELINE_DIR / "unionize.record.json").read_text())
+    assert doc["summary"]["rows"] > 100
+
+
+def test_run_with_an_existing_dask_cluster(specimens, tmp_path):
+    from distributed import LocalCluster
+
+    ish = _copy(specimens, tmp_path, "ish")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        runs = run_pipeline([ish], SETTINGS, scheduler=cluster.scheduler_address, progress=False)
+    assert runs[0].stages == {"align": "done", "grid": "done", "unionize": "done"}
+    energy = pd.read_csv(ish / PIPELINE_DIR / UNIONIZE_FILE).query("structure_id == 997 and hemisphere_id == 3")
+    assert np.isfinite(energy.expression_energy).all() and (energy.sum_pixels > 0).all()
+
+
+def test_malformed_folder_fails_before_anything_runs(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "dataset.json").write_text('{"schema_version": 99}')
+    with pytest.raises(Exception, match="schema"):
+        run_pipeline([tmp_path / "bad"], SETTINGS, progress=False)
