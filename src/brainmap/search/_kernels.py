@@ -1,0 +1,630 @@
+"""The per-query passes over a search matrix: fused, one streaming read of the matrix per query.
+
+Every search reduces to a few sums per row (or per column) over a set of columns, computed on the stored
+values without decoding them (see :mod:`brainmap.search.matrix`: for ``uint8`` a value is
+``offset + scale * q**2``, so sums of ``v = q**2`` and of the data flag ``w = [q > 0]`` suffice; for
+``float32`` ``v`` is the value and ``w = [not NaN]``):
+
+``pearson_sums``  per row: ``n = sum w``, ``sum v'``, ``sum v'^2``, ``sum w s``, ``sum w s^2``, ``sum v' s`` over the
+                  columns, for a seed vector ``s`` (Pearson's r over the voxels where both have data), with
+                  ``v' = v - centre`` (the row's stored mean: float32 partial sums then keep their precision).
+``pair_sums``     per row: ``sum w``, ``sum v`` over two weighted column sets (a differential search's two means).
+``column_sums``   per column: six sums over rows with per-row coefficients (a seed-point / AGEA correlation map).
+
+Columns are given as a :class:`ColumnPlan`: when the wanted columns fill at least ``DENSE_FRACTION`` (a fifth)
+of their span the kernel streams the span contiguously with 0/1 weights (vectorized; no gather); otherwise it
+gathers them.
+
+Engines
+-------
+``numba`` (used when numba is installed): one fused pass, compiled once (cached in ``__pycache__``), that
+releases the GIL; rows (or column blocks) are split over a thread pool of ``threads`` threads (default: the
+usable cores, or ``BRAINMAP_SEARCH_THREADS``). Float32 partial sums over chunks of 4,096 columns (16 rows for
+``column_sums``) are added into float64. ``numpy``: the same sums with float32 BLAS on decoded blocks of
+256 rows x 4,096 columns, added into float64 (several times slower: numpy's uint8 -> float32 conversion alone
+runs at ~5 G values/s; no extra dependency). ``BRAINMAP_SEARCH_ENGINE=numpy|numba`` overrides the default.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+try:  # pragma: no cover - depends on the environment
+    import numba
+    from numba import types as _nbtypes
+    from numba.extending import overload as _overload
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    numba = None
+    HAVE_NUMBA = False
+
+ENGINES = ("numba", "numpy")
+#: Use a contiguous weighted pass when the wanted columns fill at least this fraction of their span. Gathering
+#: scattered columns still touches nearly every cache line of a row, so it only pays for small sets (measured
+#: at 25,000 x 27,000: 4,900 gathered columns beat a dense pass, 6,600 lose to it).
+DENSE_FRACTION = 0.2
+_CHUNK = 4096  # columns per float32 partial sum (row kernels)
+_COLUMN_BLOCK = 2048  # columns per task in column_sums
+_FLUSH_ROWS = 16  # rows per float32 partial sum in column_sums
+_NUMPY_BLOCK_ROWS = 256
+
+
+def default_engine() -> str:
+    """``numba`` if installed, else ``numpy``; the environment variable ``BRAINMAP_SEARCH_ENGINE`` overrides."""
+    chosen = os.environ.get("BRAINMAP_SEARCH_ENGINE", "").strip().lower()
+    if chosen:
+        return resolve_engine(chosen)
+    return "numba" if HAVE_NUMBA else "numpy"
+
+
+def resolve_engine(engine: str | None) -> str:
+    if engine is None:
+        return default_engine()
+    engine = str(engine).lower()
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "numba" and not HAVE_NUMBA:
+        raise ImportError("engine 'numba' needs numba (pip install numba); use engine='numpy'")
+    return engine
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """Which columns a pass reads, and how: ``dense`` (stream ``[lo, hi)`` with weights) or gather ``cols``."""
+
+    cols: np.ndarray
+    lo: int
+    hi: int
+    dense: bool
+
+    @classmethod
+    def of(cls, cols: np.ndarray, dense: bool | None = None) -> "ColumnPlan":
+        cols = np.asarray(cols, dtype=np.int64)
+        if cols.size == 0:
+            raise ValueError("a column plan needs at least one column")
+        lo, hi = int(cols[0]), int(cols[-1]) + 1
+        if dense is None:
+            dense = cols.size >= DENSE_FRACTION * (hi - lo)
+        return cls(cols, lo, hi, bool(dense))
+
+    def layout(self, values_at_cols: np.ndarray) -> np.ndarray:
+        """``values_at_cols`` (aligned with ``cols``) laid out for the kernel: float32, over the span (zeros at
+        unwanted columns) when dense, as given when gathering."""
+        values = np.asarray(values_at_cols, dtype=np.float32)
+        if not self.dense:
+            return np.ascontiguousarray(values)
+        out = np.zeros(self.hi - self.lo, dtype=np.float32)
+        out[self.cols - self.lo] = values
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ numpy engine
+def _decode_block(block: np.ndarray, encoding: str, center: np.ndarray | None = None,
+                  dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """``(w, v)`` of a row block; ``v - center * w`` when a per-row centre is given."""
+    if encoding == "uint8":
+        q = block.astype(dtype)
+        w, v = np.minimum(q, 1.0), q * q
+    else:
+        data = ~np.isnan(block)
+        w, v = data.astype(dtype), np.where(data, block, 0).astype(dtype)
+    if center is not None:
+        v -= center.astype(dtype)[:, None] * w
+    return w, v
+
+
+def _np_blocks(raw: np.ndarray, plan: ColumnPlan):
+    """``(first row, last row, first column of the layout, block)``: row blocks x column chunks of the plan's
+    columns, so that float32 BLAS sums run over at most ``_CHUNK`` columns before being added into float64."""
+    for start in range(0, raw.shape[0], _NUMPY_BLOCK_ROWS):
+        stop = min(start + _NUMPY_BLOCK_ROWS, raw.shape[0])
+        rows = raw[start:stop]
+        width = (plan.hi - plan.lo) if plan.dense else plan.cols.size
+        for c0 in range(0, width, _CHUNK):
+            c1 = min(c0 + _CHUNK, width)
+            block = rows[:, plan.lo + c0 : plan.lo + c1] if plan.dense else rows[:, plan.cols[c0:c1]]
+            yield start, stop, c0, c1, block
+
+
+def _np_pearson(raw, encoding, plan, s, center):
+    s = plan.layout(s)
+    m = plan.layout(np.ones(plan.cols.size)) if plan.dense else np.ones(s.size, np.float32)
+    rhs_w = np.stack([m, s, s * s], axis=1)
+    rhs_v = np.stack([m, s], axis=1)
+    out = np.zeros((raw.shape[0], 6))
+    for start, stop, c0, c1, block in _np_blocks(raw, plan):
+        w, v = _decode_block(block, encoding, center[start:stop])
+        ws = w @ rhs_w[c0:c1]
+        vs = v @ rhs_v[c0:c1]
+        out[start:stop, 0] += ws[:, 0]
+        out[start:stop, 1] += vs[:, 0]
+        out[start:stop, 2] += (v * v) @ m[c0:c1]
+        out[start:stop, 3] += ws[:, 1]
+        out[start:stop, 4] += ws[:, 2]
+        out[start:stop, 5] += vs[:, 1]
+    return out
+
+
+def _np_pair(raw, encoding, plan, w1, w2):
+    rhs = np.stack([plan.layout(w1), plan.layout(w2)], axis=1)
+    out = np.zeros((raw.shape[0], 4))
+    for start, stop, c0, c1, block in _np_blocks(raw, plan):
+        w, v = _decode_block(block, encoding)
+        ws = w @ rhs[c0:c1]
+        vs = v @ rhs[c0:c1]
+        out[start:stop, 0] += ws[:, 0]
+        out[start:stop, 1] += vs[:, 0]
+        out[start:stop, 2] += ws[:, 1]
+        out[start:stop, 3] += vs[:, 1]
+    return out
+
+
+def _np_columns(raw, encoding, lo, hi, cw, cv, cvv, active):
+    out = np.zeros((6, hi - lo))
+    for start in range(0, active.size, _NUMPY_BLOCK_ROWS):
+        rows = active[start : start + _NUMPY_BLOCK_ROWS]
+        w, v = _decode_block(raw[rows, lo:hi], encoding, dtype=np.float64)
+        out += (w.T @ cw[rows].astype(np.float64)).T
+        out += (v.T @ cv[rows].astype(np.float64)).T
+        out[2] += (v * v).T @ cvv[rows].astype(np.float64)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ numba engine
+if HAVE_NUMBA:  # pragma: no branch
+    # Fast-math without 'nnan'/'ninf': the float32 encoding marks no data with NaN and must test for it.
+    _FM = {"reassoc", "contract", "nsz", "arcp"}
+
+    def _decode(x):  # pragma: no cover - replaced by the overload inside numba
+        raise NotImplementedError
+
+    @_overload(_decode, inline="always")
+    def _decode_impl(x):
+        if isinstance(x, _nbtypes.Integer):
+
+            def impl(x):  # uint8 code: w = [q > 0], v = q**2 (q = 0 gives v = 0)
+                q = np.float32(x)
+                return min(q, np.float32(1.0)), q * q
+
+            return impl
+        if isinstance(x, _nbtypes.Float):
+
+            def impl(x):  # float: no data is NaN
+                f = np.float32(x)
+                ok = f == f
+                return (np.float32(1.0) if ok else np.float32(0.0)), (f if ok else np.float32(0.0))
+
+            return impl
+        return None
+
+    _JIT = dict(nogil=True, fastmath=_FM, cache=True)
+
+    @numba.njit(**_JIT)
+    def _nb_pearson_dense(raw, rows, r0, r1, lo, hi, m, s, s2, center, out):  # pragma: no cover - compiled
+        span = hi - lo
+        for i in range(r0, r1):
+            row = raw[rows[i]]
+            c = np.float32(center[i])
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
+            t3 = 0.0
+            t4 = 0.0
+            t5 = 0.0
+            for c0 in range(0, span, _CHUNK):
+                c1 = min(c0 + _CHUNK, span)
+                r = row[lo + c0 : lo + c1]
+                mm = m[c0:c1]
+                ss = s[c0:c1]
+                ss2 = s2[c0:c1]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                a4 = np.float32(0.0)
+                a5 = np.float32(0.0)
+                for k in range(r.size):
+                    w, v = _decode(r[k])
+                    v = v - c * w
+                    vm = v * mm[k]
+                    a0 += w * mm[k]
+                    a1 += vm
+                    a2 += vm * v
+                    a3 += w * ss[k]
+                    a4 += w * ss2[k]
+                    a5 += v * ss[k]
+                t0 += a0
+                t1 += a1
+                t2 += a2
+                t3 += a3
+                t4 += a4
+                t5 += a5
+            out[i, 0] = t0
+            out[i, 1] = t1
+            out[i, 2] = t2
+            out[i, 3] = t3
+            out[i, 4] = t4
+            out[i, 5] = t5
+
+    @numba.njit(**_JIT)
+    def _nb_pearson_gather(raw, rows, r0, r1, cols, s, s2, center, out):  # pragma: no cover - compiled
+        n = cols.size
+        for i in range(r0, r1):
+            row = raw[rows[i]]
+            c = np.float32(center[i])
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
+            t3 = 0.0
+            t4 = 0.0
+            t5 = 0.0
+            for c0 in range(0, n, _CHUNK):
+                c1 = min(c0 + _CHUNK, n)
+                cc = cols[c0:c1]
+                ss = s[c0:c1]
+                ss2 = s2[c0:c1]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                a4 = np.float32(0.0)
+                a5 = np.float32(0.0)
+                for k in range(cc.size):
+                    w, v = _decode(row[cc[k]])
+                    v = v - c * w
+                    a0 += w
+                    a1 += v
+                    a2 += v * v
+                    a3 += w * ss[k]
+                    a4 += w * ss2[k]
+                    a5 += v * ss[k]
+                t0 += a0
+                t1 += a1
+                t2 += a2
+                t3 += a3
+                t4 += a4
+                t5 += a5
+            out[i, 0] = t0
+            out[i, 1] = t1
+            out[i, 2] = t2
+            out[i, 3] = t3
+            out[i, 4] = t4
+            out[i, 5] = t5
+
+    @numba.njit(**_JIT)
+    def _nb_pair_dense(raw, rows, r0, r1, lo, hi, m1, m2, out):  # pragma: no cover - compiled
+        span = hi - lo
+        for i in range(r0, r1):
+            row = raw[rows[i]]
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
+            t3 = 0.0
+            for c0 in range(0, span, _CHUNK):
+                c1 = min(c0 + _CHUNK, span)
+                r = row[lo + c0 : lo + c1]
+                p1 = m1[c0:c1]
+                p2 = m2[c0:c1]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                for k in range(r.size):
+                    w, v = _decode(r[k])
+                    a0 += w * p1[k]
+                    a1 += v * p1[k]
+                    a2 += w * p2[k]
+                    a3 += v * p2[k]
+                t0 += a0
+                t1 += a1
+                t2 += a2
+                t3 += a3
+            out[i, 0] = t0
+            out[i, 1] = t1
+            out[i, 2] = t2
+            out[i, 3] = t3
+
+    @numba.njit(**_JIT)
+    def _nb_pair_gather(raw, rows, r0, r1, cols, m1, m2, out):  # pragma: no cover - compiled
+        n = cols.size
+        for i in range(r0, r1):
+            row = raw[rows[i]]
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
+            t3 = 0.0
+            for c0 in range(0, n, _CHUNK):
+                c1 = min(c0 + _CHUNK, n)
+                cc = cols[c0:c1]
+                p1 = m1[c0:c1]
+                p2 = m2[c0:c1]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                for k in range(cc.size):
+                    w, v = _decode(row[cc[k]])
+                    a0 += w * p1[k]
+                    a1 += v * p1[k]
+                    a2 += w * p2[k]
+                    a3 += v * p2[k]
+                t0 += a0
+                t1 += a1
+                t2 += a2
+                t3 += a3
+            out[i, 0] = t0
+            out[i, 1] = t1
+            out[i, 2] = t2
+            out[i, 3] = t3
+
+    @numba.njit(**_JIT)
+    def _nb_columns(raw, c0, c1, cw, cv, cvv, active, out):  # pragma: no cover - compiled
+        # out: (6, width of the whole pass); this call fills columns [c0, c1) of raw into out[:, c0 - base ...]
+        # through the caller's view (out is already offset to c0).
+        width = c1 - c0
+        p0 = np.zeros(width, np.float32)
+        p1 = np.zeros(width, np.float32)
+        p2 = np.zeros(width, np.float32)
+        p3 = np.zeros(width, np.float32)
+        p4 = np.zeros(width, np.float32)
+        p5 = np.zeros(width, np.float32)
+        pending = 0
+        for j in range(active.size):
+            i = active[j]
+            r = raw[i][c0:c1]
+            w0 = cw[i, 0]
+            w1 = cw[i, 1]
+            w2 = cw[i, 2]
+            w3 = cw[i, 3]
+            w4 = cw[i, 4]
+            w5 = cw[i, 5]
+            v1 = cv[i, 1]
+            v2 = cv[i, 2]
+            v5 = cv[i, 5]
+            vv = cvv[i]
+            for k in range(width):
+                w, v = _decode(r[k])
+                p0[k] += w0 * w
+                p1[k] += w1 * w + v1 * v
+                p2[k] += w2 * w + (v2 + vv * v) * v
+                p3[k] += w3 * w
+                p4[k] += w4 * w
+                p5[k] += w5 * w + v5 * v
+            pending += 1
+            if pending == _FLUSH_ROWS or j == active.size - 1:
+                for k in range(width):
+                    out[0, k] += p0[k]
+                    out[1, k] += p1[k]
+                    out[2, k] += p2[k]
+                    out[3, k] += p3[k]
+                    out[4, k] += p4[k]
+                    out[5, k] += p5[k]
+                    p0[k] = 0.0
+                    p1[k] = 0.0
+                    p2[k] = 0.0
+                    p3[k] = 0.0
+                    p4[k] = 0.0
+                    p5[k] = 0.0
+                pending = 0
+
+    @numba.njit(nogil=True, cache=True)
+    def _nb_encode_uint8(x, r0, r1, lo, hi, codes):  # pragma: no cover - compiled
+        for i in range(r0, r1):
+            row = x[i]
+            mn = np.inf
+            mx = -np.inf
+            for k in range(row.size):
+                v = row[k]
+                if v < mn:  # NaN compares false: skipped
+                    mn = v
+                if v > mx:
+                    mx = v
+            out = codes[i]
+            if mn > mx:  # no data at all
+                lo[i] = 0.0
+                hi[i] = 0.0
+                out[:] = 0
+                continue
+            lo[i] = mn
+            hi[i] = mx
+            scale = (np.float64(mx) - np.float64(mn)) / 65024.0
+            inverse = 1.0 / scale if scale > 0 else 0.0
+            for k in range(row.size):
+                v = row[k]
+                if v != v:
+                    out[k] = 0
+                else:
+                    u = 1.0 + (np.float64(v) - mn) * inverse
+                    t = np.floor(np.sqrt(u))
+                    if u > t * (t + 1.0) + 0.5:
+                        t += 1.0
+                    out[k] = np.uint8(min(t, 255.0))
+
+    @numba.njit(nogil=True, cache=True)
+    def _nb_stream(raw, r0, r1, out):  # pragma: no cover - compiled
+        for i in range(r0, r1):
+            row = raw[i]
+            acc = np.uint32(0)
+            for k in range(row.size):
+                acc += row[k]
+            out[i] = acc
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def default_threads() -> int:
+    """Threads a pass uses by default: ``BRAINMAP_SEARCH_THREADS``, else the number of usable cores."""
+    env = os.environ.get("BRAINMAP_SEARCH_THREADS", "").strip()
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_split(kernel, n_items: int, threads: int | None, args_for) -> None:
+    """Run ``kernel(*args_for(a, b))`` over ``[0, n_items)`` split in pieces, on ``threads`` threads (the numba
+    kernels release the GIL). Several pieces per thread keep the threads busy when one is slowed down."""
+    threads = default_threads() if threads is None else max(1, int(threads))
+    pieces = 1 if threads == 1 or n_items < 2 else min(n_items, threads * 8)
+    bounds = np.linspace(0, n_items, pieces + 1).astype(np.int64)
+    if pieces == 1:
+        kernel(*args_for(0, n_items))
+        return
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < threads:  # type: ignore[attr-defined]
+            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="brainmap-search")
+        pool = _POOL
+    futures = [pool.submit(kernel, *args_for(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    for future in futures:
+        future.result()
+
+
+def _check_rows(rows: np.ndarray | None, n: int) -> np.ndarray:
+    if rows is None:
+        return np.arange(n, dtype=np.int64)
+    rows = np.ascontiguousarray(rows, dtype=np.int64).ravel()
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise IndexError(f"row positions must lie in [0, {n})")
+    return rows
+
+
+def _is_all(rows: np.ndarray) -> bool:
+    return rows.size == 0 or (rows[0] == 0 and rows[-1] == rows.size - 1 and bool(np.all(np.diff(rows) == 1)))
+
+
+def _check_raw(raw: np.ndarray) -> np.ndarray:
+    raw = np.asarray(raw)
+    if raw.ndim != 2:
+        raise ValueError(f"a search matrix is 2-D, got shape {raw.shape}")
+    if not raw.flags.c_contiguous:
+        raw = np.ascontiguousarray(raw)
+    return raw
+
+
+# ------------------------------------------------------------------------------------------------ public
+def pearson_sums(raw, encoding: str, plan: ColumnPlan, seed: np.ndarray, center: np.ndarray | None = None,
+                 engine: str | None = None, threads: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """(rows, 6) float64: ``n, sum v', sum v'^2, sum w s, sum w s^2, sum v' s`` over ``plan``'s columns, with
+    ``v' = v - center[row]`` where there is data (Pearson's r does not change; the sums keep their precision)
+    and ``seed`` aligned with ``plan.cols`` (finite). ``rows``: only these rows (positions; the output and
+    ``center`` follow their order), read in place (no copy of a memory-mapped matrix).
+    """
+    raw = _check_raw(raw)
+    engine = resolve_engine(engine)
+    seed = np.asarray(seed, dtype=np.float64)
+    rows = _check_rows(rows, raw.shape[0])
+    center = np.zeros(rows.size) if center is None else np.ascontiguousarray(center, dtype=np.float64)
+    if center.shape != (rows.size,):
+        raise ValueError(f"center must have one value per row ({rows.size}), got shape {center.shape}")
+    if engine == "numpy" or rows.size == 0:
+        return _np_pearson(raw if rows.size == raw.shape[0] and _is_all(rows) else raw[rows], encoding, plan, seed,
+                           center)
+    out = np.empty((rows.size, 6))
+    s = plan.layout(seed)
+    s2 = s * s
+    if plan.dense:
+        m = plan.layout(np.ones(plan.cols.size))
+        _run_split(_nb_pearson_dense, rows.size, threads,
+                   lambda a, b: (raw, rows, a, b, plan.lo, plan.hi, m, s, s2, center, out))
+    else:
+        _run_split(_nb_pearson_gather, rows.size, threads,
+                   lambda a, b: (raw, rows, a, b, plan.cols, s, s2, center, out))
+    return out
+
+
+def pair_sums(raw, encoding: str, plan: ColumnPlan, w1: np.ndarray, w2: np.ndarray, engine: str | None = None,
+              threads: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """(rows, 4) float64: ``sum w m1, sum v m1, sum w m2, sum v m2`` over ``plan``'s columns, for 0/1 weights
+    ``w1``, ``w2`` aligned with ``plan.cols``; ``rows`` as for :func:`pearson_sums`."""
+    raw = _check_raw(raw)
+    engine = resolve_engine(engine)
+    rows = _check_rows(rows, raw.shape[0])
+    if engine == "numpy" or rows.size == 0:
+        return _np_pair(raw if _is_all(rows) and rows.size == raw.shape[0] else raw[rows], encoding, plan, w1, w2)
+    out = np.empty((rows.size, 4))
+    m1, m2 = plan.layout(w1), plan.layout(w2)
+    if plan.dense:
+        _run_split(_nb_pair_dense, rows.size, threads, lambda a, b: (raw, rows, a, b, plan.lo, plan.hi, m1, m2, out))
+    else:
+        _run_split(_nb_pair_gather, rows.size, threads, lambda a, b: (raw, rows, a, b, plan.cols, m1, m2, out))
+    return out
+
+
+def column_sums(raw, encoding: str, lo: int, hi: int, cw: np.ndarray, cv: np.ndarray, cvv: np.ndarray,
+                engine: str | None = None, threads: int | None = None) -> np.ndarray:
+    """(6, hi - lo) float64: for each column ``c`` in ``[lo, hi)``, ``sum_i cw[i, j] w_ic + cv[i, j] v_ic``
+    (+ ``cvv[i] v_ic^2`` for j = 2), over the rows whose coefficients are not all zero. Only sums 1, 2 and 5
+    take a ``v`` term (``cv[:, 0]``, ``cv[:, 3]``, ``cv[:, 4]`` must be 0)."""
+    raw = _check_raw(raw)
+    engine = resolve_engine(engine)
+    if np.any(np.asarray(cv)[:, [0, 3, 4]] != 0):
+        raise ValueError("column_sums: cv[:, 0], cv[:, 3] and cv[:, 4] must be zero (those sums take no v term)")
+    cw = np.ascontiguousarray(cw, dtype=np.float32)
+    cv = np.ascontiguousarray(cv, dtype=np.float32)
+    cvv = np.ascontiguousarray(cvv, dtype=np.float32)
+    active = np.flatnonzero(np.any(cw != 0, axis=1) | np.any(cv != 0, axis=1) | (cvv != 0)).astype(np.int64)
+    if engine == "numpy" or raw.shape[0] == 0 or active.size == 0:
+        return _np_columns(raw, encoding, lo, hi, cw, cv, cvv, active)
+    out = np.zeros((6, hi - lo))
+    n_blocks = -(-(hi - lo) // _COLUMN_BLOCK)
+
+    def args(a, b):  # column blocks a..b
+        c0 = lo + a * _COLUMN_BLOCK
+        c1 = min(lo + b * _COLUMN_BLOCK, hi)
+        return raw, c0, c1, cw, cv, cvv, active, out[:, c0 - lo : c1 - lo]
+
+    _run_split(_nb_columns, n_blocks, threads, args)
+    return out
+
+
+def streaming_pass(raw, engine: str | None = None, threads: int | None = None) -> int:
+    """One plain read of every byte of ``raw`` (a byte sum): the memory-bandwidth floor of a query."""
+    raw = _check_raw(raw)
+    flat = raw.reshape(raw.shape[0], -1).view(np.uint8)
+    if resolve_engine(engine) == "numba":
+        out = np.empty(flat.shape[0], np.uint32)
+        _run_split(_nb_stream, flat.shape[0], threads, lambda a, b: (flat, a, b, out))
+        return int(out.sum())
+    total = 0
+    for start in range(0, flat.shape[0], 4096):
+        total += int(flat[start : start + 4096].sum(dtype=np.uint64))
+    return total
+
+
+def encode_uint8_rows(x: np.ndarray, engine: str | None = None, threads: int | None = None):
+    """``(codes, lo, hi)`` of float rows ``x`` (NaN = no data): square-root companded codes (see
+    :func:`brainmap.search.matrix.encode_uint8`, which calls this with numba), row minima and maxima."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if resolve_engine(engine) != "numba" or x.ndim != 2:
+        raise ValueError("encode_uint8_rows needs the numba engine and a 2-D array")
+    codes = np.empty(x.shape, dtype=np.uint8)
+    lo = np.empty(x.shape[0])
+    hi = np.empty(x.shape[0])
+    _run_split(_nb_encode_uint8, x.shape[0], threads, lambda a, b: (x, a, b, lo, hi, codes))
+    return codes, lo, hi
+
+
+def warm_up(engine: str | None = None) -> None:
+    """Compile (or load from cache) the numba kernels for both encodings, so that a first query is not slow."""
+    if resolve_engine(engine) != "numba":
+        return
+    for dtype, encoding in ((np.uint8, "uint8"), (np.float32, "float32")):
+        raw = np.ones((2, 8), dtype=dtype)
+        for dense in (True, False):
+            plan = ColumnPlan.of(np.array([0, 5]), dense=dense)
+            pearson_sums(raw, encoding, plan, np.array([0.5, -0.5]), np.zeros(2), "numba")
+            pair_sums(raw, encoding, plan, np.ones(2), np.ones(2), "numba")
+        column_sums(raw, encoding, 0, 8, np.ones((2, 6)), np.zeros((2, 6)), np.ones(2), "numba")
+    streaming_pass(np.ones((2, 8), np.uint8), "numba")
+    encode_uint8_rows(np.ones((2, 8), np.float32), "numba")
