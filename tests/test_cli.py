@@ -15,7 +15,7 @@ from brainmap.io.nrrd import read_nrrd
 
 
 def test_demo_writes_slices_and_summary(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--resolution", "100"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--resolution", "100", "--atlas-only"]) == 0
     printed = capsys.readouterr().out
     assert "1327 structures" in printed and "Isocortex" in printed
     coronal = np.asarray(Image.open(tmp_path / "annotation_coronal.png"))

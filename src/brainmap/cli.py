@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="load the bundled atlas, summarize it, write slice pictures")
     demo.add_argument("--out", type=Path, default=Path("brainmap-demo"), help="output folder (default ./brainmap-demo)")
+    demo.add_argument("--atlas-only", action="store_true", help="only the atlas summary and slices (seconds)")
+    demo.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
+    demo.add_argument("--scheduler", help="address of a dask.distributed scheduler (default: a local cluster)")
     _add_space_options(demo)
     demo.set_defaults(run=_run_demo)
 
@@ -190,7 +193,8 @@ def _run_unionize(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from brainmap.demo import run_demo
 
-    run_demo(args.out, resolution=args.resolution, annotation=args.annotation)
+    run_demo(args.out, resolution=args.resolution, annotation=args.annotation, specimens=not args.atlas_only,
+             workers=args.workers, scheduler=args.scheduler)
     return 0
 
 

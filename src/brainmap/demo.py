@@ -1,8 +1,15 @@
 """``brainmap demo``: the main job on the bundled data.
 
-Today it loads the bundled CCF 2017 atlas, prints a summary of it (shape, resolution, structures, the volume of
-the brain and of its major divisions per hemisphere) and writes a coronal and a sagittal annotation slice as
-PNG, plus the summary table as CSV. Later stages of the pipeline grow into it.
+1. Loads the bundled CCF 2017 atlas and prints a summary of it (shape, resolution, structures, the volume of the
+   brain and of its major divisions per hemisphere); writes a coronal and a sagittal annotation slice as PNG.
+2. Makes a handful of virtual specimens with the virtual microscope: connectivity experiments from the real
+   Knox 2019 / Oh 2014 tables and ISH genes from Allen's P56 ISH table.
+3. Runs the whole pipeline on them (align -> detect -> grid -> unionize; resumable, Dask).
+4. Prints and writes a summary -- for each experiment its top target structures, for each gene its top
+   structures -- and a picture: the maximum-intensity projection of each experiment's projection density over
+   the outline of the annotation, seen from above.
+
+Everything is written into ``out``; a second run reuses the specimens and skips the pipeline stages that are done.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from brainmap.atlas import ReferenceSpace, StructureTree
@@ -18,11 +26,20 @@ from brainmap.io.png import write_png
 
 #: Structure set "Brain - Major Divisions" (12 structures: isocortex, olfactory areas, hippocampal formation, ...).
 MAJOR_DIVISIONS_SET = 687527670
+#: Structure set "Brain - Summary Structures" (316): what the top-structure tables rank.
+SUMMARY_SET = 167587189
 
 #: Where the demo cuts: a coronal plane through the dorsal hippocampus, a sagittal one through the left
 #: hemisphere (um from the volume's anterior and left faces).
 CORONAL_POSITION_UM = 7000.0
 SAGITTAL_POSITION_UM = 4000.0
+
+#: The demo's specimens: real connectivity experiments (injections in entorhinal area and primary visual cortex)
+#: and ISH genes.
+DEMO_EXPERIMENTS = (112672974, 100141219)
+DEMO_GENES = ("Pvalb", "Calb1")
+#: Coarse pixels keep the demo to minutes on two cores (the defaults are 10 and 8 um).
+DEMO_PIXEL_SIZE_UM = {"connectivity": 50.0, "ish": 40.0}
 
 
 def major_division_volumes(space: ReferenceSpace) -> pd.DataFrame:
@@ -45,18 +62,52 @@ def major_division_volumes(space: ReferenceSpace) -> pd.DataFrame:
     )
 
 
-def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | None = None) -> dict[str, Path]:
-    """Run the demo, writing into ``out``; returns the paths written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    space = ReferenceSpace.from_files(annotation) if annotation is not None else ReferenceSpace.bundled(resolution)
+def top_structures(unionizes: pd.DataFrame, tree: StructureTree, metric: str, n: int = 10,
+                   hemispheres: tuple[int, ...] = (1, 2)) -> pd.DataFrame:
+    """The ``n`` summary structures (per hemisphere) with the largest ``metric``, projection rows only."""
+    rows = unionizes[unionizes.structure_id.isin(tree.summary_structure_ids())
+                     & unionizes.hemisphere_id.isin(hemispheres)]
+    if "is_injection" in rows:
+        rows = rows[~rows.is_injection.astype(bool)]
+    top = rows.nlargest(n, metric)[["structure_id", "hemisphere_id", metric]].copy()
+    top.insert(1, "acronym", top.structure_id.map(tree.get_acronym_map()))
+    return top.reset_index(drop=True)
+
+
+def top_view_outline(space: ReferenceSpace) -> np.ndarray:
+    """(AP, LR) bool: edges between major divisions on the brain's dorsal surface, and the brain's outline."""
+    tree = space.structure_tree
+    division_of = np.zeros(len(space.ontology_order) + 1, dtype=np.int16)
+    for k, node in enumerate(tree.get_structures_by_set_id([MAJOR_DIVISIONS_SET]), start=1):
+        position = space.ontology_order.position[int(node["id"])]
+        division_of[position + 1 : position + 1 + space.ontology_order.subtree_size[position]] = k
+    compact = space.label_index.compact
+    inside = compact != 0
+    top = np.argmax(inside, axis=1)  # first labelled voxel from the dorsal side, per (AP, LR) column
+    surface = np.take_along_axis(compact, top[:, None, :], axis=1)[:, 0, :]
+    labels = np.where(inside.any(axis=1), division_of[surface] + 1, 0)
+    edges = np.zeros(labels.shape, dtype=bool)
+    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    return edges
+
+
+def projection_picture(density: np.ndarray, outline: np.ndarray) -> np.ndarray:
+    """RGB (AP, LR) uint8: the max-intensity projection (over DV) of ``density`` in a heat scale, outline in white."""
+    mip = np.max(np.where(density > 0, density, 0.0), axis=1)
+    scale = np.quantile(mip[mip > 0], 0.995) if np.any(mip > 0) else 1.0
+    t = np.clip(mip / scale, 0, 1) ** 0.5
+    rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1)
+    rgb[outline] = 0.85
+    return (rgb * 255).astype(np.uint8)
+
+
+def _atlas_summary(space: ReferenceSpace, out: Path) -> dict[str, Path]:
     labels = space.direct_voxel_counts()
-    present = int((labels > 0).sum())
     res = "x".join(f"{r:g}" for r in space.resolution)
     print("brainmap demo: the Allen CCF v3 (2017) reference space")
     print(f"  annotation  {' x '.join(map(str, space.shape))} voxels (AP x DV x LR) at {res} um")
-    print(f"  ontology    {len(space.structure_tree)} structures; {present} label the annotation directly")
+    print(f"  ontology    {len(space.structure_tree)} structures; {int((labels > 0).sum())} label the annotation directly")
     table = major_division_volumes(space)
     print(table.to_string(index=False, float_format=lambda v: f"{v:8.2f}"))
     written = {
@@ -65,8 +116,77 @@ def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | Non
     }
     with atomic_write(out / "major_divisions.csv", "w", newline="") as fh:
         table.to_csv(fh, index=False)
-    written["summary"] = out / "major_divisions.csv"
-    for name, path in written.items():
+    written["major_divisions"] = out / "major_divisions.csv"
+    return written
+
+
+def _make_specimens(folder: Path) -> list[Path]:
+    """The demo's virtual specimens (kept between runs: a folder with its dataset.json is complete)."""
+    from brainmap.specimen.synthetic import make_specimen
+
+    plans = [("connectivity", f"connectivity_{e}", {"experiment_id": e}) for e in DEMO_EXPERIMENTS]
+    plans += [("ish", f"ish_{g}", {"gene": g}) for g in DEMO_GENES]
+    folders = []
+    for product, name, what in plans:
+        target = folder / name
+        if not (target / "dataset.json").exists():
+            make_specimen(product, target, pixel_size_um=DEMO_PIXEL_SIZE_UM[product], truth_resolution_um=100,
+                          overwrite=True, **what)
+        folders.append(target)
+    return folders
+
+
+def _pipeline_summary(folders: list[Path], tree: StructureTree, out: Path) -> dict[str, Path]:
+    from brainmap.io.nrrd import read_nrrd
+    from brainmap.pipeline.run.runner import GRID_DIR, PIPELINE_DIR, UNIONIZE_FILE
+    from brainmap.specimen.folder import read_dataset
+
+    space100 = ReferenceSpace.bundled(100)
+    outline = top_view_outline(space100)
+    tables, written = [], {}
+    for folder in folders:
+        dataset = read_dataset(folder, check_files=False)
+        unionizes = pd.read_csv(folder / PIPELINE_DIR / UNIONIZE_FILE)
+        if dataset.product == "connectivity":
+            top = top_structures(unionizes, tree, "normalized_projection_volume")
+            what = f"experiment {dataset.id} ({dataset.metadata.get('structure_abbrev', '?')} injection)"
+            density, _ = read_nrrd(folder / PIPELINE_DIR / GRID_DIR / "projection_density_100.nrrd")
+            written[f"projection_{dataset.id}"] = write_png(out / f"projection_density_top_view_{dataset.id}.png",
+                                                            projection_picture(density, outline))
+        else:
+            top = top_structures(unionizes, tree, "expression_energy")
+            what = f"gene {dataset.metadata.get('gene', '?')} (data set {dataset.id})"
+        print(f"\n  top structures of {what}:")
+        print(top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        top.insert(0, "section_data_set_id", dataset.id)
+        top.insert(1, "product", dataset.product)
+        tables.append(top.rename(columns={"normalized_projection_volume": "value", "expression_energy": "value"}))
+    with atomic_write(out / "top_structures.csv", "w", newline="") as fh:
+        pd.concat(tables, ignore_index=True).to_csv(fh, index=False)
+    written["top_structures"] = out / "top_structures.csv"
+    return written
+
+
+def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | None = None, *,
+             specimens: bool = True, workers: int = 2, scheduler: str | None = None) -> dict[str, Path]:
+    """Run the demo, writing into ``out``; returns the paths written (see the module docstring)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    space = ReferenceSpace.from_files(annotation) if annotation is not None else ReferenceSpace.bundled(resolution)
+    written = _atlas_summary(space, out)
+    if specimens:
+        from brainmap.pipeline.run import RunSettings, run_pipeline, summarize_runs
+
+        print("\nmaking virtual specimens (connectivity experiments %s; ISH genes %s)"
+              % (", ".join(map(str, DEMO_EXPERIMENTS)), ", ".join(DEMO_GENES)))
+        folders = _make_specimens(out / "specimens")
+        print("running the pipeline: align -> detect -> grid -> unionize")
+        settings = RunSettings(reference_resolution_um=50, grid_resolution_um=100)
+        runs = run_pipeline(folders, settings, workers=workers, scheduler=scheduler)
+        print(summarize_runs(runs))
+        written.update(_pipeline_summary(folders, space.structure_tree, out))
+    for path in written.values():
         print(f"  wrote {path}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return written

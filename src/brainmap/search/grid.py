@@ -37,6 +37,7 @@ from brainmap.atlas import ReferenceSpace, StructureTree
 from brainmap.atlas.reference_space import HEMISPHERE_BOTH, HEMISPHERE_LEFT, HEMISPHERE_RIGHT, midline_index
 from brainmap.errors import FormatError, UnknownStructureError
 from brainmap.search.results import SearchInputError
+from brainmap.atlas.expression_grid import expression_grid_annotation  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     from brainmap.search.matrix import MatrixStore
@@ -46,25 +47,9 @@ GRID_RESOLUTION_UM = 200
 GRID_SHAPE: tuple[int, int, int] = (67, 41, 58)
 GRID_VOXELS = 159_326
 #: 200 um / 25 um.
-_SUBSAMPLE = 8
 
 #: Allen's coverage rule: a voxel is covered when more than this fraction of data sets have data there.
 COVERAGE_FRACTION = 0.8
-
-
-def expression_grid_annotation(annotation_25: np.ndarray) -> np.ndarray:
-    """The 200 um grid annotation (67 x 41 x 58, uint32, Fortran order) from the 25 um annotation (528 x 320 x 456).
-
-    ``annotation_25[::8, ::8, ::8]`` (66 x 40 x 57) in a box one voxel larger per axis; the extra planes are 0.
-    """
-    annotation_25 = np.asarray(annotation_25)
-    if annotation_25.ndim != 3:
-        raise ValueError(f"the 25 um annotation must be 3-D (AP, DV, LR), got shape {annotation_25.shape}")
-    sub = annotation_25[::_SUBSAMPLE, ::_SUBSAMPLE, ::_SUBSAMPLE]
-    shape = tuple(n + 1 for n in sub.shape)
-    grid = np.zeros(shape, dtype=np.uint32, order="F")
-    grid[: sub.shape[0], : sub.shape[1], : sub.shape[2]] = sub
-    return grid
 
 
 class SearchGrid:
