@@ -92,14 +92,16 @@ def top_view_outline(space: ReferenceSpace) -> np.ndarray:
     return edges
 
 
-def projection_picture(density: np.ndarray, outline: np.ndarray) -> np.ndarray:
-    """RGB (AP, LR) uint8: the max-intensity projection (over DV) of ``density`` in a heat scale, outline in white."""
+def projection_picture(density: np.ndarray, outline: np.ndarray, zoom: int = 4) -> np.ndarray:
+    """RGB (AP, LR) uint8: the max-intensity projection (over DV) of ``density`` in a heat scale, outline in white,
+    each voxel drawn as ``zoom`` x ``zoom`` pixels."""
     mip = np.max(np.where(density > 0, density, 0.0), axis=1)
     scale = np.quantile(mip[mip > 0], 0.995) if np.any(mip > 0) else 1.0
     t = np.clip(mip / scale, 0, 1) ** 0.5
     rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1)
     rgb[outline] = 0.85
-    return (rgb * 255).astype(np.uint8)
+    picture = (rgb * 255).astype(np.uint8)
+    return np.repeat(np.repeat(picture, zoom, axis=0), zoom, axis=1)
 
 
 def _atlas_summary(space: ReferenceSpace, out: Path) -> dict[str, Path]:
