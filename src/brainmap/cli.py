@@ -9,6 +9,7 @@
     brainmap align DIR                              align a data set to the reference
     brainmap run DIR...                             align -> detect -> grid -> unionize (resumable, Dask)
     brainmap load DIR...                            load pipeline outputs into the database
+    brainmap serve --data DIR                       the HTTP API (RMA, services, downloads, sync, viewer)
     brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
 
 Errors in the input (an unknown structure, a bad file) print one clear line and exit with status 2.
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use the transforms already in dataset.json instead of aligning again")
     run.set_defaults(run=_run_pipeline)
 
+    serve = commands.add_parser("serve", help="the Allen-compatible HTTP API and web viewer")
+    from brainmap.server.serve import add_serve_arguments
+
+    add_serve_arguments(serve)
+    serve.set_defaults(run=_run_serve)
+
     load = commands.add_parser("load", help="load pipeline outputs and the bundled ontology into the database")
     from brainmap.store.load import add_load_arguments
 
@@ -162,6 +169,12 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     runs = run_pipeline(args.dataset_dirs, settings, scheduler=args.scheduler, workers=args.workers)
     print(summarize_runs(runs))
     return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from brainmap.server.serve import run_serve_command
+
+    return int(run_serve_command(args) or 0)
 
 
 def _run_load(args: argparse.Namespace) -> int:

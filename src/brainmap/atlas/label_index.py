@@ -20,6 +20,7 @@ closure (a small structures x structures matrix), whatever the number of structu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -51,9 +52,15 @@ def _like_layout(array: np.ndarray, template: np.ndarray) -> np.ndarray:
 
 
 def _perfect_hash_modulus(ids: np.ndarray) -> int:
-    """The smallest modulus ``P >= len(ids)`` for which ``ids % P`` has no collision."""
+    """The smallest modulus ``P >= len(ids)`` for which ``ids % P`` has no collision (cached per id set)."""
+    return _modulus_for(np.asarray(ids, dtype=np.int64).tobytes())
+
+
+@lru_cache(maxsize=8)
+def _modulus_for(ids_bytes: bytes) -> int:
+    ids = np.frombuffer(ids_bytes, dtype=np.int64)
     for modulus in range(max(len(ids), 2), 1 << 20):
-        if np.unique(ids % modulus).size == ids.size:
+        if np.bincount(ids % modulus, minlength=modulus).max() <= 1:
             return modulus
     raise ValueError("no collision-free modulus below 2**20 for these structure ids")  # pragma: no cover
 

@@ -1,0 +1,109 @@
+"""``brainmap serve``: run the API with uvicorn.
+
+    brainmap serve --data DIR [--database URL] [--host 127.0.0.1] [--port 8000] [--workers 2] [--log-file F]
+
+:func:`run_server` checks the data directory and the database first (creating the schema of an empty database,
+refusing one of another schema version), then starts uvicorn with ``workers`` processes (2 by default: one per
+core of a small machine; each process has its own engine and caches) on uvloop and httptools. Settings reach
+the worker processes through ``$BRAINMAP_SERVER_SETTINGS``. Each request is logged as one JSON line (stderr, or
+``--log-file``); uvicorn's own access log is off.
+
+For the lead's ``cli.py``: ``add_serve_arguments(parser)`` adds the options to a subparser and
+``run_serve_command(args)`` runs it (returns the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from brainmap.errors import BrainmapError
+from brainmap.server.state import ENV_SETTINGS, ServerState, settings_for
+
+__all__ = ["ENV_LOG_FILE", "add_serve_arguments", "main", "run_serve_command", "run_server"]
+
+#: Where worker processes send the request log ("-" for stderr).
+ENV_LOG_FILE = "BRAINMAP_SERVER_LOG"
+DEFAULT_WORKERS = 2
+
+
+def run_server(data_dir: str | os.PathLike[str], database_url: str | None = None, host: str = "127.0.0.1",
+               port: int = 8000, *, workers: int = DEFAULT_WORKERS, log_file: str | os.PathLike[str] | None = None,
+               log_level: str = "warning", **settings: Any) -> None:
+    """Serve ``data_dir`` (and ``database_url``) on ``host:port`` until interrupted.
+
+    ``settings`` are :class:`~brainmap.server.state.ServerSettings` fields (``max_rows``, ``query_timeout_s``,
+    ``sync_resolution_um``, ...). ``log_level`` is uvicorn's own (start-up, errors); requests are logged as JSON
+    lines to ``log_file`` or stderr.
+    """
+    import uvicorn
+
+    chosen = settings_for(data_dir, database_url, **settings)
+    ServerState(chosen).close()  # fail here, with a clear message, rather than in every worker
+    os.environ[ENV_SETTINGS] = json.dumps(chosen.to_env())
+    os.environ[ENV_LOG_FILE] = os.fspath(log_file) if log_file is not None else "-"
+    uvicorn.run("brainmap.server.serve:worker_app", factory=True, host=host, port=int(port),
+                workers=max(1, int(workers)), access_log=False, log_level=log_level, server_header=False,
+                timeout_keep_alive=30, loop="auto", http="auto")
+
+
+def worker_app() -> Any:
+    """The app of one uvicorn worker: logging as :func:`run_server` asked, then the app of the settings."""
+    from brainmap.server.app import app_from_environment
+    from brainmap.server.logging import configure_logging
+
+    target = os.environ.get(ENV_LOG_FILE, "-")
+    configure_logging(path=None if target == "-" else target)
+    return app_from_environment()
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``brainmap serve``."""
+    parser.add_argument("--data", type=Path, default=None,
+                        help="data directory (default $BRAINMAP_DATA_DIR, else ./brainmap-data)")
+    parser.add_argument("--database", default=None,
+                        help="database URL (default $BRAINMAP_DATABASE_URL, else SQLite in the data directory)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"worker processes (default {DEFAULT_WORKERS})")
+    parser.add_argument("--log-file", type=Path, default=None, help="request log file (default stderr)")
+    parser.add_argument("--max-rows", type=int, default=None, help="most rows one query may return")
+    parser.add_argument("--query-timeout", type=float, default=None, help="seconds one query may run")
+
+
+def run_serve_command(args: argparse.Namespace) -> int:
+    """What ``brainmap serve`` does with its parsed arguments; the exit status."""
+    from brainmap.store.database import data_directory
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "max_rows", None) is not None:
+        overrides["max_rows"] = args.max_rows
+    if getattr(args, "query_timeout", None) is not None:
+        overrides["query_timeout_s"] = args.query_timeout
+    data_dir = data_directory(args.data)
+    print(f"brainmap: serving {data_dir} on http://{args.host}:{args.port} (API docs at /docs, viewer at "
+          "/viewer)", file=sys.stderr, flush=True)
+    run_server(data_dir, args.database, args.host, args.port, workers=args.workers, log_file=args.log_file,
+               **overrides)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m brainmap.server.serve --data DIR``."""
+    parser = argparse.ArgumentParser(prog="brainmap serve", description="Serve the brainmap API.")
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_serve_command(args)
+    except BrainmapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
