@@ -9,6 +9,7 @@
     brainmap align DIR                              align a data set to the reference
     brainmap run DIR...                             align -> detect -> grid -> unionize (resumable, Dask)
     brainmap load DIR...                            load pipeline outputs into the database
+    brainmap search lines GRID_DIR --out F.json     spatial search lines of an experiment
     brainmap serve --data DIR                       the HTTP API (RMA, services, downloads, sync, viewer)
     brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
 
@@ -112,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use the transforms already in dataset.json instead of aligning again")
     run.set_defaults(run=_run_pipeline)
 
+    search = commands.add_parser("search", help="search services on the command line")
+    search_commands = search.add_subparsers(dest="search_command", required=True, metavar="SEARCH_COMMAND")
+    lines = search_commands.add_parser("lines", help="spatial search lines from an injection site to dense voxels")
+    lines.add_argument("grid_dir", type=Path, help="folder with projection_density_N.nrrd and injection_fraction_N.nrrd")
+    lines.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    lines.add_argument("--density-range", type=float, nargs=2, default=(0.04, 0.3), metavar=("LOW", "HIGH"))
+    lines.add_argument("--injection-threshold", type=float, default=0.5)
+    lines.add_argument("--include-fiber-tracts", action="store_true", help="keep voxels in fibre tracts")
+    lines.set_defaults(run=_run_search_lines)
+
     serve = commands.add_parser("serve", help="the Allen-compatible HTTP API and web viewer")
     from brainmap.server.serve import add_serve_arguments
 
@@ -168,6 +179,16 @@ def _run_pipeline(args: argparse.Namespace) -> int:
                            grid_resolution_um=args.grid_resolution, keep_alignment=args.keep_alignment)
     runs = run_pipeline(args.dataset_dirs, settings, scheduler=args.scheduler, workers=args.workers)
     print(summarize_runs(runs))
+    return 0
+
+
+def _run_search_lines(args: argparse.Namespace) -> int:
+    from brainmap.search.spatial_lines import run_spatial_lines_cli
+
+    summary = run_spatial_lines_cli(args.grid_dir, args.out, density_range=tuple(args.density_range),
+                                    injection_threshold=args.injection_threshold,
+                                    exclude_fiber_tracts=not args.include_fiber_tracts)
+    print(f"wrote {args.out}: {summary}")
     return 0
 
 
