@@ -1,0 +1,595 @@
+"""The alignment module: a section data set -> every section's Alignment2d and the data set's Alignment3d.
+
+Allen's "Image Alignment" reconstructs a 3-D specimen volume from the section images and registers it to the
+3-D reference model by maximizing image correlation. As built here (:func:`align_sections`):
+
+1. **Read** each section's alignment channel (``tissue`` for the virtual microscope), block-average it to the
+   section working pixel (~ the reference resolution, >= 25 um), make it tissue-positive on a zero background,
+   find the tissue (Otsu, with a noise floor) and scale the tissue median to 1 (:mod:`.reconstruct`).
+2. **Reconstruct** the specimen volume at the volume working pixel (~50 um): each section centred on its tissue
+   centre of mass, one slot per section position (missing and failed sections are empty slots, masked out).
+   (Allen's section-to-section registration is available, ``neighbour_registration``, but off: its drift
+   along ~130 sections hurt the first 3-D registration more than the jitter it removed; the template-driven
+   2-D refinement below removes the jitter instead.)
+3. **3-D start**: the plane's nominal axis permutation (:func:`~brainmap.specimen.model.nominal_tvr`) with the
+   specimen's centre of mass on the template's whole brain, left or right hemisphere, each refined by a coarse
+   SimpleITK similarity registration (200 um, correlation); the best wins -- a sagittal data set of one
+   hemisphere starts on its side.
+4. **3-D affine** specimen -> reference (:func:`.register.register_affine_3d`): Levenberg-Marquardt on the
+   normalized correlation between the specimen volume's tissue voxels (fixed: a half brain or a torn section
+   only samples where there is tissue) and the template (moving), coarse to fine (smoothing 400 -> 0 um).
+5. **2-D refinement** (:func:`refine_sections`): the template is resampled into every section's plane through
+   the 3-D transform and the section registered to it with a 2-D affine (Levenberg-Marquardt, correlation
+   over the section's tissue); implausible results (scale outside 0.75..1.33, anisotropy > 1.25) are
+   refused; a section far off is retried from its tissue centroid put on the slice's; a section whose slice
+   stays uncorrelated (< 0.6) is placed by rigid registration to its nearest good neighbour if that works.
+6. **Rounds**: rebuild the volume from the refined sections, re-register in 3-D (finer smoothing levels), refine
+   the sections again, at the section working pixel. Three rounds by default: the 3-D and 2-D estimates
+   feed each other (the first 3-D sees a jittered stack; each round roughly halves the error).
+
+Outputs: ``tsv = T o diag(pixel_size_um)`` per section (``T``: image-um -> specimen um) and ``tvr`` (specimen ->
+reference um), with their inverses; :func:`align_dataset` writes them into ``dataset.json``. The specimen
+frame is the reconstruction's own (sections centred on their tissue); only the composition ``tvr o tsv``
+is meaningful, which is what :mod:`.accuracy` measures.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from brainmap.atlas import ReferenceSpace
+from brainmap.specimen.folder import read_dataset, update_alignment
+from brainmap.specimen.model import SPECIMEN_AXES, SectionDataSet, nominal_tvr
+from brainmap.specimen.transforms import Affine2d, Affine3d, Alignment2d, Alignment3d
+
+from brainmap.pipeline.align.reconstruct import (
+    SectionStack,
+    SpecimenGrid,
+    SpecimenVolume,
+    build_volume,
+    centroid_transforms,
+    covering_grid,
+    load_sections,
+    place_section,
+    register_neighbours,
+)
+from brainmap.pipeline.align.register import (
+    Grid2d,
+    Sampler,
+    TemplatePyramid,
+    block_mean,
+    image_2d,
+    reference_image,
+    register_affine_2d,
+    register_affine_3d,
+    register_section,
+    register_volume,
+    specimen_image,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AlignResult",
+    "AlignSettings",
+    "ReferenceTemplate",
+    "align_dataset",
+    "align_sections",
+    "choose_start",
+    "reference_template",
+    "refine_sections",
+    "register_to_template",
+    "run_align_cli",
+]
+
+
+# -- settings and results -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AlignSettings:
+    """Knobs of the aligner (defaults are the tested ones).
+
+    Attributes:
+        reference_resolution_um: the reference template's voxel size (25, 50 or 100 um).
+        section_um: section working pixel for the 2-D refinement (default: the reference resolution).
+        volume_um: in-plane pixel of the reconstructed volume for the 3-D registration (default: max(50,
+            reference resolution)).
+        rounds: 3-D / 2-D rounds (the first includes all levels and refines the sections at the volume pixel;
+            later ones use only the finest 3-D level and refine at the section pixel).
+        neighbour_registration: run the section-to-section registration before the first 3-D registration
+            (off by default: on the virtual microscope's specimens its drift hurt more than it helped).
+        volume_points: at most this many tissue voxels of the specimen volume in the 3-D metric.
+        section_points: at most this many tissue pixels of a section in the 2-D metric.
+        first_volume_sigmas_um: smoothing levels (coarse to fine, microns) of the first 3-D registration.
+        volume_sigmas_um: smoothing levels of the later 3-D registrations.
+        first_sigmas_um: smoothing levels (coarse to fine, microns) of the first 2-D refinement (sections may
+            be off by a few hundred microns).
+        sigmas_um: smoothing levels of the later 2-D refinements.
+        channel: the image channel to align on (None: "tissue" or the first common channel).
+    """
+
+    reference_resolution_um: int = 25
+    section_um: float | None = None
+    volume_um: float | None = None
+    rounds: int = 3
+    neighbour_registration: bool = False
+    volume_points: int = 100000
+    section_points: int = 20000
+    first_volume_sigmas_um: tuple[float, ...] = (400.0, 200.0, 100.0, 0.0)
+    volume_sigmas_um: tuple[float, ...] = (100.0, 0.0)
+    first_sigmas_um: tuple[float, ...] = (200.0, 100.0, 50.0, 0.0)
+    sigmas_um: tuple[float, ...] = (0.0,)
+    channel: str | None = None
+
+    @property
+    def section_working_um(self) -> float:
+        return float(self.section_um or max(25.0, self.reference_resolution_um))
+
+    @property
+    def volume_working_um(self) -> float:
+        return float(self.volume_um or max(50.0, self.reference_resolution_um))
+
+
+@dataclass
+class AlignResult:
+    """What the aligner found.
+
+    Attributes:
+        alignment2d: image id -> Alignment2d (pixel ``(x, y)`` <-> specimen ``(sx, sy)`` um), every image.
+        alignment3d: specimen ``(sx, sy, sz)`` um <-> reference ``(AP, DV, LR)`` um.
+        section_correlation: image id -> normalized correlation of the section with its template slice (0..1;
+            NaN for a section without tissue, which gets the transform of the nearest section with tissue).
+        volume_correlation: normalized correlation of the reconstructed volume with the template.
+        rejected: image ids whose last 2-D refinement found nothing better than their current transform.
+        seconds: wall time of the alignment.
+    """
+
+    alignment2d: dict[int, Alignment2d]
+    alignment3d: Alignment3d
+    section_correlation: dict[int, float]
+    volume_correlation: float
+    rejected: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def doubtful(self) -> list[int]:
+        """Image ids whose final correlation with their template slice is below :data:`FALLBACK_BELOW`, or
+        that show no tissue: their Alignment2d is the aligner's best guess but may be wrong (a section at the
+        edge of the reference volume, one with almost no tissue, a failed one)."""
+        return [i for i, c in self.section_correlation.items() if not (c >= FALLBACK_BELOW)]
+
+    def summary(self) -> str:
+        """One line: sections, correlations, doubtful sections, time."""
+        values = np.array([v for v in self.section_correlation.values() if np.isfinite(v)])
+        median = float(np.median(values)) if values.size else float("nan")
+        doubtful = self.doubtful
+        return (f"{len(self.alignment2d)} sections aligned; volume correlation {self.volume_correlation:.3f}, "
+                f"median section correlation {median:.3f}; {len(doubtful)} doubtful"
+                f"{' (image ' + ', '.join(map(str, doubtful[:5])) + (' ...' if len(doubtful) > 5 else '') + ')' if doubtful else ''}"
+                f"; {self.seconds:.1f} s")
+
+
+# -- the reference template -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReferenceTemplate:
+    """The Nissl-like template the sections are registered to, and its brain mask.
+
+    Attributes:
+        volume: float32 (AP, DV, LR), values 0..1.
+        resolution_um: voxel size, microns.
+        brain: bool (AP, DV, LR), annotation > 0.
+        pyramid: coarser/smoothed versions with gradients, made on demand (the 3-D registration's moving images).
+        sampler: trilinear values of ``volume`` at reference points (template slices).
+    """
+
+    volume: np.ndarray
+    resolution_um: float
+    brain: np.ndarray
+    pyramid: TemplatePyramid = field(init=False, repr=False, compare=False)
+    sampler: Sampler = field(init=False, repr=False, compare=False)
+    _sitk: dict = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pyramid", TemplatePyramid(self.volume, self.resolution_um))
+        object.__setattr__(self, "sampler", Sampler(self.volume, (self.resolution_um / 2,) * 3,
+                                                    self.resolution_um, reverse=False, with_gradient=False))
+
+    def centroids_um(self) -> dict[str, np.ndarray]:
+        """Reference (AP, DV, LR) um of the centre of mass of the whole brain and of each hemisphere."""
+        res = self.resolution_um
+        n_lr = self.brain.shape[2]
+        mid = (n_lr + 1) // 2
+        out = {}
+        for name, lr in (("brain", slice(0, n_lr)), ("left", slice(0, mid)), ("right", slice(mid, n_lr))):
+            idx = np.array(np.nonzero(self.brain[:, :, lr]), dtype=np.float64).mean(axis=1)
+            idx[2] += lr.start
+            out[name] = (idx + 0.5) * res
+        return out
+
+    def sitk_image(self, voxel_um: float):
+        """The template block-averaged to about ``voxel_um`` as a SimpleITK image (physical AP, DV, LR um)."""
+        factor = max(1, int(round(voxel_um / self.resolution_um)))
+        if factor not in self._sitk:
+            self._sitk[factor] = reference_image(block_mean(self.volume, factor), self.resolution_um * factor)
+        return self._sitk[factor]
+
+
+@functools.lru_cache(maxsize=1)
+def reference_template(resolution_um: int = 25) -> ReferenceTemplate:
+    """The bundled reference space's Nissl-like template at ``resolution_um`` (25, 50 or 100), made once per
+    process (:func:`brainmap.specimen.synthetic.template.make_template`, seed 0, ~5 s at 25 um)."""
+    from brainmap.specimen.synthetic.template import make_template
+
+    space = ReferenceSpace.bundled(resolution_um)
+    volume = np.ascontiguousarray(make_template(space, seed=0), dtype=np.float32)
+    return ReferenceTemplate(volume, float(space.resolution[0]), np.ascontiguousarray(space.annotation > 0))
+
+
+# -- 3-D ----------------------------------------------------------------------------------------------------------
+def _volume_level(volume, factor: int):
+    """Fixed image and mask of one level: the specimen volume block-averaged in-plane by ``factor``."""
+    if factor == 1:
+        v, m = volume.volume, volume.mask
+    else:
+        v = block_mean(volume.volume, (1, factor, factor))
+        m = (block_mean(volume.mask, (1, factor, factor)) >= 0.5).astype(np.uint8)
+    sx, sy, sz = volume.spacing_um
+    origin = (volume.origin_um[0] + (factor - 1) * sx / 2, volume.origin_um[1] + (factor - 1) * sy / 2,
+              volume.origin_um[2])
+    spacing = (sx * factor, sy * factor, sz)
+    return specimen_image(v, origin, spacing), specimen_image(m, origin, spacing)
+
+
+def _initial_tvr(plane: str, specimen_centroid: np.ndarray, reference_centroid: np.ndarray) -> Affine3d:
+    """The nominal axis permutation with the specimen centroid mapped onto a reference centroid."""
+    nominal = nominal_tvr(plane)
+    return Affine3d(nominal.matrix, reference_centroid - nominal.matrix @ specimen_centroid)
+
+
+#: Specimen LR extent / brain LR extent above which the specimen is taken for a whole brain, below which for one
+#: hemisphere (in between, all three starts are tried).
+WHOLE_BRAIN_ABOVE, HEMISPHERE_BELOW = 0.75, 0.6
+
+
+def _lr_extent_ratio(volume: SpecimenVolume, template: ReferenceTemplate, plane: str) -> float:
+    """The specimen's tissue extent along its nominally left-right axis over the template brain's LR extent
+    (1st to 99th percentiles of the tissue positions)."""
+    axis = SPECIMEN_AXES[plane].index(2)  # the specimen axis that nominally runs along LR
+    index = np.nonzero(volume.mask)[2 - axis]  # mask is indexed (sz, sy, sx)
+    lo, hi = np.percentile(index, [1, 99]) * volume.spacing_um[axis]
+    lr = np.nonzero(np.any(template.brain, axis=(0, 1)))[0]
+    brain_lo, brain_hi = np.percentile(np.repeat(lr, np.count_nonzero(template.brain, axis=(0, 1))[lr]),
+                                       [1, 99]) * template.resolution_um
+    return float((hi - lo) / max(brain_hi - brain_lo, 1.0))
+
+
+def choose_start(volume: SpecimenVolume, template: ReferenceTemplate, plane: str, *,
+                 voxel_um: float = 200.0) -> Affine3d:
+    """The starting specimen -> reference transform: the plane's nominal axis permutation with the specimen's
+    centre of mass put on the template's whole brain (the specimen spans more than 3/4 of the brain's width),
+    or on its left or right hemisphere (less than 0.6; in between, all three), each refined by a coarse
+    similarity registration (SimpleITK, correlation, ~``voxel_um`` pixels); the best correlation wins. A data
+    set of one hemisphere so starts on its side."""
+    ratio = _lr_extent_ratio(volume, template, plane)
+    names = ["brain"] if ratio > WHOLE_BRAIN_ABOVE else ["left", "right"] if ratio < HEMISPHERE_BELOW \
+        else ["brain", "left", "right"]
+    factor = max(1, int(round(voxel_um / volume.spacing_um[0])))
+    fixed, mask = _volume_level(volume, factor)
+    moving = template.sitk_image(voxel_um)
+    center = volume.centroid_um()
+    centroids = template.centroids_um()
+    tries = []
+    for name in names:
+        start = _initial_tvr(plane, center, centroids[name])
+        try:
+            outcome = register_volume(fixed, mask, moving, start, center=center, samples=10000, iterations=60,
+                                      learning_rate_um=400.0, min_step_um=20.0, similarity_only=True)
+        except RuntimeError as exc:  # SimpleITK: e.g. every sample left the template
+            log.info("start on the %s: registration failed (%s)", name, str(exc).splitlines()[-1])
+            tries.append((0.0, name, start))
+            continue
+        log.info("start on the %s (LR extent ratio %.2f): correlation %.3f", name, ratio, -outcome.metric)
+        tries.append((outcome.metric, name, outcome.transform))
+    return min(tries, key=lambda t: t[0])[2]
+
+
+def register_to_template(volume: SpecimenVolume, template: ReferenceTemplate, plane: str, *,
+                         sigmas_um: tuple[float, ...], initial: Affine3d | None = None,
+                         max_points: int = 200000) -> tuple[Affine3d, float]:
+    """3-D affine registration of the specimen volume to the template (:func:`.register.register_affine_3d`),
+    from ``initial`` or from :func:`choose_start`. Returns the specimen -> reference affine and the final
+    normalized correlation."""
+    if initial is None:
+        initial = choose_start(volume, template, plane)
+    outcome = register_affine_3d(volume.volume, volume.mask, volume.origin_um, volume.spacing_um,
+                                 template.pyramid, initial, sigmas_um=sigmas_um,
+                                 template_um=max(volume.spacing_um[0], template.resolution_um),
+                                 max_points=max_points)
+    return outcome.transform, -outcome.metric
+
+
+# -- 2-D refinement -----------------------------------------------------------------------------------------------
+def _plausible(transform: Affine2d) -> bool:
+    """Whether a section's image-um -> specimen transform is a plausible near-rigid map (singular values in
+    0.75..1.33, shear small)."""
+    singular = np.linalg.svd(transform.matrix, compute_uv=False)
+    return bool(singular.min() > 0.75 and singular.max() < 1.33 and singular.max() / singular.min() < 1.25)
+
+
+def template_slice(template: ReferenceTemplate, tvr: Affine3d, sz_um: float, grid: SpecimenGrid) -> np.ndarray:
+    """The template resampled (trilinear; 0 outside the volume) into the specimen plane ``sz = sz_um`` on
+    ``grid`` through ``tvr``: float32 ``grid.shape``."""
+    rows, cols = grid.shape
+    sx = grid.origin[0] + np.arange(cols) * grid.spacing
+    sy = grid.origin[1] + np.arange(rows) * grid.spacing
+    m, t = tvr.matrix, tvr.translation
+    # reference = m[:, 0] sx + m[:, 1] sy + (m[:, 2] sz + t), as (3, rows * cols) without a BLAS call
+    offset = m[:, 2] * sz_um + t
+    points = (m[:, 0, None, None] * sx[None, None, :] + m[:, 1, None, None] * sy[None, :, None]
+              + offset[:, None, None]).reshape(3, -1)
+    values, _ = template.sampler(points, gradient=False)
+    return values.reshape(rows, cols).astype(np.float32)
+
+
+def _section_grid(stack: SectionStack, k: int, transform: Affine2d, plane_box: np.ndarray, spacing: float,
+                  margin_um: float = 600.0) -> SpecimenGrid:
+    """A specimen-plane grid covering section ``k``'s tissue placed by ``transform`` and ``plane_box`` (a
+    ``(2, 2)`` [[sx_min, sy_min], [sx_max, sy_max]] box, e.g. the template brain's extent in the plane)."""
+    rows, cols = np.nonzero(stack.masks[k])
+    box = np.array([[cols.min(), rows.min()], [cols.max() + 1, rows.min()], [cols.min(), rows.max() + 1],
+                    [cols.max() + 1, rows.max() + 1]], dtype=np.float64) * stack.working_um
+    corners = np.concatenate([transform.apply(box), plane_box])
+    lo = np.floor((corners.min(axis=0) - margin_um) / spacing) * spacing  # on a lattice common to all grids
+    hi = corners.max(axis=0) + margin_um
+    shape = tuple(int(np.ceil(v)) for v in (hi - lo)[::-1] / spacing)
+    return SpecimenGrid((float(lo[0]), float(lo[1])), float(spacing), shape)  # type: ignore[arg-type]
+
+
+def brain_plane_box(template: ReferenceTemplate, tvr: Affine3d) -> np.ndarray:
+    """The ``(sx, sy)`` extent (``[[min], [max]]``, specimen um) of the template's brain bounding box mapped
+    into the specimen frame."""
+    index = [np.flatnonzero(np.any(template.brain, axis=tuple(a for a in range(3) if a != axis)))
+             for axis in range(3)]
+    lo = np.array([i[0] for i in index]) * template.resolution_um
+    hi = (np.array([i[-1] for i in index]) + 1) * template.resolution_um
+    corners = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
+                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    specimen = tvr.inverse().apply(corners)[:, :2]
+    return np.array([specimen.min(axis=0), specimen.max(axis=0)])
+
+
+#: Template value above which a template voxel counts as tissue (outside the brain is 0.02, ventricles 0.05).
+TEMPLATE_TISSUE = 0.1
+
+
+def _centroid_start(stack: SectionStack, k: int, transform: Affine2d, target: np.ndarray,
+                    grid: SpecimenGrid) -> Affine2d | None:
+    """``transform`` moved so that section ``k``'s tissue centroid lands on the template slice's tissue
+    centroid (None if the slice shows too little tissue)."""
+    tissue = target > TEMPLATE_TISSUE
+    if tissue.sum() < 20:
+        return None
+    rows, cols = np.nonzero(tissue)
+    centre = np.asarray(grid.origin) + np.array([cols.mean(), rows.mean()]) * grid.spacing
+    return Affine2d(transform.matrix, centre - transform.matrix @ stack.centroid_um(k))
+
+
+#: A section whose refined correlation with its template slice is below this is retried from the centroid start.
+RETRY_BELOW = 0.8
+#: Smoothing levels (microns, coarse to fine) of a registration from the centroid start, which may be a few
+#: hundred microns off.
+WIDE_SIGMAS_UM = (200.0, 100.0, 50.0, 0.0)
+
+
+def refine_sections(stack: SectionStack, transforms: list[Affine2d], template: ReferenceTemplate, tvr: Affine3d,
+                    *, sigmas_um: tuple[float, ...] = (100.0, 50.0, 0.0), max_points: int = 20000,
+                    centroid_start: bool = True, progress: bool = False,
+                    description: str = "refining sections") -> tuple[list[Affine2d], np.ndarray, list[int]]:
+    """2-D affine registration of every section (fixed) to the template resampled into its plane (moving),
+    :func:`.register.register_affine_2d`.
+
+    Each section is registered from its current transform; with ``centroid_start``, or when that gives a
+    correlation below :data:`RETRY_BELOW`, also from the centroid start (the current transform moved so that
+    the section's tissue centroid lands on the template slice's tissue centroid; it rescues a section placed
+    far off). Of the starts and the results that are plausible (:func:`_plausible`), the one with the highest
+    correlation wins (all are measured on the same pixels and slice). The template slice is sampled at the
+    coarser of the section's working pixel and the template voxel, over the brain's extent in the plane.
+
+    Returns:
+        the refined ``T`` per section, the final correlation per section (NaN without tissue), and the
+        indices of sections that kept their current transform (no result beat it).
+    """
+    refined = list(transforms)
+    correlation = np.full(len(stack), np.nan)
+    kept: list[int] = []
+    plane_box = brain_plane_box(template, tvr)
+    spacing = max(stack.working_um, template.resolution_um)
+    for k in tqdm(range(len(stack)), desc=description, unit="section", disable=not progress, leave=False):
+        if not stack.has_tissue(k):
+            continue
+        fixed = Grid2d(stack.images[k], stack.image_origin(), stack.working_um)
+        mask = ndimage.binary_dilation(stack.masks[k], iterations=2)
+        # the slice around the section's tissue; over the brain's whole extent in the plane when the centroid
+        # start is (or may be) needed
+        box = plane_box if centroid_start else np.zeros((0, 2))
+        grid = _section_grid(stack, k, transforms[k], box, spacing)
+        slice_ = template_slice(template, tvr, float(stack.sz_um[k]), grid)
+        first = register_affine_2d(fixed, mask, Grid2d(slice_, grid.origin, grid.spacing), transforms[k],
+                                   sigmas_um=sigmas_um, max_points=max_points)
+        candidates = [(first.start_metric, 0, transforms[k])]
+        if _plausible(first.transform):
+            candidates.append((first.metric, 1, first.transform))
+        if centroid_start or -min(candidates)[0] < RETRY_BELOW:
+            if not centroid_start:
+                grid = _section_grid(stack, k, transforms[k], plane_box, spacing)
+                slice_ = template_slice(template, tvr, float(stack.sz_um[k]), grid)
+            moved = _centroid_start(stack, k, transforms[k], slice_, grid)
+            if moved is not None and np.linalg.norm(moved.translation - transforms[k].translation) > 50.0:
+                second = register_affine_2d(fixed, mask, Grid2d(slice_, grid.origin, grid.spacing), moved,
+                                            sigmas_um=WIDE_SIGMAS_UM, max_points=max_points)
+                candidates.append((second.start_metric, 2, moved))
+                if _plausible(second.transform):
+                    candidates.append((second.metric, 3, second.transform))
+        metric, which, best = min(candidates, key=lambda c: (c[0], c[1]))
+        log.debug("section %d: candidates %s -> %d", stack.section_images[k].section_number,
+                  [(round(-c[0], 3), c[1]) for c in candidates], which)
+        refined[k] = best
+        correlation[k] = -metric
+        if which == 0:
+            kept.append(k)
+    for k in np.flatnonzero(correlation < FALLBACK_BELOW):
+        placed = place_by_neighbour(stack, int(k), refined, correlation)
+        if placed is not None:
+            log.debug("section %d: correlation %.3f with the template; placed by its neighbour",
+                      stack.section_images[k].section_number, correlation[k])
+            refined[k] = placed
+    return refined, correlation, kept
+
+
+#: A section whose best correlation with its template slice stays below this (a degenerate slice: e.g. at the
+#: edge of the reference volume) is placed by rigid registration to its nearest well-aligned neighbour.
+FALLBACK_BELOW = 0.6
+
+
+#: Smallest correlation with the neighbour for which :func:`place_by_neighbour` is trusted.
+NEIGHBOUR_ACCEPT = 0.7
+
+
+def place_by_neighbour(stack: SectionStack, k: int, transforms: list[Affine2d], correlation: np.ndarray,
+                       *, good: float = RETRY_BELOW) -> Affine2d | None:
+    """Section ``k``'s ``T`` from rigid registration (SimpleITK, :func:`.register.register_section`) to its
+    nearest usable neighbour whose template correlation is at least ``good``, placed in the specimen plane
+    by that neighbour's ``T``. None if no such neighbour exists, or if the registered section correlates with
+    it less than :data:`NEIGHBOUR_ACCEPT` (then the template's best candidate stands)."""
+    usable = [j for j in range(len(stack)) if j != k and not stack.failed[j] and stack.has_tissue(j)
+              and np.isfinite(correlation[j]) and correlation[j] >= good]
+    if not usable:
+        return None
+    j = min(usable, key=lambda i: (abs(stack.sz_um[i] - stack.sz_um[k]), i))
+    grid = _section_grid(stack, j, transforms[j], np.zeros((0, 2)), stack.working_um, margin_um=1000.0)
+    rows, cols = np.nonzero(stack.masks[j])
+    neighbour_centre = transforms[j].apply((np.array([cols.mean(), rows.mean()]) + 0.5) * stack.working_um)
+    start = Affine2d(transforms[j].matrix, neighbour_centre - transforms[j].matrix @ stack.centroid_um(k))
+    reference = image_2d(place_section(stack, j, transforms[j], grid), grid.origin, grid.spacing)
+    try:
+        outcome = register_section(stack.sitk_image(k, smooth_px=1.0), stack.sitk_mask(k), reference, start,
+                                   center=stack.centroid_um(k), kind="rigid", samples=4000, iterations=100,
+                                   learning_rate=2.0 * stack.working_um, min_step=0.05 * stack.working_um)
+    except RuntimeError:  # SimpleITK: e.g. every sample left the neighbour's image
+        return None
+    if -outcome.metric < NEIGHBOUR_ACCEPT or outcome.metric > outcome.start_metric:
+        return None
+    return outcome.transform
+
+
+def _fill_empty_sections(stack: SectionStack, transforms: list[Affine2d]) -> list[Affine2d]:
+    """Sections without tissue get the ``T`` of the nearest section with tissue (same image canvas: a
+    plausible guess; they are reported as doubtful)."""
+    with_tissue = [k for k in range(len(stack)) if stack.has_tissue(k)]
+    return [t if stack.has_tissue(k) else transforms[min(with_tissue, key=lambda j: (abs(j - k), j))]
+            for k, t in enumerate(transforms)]
+
+
+# -- the whole module -----------------------------------------------------------------------------------------------
+def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | None = None,
+                   settings: AlignSettings = AlignSettings(), *, template: ReferenceTemplate | None = None,
+                   progress: bool = False) -> AlignResult:
+    """Align a data set folder (nothing is written): see the module docstring for the method.
+
+    Args:
+        folder: the data set folder.
+        dataset: its data set record (read from the folder if None).
+        settings: the aligner's knobs.
+        template: the reference template (default: :func:`reference_template` at the settings' resolution).
+        progress: show progress bars.
+
+    Raises:
+        MissingFileError: an image file is missing.
+        AlignmentError: nothing alignable (no tissue).
+    """
+    started = time.perf_counter()
+    if dataset is None:
+        dataset = read_dataset(folder)
+    if template is None:
+        template = reference_template(settings.reference_resolution_um)
+    stack = load_sections(folder, dataset, working_um=settings.section_working_um, channel=settings.channel,
+                          progress=progress)
+    coarse = stack.downsampled(max(1, int(round(settings.volume_working_um / stack.working_um))))
+    log.info("read %d sections: %.1f s", len(stack), time.perf_counter() - started)
+    transforms = centroid_transforms(coarse)
+    if settings.neighbour_registration:
+        transforms = register_neighbours(coarse, transforms, spacing=coarse.working_um, progress=progress)
+        log.info("section-to-section: %.1f s", time.perf_counter() - started)
+    grid = covering_grid(coarse, transforms, coarse.working_um)  # the volume's in-plane grid, kept
+    tvr: Affine3d | None = None
+    rounds = max(1, settings.rounds)
+    for round_ in range(1, rounds + 1):
+        first = round_ == 1
+        volume = build_volume(coarse, transforms, grid)
+        tvr, volume_correlation = register_to_template(
+            volume, template, dataset.plane, initial=tvr, max_points=settings.volume_points,
+            sigmas_um=settings.first_volume_sigmas_um if first else settings.volume_sigmas_um)
+        log.info("round %d/%d, 3-D (correlation %.3f): %.1f s", round_, rounds, volume_correlation,
+                 time.perf_counter() - started)
+        # the first round refines at the volume's (coarse) pixel, later rounds at the section working pixel
+        transforms, correlation, rejected = refine_sections(
+            coarse if first else stack, transforms, template, tvr, centroid_start=first, progress=progress,
+            max_points=settings.section_points,
+            sigmas_um=settings.first_sigmas_um if first else settings.sigmas_um,
+            description=f"round {round_}/{rounds}: refining sections")
+        log.info("round %d/%d, 2-D at %g um: %.1f s", round_, rounds, (coarse if first else stack).working_um,
+                 time.perf_counter() - started)
+    assert tvr is not None
+    transforms = _fill_empty_sections(stack, transforms)
+    scale = Affine2d(np.eye(2) * dataset.pixel_size_um, np.zeros(2))
+    alignment2d = {image.id: Alignment2d.from_tsv(t.compose(scale))
+                   for image, t in zip(stack.section_images, transforms)}
+    return AlignResult(
+        alignment2d=alignment2d, alignment3d=Alignment3d.from_tvr(tvr),
+        section_correlation={image.id: float(c) for image, c in zip(stack.section_images, correlation)},
+        volume_correlation=float(volume_correlation),
+        rejected=[stack.section_images[k].id for k in rejected],
+        seconds=time.perf_counter() - started)
+
+
+def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,
+                  progress: bool = True) -> tuple[dict[int, Alignment2d], Alignment3d]:
+    """Align a data set folder to the reference and store the result in its ``dataset.json``.
+
+    Args:
+        folder: a data set folder (``dataset.json`` + ``images/``); its images need not be aligned.
+        reference_resolution_um: the reference template's voxel size: 25 (most accurate), 50 or 100 um.
+        progress: show progress bars.
+
+    Returns:
+        ``(alignment2d by image id, alignment3d)``: every image's pixel ``(x, y)`` <-> specimen ``(sx, sy)``
+        um transform and the data set's specimen ``(sx, sy, sz)`` um <-> reference ``(AP, DV, LR)`` um one.
+
+    Raises:
+        MissingFileError: the folder, ``dataset.json`` or an image file is missing.
+        AlignmentError: the images show no tissue.
+    """
+    result = align_sections(folder, settings=AlignSettings(reference_resolution_um=reference_resolution_um),
+                            progress=progress)
+    update_alignment(folder, result.alignment2d, result.alignment3d)
+    return result.alignment2d, result.alignment3d
+
+
+def run_align_cli(folder: str | os.PathLike[str], reference_resolution_um: int = 25) -> AlignResult:
+    """``brainmap align DIR``: align the data set in ``folder``, write the transforms into its
+    ``dataset.json`` and print a one-line summary (progress bars on stderr). Returns the result."""
+    folder = Path(folder)
+    dataset = read_dataset(folder)
+    result = align_sections(folder, dataset, AlignSettings(reference_resolution_um=reference_resolution_um),
+                            progress=True)
+    update_alignment(folder, result.alignment2d, result.alignment3d)
+    print(f"aligned data set {dataset.id} ({dataset.product}, {dataset.plane}) in {folder}: {result.summary()}")
+    return result

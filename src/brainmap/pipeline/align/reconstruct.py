@@ -1,0 +1,452 @@
+"""Section stack -> specimen volume: read and normalize the section images, place each section in the
+specimen plane (centre of mass; optionally section-to-section rigid registration), and stack them into a 3-D
+specimen volume.
+
+Frames used here
+----------------
+* **image-um** ``q = (x, y) * pixel_size_um``: a section's pixel coordinates (``x`` = column, ``y`` = row, as
+  ``docs/dataset-format.md``) scaled to microns. The aligner works with ``T``: image-um -> specimen ``(sx, sy)``
+  um, one per section, nearly rigid; the Alignment2d is then ``tsv = T o diag(pixel_size_um)``.
+* **working pixels**: a section image block-averaged by an integer ``factor``; working pixel ``[R, C]`` covers
+  original pixels ``[R*f, (R+1)*f) x [C*f, (C+1)*f)``, so its centre is at image-um
+  ``((C + 0.5) * f * pixel_size_um, (R + 0.5) * f * pixel_size_um)``.
+* **specimen volume** arrays are indexed ``(slot, sy, sx)``: slot ``k`` is the plane
+  ``sz = sz0 + k * dz`` (sections on a regular grid; slots without a usable section are empty and masked out).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from brainmap.errors import BrainmapError
+from brainmap.specimen.folder import read_section_image
+from brainmap.specimen.model import SectionDataSet, SectionImage
+from brainmap.specimen.transforms import Affine2d
+
+from brainmap.pipeline.align.register import block_mean, image_2d, register_section
+
+__all__ = [
+    "AlignmentError",
+    "SectionStack",
+    "SpecimenGrid",
+    "SpecimenVolume",
+    "build_volume",
+    "centroid_transforms",
+    "choose_channel",
+    "load_sections",
+    "normalize_section",
+    "tissue_mask",
+    "place_section",
+    "register_neighbours",
+]
+
+#: Preferred channels for alignment, in order (the virtual microscope's Nissl-like "tissue" channel, then
+#: common names of a counterstain or autofluorescence channel).
+PREFERRED_CHANNELS = ("tissue", "nissl", "red", "autofluorescence", "background")
+
+
+#: Fewest tissue pixels (at the working pixel size) for a section to be registered; below, it has "no tissue".
+MIN_TISSUE_PIXELS = 10
+
+
+class AlignmentError(BrainmapError, RuntimeError):
+    """The data set cannot be aligned (no images with tissue, no usable sections, ...)."""
+
+
+@dataclass
+class SectionStack:
+    """A data set's sections at a working pixel size, normalized (tissue positive, background 0).
+
+    Attributes:
+        images: per section (by increasing section number), float32 ``(rows, cols)`` working images; tissue
+            has values ~1 (its median), background ~0.
+        masks: per section, bool tissue masks of the same shape.
+        factor: working pixel = ``factor`` x ``factor`` original pixels.
+        pixel_size_um: original pixel size, microns.
+        section_images: the data set's SectionImage records, same order.
+        sz_um: each section's cutting-axis position ``section_number * section_thickness_um``, microns.
+        failed: each section's ``failed`` flag (failed sections are aligned but never used as references).
+    """
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    factor: int
+    pixel_size_um: float
+    section_images: list[SectionImage]
+    sz_um: np.ndarray
+    failed: np.ndarray
+
+    @property
+    def working_um(self) -> float:
+        """Working pixel size, microns."""
+        return self.factor * self.pixel_size_um
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def has_tissue(self, k: int) -> bool:
+        """Whether section ``k`` shows tissue: at least :data:`MIN_TISSUE_PIXELS` working pixels."""
+        return int(self.masks[k].sum()) >= MIN_TISSUE_PIXELS
+
+    def image_origin(self) -> tuple[float, float]:
+        """Image-um position of the centre of working pixel ``[0, 0]``."""
+        return (0.5 * self.working_um, 0.5 * self.working_um)
+
+    def sitk_image(self, k: int, smooth_px: float = 0.0):
+        """Section ``k``'s working image as a SimpleITK image in image-um."""
+        image = self.images[k]
+        if smooth_px > 0:
+            image = ndimage.gaussian_filter(image, smooth_px)
+        return image_2d(image, self.image_origin(), self.working_um)
+
+    def sitk_mask(self, k: int, dilate_px: int = 2):
+        """Section ``k``'s tissue mask, dilated by ``dilate_px`` working pixels (so the tissue edge counts in
+        the metric), as a uint8 SimpleITK image in image-um."""
+        mask = self.masks[k]
+        if dilate_px > 0:
+            mask = ndimage.binary_dilation(mask, iterations=dilate_px)
+        return image_2d(mask.astype(np.uint8), self.image_origin(), self.working_um)
+
+    def centroid_um(self, k: int) -> np.ndarray:
+        """Image-um ``(x, y)`` of the tissue centre of mass of section ``k``."""
+        rows, cols = np.nonzero(self.masks[k])
+        return (np.array([cols.mean(), rows.mean()]) + 0.5) * self.working_um
+
+    def downsampled(self, factor: int) -> SectionStack:
+        """The same stack block-averaged by a further integer ``factor`` (masks: majority)."""
+        if factor == 1:
+            return self
+        return SectionStack(
+            images=[block_mean(image, factor) for image in self.images],
+            masks=[block_mean(mask, factor) >= 0.5 for mask in self.masks],
+            factor=self.factor * factor, pixel_size_um=self.pixel_size_um, section_images=self.section_images,
+            sz_um=self.sz_um, failed=self.failed)
+
+
+# -- loading ---------------------------------------------------------------------------------------------------
+def choose_channel(dataset: SectionDataSet, channel: str | None = None) -> str:
+    """The channel to align on: ``channel`` if given (every image must have it), else the first of
+    :data:`PREFERRED_CHANNELS` that every image has, else the first channel of the first image."""
+    common = set.intersection(*(set(image.channels) for image in dataset.images)) if dataset.images else set()
+    if channel is not None:
+        if channel not in common:
+            raise AlignmentError(f"SectionDataSet {dataset.id}: not every image has channel {channel!r} "
+                                 f"(channels common to all images: {sorted(common)})")
+        return channel
+    for name in PREFERRED_CHANNELS:
+        if name in common:
+            return name
+    if not common:
+        raise AlignmentError(f"SectionDataSet {dataset.id}: no channel is common to all images")
+    return next(name for name in dataset.images[0].channels if name in common)
+
+
+def normalize_section(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A working image made tissue-positive on a zero background, and its tissue mask.
+
+    The background level is the median of the image border (1/16 of each side); if the image centre is darker
+    than that (bright-field: dark tissue on a bright slide), the image is inverted. The mask is an Otsu-based
+    threshold of the lightly smoothed image (:func:`tissue_mask`); the values are then divided by their median
+    in the mask, so every section has tissue ~1 whatever its staining or exposure, and set to 0 farther than
+    3 pixels from the mask (dust, labels, glare on bare glass).
+
+    Returns:
+        ``(values float32, mask bool)``; an image without tissue gets an empty mask and zeros.
+    """
+    a = np.asarray(image, dtype=np.float32)
+    rows, cols = a.shape
+    br, bc = max(1, rows // 16), max(1, cols // 16)
+    border = np.concatenate([a[:br:2].ravel(), a[-br::2].ravel(), a[::2, :bc].ravel(), a[::2, -bc:].ravel()])
+    background = float(np.median(border))
+    centre = a[rows // 4: rows - rows // 4 or None: 2, cols // 4: cols - cols // 4 or None: 2]
+    sign = 1.0 if float(np.percentile(centre, 75)) >= background else -1.0
+    values = a - np.float32(background)
+    if sign < 0:
+        values = -values
+    smooth = ndimage.gaussian_filter(values, 1.0)
+    mask = tissue_mask(smooth, noise=_border_noise(smooth))
+    if mask.sum() < 10:
+        return np.zeros_like(values), np.zeros(values.shape, dtype=bool)
+    scale = float(np.median(values[mask][::4]))
+    if scale <= 0:
+        return np.zeros_like(values), np.zeros(values.shape, dtype=bool)
+    values *= np.float32(1.0 / scale)
+    np.clip(values, 0.0, 4.0, out=values)
+    near = ndimage.uniform_filter(mask.astype(np.float32), size=7) > 0  # mask dilated by 3 pixels
+    values[~near] = 0.0
+    return values, mask
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def _border_noise(image: np.ndarray) -> float:
+    """Standard deviation of the background noise, from the median absolute deviation of the image border
+    (1/16 of each side)."""
+    rows, cols = image.shape
+    br, bc = max(1, rows // 16), max(1, cols // 16)
+    border = np.concatenate([image[:br].ravel(), image[-br:].ravel(), image[:, :bc].ravel(),
+                             image[:, -bc:].ravel()])
+    return float(1.4826 * np.median(np.abs(border - np.median(border))))
+
+
+def tissue_mask(smooth: np.ndarray, noise: float = 0.0) -> np.ndarray:
+    """Tissue of a smoothed, tissue-positive, zero-background image: above half the Otsu level between
+    background and tissue (computed on every 2nd pixel) and above 6x the background ``noise`` (so that a section
+    with very little tissue does not threshold its noise); connected components smaller than 2 % of the largest
+    dropped; holes (background components not touching the image border) filled."""
+    sub = smooth[::2, ::2]
+    top = float(smooth.max())
+    if top <= 6 * noise or top <= 0:
+        return np.zeros(smooth.shape, dtype=bool)
+    floor = 6 * noise
+    above = sub[sub > floor]
+    level = 0.5 * _otsu(np.clip(sub, 0, top)) if above.size < 100 else 0.5 * _otsu(above)
+    mask = smooth > max(level, floor, 0.05 * top)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    mask = sizes[labels] >= 0.02 * sizes.max()
+    holes, n_holes = ndimage.label(~mask)
+    if n_holes:
+        outside = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+        is_hole = np.ones(n_holes + 1, dtype=bool)
+        is_hole[outside] = False
+        is_hole[0] = False
+        mask |= is_hole[holes]
+    return mask
+
+
+def _read_working(folder: str | os.PathLike[str], image: SectionImage, channel: str, factor: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    pixels = read_section_image(folder, image, channel)
+    return normalize_section(block_mean(pixels, factor))
+
+
+def load_sections(folder: str | os.PathLike[str], dataset: SectionDataSet, *, working_um: float,
+                  channel: str | None = None, progress: bool = False) -> SectionStack:
+    """Read every section image's alignment channel, block-average it to about ``working_um`` microns per pixel
+    (an integer factor of the original pixel; never finer than the original), normalize it and find its
+    tissue.
+
+    Raises:
+        MissingFileError: an image file is missing (from :func:`read_section_image`).
+        AlignmentError: no section has tissue.
+    """
+    channel = choose_channel(dataset, channel)
+    factor = max(1, int(working_um / dataset.pixel_size_um + 0.5))
+    images = dataset.sorted_images()
+    if not images:
+        raise AlignmentError(f"SectionDataSet {dataset.id} has no section images")
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # zlib and scipy release the GIL
+        loaded = list(tqdm(pool.map(lambda image: _read_working(folder, image, channel, factor), images),
+                           total=len(images), desc=f"reading {len(images)} sections", unit="section",
+                           disable=not progress, leave=False))
+    stack = SectionStack(
+        images=[values for values, _ in loaded], masks=[mask for _, mask in loaded], factor=factor,
+        pixel_size_um=dataset.pixel_size_um, section_images=images,
+        sz_um=np.array([dataset.section_position_um(image.section_number) for image in images]),
+        failed=np.array([image.failed for image in images], dtype=bool))
+    if not any(stack.has_tissue(k) for k in range(len(stack))):
+        raise AlignmentError(f"SectionDataSet {dataset.id}: no section image shows tissue in channel "
+                             f"{channel!r}; nothing to align")
+    return stack
+
+
+# -- in-plane placement ------------------------------------------------------------------------------------------
+def centroid_transforms(stack: SectionStack) -> list[Affine2d]:
+    """Initial ``T`` (image-um -> specimen um) per section: a translation putting each section's tissue centre
+    of mass at the specimen origin (sections without tissue: the identity)."""
+    transforms = []
+    for k in range(len(stack)):
+        c = stack.centroid_um(k) if stack.has_tissue(k) else np.zeros(2)
+        transforms.append(Affine2d(np.eye(2), -c))
+    return transforms
+
+
+@dataclass(frozen=True)
+class SpecimenGrid:
+    """A regular grid of the specimen plane: point ``[r, c]`` is at ``(sx, sy) = origin + (c, r) * spacing``
+    microns."""
+
+    origin: tuple[float, float]
+    spacing: float
+    shape: tuple[int, int]  # (rows, cols)
+
+    def points(self) -> np.ndarray:
+        """``(rows, cols, 2)`` specimen ``(sx, sy)`` um of every grid point."""
+        rows, cols = self.shape
+        sx = self.origin[0] + np.arange(cols) * self.spacing
+        sy = self.origin[1] + np.arange(rows) * self.spacing
+        return np.stack(np.meshgrid(sx, sy), axis=-1)
+
+
+def covering_grid(stack: SectionStack, transforms: Sequence[Affine2d], spacing: float,
+                  margin_um: float = 500.0) -> SpecimenGrid:
+    """A specimen-plane grid covering every section's tissue (through its ``T``), with a margin."""
+    corners = []
+    for k in range(len(stack)):
+        if not stack.has_tissue(k):
+            continue
+        rows, cols = np.nonzero(stack.masks[k])
+        box = np.array([[cols.min(), rows.min()], [cols.max() + 1, rows.min()], [cols.min(), rows.max() + 1],
+                        [cols.max() + 1, rows.max() + 1]], dtype=np.float64) * stack.working_um
+        corners.append(transforms[k].apply(box))
+    allc = np.concatenate(corners)
+    lo = allc.min(axis=0) - margin_um
+    hi = allc.max(axis=0) + margin_um
+    shape = tuple(int(np.ceil(v)) for v in (hi - lo)[::-1] / spacing)
+    return SpecimenGrid(origin=(float(lo[0]), float(lo[1])), spacing=float(spacing), shape=shape)  # type: ignore[arg-type]
+
+
+def place_section(stack: SectionStack, k: int, transform: Affine2d, grid: SpecimenGrid,
+                  mask: bool = False, order: int = 1) -> np.ndarray:
+    """Section ``k``'s working image (or its mask) resampled onto a specimen-plane grid through ``T`` (0
+    outside the image); float32 ``grid.shape``."""
+    source = stack.masks[k].astype(np.float32) if mask else stack.images[k]
+    # grid index (r, c) -> specimen (sx, sy) -> image-um q = T^-1 (sx, sy) -> working index (row, col)
+    inverse = transform.inverse()
+    w = stack.working_um
+    # specimen = origin + spacing * (c, r);  q = Ainv specimen + binv;  (col, row) = q / w - 0.5
+    a = inverse.matrix / w
+    b = (inverse.matrix @ np.asarray(grid.origin) + inverse.translation) / w - 0.5
+    m_xy = a * grid.spacing  # d(col,row)/d(c,r)
+    # ndimage works in (row, col) order for both input and output
+    matrix = np.array([[m_xy[1, 1], m_xy[1, 0]], [m_xy[0, 1], m_xy[0, 0]]])
+    offset = np.array([b[1], b[0]])
+    return ndimage.affine_transform(source, matrix, offset, output_shape=grid.shape, order=order,
+                                    mode="constant", cval=0.0, prefilter=False).astype(np.float32)
+
+
+def register_neighbours(stack: SectionStack, transforms: list[Affine2d], *, spacing: float,
+                        progress: bool = False) -> list[Affine2d]:
+    """Section-to-section rigid registration, removing each section's in-plane jitter relative to its
+    neighbours.
+
+    The sections are registered in order, outwards from the middle section that has the most tissue (so the
+    chain's drift is shared by both halves): each one (fixed) to the running reference = the mean of the last
+    two good sections placed before it (moving, in the specimen plane). A section that is failed, has no
+    tissue, or whose registration lowers the correlation below its starting value keeps its starting
+    transform (the reference is not updated from it).
+
+    Args:
+        transforms: the starting ``T`` per section (e.g. :func:`centroid_transforms`).
+        spacing: specimen-plane grid spacing of the running reference, microns.
+
+    Returns:
+        The new ``T`` per section.
+    """
+    n = len(stack)
+    result = list(transforms)
+    grid = covering_grid(stack, transforms, spacing)
+    areas = np.array([stack.masks[k].sum() if not stack.failed[k] else 0 for k in range(n)])
+    good_sections = np.flatnonzero(areas >= 50)  # references need some substance
+    if len(good_sections) < 2:
+        return result
+    middle = int(good_sections[np.argmax(areas[good_sections] * (1 - 0.5 * np.abs(
+        good_sections - good_sections.mean()) / max(1, np.ptp(good_sections))))])
+    bar = tqdm(total=n, desc="section-to-section", unit="section", disable=not progress, leave=False)
+    for direction in (+1, -1):
+        recent: list[np.ndarray] = [place_section(stack, middle, result[middle], grid)]
+        k = middle + direction
+        while 0 <= k < n:
+            if stack.has_tissue(k):
+                reference = image_2d(np.mean(recent, axis=0), grid.origin, grid.spacing)
+                start = result[k]
+                # start from the previous good transform's rotation, keep own centring translation
+                outcome = register_section(
+                    stack.sitk_image(k, smooth_px=1.0), stack.sitk_mask(k), reference, start,
+                    center=stack.centroid_um(k), kind="rigid", samples=3000, iterations=60,
+                    learning_rate=200.0, min_step=1.0)
+                result[k] = outcome.transform
+                if not stack.failed[k]:
+                    recent = (recent + [place_section(stack, k, result[k], grid)])[-2:]
+            bar.update(1)
+            k += direction
+    bar.update(1)
+    bar.close()
+    return result
+
+
+# -- the volume ------------------------------------------------------------------------------------------------
+@dataclass
+class SpecimenVolume:
+    """A specimen volume made from a section stack.
+
+    Attributes:
+        volume: float32 ``(slots, rows, cols)`` = ``(sz, sy, sx)``.
+        mask: uint8, same shape: 1 on the (dilated) tissue of usable sections, 0 elsewhere and on empty slots.
+        origin_um: ``(sx, sy, sz)`` of voxel ``[0, 0, 0]``'s centre.
+        spacing_um: ``(sx, sy, sz)`` voxel spacing.
+        slot_of_section: the slot of every section of the stack (-1 if off the grid).
+    """
+
+    volume: np.ndarray
+    mask: np.ndarray
+    origin_um: tuple[float, float, float]
+    spacing_um: tuple[float, float, float]
+    slot_of_section: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+
+    def centroid_um(self) -> np.ndarray:
+        """Specimen ``(sx, sy, sz)`` um of the centre of mass of the mask."""
+        idx = np.array(np.nonzero(self.mask), dtype=np.float64).mean(axis=1)  # (slot, row, col)
+        return np.asarray(self.origin_um) + idx[::-1] * np.asarray(self.spacing_um)
+
+
+def section_spacing(sz_um: np.ndarray) -> float:
+    """The regular spacing of the section positions (the smallest gap between consecutive sections), um."""
+    gaps = np.diff(np.unique(sz_um))
+    return float(gaps.min()) if gaps.size else 100.0
+
+
+def build_volume(stack: SectionStack, transforms: Sequence[Affine2d], grid: SpecimenGrid,
+                 dilate_px: int = 2) -> SpecimenVolume:
+    """Stack the sections placed by ``transforms`` into a specimen volume on ``grid``.
+
+    Slots are spaced by the section spacing; a slot holds its section, or (no usable section there: missing
+    or failed) the mean of its nearest neighbours' images, masked out, so that interpolation near it stays
+    sensible. Only usable sections' tissue (dilated by ``dilate_px`` grid pixels) is in the mask.
+    """
+    dz = section_spacing(stack.sz_um)
+    sz0 = float(stack.sz_um.min())
+    slots = np.rint((stack.sz_um - sz0) / dz).astype(int)
+    n_slots = int(slots.max()) + 1
+    volume = np.zeros((n_slots,) + grid.shape, dtype=np.float32)
+    mask = np.zeros((n_slots,) + grid.shape, dtype=np.uint8)
+    filled = np.zeros(n_slots, dtype=bool)
+    for k in range(len(stack)):
+        if stack.failed[k] or not stack.has_tissue(k):
+            continue
+        s = slots[k]
+        volume[s] = place_section(stack, k, transforms[k], grid)
+        placed_mask = place_section(stack, k, transforms[k], grid, mask=True) >= 0.5
+        if dilate_px:
+            placed_mask = ndimage.binary_dilation(placed_mask, iterations=dilate_px)
+        mask[s] = placed_mask
+        filled[s] = True
+    good = np.flatnonzero(filled)
+    if good.size == 0:
+        raise AlignmentError("no usable section (every section is failed or shows no tissue)")
+    for s in np.flatnonzero(~filled):
+        below, above = good[good < s], good[good > s]
+        neighbours = ([below[-1]] if below.size else []) + ([above[0]] if above.size else [])
+        volume[s] = np.mean([volume[j] for j in neighbours], axis=0)
+    return SpecimenVolume(volume, mask, (grid.origin[0], grid.origin[1], sz0), (grid.spacing, grid.spacing, dz),
+                          slots)

@@ -1,0 +1,198 @@
+"""Gridding: detected signal of every section image -> Allen's 3-D grid volumes in the reference space.
+
+- :mod:`~brainmap.pipeline.grid.resample` -- the grid (:class:`GridSpec`), the pixel -> reference affine, block
+  sums, slab splatting, partial grids and their accumulation.
+- :mod:`~brainmap.pipeline.grid.projection` -- connectivity: ``projection_density``, ``injection_fraction``, ...
+  at 10, 25, 50 or 100 um (NRRD, double).
+- :mod:`~brainmap.pipeline.grid.expression` -- ISH: Allen's 200 um ``energy`` / ``density`` / ``intensity``
+  grids (MetaImage float32, -1 = no data).
+
+A data set is gridded as a map over its usable sections (not failed, with an Alignment2d) and a reduction:
+:meth:`Gridder.process` (detection + :func:`grid_section`; one Dask task per section) returns a small partial
+grid, :meth:`Gridder.accumulator` sums them (``add`` / ``merge``), :meth:`Gridder.volumes` makes the volumes
+and :meth:`Gridder.write` writes them with Allen's names. :func:`grid_dataset` and :func:`grid_folder` do all of
+it in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainmap.pipeline.detect.core import DetectionParams, DetectionResult, detect_section
+from brainmap.pipeline.grid.expression import (
+    ExpressionAccumulator,
+    ExpressionLattice,
+    SectionGrid,
+    expression_lattice,
+    expression_volumes,
+    grid_expression_section,
+    write_expression_grids,
+)
+from brainmap.pipeline.grid.projection import (
+    grid_projection_section,
+    projection_volumes,
+    write_projection_grids,
+)
+from brainmap.pipeline.grid.resample import GridAccumulator, GridSpec, PartialGrid
+from brainmap.specimen.model import SectionDataSet, SectionImage
+
+__all__ = [
+    "GridAccumulator",
+    "GridResult",
+    "GridSpec",
+    "Gridder",
+    "PartialGrid",
+    "SectionGrid",
+    "grid_dataset",
+    "grid_folder",
+    "grid_section",
+]
+
+#: Default grid resolution (um) per product: Allen's ISH grid, and the coarsest connectivity grid.
+DEFAULT_RESOLUTION_UM = {"ish": 200, "connectivity": 100}
+
+
+def grid_section(dataset: SectionDataSet, image: SectionImage, detection: DetectionResult,
+                 grid: GridSpec | ExpressionLattice, **options: Any) -> PartialGrid | SectionGrid:
+    """One section's partial grid: connectivity -> :class:`PartialGrid` on a :class:`GridSpec`; ISH ->
+    :class:`SectionGrid` on an :class:`ExpressionLattice` (keyword options go to the product's function)."""
+    if dataset.product == "connectivity":
+        if not isinstance(grid, GridSpec):
+            raise TypeError("a connectivity section is gridded on a GridSpec")
+        return grid_projection_section(dataset, image, detection, grid, **options)
+    if not isinstance(grid, ExpressionLattice):
+        raise TypeError("an ISH section is gridded on an ExpressionLattice (expression_lattice(dataset, spec))")
+    return grid_expression_section(dataset, image, detection, grid, **options)
+
+
+@dataclass
+class Gridder:
+    """Detection and gridding of one data set, one section at a time (picklable: send it to Dask workers).
+
+    Attributes:
+        dataset: the data set, with its Alignment3d and its images' Alignment2d.
+        spec: the reference grid.
+        params: detection parameters (default :meth:`DetectionParams.for_dataset`).
+        block_px: gridding block side (pixels; default half a voxel or ISH lattice cell).
+        lattice: ISH only: the specimen lattice of the per-image grids.
+    """
+
+    dataset: SectionDataSet
+    spec: GridSpec
+    params: DetectionParams
+    block_px: int | None = None
+    lattice: ExpressionLattice | None = None
+
+    @classmethod
+    def for_dataset(cls, dataset: SectionDataSet, resolution_um: float | None = None, *,
+                    spec: GridSpec | None = None, params: DetectionParams | None = None,
+                    block_px: int | None = None) -> Gridder:
+        """A gridder on Allen's grid at ``resolution_um`` (default 200 um ISH, 100 um connectivity) or ``spec``."""
+        if dataset.alignment3d is None:
+            raise ValueError(f"SectionDataSet {dataset.id} has no Alignment3d: align it first")
+        if spec is None:
+            spec = GridSpec.allen(resolution_um or DEFAULT_RESOLUTION_UM[dataset.product])
+        params = params or DetectionParams.for_dataset(dataset)
+        lattice = expression_lattice(dataset, spec) if dataset.product == "ish" else None
+        return cls(dataset, spec, params, block_px, lattice)
+
+    def usable_images(self) -> list[SectionImage]:
+        """The sections that are gridded: not failed, with an Alignment2d."""
+        return self.dataset.usable_images()
+
+    def detect(self, arrays: Mapping[str, np.ndarray]) -> DetectionResult:
+        return detect_section(arrays, self.params)
+
+    def grid_section(self, image: SectionImage, detection: DetectionResult) -> PartialGrid | SectionGrid:
+        grid = self.lattice if self.lattice is not None else self.spec
+        return grid_section(self.dataset, image, detection, grid, block_px=self.block_px)
+
+    def process(self, image: SectionImage, arrays: Mapping[str, np.ndarray]) -> PartialGrid | SectionGrid:
+        """Detection then gridding of one section: the map step."""
+        return self.grid_section(image, self.detect(arrays))
+
+    def accumulator(self) -> GridAccumulator | ExpressionAccumulator:
+        """An empty accumulator for the reduction (``add`` partials, ``merge`` accumulators)."""
+        return ExpressionAccumulator(self.lattice) if self.lattice is not None else GridAccumulator(self.spec)
+
+    def volumes(self, accumulator: GridAccumulator | ExpressionAccumulator, **options: Any) -> dict[str, np.ndarray]:
+        """The product's volumes from the reduced accumulator (options: see ``expression_volumes`` /
+        ``projection_volumes``)."""
+        if isinstance(accumulator, ExpressionAccumulator):
+            return expression_volumes(accumulator, self.dataset, self.spec, **options)
+        return projection_volumes(accumulator, self.dataset.pixel_size_um, **options)
+
+    def write(self, folder: str | os.PathLike[str], volumes: dict[str, np.ndarray]) -> list[Path]:
+        """Write the volumes with Allen's names into ``folder``."""
+        if self.dataset.product == "ish":
+            return write_expression_grids(folder, volumes, self.spec)
+        return write_projection_grids(folder, volumes, self.spec)
+
+
+@dataclass
+class GridResult:
+    """The grids of one data set.
+
+    Attributes:
+        spec: the grid.
+        volumes: name -> ``(AP, DV, LR)`` volume.
+        sections: number of sections gridded.
+        megapixels: pixels processed (millions).
+        seconds: wall time of detection + gridding (reading images and writing files excluded).
+        paths: files written (when ``out`` was given).
+    """
+
+    spec: GridSpec
+    volumes: dict[str, np.ndarray]
+    sections: int
+    megapixels: float
+    seconds: float
+    paths: list[Path] = field(default_factory=list)
+
+
+def grid_dataset(dataset: SectionDataSet, read_images: Callable[[SectionImage], Mapping[str, np.ndarray]], *,
+                 resolution_um: float | None = None, spec: GridSpec | None = None,
+                 params: DetectionParams | None = None, out: str | os.PathLike[str] | None = None,
+                 block_px: int | None = None, progress: bool = False, **volume_options: Any) -> GridResult:
+    """Detect and grid every usable section of ``dataset`` (``read_images(image)`` gives its channels), then
+    make the volumes and, with ``out``, write them there."""
+    gridder = Gridder.for_dataset(dataset, resolution_um, spec=spec, params=params, block_px=block_px)
+    accumulator = gridder.accumulator()
+    images = gridder.usable_images()
+    if progress:
+        from tqdm import tqdm
+
+        images = tqdm(images, unit="section", desc=f"grid {dataset.product} {dataset.id}")
+    seconds, pixels = 0.0, 0
+    for image in images:
+        arrays = read_images(image)
+        started = time.perf_counter()
+        accumulator.add(gridder.process(image, arrays))
+        seconds += time.perf_counter() - started
+        pixels += image.width * image.height
+    started = time.perf_counter()
+    volumes = gridder.volumes(accumulator, **volume_options)
+    seconds += time.perf_counter() - started
+    paths = gridder.write(out, volumes) if out is not None else []
+    return GridResult(gridder.spec, volumes, accumulator.sections, pixels / 1e6, seconds, paths)
+
+
+def grid_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+                dataset: SectionDataSet | None = None, **options: Any) -> GridResult:
+    """:func:`grid_dataset` on a data set folder (``dataset.json`` + images). Pass ``dataset`` to use other
+    transforms than the folder's (e.g. the true ones of a synthetic specimen)."""
+    from brainmap.specimen.folder import read_dataset, read_section_image
+
+    dataset = dataset or read_dataset(folder)
+
+    def read(image: SectionImage) -> dict[str, np.ndarray]:
+        return {channel: read_section_image(folder, image, channel) for channel in image.channels}
+
+    return grid_dataset(dataset, read, out=out, **options)

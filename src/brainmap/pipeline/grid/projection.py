@@ -1,0 +1,167 @@
+"""Connectivity gridding: Allen's projection grid volumes at 10, 25, 50 or 100 um.
+
+Per section (:func:`grid_projection_section`, a Dask task can call it): the detection's per-pixel quantities are
+summed over blocks of pixels and splatted over the section's slab into reference voxels
+(:mod:`~brainmap.pipeline.grid.resample`). Quantities (per voxel, weighted sums; a weight of 1 = one pixel):
+
+==============================  ==================================================================
+``sum_pixels``                  tissue pixels
+``covered``                     all imaged pixels (tissue or not): the data mask's coverage
+``sum_projection_pixels``       detected signal pixels
+``sum_projection_intensity``    detected signal intensity (the mask's values, counts)
+``sum_pixel_intensities``       raw signal counts of the tissue pixels
+``injection_pixels``            tissue pixels in the injection site
+``injection_projection_pixels`` detected pixels in the site
+``injection_projection_intensity``  their intensity
+``injection_sum_pixel_intensities`` raw signal counts in the site
+==============================  ==================================================================
+
+Volumes (:func:`projection_volumes`), as Allen's and as :func:`brainmap.pipeline.unionize.unionize_projection`
+reads them:
+
+* ``projection_density = sum_projection_pixels / sum_pixels`` (all detected signal, the injection included:
+  the unionizer subtracts the injection record), ``projection_energy = sum_projection_intensity / sum_pixels``;
+* ``injection_fraction = injection_pixels / sum_pixels``, ``injection_density = injection_projection_pixels /
+  sum_pixels``, ``injection_energy = injection_projection_intensity / sum_pixels`` (normalized by all the
+  voxel's pixels, so ``sum_pixels x injection_density`` is the voxel's injection signal pixels);
+* ``sum_pixels``, ``sum_pixel_intensities``, ``injection_sum_pixel_intensities``: the sums;
+* ``data_mask`` = 1 where the voxel lies at least half (``min_coverage``) within the slabs of usable sections
+  (``covered x pixel^2 / res^2 >= min_coverage``); every volume is 0 elsewhere.
+
+Files (:func:`write_projection_grids`): ``{name}_{res}.nrrd`` with Allen's header, grids as double,
+``data_mask`` as unsigned char.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from brainmap.io.nrrd import write_nrrd
+from brainmap.pipeline.detect.core import DetectionResult
+from brainmap.pipeline.grid.resample import (
+    GridAccumulator,
+    GridSpec,
+    PartialGrid,
+    block_centres,
+    block_sums,
+    section_affine,
+    splat_slab,
+)
+from brainmap.specimen.model import SectionDataSet, SectionImage
+
+__all__ = [
+    "PROJECTION_QUANTITIES",
+    "PROJECTION_VOLUMES",
+    "default_block_px",
+    "grid_projection_section",
+    "projection_volumes",
+    "write_projection_grids",
+]
+
+PROJECTION_QUANTITIES = (
+    "sum_pixels", "covered", "sum_projection_pixels", "sum_projection_intensity", "sum_pixel_intensities",
+    "injection_pixels", "injection_projection_pixels", "injection_projection_intensity",
+    "injection_sum_pixel_intensities",
+)
+
+#: The volumes written, in Allen's names.
+PROJECTION_VOLUMES = (
+    "projection_density", "projection_energy", "injection_fraction", "injection_density", "injection_energy",
+    "data_mask", "sum_pixels", "sum_pixel_intensities", "injection_sum_pixel_intensities",
+)
+
+
+def default_block_px(pixel_size_um: float, resolution_um: float, fraction: float = 0.5) -> int:
+    """Block side (pixels) for gridding: the largest whole number of pixels within ``fraction`` of a voxel."""
+    return max(1, int(fraction * resolution_um / pixel_size_um))
+
+
+def grid_projection_section(dataset: SectionDataSet, image: SectionImage, detection: DetectionResult,
+                            spec: GridSpec, *, block_px: int | None = None, slab_um: float | None = None
+                            ) -> PartialGrid:
+    """One section's contribution to the connectivity grids (module docstring for the quantities).
+
+    Parameters
+    ----------
+    dataset, image : the data set (with its Alignment3d) and the section image (with its Alignment2d).
+    detection : what :func:`~brainmap.pipeline.detect.detect_section` found in the image.
+    spec : the reference grid.
+    block_px : pixels are summed over blocks of this side first (default half a voxel: each block goes whole to
+        the voxel of its centroid).
+    slab_um : the slab the section stands for (specimen um along the cut; default ``dataset.sampling_um``).
+    """
+    block = block_px or default_block_px(dataset.pixel_size_um, spec.resolution_um)
+    slab = float(slab_um if slab_um is not None else dataset.sampling_um)
+    tissue = detection.tissue
+    shape = tissue.shape
+    signal = detection.mask
+    quantities = {
+        "sum_pixels": block_sums(tissue, block),
+        "sum_projection_pixels": block_sums(signal > 0, block),
+        "sum_projection_intensity": block_sums(signal, block),
+        "sum_pixel_intensities": block_sums(detection.signal_counts * tissue, block),
+    }
+    if detection.injection is not None:
+        site = detection.injection
+        in_site = signal * site
+        quantities.update({
+            "injection_pixels": block_sums(site, block),
+            "injection_projection_pixels": block_sums(in_site > 0, block),
+            "injection_projection_intensity": block_sums(in_site, block),
+            "injection_sum_pixel_intensities": block_sums(detection.signal_counts * site, block),
+        })
+    x, y, count = block_centres(shape, block)
+    quantities["covered"] = count
+    matrix, offset = section_affine(dataset, image)
+    xs, ys = x.ravel(), y.ravel()
+    points = np.stack([matrix[a, 0] * xs + matrix[a, 1] * ys + offset[a] for a in range(3)], axis=1)
+    direction = dataset.alignment3d.tvr.matrix[:, 2]
+    normal = np.cross(matrix[:, 0], matrix[:, 1])
+    pixel_um = float(np.sqrt(abs(np.linalg.det(image.alignment2d.tsv.matrix))))
+    return splat_slab(points, {k: v.ravel() for k, v in quantities.items()}, direction, slab, spec, weight="covered",
+                      footprint_um=block * pixel_um, plane=(normal, offset))
+
+
+def projection_volumes(accumulator: GridAccumulator, pixel_size_um: float, *, min_coverage: float = 0.5
+                       ) -> dict[str, np.ndarray]:
+    """Allen's connectivity volumes (module docstring) from the summed partial grids, ``(AP, DV, LR)`` arrays in
+    Fortran order: float64, ``data_mask`` uint8."""
+    spec = accumulator.spec
+    get = accumulator.get
+    pixels = get("sum_pixels")
+    full = (spec.resolution_um / pixel_size_um) ** 2  # pixels a fully covered voxel receives
+    data = get("covered") >= min_coverage * full
+    safe = np.where(pixels > 0, pixels, 1.0)
+
+    def ratio(name: str) -> np.ndarray:
+        return np.where(data & (pixels > 0), get(name) / safe, 0.0)
+
+    flat = {
+        "projection_density": ratio("sum_projection_pixels"),
+        "projection_energy": ratio("sum_projection_intensity"),
+        "injection_fraction": ratio("injection_pixels"),
+        "injection_density": ratio("injection_projection_pixels"),
+        "injection_energy": ratio("injection_projection_intensity"),
+        "sum_pixels": np.where(data, pixels, 0.0),
+        "sum_pixel_intensities": np.where(data, get("sum_pixel_intensities"), 0.0),
+        "injection_sum_pixel_intensities": np.where(data, get("injection_sum_pixel_intensities"), 0.0),
+    }
+    volumes = {name: spec.volume(values, np.float64) for name, values in flat.items()}
+    volumes["data_mask"] = spec.volume(data.astype(np.uint8))
+    return volumes
+
+
+def write_projection_grids(folder: str | os.PathLike[str], volumes: dict[str, np.ndarray], spec: GridSpec
+                           ) -> list[Path]:
+    """Write each volume as ``{name}_{res}.nrrd`` (Allen's header, gzip; written atomically); the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, volume in volumes.items():
+        path = folder / f"{name}_{spec.resolution_label}.nrrd"
+        write_nrrd(path, volume, spacing_um=spec.resolution_um, origin_um=spec.origin_um)
+        paths.append(path)
+    return paths

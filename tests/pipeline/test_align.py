@@ -1,0 +1,218 @@
+"""The alignment module on small virtual specimens: accuracy against the truth, damage, write-back, errors.
+
+The specimens are made by the virtual microscope with its truth at 100 um (the template and densities the
+images sample) and 50 um pixels, and aligned to the 100 um reference (the same resolution: the bundled coarse
+annotations are subsamples of the 25 um one, ``annotation_25[::4, ::4, ::4]``, so their voxel i holds the
+label at ``(4 i + 0.5) * 25`` um, 37.5 um short of its nominal centre; mixing resolutions would add that shift).
+
+Error bounds at this resolution: the 100 um reference voxel is four times the 25 um one, and the images are
+drawn from a 100 um template, so the structure edges that carry the registration are four times blurrier. We
+still ask for sub-voxel accuracy: median <= 50 um (half a voxel) and 95th percentile <= 100 um (one voxel) --
+the issue's 25 um targets, i.e. four times as strict relative to the voxel. (Measured on these specimens:
+connectivity median 9 um, p95 22 um; sagittal ISH median 10 um, p95 65 um -- its p95 comes from the
+lateral-most section, a speck of cortex a few template voxels across.) The full-size 25 um accuracy and speed
+runs are in ``benchmarks/bench_align.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from brainmap.pipeline.align import (
+    AlignmentError,
+    AlignSettings,
+    align_dataset,
+    align_sections,
+    alignment_error,
+    run_align_cli,
+)
+from brainmap.pipeline.align.register import (
+    Grid2d,
+    Sampler,
+    affine_from_sitk,
+    affine_to_sitk,
+    block_mean,
+    register_affine_2d,
+)
+from brainmap.specimen import (
+    Affine2d,
+    Affine3d,
+    MissingFileError,
+    SectionDataSet,
+    SectionImage,
+    read_dataset,
+    write_dataset,
+)
+from brainmap.specimen.synthetic import read_truth
+from brainmap.specimen.synthetic.geometry import DamageRates
+from brainmap.specimen.synthetic.make import make_specimen
+
+RESOLUTION = 100
+MEDIAN_BOUND_UM = 50.0
+P95_BOUND_UM = 100.0
+#: More damage than the default rates, so that the small data set surely has missing and failed sections.
+DAMAGE = DamageRates(missing=0.06, failed=0.05, tear=0.12, bubble=0.08)
+
+
+# -- specimens (made once per module) ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def connectivity(tmp_path_factory) -> Path:
+    """A damaged coronal connectivity specimen (~130 sections), aligned in place with align_dataset."""
+    folder = tmp_path_factory.mktemp("align") / "connectivity"
+    make_specimen("connectivity", folder, experiment_id=112672974, seed=7, pixel_size_um=50.0,
+                  truth_resolution_um=RESOLUTION, damage=DAMAGE, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def aligned_connectivity(connectivity):
+    alignment2d, alignment3d = align_dataset(connectivity, reference_resolution_um=RESOLUTION, progress=False)
+    return connectivity, alignment2d, alignment3d
+
+
+@pytest.fixture(scope="module")
+def sagittal(tmp_path_factory) -> Path:
+    """A sagittal ISH specimen of the left hemisphere (~25 sections every 200 um)."""
+    folder = tmp_path_factory.mktemp("align") / "sagittal"
+    make_specimen("ish", folder, gene="Pvalb", plane="sagittal", seed=11, pixel_size_um=50.0,
+                  truth_resolution_um=RESOLUTION, damage=True, progress=False)
+    return folder
+
+
+def _error(folder: Path, alignment2d, alignment3d):
+    dataset = read_dataset(folder)
+    truth = read_truth(folder)
+    return alignment_error(folder, dataset, alignment2d, alignment3d, truth.alignment2d, truth.alignment3d)
+
+
+# -- accuracy ---------------------------------------------------------------------------------------------------
+def test_connectivity_coronal_is_accurate_despite_damage(aligned_connectivity):
+    folder, alignment2d, alignment3d = aligned_connectivity
+    truth = read_truth(folder)
+    dataset = read_dataset(folder)
+    assert truth.info["missing_section_numbers"], "the specimen should have missing sections"
+    failed = [image for image in dataset.images if image.failed]
+    assert failed, "the specimen should have failed sections"
+    assert set(alignment2d) == {image.id for image in dataset.images}  # failed ones get an alignment too
+    error = _error(folder, alignment2d, alignment3d)
+    assert error.median_um <= MEDIAN_BOUND_UM, error.summary()
+    assert error.p95_um <= P95_BOUND_UM, error.summary()
+    # sections with tears or bubbles are aligned as well as the rest
+    torn = {i["section_number"] for i in truth.info["images"]
+            if not i["failed"] and any(d["kind"] in ("tear", "bubble") for d in i["damage"])}
+    assert torn
+    per_section = error.per_section_median_um()
+    assert all(per_section[n] <= P95_BOUND_UM for n in torn if n in per_section), \
+        {n: round(per_section[n]) for n in torn if n in per_section}
+
+
+def test_sagittal_half_brain_lands_on_its_hemisphere_and_is_accurate(sagittal, capsys):
+    result = run_align_cli(sagittal, reference_resolution_um=RESOLUTION)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "sections aligned" in printed[0] and str(sagittal) in printed[0]
+    dataset = read_dataset(sagittal)
+    assert dataset.alignment3d is not None and dataset.alignment3d.tvr.is_close(result.alignment3d.tvr)
+    error = _error(sagittal, result.alignment2d, result.alignment3d)
+    assert error.median_um <= MEDIAN_BOUND_UM, error.summary()
+    assert error.p95_um <= P95_BOUND_UM, error.summary()
+    # the cut hemisphere is the left one: the image centres map to LR < 5700 um
+    image = dataset.sorted_images()[len(dataset.images) // 2]
+    centre = np.array([image.width / 2, image.height / 2])
+    sxy = image.alignment2d.tsv.apply(centre)
+    point = dataset.alignment3d.tvr.apply(np.r_[sxy, dataset.section_position_um(image.section_number)])
+    assert point[2] < 5700.0
+
+
+# -- dataset.json ------------------------------------------------------------------------------------------------
+def test_alignments_are_written_back_and_read(aligned_connectivity):
+    folder, alignment2d, alignment3d = aligned_connectivity
+    dataset = read_dataset(folder)
+    assert dataset.alignment3d is not None
+    assert dataset.alignment3d.tvr.is_close(alignment3d.tvr) and dataset.alignment3d.trv.is_close(alignment3d.trv)
+    for image in dataset.images:
+        assert image.alignment2d is not None
+        assert image.alignment2d.tsv.is_close(alignment2d[image.id].tsv)
+        assert image.alignment2d.tvs.is_close(alignment2d[image.id].tvs)
+    # the stored transforms map the specimen into the brain: image centres land inside the reference volume
+    for image in dataset.usable_images()[::10]:
+        sxy = image.alignment2d.tsv.apply([image.width / 2, image.height / 2])
+        ap, dv, lr = dataset.alignment3d.tvr.apply(np.r_[sxy, dataset.section_position_um(image.section_number)])
+        assert 0 < ap < 13200 and 0 < dv < 8000 and 0 < lr < 11400
+
+
+# -- failures ----------------------------------------------------------------------------------------------------
+def test_missing_image_file_fails_clearly(sagittal, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sagittal, copy)
+    dataset = read_dataset(copy)
+    victim = dataset.sorted_images()[3]
+    (copy / "images" / victim.channels["tissue"]).unlink()
+    with pytest.raises(MissingFileError, match=victim.channels["tissue"]):
+        align_dataset(copy, reference_resolution_um=RESOLUTION, progress=False)
+    with pytest.raises(MissingFileError, match="no such data set folder"):
+        align_dataset(tmp_path / "nowhere", reference_resolution_um=RESOLUTION, progress=False)
+
+
+def test_blank_images_fail_clearly(tmp_path):
+    images = [SectionImage(id=10 + k, section_number=k, channels=["tissue"], width=40, height=30)
+              for k in range(3)]
+    dataset = SectionDataSet(id=5, plane="coronal", product="connectivity", section_thickness_um=100.0,
+                             sampling_um=100.0, pixel_size_um=50.0, images=images)
+    rng = np.random.default_rng(0)
+    write_dataset(tmp_path, dataset, [rng.integers(100, 110, (30, 40)).astype(np.uint16) for _ in images])
+    with pytest.raises(AlignmentError, match="no section image shows tissue"):
+        align_sections(tmp_path, settings=AlignSettings(reference_resolution_um=RESOLUTION))
+
+
+# -- building blocks ---------------------------------------------------------------------------------------------
+def test_sitk_affine_round_trip_with_centre():
+    affine = Affine3d(np.array([[0.1, 0.2, 1.0], [0.0, 1.05, 0.1], [0.98, 0.0, 0.05]]), np.array([10.0, -5.0, 3.0]))
+    transform = affine_to_sitk(affine, center=(1000.0, 2000.0, 3000.0))
+    point = np.array([123.0, 456.0, 789.0])
+    assert np.allclose(transform.TransformPoint(tuple(point)), affine.apply(point))
+    assert affine_from_sitk(transform, 3).is_close(affine)
+
+
+def test_block_mean_keeps_pixel_geometry():
+    image = np.arange(7 * 9, dtype=np.float32).reshape(7, 9)
+    small = block_mean(image, 3)
+    assert small.shape == (2, 3)  # incomplete blocks dropped
+    assert small[1, 2] == image[3:6, 6:9].mean()
+
+
+def test_sampler_matches_map_coordinates():
+    rng = np.random.default_rng(1)
+    volume = ndimage.gaussian_filter(rng.random((20, 16, 18)), 2).astype(np.float32)
+    sampler = Sampler(volume, origin=(25.0, 25.0, 25.0), spacing=50.0, reverse=False)
+    points = rng.uniform(30, 780, size=(3, 200))
+    values, inside, gradient = sampler(points)
+    expected = ndimage.map_coordinates(volume, (points - 25.0) / 50.0, order=1)
+    assert np.allclose(values[inside > 0], expected[inside > 0], atol=1e-5)
+    assert gradient.shape == (3, 200)
+
+
+def test_affine_2d_registration_recovers_a_known_transform():
+    """A smooth random image seen through a known affine (rotation 4 deg, scale 1.03, shift (120, -80) um)."""
+    rng = np.random.default_rng(2)
+    moving_values = ndimage.gaussian_filter(rng.random((200, 240)), 4).astype(np.float32)
+    moving = Grid2d(moving_values, origin=(0.0, 0.0), spacing=20.0)
+    angle = np.deg2rad(4.0)
+    truth = Affine2d(1.03 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]),
+                     np.array([120.0, -80.0]))
+    rows, cols = np.mgrid[0:150, 0:180]
+    fixed_points = np.stack([cols * 20.0 + 600.0, rows * 20.0 + 500.0], axis=-1)
+    target = truth.apply(fixed_points) / 20.0
+    fixed_values = ndimage.map_coordinates(moving_values, [target[..., 1], target[..., 0]], order=1)
+    fixed = Grid2d(fixed_values.astype(np.float32), origin=(600.0, 500.0), spacing=20.0)
+    start = Affine2d(np.eye(2), np.zeros(2))
+    result = register_affine_2d(fixed, np.ones(fixed_values.shape, bool), moving, start,
+                                sigmas_um=(100.0, 40.0, 0.0))
+    error = np.abs(result.transform.apply(fixed_points.reshape(-1, 2)) - truth.apply(fixed_points.reshape(-1, 2)))
+    assert error.max() < 2.0  # microns (a tenth of a pixel)
+    assert -result.metric > 0.999 and result.metric < result.start_metric
+
