@@ -145,7 +145,7 @@ def alignment_error(folder: str | os.PathLike[str], dataset: SectionDataSet,
         truth = reference_points(dataset, image.section_number, xy, true2d[image.id], true3d)
         estimate = reference_points(dataset, image.section_number, xy, estimated2d[image.id], estimated3d)
         errors.append(np.linalg.norm(estimate - truth, axis=1))
-        normal_errors.append(np.abs((estimate - truth) @ normal))
+        normal_errors.append(np.abs(np.einsum("ij,j->i", estimate - truth, normal)))
         sections.append(np.full(xy.shape[0], image.section_number))
     if not errors:
         raise ValueError(f"SectionDataSet {dataset.id}: no tissue pixel found on any usable section")

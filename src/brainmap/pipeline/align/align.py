@@ -99,15 +99,20 @@ class AlignSettings:
 
     Attributes:
         reference_resolution_um: the reference template's voxel size (25, 50 or 100 um).
-        section_um: section working pixel for the 2-D refinement (default: the reference resolution).
-        volume_um: in-plane pixel of the reconstructed volume for the 3-D registration (default: max(50,
-            reference resolution)).
-        rounds: 3-D / 2-D rounds (the first includes all levels and refines the sections at the volume pixel;
-            later ones use only the finest 3-D level and refine at the section pixel).
+        section_um: section working pixel for the 2-D refinement (default: max(25 um, the reference
+            resolution); an integer multiple of the image pixel, the nearest).
+        volume_um: in-plane pixel of the reconstructed volume for the 3-D registration (default: max(50 um,
+            the reference resolution); an integer multiple of the section working pixel).
+        rounds: 3-D / 2-D rounds. The first registers the volume from scratch (start search, smoothing
+            ``first_volume_sigmas_um``) and refines the sections at the volume pixel (``first_sigmas_um``);
+            each later one rebuilds the volume from the refined sections, re-registers it from the previous
+            transform (``volume_sigmas_um``) and refines the sections at the section pixel (``sigmas_um``).
         neighbour_registration: run the section-to-section registration before the first 3-D registration
             (off by default: on the virtual microscope's specimens its drift hurt more than it helped).
         volume_points: at most this many tissue voxels of the specimen volume in the 3-D metric.
         section_points: at most this many tissue pixels of a section in the 2-D metric.
+        first_centroid_start: in the first round, always also try each section from its centroid start (else
+            only when its first result correlates poorly).
         first_volume_sigmas_um: smoothing levels (coarse to fine, microns) of the first 3-D registration.
         volume_sigmas_um: smoothing levels of the later 3-D registrations.
         first_sigmas_um: smoothing levels (coarse to fine, microns) of the first 2-D refinement (sections may
@@ -123,6 +128,7 @@ class AlignSettings:
     neighbour_registration: bool = False
     volume_points: int = 100000
     section_points: int = 20000
+    first_centroid_start: bool = False
     first_volume_sigmas_um: tuple[float, ...] = (400.0, 200.0, 100.0, 0.0)
     volume_sigmas_um: tuple[float, ...] = (100.0, 0.0)
     first_sigmas_um: tuple[float, ...] = (200.0, 100.0, 50.0, 0.0)
@@ -150,6 +156,7 @@ class AlignResult:
         volume_correlation: normalized correlation of the reconstructed volume with the template.
         rejected: image ids whose last 2-D refinement found nothing better than their current transform.
         seconds: wall time of the alignment.
+        warnings: what looks wrong with the result (an implausible 3-D scale, a poor volume correlation).
     """
 
     alignment2d: dict[int, Alignment2d]
@@ -158,6 +165,7 @@ class AlignResult:
     volume_correlation: float
     rejected: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def doubtful(self) -> list[int]:
@@ -171,10 +179,11 @@ class AlignResult:
         values = np.array([v for v in self.section_correlation.values() if np.isfinite(v)])
         median = float(np.median(values)) if values.size else float("nan")
         doubtful = self.doubtful
+        listed = ", ".join(map(str, doubtful[:5])) + (" ..." if len(doubtful) > 5 else "")
         return (f"{len(self.alignment2d)} sections aligned; volume correlation {self.volume_correlation:.3f}, "
                 f"median section correlation {median:.3f}; {len(doubtful)} doubtful"
-                f"{' (image ' + ', '.join(map(str, doubtful[:5])) + (' ...' if len(doubtful) > 5 else '') + ')' if doubtful else ''}"
-                f"; {self.seconds:.1f} s")
+                f"{f' (image {listed})' if doubtful else ''}; {self.seconds:.1f} s"
+                + "".join(f"; WARNING: {w}" for w in self.warnings))
 
 
 # -- the reference template -------------------------------------------------------------------------------------
@@ -234,7 +243,7 @@ def reference_template(resolution_um: int = 25) -> ReferenceTemplate:
 
 
 # -- 3-D ----------------------------------------------------------------------------------------------------------
-def _volume_level(volume, factor: int):
+def _volume_level(volume: SpecimenVolume, factor: int):
     """Fixed image and mask of one level: the specimen volume block-averaged in-plane by ``factor``."""
     if factor == 1:
         v, m = volume.volume, volume.mask
@@ -490,6 +499,24 @@ def place_by_neighbour(stack: SectionStack, k: int, transforms: list[Affine2d], 
     return outcome.transform
 
 
+#: A 3-D transform whose scales leave this range, or a volume correlation below the minimum, is reported.
+PLAUSIBLE_SCALE = (0.7, 1.4)
+MIN_VOLUME_CORRELATION = 0.5
+
+
+def _check_result(tvr: Affine3d, volume_correlation: float) -> list[str]:
+    """Warnings about an alignment that is probably wrong."""
+    warnings = []
+    scales = np.linalg.svd(tvr.matrix, compute_uv=False)
+    if scales.min() < PLAUSIBLE_SCALE[0] or scales.max() > PLAUSIBLE_SCALE[1]:
+        warnings.append(f"the specimen -> reference transform scales by {scales.min():.2f}..{scales.max():.2f}, "
+                        f"outside {PLAUSIBLE_SCALE[0]}..{PLAUSIBLE_SCALE[1]}: the 3-D registration probably failed")
+    if not volume_correlation >= MIN_VOLUME_CORRELATION:
+        warnings.append(f"the specimen volume correlates only {volume_correlation:.2f} with the template (below "
+                        f"{MIN_VOLUME_CORRELATION}): the alignment is doubtful")
+    return warnings
+
+
 def _fill_empty_sections(stack: SectionStack, transforms: list[Affine2d]) -> list[Affine2d]:
     """Sections without tissue get the ``T`` of the nearest section with tissue (same image canvas: a
     plausible guess; they are reported as doubtful)."""
@@ -541,7 +568,8 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
                  time.perf_counter() - started)
         # the first round refines at the volume's (coarse) pixel, later rounds at the section working pixel
         transforms, correlation, rejected = refine_sections(
-            coarse if first else stack, transforms, template, tvr, centroid_start=first, progress=progress,
+            coarse if first else stack, transforms, template, tvr, progress=progress,
+            centroid_start=first and settings.first_centroid_start,
             max_points=settings.section_points,
             sigmas_um=settings.first_sigmas_um if first else settings.sigmas_um,
             description=f"round {round_}/{rounds}: refining sections")
@@ -549,6 +577,9 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
                  time.perf_counter() - started)
     assert tvr is not None
     transforms = _fill_empty_sections(stack, transforms)
+    warnings = _check_result(tvr, volume_correlation)
+    for warning in warnings:
+        log.warning("SectionDataSet %d: %s", dataset.id, warning)
     scale = Affine2d(np.eye(2) * dataset.pixel_size_um, np.zeros(2))
     alignment2d = {image.id: Alignment2d.from_tsv(t.compose(scale))
                    for image, t in zip(stack.section_images, transforms)}
@@ -557,7 +588,7 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         section_correlation={image.id: float(c) for image, c in zip(stack.section_images, correlation)},
         volume_correlation=float(volume_correlation),
         rejected=[stack.section_images[k].id for k in rejected],
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started, warnings=warnings)
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,

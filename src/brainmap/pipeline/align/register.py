@@ -200,28 +200,6 @@ def _method(samples: int, seed: int, mask: sitk.Image | None, fixed: sitk.Image)
     return method
 
 
-def _radius(image: sitk.Image, mask: sitk.Image | None, center: Sequence[float]) -> float:
-    """The largest distance (physical units) from ``center`` to a (masked) voxel centre of ``image``."""
-    size = np.array(image.GetSize())
-    if mask is not None:
-        index = np.argwhere(sitk.GetArrayViewFromImage(mask))[:, ::-1]  # (x, y[, z]) indices
-        if index.size == 0:
-            index = np.array([np.zeros_like(size), size - 1])
-    else:
-        index = np.array([np.zeros_like(size), size - 1])
-    lo, hi = index.min(axis=0), index.max(axis=0)
-    corners = np.array(np.meshgrid(*[(a, b) for a, b in zip(lo, hi)], indexing="ij")).reshape(len(size), -1).T
-    direction = np.asarray(image.GetDirection()).reshape(len(size), len(size))
-    points = np.asarray(image.GetOrigin()) + (corners * np.asarray(image.GetSpacing())) @ direction.T
-    return float(np.max(np.linalg.norm(points - np.asarray(center), axis=1)))
-
-
-def _affine_scales(ndim: int, radius: float) -> list[float]:
-    """Optimizer scales of an affine transform about a centre: a unit change of a matrix entry moves a point
-    at ``radius`` by ``radius``, of a translation by 1 (ITK's physical-shift scales are these shifts squared)."""
-    return [radius * radius] * (ndim * ndim) + [1.0] * ndim
-
-
 def _observe_start(method: sitk.ImageRegistrationMethod) -> list[float]:
     """Record the metric value of the first iteration (the value at the initial transform)."""
     values: list[float] = []
@@ -234,57 +212,67 @@ def _observe_start(method: sitk.ImageRegistrationMethod) -> list[float]:
     return values
 
 
+def _regular_step(method: sitk.ImageRegistrationMethod, learning_rate: float, min_step: float,
+                  iterations: int) -> None:
+    """Regular-step gradient descent with ITK's physical-shift scales: a step of ``learning_rate`` moves points
+    by about that many physical units, whatever the parameter."""
+    method.SetOptimizerAsRegularStepGradientDescent(learning_rate, min_step, iterations, relaxationFactor=0.5,
+                                                    gradientMagnitudeTolerance=1e-10)
+    method.SetOptimizerScalesFromPhysicalShift()
+
+
 def register_volume(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving: sitk.Image, initial: Affine3d, *,
                     center: Sequence[float], samples: int = 20000, iterations: int = 100,
                     learning_rate_um: float = 200.0, min_step_um: float = 2.0,
                     similarity_only: bool = False, seed: int = 7) -> RegistrationResult3d:
-    """One resolution level of the 3-D registration: the affine (or, with ``similarity_only``, rotation +
-    uniform scale + translation applied before the initial affine) that maximizes the normalized correlation
-    between the specimen volume (fixed) and the template (moving) over the fixed mask.
+    """A 3-D registration with SimpleITK: the affine (or, with ``similarity_only``, a rotation + uniform scale +
+    translation applied before the initial affine) that maximizes the normalized correlation between the
+    specimen volume (fixed) and the template (moving) over the fixed mask. Never worse than ``initial``: if the
+    optimizer ends with a lower correlation than it started with, ``initial`` is returned.
 
     Args:
         fixed: specimen volume, physical axes (sx, sy, sz) um.
         fixed_mask: where the metric is evaluated (uint8), or None for everywhere.
         moving: template, physical axes (AP, DV, LR) um.
         initial: starting specimen -> reference transform.
-        center: rotation centre (specimen um), e.g. the tissue centroid; conditions the optimization.
+        center: rotation centre (specimen um), e.g. the tissue centroid.
         samples: number of fixed voxels sampled (at random, once) for the metric.
         iterations: maximum optimizer iterations.
         learning_rate_um / min_step_um: first and last step of the regular-step gradient descent, in microns
-            of point displacement (the scales are set from physical shifts).
+            of point displacement.
         similarity_only: optimize a 7-parameter similarity instead of a full affine.
         seed: sampling seed (a fixed seed makes the result reproducible).
     """
     method = _method(samples, seed, fixed_mask, fixed)
-    method.SetOptimizerAsRegularStepGradientDescent(learning_rate_um, min_step_um, iterations,
-                                                    relaxationFactor=0.5, gradientMagnitudeTolerance=1e-10)
-    radius = _radius(fixed, fixed_mask, center)
+    _regular_step(method, learning_rate_um, min_step_um, iterations)
+    start = _observe_start(method)
     if similarity_only:
         similarity = sitk.Similarity3DTransform()
         similarity.SetCenter(tuple(float(v) for v in center))
-        # versor (3, ~2 radius per unit), translation (3), scale (radius)
-        method.SetOptimizerScales([4 * radius * radius] * 3 + [1.0] * 3 + [radius * radius])
         method.SetMovingInitialTransform(affine_to_sitk(initial))  # applied after the optimized one
         method.SetInitialTransform(similarity, inPlace=True)
         with _quiet_itk():
             method.Execute(fixed, moving)
         result = initial.compose(affine_from_sitk(similarity, 3))  # type: ignore[arg-type]
     else:
-        method.SetOptimizerScales(_affine_scales(3, radius))
         transform = affine_to_sitk(initial, center)
         method.SetInitialTransform(transform, inPlace=True)
         with _quiet_itk():
             method.Execute(fixed, moving)
         result = affine_from_sitk(transform, 3)
-    return RegistrationResult3d(result, float(method.GetMetricValue()),  # type: ignore[arg-type]
-                                int(method.GetOptimizerIteration()), method.GetOptimizerStopConditionDescription())
+    final = float(method.GetMetricValue())
+    if start and final > start[0]:
+        result, final = initial, start[0]
+    return RegistrationResult3d(result, final, int(method.GetOptimizerIteration()),  # type: ignore[arg-type]
+                                method.GetOptimizerStopConditionDescription())
 
 
 def register_section(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving: sitk.Image, initial: Affine2d, *,
                      center: Sequence[float], kind: str = "affine", samples: int = 4000, iterations: int = 100,
                      learning_rate: float = 100.0, min_step: float = 0.5, seed: int = 7) -> RegistrationResult2d:
-    """2-D registration of one section image (fixed) to a 2-D target (moving): a neighbour section or the
-    template resampled into the section's plane. Maximizes normalized correlation over the fixed mask.
+    """A 2-D registration with SimpleITK of one section image (fixed) to a 2-D target (moving), e.g. a
+    neighbour section: maximizes the normalized correlation over the fixed mask. Never worse than ``initial``
+    (see :func:`register_volume`).
 
     Args:
         fixed, moving: 2-D images, physical axes in microns.
@@ -298,12 +286,9 @@ def register_section(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving: s
     The result's ``start_metric`` is the metric at ``initial`` (from the first iteration).
     """
     method = _method(samples, seed, fixed_mask, fixed)
-    method.SetOptimizerAsRegularStepGradientDescent(learning_rate, min_step, iterations,
-                                                    relaxationFactor=0.5, gradientMagnitudeTolerance=1e-10)
-    radius = _radius(fixed, fixed_mask, center)
+    _regular_step(method, learning_rate, min_step, iterations)
     start = _observe_start(method)
     if kind == "affine":
-        method.SetOptimizerScales(_affine_scales(2, radius))
         transform = affine_to_sitk(initial, center)
         method.SetInitialTransform(transform, inPlace=True)
         with _quiet_itk():
@@ -312,8 +297,6 @@ def register_section(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving: s
     elif kind in ("rigid", "similarity"):
         inner = sitk.Euler2DTransform() if kind == "rigid" else sitk.Similarity2DTransform()
         inner.SetCenter(tuple(float(v) for v in center))
-        method.SetOptimizerScales([radius * radius] + [1.0, 1.0] if kind == "rigid"
-                                  else [radius * radius, radius * radius, 1.0, 1.0])
         method.SetMovingInitialTransform(affine_to_sitk(initial))  # applied after the optimized one
         method.SetInitialTransform(inner, inPlace=True)
         with _quiet_itk():
@@ -322,8 +305,11 @@ def register_section(fixed: sitk.Image, fixed_mask: sitk.Image | None, moving: s
     else:
         raise ValueError(f"kind must be 'rigid', 'similarity' or 'affine', got {kind!r}")
     final = float(method.GetMetricValue())
+    start_metric = start[0] if start else final
+    if final > start_metric:
+        result, final = initial, start_metric
     return RegistrationResult2d(result, final, int(method.GetOptimizerIteration()),  # type: ignore[arg-type]
-                                start[0] if start else final)
+                                start_metric)
 
 
 # -- Levenberg-Marquardt on normalized correlation (2-D sections, 3-D volume) --------------------------------------
