@@ -92,6 +92,20 @@ def test_projection_unionize_matches_brute_force(space100, tree, projection_grid
                     assert row[column] == pytest.approx(value, rel=1e-9, abs=1e-6), (key, column)
 
 
+def test_projection_unionize_is_the_same_in_any_memory_order_and_dtype(space100, projection_grids):
+    """The compiled pass reads volumes where they lie: C or Fortran order, float32, a boolean data mask."""
+    reference = unionize_projection(projection_grids, space100)
+    other = {name: np.asfortranarray(v.astype(np.float32)) if name != "data_mask" else np.ascontiguousarray(v > 0)
+             for name, v in projection_grids.items()}
+    other["sum_pixels"] = np.ascontiguousarray(projection_grids["sum_pixels"])
+    table = unionize_projection(other, space100)
+    assert len(table) == len(reference)
+    for column in ("sum_pixels", "sum_projection_pixels", "sum_pixel_intensity", "max_voxel_density"):
+        np.testing.assert_allclose(table[column], reference[column], rtol=2e-6, err_msg=column)
+    for column in ("structure_id", "hemisphere_id", "max_voxel_x", "max_voxel_y", "max_voxel_z"):
+        np.testing.assert_array_equal(table[column], reference[column], err_msg=column)
+
+
 def test_projection_formulas_hold_on_every_row(space100, projection_grids):
     table = unionize_projection(projection_grids, space100)
     assert (table.sum_pixels > 0).all()

@@ -34,7 +34,8 @@ import pandas as pd
 
 from brainmap.atlas.reference_space import ReferenceSpace
 from brainmap.pipeline.unionize.grids import GridFolder, require
-from brainmap.pipeline.unionize.reduction import StructureBins
+from brainmap.pipeline.unionize._projection_pass import SUM_NAMES, projection_direct_sums
+from brainmap.pipeline.unionize.reduction import roll_up_maxima, roll_up_sums, voxel_coordinates_um
 
 #: Allen's ProjectionStructureUnionize columns, in AllenSDK's order.
 PROJECTION_UNIONIZE_COLUMNS = [
@@ -68,7 +69,7 @@ def unionize_projection(
     ----------
     grids : mapping name -> (AP, DV, LR) volume, or a folder of ``{name}_{res}.nrrd`` files
         The volumes named in :data:`PROJECTION_GRID_NAMES` (and optionally ``aav_exclusion_fraction``), on the
-        grid of ``space``. A folder is read one volume at a time.
+        grid of ``space``, any real dtype. They are reduced in one compiled pass over the volume.
     space : ReferenceSpace
         The annotation on the same grid.
     experiment_id : int, optional
@@ -88,53 +89,20 @@ def unionize_projection(
     spacing = float(space.resolution[0] if spacing_um is None else spacing_um)
     scale = pixel_size_um**2 * spacing * 1e-9  # mm3 per pixel
 
-    bins = StructureBins(space, selected=np.asarray(grids["data_mask"]) > 0)
-    sum_pixels = bins.gather(grids["sum_pixels"])
-
-    def summed(weights: np.ndarray) -> np.ndarray:
-        return bins.roll_up(bins.sums(weights))
-
-    # Injection record.
-    injection_fraction = bins.gather(grids["injection_fraction"])
-    injection_density = bins.gather(grids["injection_density"])
-    injection = {
-        "sum_pixels": summed(sum_pixels * injection_fraction),
-        "sum_projection_pixels": summed(sum_pixels * injection_density),
-        "sum_projection_pixel_intensity": summed(sum_pixels * bins.gather(grids["injection_energy"])),
-        "sum_pixel_intensity": summed(bins.gather(grids["injection_sum_pixel_intensities"])),
-    }
-    injection_max = bins.max_voxels(injection_density)
-    del injection_density
-
-    # Projection record: voxels in the injection or not excluded, minus the injection record.
-    excluded = None
-    if "aav_exclusion_fraction" in grids:
-        excluded = (bins.gather(grids["aav_exclusion_fraction"]) > 0) & ~(injection_fraction > 0)
-        if not excluded.any():
-            excluded = None
-    counted_pixels = sum_pixels if excluded is None else np.where(excluded, 0.0, sum_pixels)
-    projection_density = bins.gather(grids["projection_density"])
-    intensities = bins.gather(grids["sum_pixel_intensities"])
-    if excluded is not None:
-        intensities[excluded] = 0.0
-    projection = {
-        "sum_pixels": summed(counted_pixels),
-        "sum_projection_pixels": summed(counted_pixels * projection_density),
-        "sum_projection_pixel_intensity": summed(counted_pixels * bins.gather(grids["projection_energy"])),
-        "sum_pixel_intensity": summed(intensities),
-    }
-    for name in projection:
-        projection[name] = projection[name] - injection[name]
-    outside_injection = projection_density * (1.0 - injection_fraction)
-    if excluded is not None:
-        outside_injection[excluded] = 0.0
-    projection_max = bins.max_voxels(outside_injection)
+    exclusion = grids["aav_exclusion_fraction"] if "aav_exclusion_fraction" in grids else None
+    direct = projection_direct_sums(space, grids, exclusion)
+    rolled = roll_up_sums(space, direct.sums)  # (record, quantity, hemisphere 1/2/3, structure)
+    injection = dict(zip(SUM_NAMES, rolled[0]))
+    # The projection record counts the injection's voxels too; Allen subtracts the injection record.
+    projection = {name: rolled[1, q] - rolled[0, q] for q, name in enumerate(SUM_NAMES)}
+    injection_max = roll_up_maxima(space, direct.max_value[0], direct.max_flat[0])
+    projection_max = roll_up_maxima(space, direct.max_value[1], direct.max_flat[1])
 
     # The whole brain's injection volume normalizes every row.
     injection_volume = injection["sum_projection_pixels"][2, 0] * scale  # preorder position 0 is the root
     tables = [
-        _records(bins, injection, injection_max, True, scale, spacing, injection_volume),
-        _records(bins, projection, projection_max, False, scale, spacing, injection_volume),
+        _records(space, injection, injection_max, True, scale, spacing, injection_volume),
+        _records(space, projection, projection_max, False, scale, spacing, injection_volume),
     ]
     table = pd.concat(tables, ignore_index=True)
     table["experiment_id"] = pd.array([experiment_id] * len(table), dtype="Int64")
@@ -143,7 +111,7 @@ def unionize_projection(
 
 
 def _records(
-    bins: StructureBins,
+    space: ReferenceSpace,
     sums: dict[str, np.ndarray],
     maxima,
     is_injection: bool,
@@ -152,14 +120,14 @@ def _records(
     injection_volume: float,
 ) -> pd.DataFrame:
     """Rows for one record kind: every structure x hemisphere (1, 2, 3) with sum_pixels > 0."""
-    n = bins.n
+    n = len(space.ontology_order.ids)
     keep = sums["sum_pixels"] > 0
     hemisphere = np.repeat(np.array([1, 2, 3])[:, None], n, axis=1)
-    structure = np.broadcast_to(bins.space.ontology_order.ids[None, :], (3, n))
+    structure = np.broadcast_to(space.ontology_order.ids[None, :], (3, n))
     sum_pixels = sums["sum_pixels"][keep]
     sum_projection_pixels = sums["sum_projection_pixels"][keep]
     sum_intensity = sums["sum_projection_pixel_intensity"][keep]
-    coords = bins.voxel_coordinates_um(maxima.flat_index[keep], spacing)
+    coords = voxel_coordinates_um(space, maxima.flat_index[keep], spacing)
     with np.errstate(divide="ignore", invalid="ignore"):
         projection_intensity = np.where(sum_projection_pixels > 0, sum_intensity / sum_projection_pixels, 0.0)
         projection_volume = sum_projection_pixels * scale

@@ -10,6 +10,9 @@ grow with the number of structures:
    maximum one scatter-max over the voxels with a positive value.
 3. The roll-up adds every structure's descendants by prefix sums over the preorder, and takes the largest
    maximum over each subtree with the ancestor closure (a structures x structures matrix).
+
+The projection unionizer does steps 1 and 2 in one compiled pass (``_projection_pass.py``) and shares step 3
+(:func:`roll_up_sums`, :func:`roll_up_maxima`) with the ISH unionizer, which uses :class:`StructureBins`.
 """
 
 from __future__ import annotations
@@ -83,8 +86,7 @@ class StructureBins:
 
     def roll_up(self, direct: np.ndarray) -> np.ndarray:
         """(2, n) direct sums -> (3, n) sums with descendants for hemispheres 1, 2 and 3 (both)."""
-        rolled = self.space.label_index.roll_up(direct.T).T
-        return np.vstack([rolled, rolled.sum(axis=0, keepdims=True)])
+        return roll_up_sums(self.space, direct)
 
     # --------------------------------------------------------------- maxima
     def selected_flat_positions(self) -> np.ndarray:
@@ -104,28 +106,50 @@ class StructureBins:
         first_bins, first = np.unique(self.bins[hits], return_index=True)
         flat = np.full(2 * (n + 1), -1, dtype=np.int64)
         flat[first_bins] = self.selected_flat_positions()[hits[first]]
-        direct_value = best.reshape(2, n + 1)[:, 1:]
-        direct_flat = flat.reshape(2, n + 1)[:, 1:]
-        # Roll up: each structure takes the largest maximum in its subtree (ancestor closure, n x n).
-        closure = self.space.ontology_order.ancestor_closure()
-        value = np.empty((3, n))
-        flat_index = np.empty((3, n), dtype=np.int64)
-        for h in range(2):
-            candidates = np.where(closure, direct_value[h][None, :], -1.0)
-            pick = candidates.argmax(axis=1)
-            value[h] = candidates[np.arange(n), pick]
-            flat_index[h] = direct_flat[h][pick]
-        both_right = value[1] > value[0]
-        value[2] = np.where(both_right, value[1], value[0])
-        flat_index[2] = np.where(both_right, flat_index[1], flat_index[0])
-        none = value <= 0
-        value[none], flat_index[none] = 0.0, -1
-        return MaxVoxels(value, flat_index)
+        return roll_up_maxima(self.space, best.reshape(2, n + 1)[:, 1:], flat.reshape(2, n + 1)[:, 1:])
 
     def voxel_coordinates_um(self, flat_index: np.ndarray, spacing_um: np.ndarray) -> np.ndarray:
         """(..., 3) voxel index x spacing in um (AP, DV, LR) of flat indices; 0 where the index is -1."""
-        flat = np.asarray(flat_index)
-        ijk = np.stack(np.unravel_index(np.maximum(flat, 0), self.shape, order=self.order), axis=-1)
-        coords = ijk * np.asarray(spacing_um)
-        coords[flat < 0] = 0
-        return coords
+        return voxel_coordinates_um(self.space, flat_index, spacing_um)
+
+
+def roll_up_sums(space: ReferenceSpace, direct: np.ndarray) -> np.ndarray:
+    """(..., 2, n) direct sums per hemisphere (left, right) and preorder structure -> (..., 3, n) sums with
+    descendants for hemispheres 1, 2 and 3 (both)."""
+    direct = np.asarray(direct)
+    rolled = np.moveaxis(space.label_index.roll_up(np.moveaxis(direct, -1, 0)), 0, -1)
+    return np.concatenate([rolled, rolled.sum(axis=-2, keepdims=True)], axis=-2)
+
+
+def roll_up_maxima(space: ReferenceSpace, direct_value: np.ndarray, direct_flat: np.ndarray) -> MaxVoxels:
+    """Direct maxima (2 hemispheres, n preorder structures) -> each structure's largest over its subtree.
+
+    ``direct_flat`` holds the flat index of each maximum's voxel (-1 if none). Hemisphere 3 (both) takes the
+    larger of left and right (left on ties). Values <= 0 mean "no voxel": 0 and index -1.
+    """
+    n = direct_value.shape[1]
+    closure = space.ontology_order.ancestor_closure()  # structures x structures: is column in row's subtree
+    value = np.empty((3, n))
+    flat_index = np.empty((3, n), dtype=np.int64)
+    for h in range(2):
+        candidates = np.where(closure, direct_value[h][None, :], -1.0)
+        pick = candidates.argmax(axis=1)
+        value[h] = candidates[np.arange(n), pick]
+        flat_index[h] = direct_flat[h][pick]
+    both_right = value[1] > value[0]
+    value[2] = np.where(both_right, value[1], value[0])
+    flat_index[2] = np.where(both_right, flat_index[1], flat_index[0])
+    none = value <= 0
+    value[none], flat_index[none] = 0.0, -1
+    return MaxVoxels(value, flat_index)
+
+
+def voxel_coordinates_um(space: ReferenceSpace, flat_index: np.ndarray, spacing_um) -> np.ndarray:
+    """(..., 3) voxel index x spacing in um (AP, DV, LR) of flat indices in the annotation's memory order; 0 where
+    the index is -1."""
+    flat = np.asarray(flat_index)
+    order = _layout(space.label_index.compact)
+    ijk = np.stack(np.unravel_index(np.maximum(flat, 0), space.shape, order=order), axis=-1)
+    coords = ijk * np.asarray(spacing_um)
+    coords[flat < 0] = 0
+    return coords
