@@ -18,7 +18,8 @@
 
 Every file path (from the database or derived from a request) is resolved, symbolic links included, and must
 lie inside the data directory (HTTP 403 otherwise; 404 when there is no such file). Streamed files carry
-Content-Length, an ETag from their stored sha256 (``If-None-Match`` gets 304) and accept byte ranges.
+Content-Length, an ETag from their stored sha256 (``If-None-Match`` gets 304) and accept byte ranges. Every file
+answer (zips too) carries ``X-Checksum-SHA256``, the sha256 of the whole body, for clients to verify.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ _VOLUME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _METAIMAGE = (".mhd", ".mha")
 _MAX_BUNDLE_BYTES = 1 << 30
 _ANNOTATION_RESOLUTIONS = (10, 25, 50, 100)
+#: The sha256 (hex) of a whole response body, on every file download (also on partial, 206, answers): clients
+#: verify what they saved (the ETag of a grid-data zip names its inputs, not its bytes).
+CHECKSUM_HEADER = "X-Checksum-SHA256"
 
 
 class _Streamed(FileResponse):
@@ -95,14 +99,16 @@ def _files_of(connection: Connection, data_set_id: int) -> list[FileRow]:
 def file_response(state: ServerState, request: Request, row: FileRow, media_type: str, filename: str) -> Response:
     """Stream a registered file: resolved inside the data directory, Content-Length, ETag (sha256), ranges."""
     path = state.resolve_data_path(row.path)
-    etag = f'"{row.sha256}"'
+    etag, checksum = f'"{row.sha256}"', row.sha256
     if path.stat().st_size != row.file_size:
         log.warning("file %s changed on disk since it was loaded (size %d, stored %d); reload it",
                     row.path, path.stat().st_size, row.file_size)
-        etag = f'W/"{state.file_sha256(path)}"'
+        checksum = state.file_sha256(path)
+        etag = f'W/"{checksum}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    return _Streamed(path, media_type=media_type, filename=filename, headers={"ETag": etag})
+    return _Streamed(path, media_type=media_type, filename=filename,
+                     headers={"ETag": etag, CHECKSUM_HEADER: checksum})
 
 
 def _names(include: str | None) -> list[str]:
@@ -203,7 +209,8 @@ def grid_download(request: Request, section_data_set_id: int,
         bundle = _bundle(state, chosen)
         state.grid_bundles.put(key, bundle)
     return Response(bundle, media_type="application/zip", headers={
-        "ETag": etag, "Content-Disposition": f'attachment; filename="{section_data_set_id}.zip"'})
+        "ETag": etag, CHECKSUM_HEADER: hashlib.sha256(bundle).hexdigest(),
+        "Content-Disposition": f'attachment; filename="{section_data_set_id}.zip"'})
 
 
 @router.get("/grid_data/download_file/{section_data_set_id}", summary="One grid volume of a data set as NRRD",
@@ -300,11 +307,12 @@ def _annotation_file(state: ServerState, resolution: int) -> Path:
 def _annotation_response(request: Request, resolution: int) -> Response:
     state = state_of(request)
     path = _annotation_file(state, resolution)
-    etag = f'"{state.file_sha256(path)}"'
+    checksum = state.file_sha256(path)
+    etag = f'"{checksum}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
     return _Streamed(path, media_type="application/octet-stream", filename=f"annotation_{resolution}.nrrd",
-                     headers={"ETag": etag})
+                     headers={"ETag": etag, CHECKSUM_HEADER: checksum})
 
 
 @router.get("/api/v2/annotation/{resolution}", summary="The CCF 2017 annotation volume (NRRD)",

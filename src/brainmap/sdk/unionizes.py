@@ -1,0 +1,129 @@
+"""Structure unionize tables: filtering, ranking and the experiments x structures projection matrix.
+
+The projection matrix is a pivot done with NumPy on the concatenated columns of the experiments' cached
+record arrays (no loop over rows): each row's matrix row comes from a sorted lookup of its experiment id, its
+column from a sorted lookup of the key ``hemisphere_id * 2**32 + structure_id``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from brainmap.atlas import StructureTree
+
+__all__ = ["HEMISPHERE_LABELS", "filter_unionizes", "projection_matrix", "rank_unionizes"]
+
+#: Column labels of the projection matrix: ``{acronym}-{L|R|B}`` (1 left, 2 right, 3 both).
+HEMISPHERE_LABELS = {1: "L", 2: "R", 3: "B"}
+_KEY_SHIFT = np.int64(1) << np.int64(32)
+
+
+def _id_list(values: Any, name: str) -> list[int]:
+    if values is None:
+        return []
+    if isinstance(values, (int, np.integer)):
+        return [int(values)]
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be integer ids, got {values!r}") from None
+
+
+def structure_id_set(structure_ids: Any, include_descendants: bool, tree: StructureTree | None) -> np.ndarray:
+    """The structure ids (with their descendants when asked), as a sorted array."""
+    ids = _id_list(structure_ids, "structure_ids")
+    if include_descendants:
+        if tree is None:
+            raise ValueError("include_descendants needs the structure tree")
+        ids = [d for group in tree.descendant_ids(ids) for d in group]
+    return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def filter_unionizes(unionizes: pd.DataFrame, is_injection: bool | None = None, structure_ids: Any = None,
+                     include_descendants: bool = False, hemisphere_ids: Any = None,
+                     tree: StructureTree | None = None) -> pd.DataFrame:
+    """The rows of ``unionizes`` that are injection (or projection) rows, of the given structures (with their
+    descendants) and hemispheres (1 left, 2 right, 3 both). None leaves a criterion out."""
+    keep = np.ones(len(unionizes), dtype=bool)
+    if is_injection is not None:
+        keep &= unionizes["is_injection"].to_numpy(dtype=bool) == bool(is_injection)
+    if structure_ids is not None:
+        keep &= np.isin(unionizes["structure_id"].to_numpy(), structure_id_set(structure_ids, include_descendants,
+                                                                                tree))
+    if hemisphere_ids is not None:
+        keep &= np.isin(unionizes["hemisphere_id"].to_numpy(), _id_list(hemisphere_ids, "hemisphere_ids"))
+    return unionizes[keep]
+
+
+def rank_unionizes(unionizes: pd.DataFrame, rank_on: str, n: int, threshold: float) -> list[dict[str, Any]]:
+    """The ``n`` rows of largest ``rank_on`` that are at least ``threshold``, largest first (ties by structure
+    id, then hemisphere), as records."""
+    if rank_on not in unionizes.columns:
+        raise ValueError(f"rank_on: no column {rank_on!r}; columns are {', '.join(map(str, unionizes.columns))}")
+    values = unionizes[rank_on].to_numpy(dtype=np.float64)
+    keep = np.flatnonzero(values >= threshold)
+    order = np.lexsort((unionizes["hemisphere_id"].to_numpy()[keep], unionizes["structure_id"].to_numpy()[keep],
+                        -values[keep]))
+    return unionizes.iloc[keep[order[:n]]].to_dict("records")
+
+
+def projection_matrix(tables: Sequence[np.ndarray], experiment_ids: Sequence[int], structure_ids: Any,
+                      hemisphere_ids: Any, parameter: str, tree: StructureTree | None
+                      ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """``(matrix, columns)``: ``matrix[i, j]`` is ``parameter`` of the projection (non-injection) row of
+    experiment ``experiment_ids[i]`` in column ``j`` (NaN where there is no row); columns are hemisphere-major
+    (all structures of the first hemisphere, then the next), each ``{hemisphere_id, structure_id, label}``.
+
+    ``tables`` are record arrays with ``experiment_id``, ``structure_id``, ``hemisphere_id``, ``is_injection``
+    and ``parameter``. ``structure_ids`` / ``hemisphere_ids`` None: every one present (structures in graph
+    order when there is a tree).
+    """
+    for table in tables:
+        if table.dtype.names is None or parameter not in table.dtype.names:
+            names = ", ".join(table.dtype.names or ())
+            raise ValueError(f"parameter: no unionize column {parameter!r}; columns are {names}")
+    def column(name: str, dtype: Any) -> np.ndarray:
+        parts = [np.asarray(t[name], dtype=dtype) for t in tables]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    exp = column("experiment_id", np.int64)
+    sid = column("structure_id", np.int64)
+    hid = column("hemisphere_id", np.int64)
+    projection = ~column("is_injection", bool)
+    values = column(parameter, np.float64)
+
+    if structure_ids is None:
+        present = np.unique(sid[projection])
+        if tree is not None:
+            known = np.array([s for s in present if s in tree], dtype=np.int64)
+            order = np.argsort(tree.index_of(known)) if known.size else np.zeros(0, dtype=np.intp)
+            present = np.concatenate([known[order], np.setdiff1d(present, known)])
+        structures = present
+    else:
+        structures = np.asarray(_id_list(structure_ids, "projection_structure_ids"), dtype=np.int64)
+    hemispheres = np.unique(hid[projection]) if hemisphere_ids is None else \
+        np.asarray(_id_list(hemisphere_ids, "hemisphere_ids"), dtype=np.int64)
+
+    rows = np.asarray(_id_list(experiment_ids, "experiment_ids"), dtype=np.int64)
+    col_keys = (np.repeat(hemispheres, structures.size) * _KEY_SHIFT + np.tile(structures, hemispheres.size))
+    matrix = np.full((rows.size, col_keys.size), np.nan)
+    if rows.size and col_keys.size and exp.size:
+        row_order = np.argsort(rows, kind="stable")
+        row_pos = np.searchsorted(rows[row_order], exp)
+        row_pos = np.minimum(row_pos, rows.size - 1)
+        row_ok = rows[row_order][row_pos] == exp
+        col_order = np.argsort(col_keys, kind="stable")
+        keys = hid * _KEY_SHIFT + sid
+        col_pos = np.minimum(np.searchsorted(col_keys[col_order], keys), col_keys.size - 1)
+        col_ok = col_keys[col_order][col_pos] == keys
+        ok = projection & row_ok & col_ok
+        matrix[row_order[row_pos[ok]], col_order[col_pos[ok]]] = values[ok]
+
+    acronyms = tree.get_acronym_map() if tree is not None else {}
+    columns = [{"hemisphere_id": int(h), "structure_id": int(s),
+                "label": f"{acronyms.get(int(s), s)}-{HEMISPHERE_LABELS.get(int(h), h)}"}
+               for h in hemispheres for s in structures]
+    return matrix, columns
