@@ -40,6 +40,8 @@ class Cache:
         self.api = api
         self.http: HttpClient = api.http
         self.cache, self.offline, self.verify = cache, offline, verify
+        if offline:
+            self.http.offline = True  # a guarantee: nothing below may touch the network
         self.manifest = Manifest(manifest_file, entries, self.http.base_uri)
         self._tables: dict[Path, tuple[tuple[int, int], np.ndarray]] = {}
 

@@ -171,14 +171,14 @@ class Downloader:
 
     ``progress``: True shows a tqdm bar per file, False never, None (default) only on a terminal.
     ``rate_limit``: at most this many bytes per second (None: no limit) -- to be gentle with a shared server.
-    ``chunk_size``: bytes per read.
+    Data are written as they arrive, so a dropped connection keeps every byte received for the resume.
     """
 
-    def __init__(self, http: HttpClient, *, progress: bool | None = None, rate_limit: float | None = None,
-                 chunk_size: int = 1 << 20) -> None:
+    def __init__(self, http: HttpClient, *, progress: bool | None = None, rate_limit: float | None = None
+                 ) -> None:
         if rate_limit is not None and rate_limit <= 0:
             raise ValueError(f"rate_limit must be a positive number of bytes per second, got {rate_limit}")
-        self.http, self.progress, self.rate_limit, self.chunk_size = http, progress, rate_limit, chunk_size
+        self.http, self.progress, self.rate_limit = http, progress, rate_limit
 
     def fetch(self, url: str, target: str | os.PathLike[str], params: dict[str, Any] | None = None
               ) -> DownloadResult:
@@ -305,7 +305,7 @@ class Downloader:
         started = time.monotonic()
         with open(part, mode) as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
                                           unit_divisor=1024, desc=name, disable=disable, leave=False) as bar:
-            for chunk in response.iter_bytes(self.chunk_size):
+            for chunk in response.iter_bytes():  # as received: a dropped connection keeps what arrived
                 fh.write(chunk)
                 hasher.update(chunk)
                 transferred += len(chunk)

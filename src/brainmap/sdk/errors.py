@@ -45,6 +45,9 @@ class OfflineError(SdkError, FileNotFoundError):
 
     def __init__(self, what: str, missing: list[tuple[Path, str]]) -> None:
         self.missing = missing
+        if not missing:
+            super().__init__(f"offline: {what} needs the network; go online (offline=False)")
+            return
         lines = "\n".join(f"  {path}  (from {url})" for path, url in missing)
         super().__init__(f"offline: {what} is not in the cache (or not verified there); missing:\n{lines}\n"
                          "go online (offline=False) to download it")

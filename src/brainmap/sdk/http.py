@@ -78,12 +78,18 @@ class HttpClient:
             raise SdkError(f"retries and backoff_s must be >= 0, got {retries} and {backoff_s}")
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.timeout = timeout
+        #: Set by an offline cache: every request raises instead of touching the network.
+        self.offline = False
         self._client: httpx.Client | None = None
         self._pid = os.getpid()
 
     @property
     def client(self) -> httpx.Client:
         """The connection pool (a new one after a fork: pools are not shared between processes)."""
+        if self.offline:
+            from brainmap.sdk.errors import OfflineError
+
+            raise OfflineError("a request to the server", [])
         if self._client is None or self._pid != os.getpid():
             self._client = httpx.Client(timeout=self.timeout, follow_redirects=True,
                                         headers={"User-Agent": "brainmap-sdk"})
