@@ -96,6 +96,12 @@ def _rebin(volume: np.ndarray, factor: int = 2) -> np.ndarray:
     return v.reshape(s[0] // factor, factor, s[1] // factor, factor, s[2] // factor, factor).sum(axis=(1, 3, 5))
 
 
+def _rebin_centred(volume: np.ndarray, factor: int = 2) -> np.ndarray:
+    """Blocks of ``factor`` voxels centred on every ``factor``-th voxel's corner: Allen's ISH grid (voxel ``I``
+    centred at ``200 I`` um) from 100 um voxels (``2I - 1, 2I``)."""
+    return _rebin(np.pad(volume, [(factor // 2, 0)] * 3), factor)
+
+
 def _connectivity_pearson(pixel_um: float = 5.0, sections: int = 12, size: int = 600) -> dict[str, float]:
     from brainmap.specimen.synthetic.render import pixel_reference_um, sample_volume
 
@@ -147,7 +153,7 @@ def _ish_pearson(gene: str, sections: int = 12, size: int = 640) -> float:
     inside = (vs.space.annotation > 0).astype(float)
     truth = np.zeros(GridSpec.allen(200).shape)
     weight = np.zeros_like(truth)
-    t, w = _rebin(vs.truth.signal_density * inside), _rebin(inside)
+    t, w = _rebin_centred(vs.truth.signal_density * inside), _rebin_centred(inside)  # the grid's centred voxels
     truth[: t.shape[0], : t.shape[1], : t.shape[2]] = t
     weight[: w.shape[0], : w.shape[1], : w.shape[2]] = w
     truth /= np.maximum(weight, 1e-9)

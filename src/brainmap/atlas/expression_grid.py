@@ -1,7 +1,9 @@
 """Allen's 200 um ISH expression grid: 67 x 41 x 58 voxels (AP, DV, LR) = 159,326, origin 0.
 
 The grid box is one voxel larger per axis than the 25 um annotation subsampled by 8 (66 x 40 x 57); the extra
-last planes are unassigned (0). Voxel ``(i, j, k)`` covers ``[200 i, 200 (i + 1))`` um along each axis.
+last planes are unassigned (0). Voxel ``(i, j, k)`` takes the label at ``(200 i, 200 j, 200 k)`` um: it is
+centred there and covers ``[200 i - 100, 200 i + 100)`` um along each axis (the convention ISH gridding follows,
+:mod:`brainmap.pipeline.grid.expression`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
 """Shared gridding pieces: the reference grid, the pixel -> reference affine, block sums and slab splatting.
 
 Conventions (``docs/architecture.md``): volumes are indexed (AP, DV, LR); microns in that order; voxel ``i`` of
-a grid covers ``[origin + i * res, origin + (i + 1) * res)``. Images are ``(rows, cols)``; pixel ``(x, y)`` =
-``(col, row)`` covers ``[x, x + 1) x [y, y + 1)``.
+a grid covers ``[origin + i * res, origin + (i + 1) * res)``, ``origin`` being the corner of voxel 0
+(:attr:`GridSpec.origin_um`). The connectivity grids (10-100 um, the CCF annotation's) have ``origin = 0``: voxel
+``i`` covers ``[i res, (i + 1) res)``. Allen's 200 um ISH grid is *centred*: voxel ``i`` is centred at ``200 i``
+um and covers ``[200 i - 100, 200 i + 100)`` (``origin = -100``), the sampling of its grid annotation
+(``annotation_25[::8, ::8, ::8]``, :mod:`brainmap.atlas.expression_grid`) and the one Allen's real coverage masks
+match (``tests/pipeline/test_grid.py``). Images are ``(rows, cols)``; pixel ``(x, y)`` = ``(col, row)`` covers
+``[x, x + 1) x [y, y + 1)``.
 
 **Pixel -> reference.** For one section image the map is affine (``tvr`` of ``tsv``, with ``sz =
 section_number x section_thickness_um``), so a ``(3, 2)`` matrix and an offset give every pixel's reference
@@ -38,6 +43,7 @@ import numpy as np
 from brainmap.specimen.model import SectionDataSet, SectionImage
 
 __all__ = [
+    "ALLEN_ORIGINS_UM",
     "ALLEN_SHAPES",
     "GridAccumulator",
     "GridSpec",
@@ -56,6 +62,9 @@ ALLEN_SHAPES: dict[int, tuple[int, int, int]] = {
     100: (132, 80, 114),
     200: (67, 41, 58),  # Allen's ISH expression grid (one voxel more per axis than 13200 x 8000 x 11400 um)
 }
+#: The corner of voxel 0 (um, each axis) of Allen's grids where it is not 0: the 200 um ISH grid's voxel ``i`` is
+#: centred at ``200 i`` um (covers ``[200 i - 100, 200 i + 100)``), as its annotation ``annotation_25[::8]``.
+ALLEN_ORIGINS_UM: dict[int, float] = {200: -100.0}
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ class GridSpec:
     Attributes:
         resolution_um: voxel side (um).
         shape: (AP, DV, LR) voxels.
-        origin_um: the corner of voxel 0 (um, AP, DV, LR).
+        origin_um: the corner of voxel 0 (um, AP, DV, LR): 0 for the connectivity grids, -100 for Allen's 200 um
+            ISH grid (voxel ``i`` centred at ``200 i`` um; :meth:`allen`).
     """
 
     resolution_um: float
@@ -82,11 +92,12 @@ class GridSpec:
 
     @classmethod
     def allen(cls, resolution_um: int) -> GridSpec:
-        """Allen's grid at 10, 25, 50 or 100 um (the CCF annotation's shape) or 200 um (the ISH grid)."""
+        """Allen's grid at 10, 25, 50 or 100 um (the CCF annotation's shape, voxel ``i`` covering ``[i res,
+        (i + 1) res)``) or 200 um (the ISH grid, 67 x 41 x 58, voxel ``i`` centred at ``200 i``: origin -100 um)."""
         res = int(round(resolution_um))
         if res not in ALLEN_SHAPES:
             raise ValueError(f"no Allen grid at {resolution_um} um; choose one of {sorted(ALLEN_SHAPES)}")
-        return cls(float(res), ALLEN_SHAPES[res])
+        return cls(float(res), ALLEN_SHAPES[res], (ALLEN_ORIGINS_UM.get(res, 0.0),) * 3)
 
     @property
     def n_voxels(self) -> int:
@@ -97,6 +108,12 @@ class GridSpec:
         """The resolution as written in file names (``100`` for 100 um)."""
         res = self.resolution_um
         return str(int(round(res))) if abs(res - round(res)) < 1e-9 else f"{res:g}"
+
+    @property
+    def first_centre_um(self) -> tuple[float, float, float]:
+        """The centre of voxel 0 (um, AP, DV, LR): ``origin + res / 2`` (0 for Allen's ISH grid), what a
+        MetaImage ``Offset`` holds."""
+        return tuple(float(v) + 0.5 * self.resolution_um for v in self.origin_um)  # type: ignore[return-value]
 
     def voxel_centres_um(self) -> np.ndarray:
         """``(n_voxels, 3)`` centres (um, AP, DV, LR) in Fortran order (AP fastest), as :meth:`flat_index`."""
