@@ -1,20 +1,16 @@
 """The true signal of virtual-microscope images, pixel by pixel, to measure detection against.
 
-:mod:`brainmap.specimen.synthetic` writes images and the true signal density per reference voxel, not the
-true signal of each pixel. This module re-renders a section with the generator's own
-:func:`~brainmap.specimen.synthetic.render.render_section` and, while it runs, captures the generator's signal
-draws to rebuild the true mask of that very image:
+The renderer itself returns the true signal of each image it makes
+(:func:`~brainmap.specimen.synthetic.render.render_section_truth`, from the very draws that made the image):
 
 * connectivity: a pixel is signal where the fibre field ``U > 1 - d`` (the generator's definition of an
-  axon pixel) or inside the injection site (injection fraction > 0); the scattered glow around the site is
+  axon pixel) or inside the injection site (injection fraction >= 0.5); the scattered glow around the site is
   not signal;
 * ISH: a pixel is signal where its centre lies inside an expressing cell's disc (diameter = the gene's cell
   diameter; the discs cover the expected fraction ``d`` of the area, the truth density's definition).
 
-Both are limited to tissue that is left (not torn away). The capture wraps
-``render.fibre_signal`` / ``render.cell_signal`` for the duration of one render (a module-level lock keeps it
-to one render at a time in this process) and replays the generator's random draws from a copy of its state,
-so the images are exactly those ``render_section`` makes.
+Both are limited to tissue that is left (not torn away). :func:`render_with_truth` is that, as ``(images,
+mask)``.
 
 :class:`VirtualSpecimen` builds a specimen in memory (plan, truth volumes, render sources and a
 :class:`~brainmap.specimen.SectionDataSet` with the TRUE transforms) so tests and benchmarks can render any
@@ -23,11 +19,8 @@ section -- or a crop of one, at any pixel size -- without writing a folder.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from functools import lru_cache
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,114 +30,14 @@ from brainmap.specimen.transforms import Affine2d, Alignment2d, Alignment3d
 
 __all__ = ["VirtualSpecimen", "precision_recall", "render_with_truth"]
 
-_LOCK = threading.Lock()
-
-
-class _RecordingRng:
-    """A ``numpy.random.Generator`` stand-in that records what the ISH cell draws return."""
-
-    def __init__(self, rng: np.random.Generator):
-        self._rng = rng
-        self.poisson_draws: list[np.ndarray] = []
-        self.random_draws: list[np.ndarray] = []
-
-    def poisson(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        out = self._rng.poisson(*args, **kwargs)
-        self.poisson_draws.append(np.asarray(out))
-        return out
-
-    def random(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        out = self._rng.random(*args, **kwargs)
-        self.random_draws.append(np.asarray(out))
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._rng, name)
-
-
-def _twin(rng: np.random.Generator) -> np.random.Generator:
-    """A generator in the same state as ``rng`` (replays its next draws)."""
-    twin = np.random.default_rng()
-    twin.bit_generator.state = rng.bit_generator.state
-    return twin
-
-
-def _disc_mask(shape: tuple[int, int], centres_xy: np.ndarray, radius_px: float) -> np.ndarray:
-    """bool image: pixels whose centre ``(col + 0.5, row + 0.5)`` lies within ``radius_px`` of a centre
-    (``(n, 2)`` continuous pixel coordinates ``(x, y)``)."""
-    height, width = shape
-    mask = np.zeros(height * width, dtype=bool)
-    if centres_xy.size == 0:
-        return mask.reshape(shape)
-    reach = int(np.ceil(radius_px)) + 1
-    cx, cy = centres_xy[:, 0], centres_xy[:, 1]
-    col0, row0 = np.floor(cx).astype(np.int64), np.floor(cy).astype(np.int64)
-    r2 = radius_px * radius_px
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            col, row = col0 + dx, row0 + dy
-            inside = (col + 0.5 - cx) ** 2 + (row + 0.5 - cy) ** 2 <= r2
-            inside &= (col >= 0) & (col < width) & (row >= 0) & (row < height)
-            mask[row[inside] * width + col[inside]] = True
-    return mask.reshape(shape)
-
-
-@contextmanager
-def _capturing(render_module: Any, captured: dict[str, Any]) -> Iterator[None]:
-    """Wrap the generator's signal functions to capture the true signal of the next render."""
-    original_fibre, original_cell = render_module.fibre_signal, render_module.cell_signal
-
-    def fibre_signal(rng, density, injection, pixel_um):
-        twin = _twin(rng)
-        out = original_fibre(rng, density, injection, pixel_um)
-        uniform = render_module._fibre_uniform(twin, density.shape, pixel_um)
-        truth = uniform > (1.0 - density)
-        if injection is not None:
-            truth |= injection >= 0.5
-        captured["truth"] = truth
-        return out
-
-    def cell_signal(rng, density, intensity, pixel_um, cell_diameter_um):
-        twin = _RecordingRng(_twin(rng))
-        out = original_cell(rng, density, intensity, pixel_um, cell_diameter_um)
-        original_cell(twin, density, intensity, pixel_um, cell_diameter_um)
-        height, width = density.shape
-        counts = twin.poisson_draws[0].ravel() if twin.poisson_draws else np.zeros(0, np.int64)
-        pixel = np.repeat(np.arange(counts.size), counts)
-        if pixel.size:
-            if len(twin.random_draws) < 2 or twin.random_draws[0].size != pixel.size:
-                raise RuntimeError("the virtual microscope's cell draws changed; update brainmap.pipeline.detect.truth")
-            # the generator's cell centre: pixel index + U - 0.5 relative to pixel centres
-            x = pixel % width + twin.random_draws[0] - 0.5 + 0.5
-            y = pixel // width + twin.random_draws[1] - 0.5 + 0.5
-            centres = np.stack([x, y], axis=1)
-        else:
-            centres = np.zeros((0, 2))
-        captured["truth"] = _disc_mask((height, width), centres, cell_diameter_um / 2.0 / pixel_um)
-        captured["cells_xy"] = centres
-        return out
-
-    render_module.fibre_signal, render_module.cell_signal = fibre_signal, cell_signal
-    try:
-        yield
-    finally:
-        render_module.fibre_signal, render_module.cell_signal = original_fibre, original_cell
-
 
 def render_with_truth(plan: Any, section: Any, sources: Any, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``(images, truth)``: the generator's images of one section (``{"tissue", "signal"}`` uint16) and the
     bool mask of its true signal pixels (module docstring)."""
-    from brainmap.specimen.synthetic import render as render_module
+    from brainmap.specimen.synthetic.render import render_section_truth
 
-    captured: dict[str, Any] = {}
-    with _LOCK, _capturing(render_module, captured):
-        images = render_module.render_section(plan, section, sources, seed)
-    shape = images["signal"].shape
-    truth = captured.get("truth")
-    if truth is None:
-        truth = np.zeros(shape, dtype=bool)
-    keep, _ = render_module.damage_masks(shape, section.damage)
-    return images, truth & (keep > 0)
+    rendered = render_section_truth(plan, section, sources, seed)
+    return rendered.images, rendered.signal
 
 
 def precision_recall(detected: np.ndarray, truth: np.ndarray, where: np.ndarray | None = None) -> tuple[float, float]:

@@ -10,7 +10,8 @@ Everything follows ``docs/dataset-format.md``: image pixels ``(x, y)`` -> specim
   reference volume, and a shift of up to ``max_shift_um`` (per axis) -- so the brain stays in view.
 * :func:`plan_specimen` finds the brain's extent along the cutting axis through that transform, picks the
   section numbers (connectivity: 100 um sections, every one, ~130-140 coronal sections; ISH: 25 um sections,
-  every 8th -- 200 um apart -- ~60 coronal, or ~20-25 sagittal over the LEFT hemisphere only), sizes one image
+  every 8th -- 200 um apart -- ~60 coronal, or ~20-25 sagittal over the LEFT hemisphere only; no coronal
+  section the posterior face of the volume cuts), sizes one image
   canvas for all sections (tissue footprint plus a margin), and draws for each section a 2-D jitter (rotation
   up to ``max_jitter_deg``, shift up to ``max_jitter_shift_um``): the true Alignment2d.
 * Damage (:class:`DamageRates`): missing sections (a gap in the section numbers), failed sections (written,
@@ -37,6 +38,7 @@ __all__ = [
     "SectionPlan",
     "SpecimenPlan",
     "brain_points_um",
+    "face_cut_limits",
     "plan_specimen",
     "plan_to_dict",
     "random_specimen_transform",
@@ -201,6 +203,52 @@ def section_numbers(z_min_um: float, z_max_um: float, thickness_um: float, every
     return list(range(max(first, phase), last + 1, every))
 
 
+def face_cut_limits(space: ReferenceSpace, tvr: Affine3d) -> tuple[float, float]:
+    """``(z_min, z_max)``: the section planes ``sz`` (um) that the reference volume's faces do not cut.
+
+    The brain reaches some faces of the volume (in CCF v3 the medulla runs through the posterior face, AP =
+    13,200 um): the tissue beyond is not in the reference, so a section whose plane crosses such a face over
+    the brain's cross-section there would show an artificial straight cut. For each face with brain voxels
+    that the sections run roughly parallel to (the cutting axis within 45 degrees of the face's normal), the
+    plane at ``sz`` must stay inside the volume over the face's brain footprint (the face's brain voxel
+    centres, mapped into the specimen): this bounds ``sz``. Faces the cutting axis runs along (a sagittal
+    series and the posterior face) give no bound: every such section meets them. ``(-inf, inf)`` when no face
+    bounds the planes.
+    """
+    z_min, z_max = -np.inf, np.inf
+    trv = tvr.inverse()
+    matrix = tvr.matrix
+    res = np.asarray(space.resolution, dtype=np.float64)
+    for axis in range(3):
+        along = matrix[axis, 2]  # d(reference axis) / d(sz)
+        if abs(along) < np.cos(np.deg2rad(45.0)) * np.linalg.norm(matrix[:, 2]):
+            continue
+        n = space.shape[axis]
+        for index, bound in ((0, 0.0), (n - 1, n * res[axis])):
+            face = np.argwhere(np.take(space.annotation, index, axis=axis) != 0)
+            if face.size == 0:
+                continue
+            others = [a for a in range(3) if a != axis]
+            points = np.empty((len(face), 3))
+            points[:, axis] = bound
+            for col, a in enumerate(others):
+                points[:, a] = (face[:, col] + 0.5) * res[a]
+            footprint = _apply(trv, points)[:, :2] @ matrix[axis, :2]  # the in-plane part of the axis coordinate
+            if index == 0:  # stay at coordinate >= 0: along * sz >= -t - footprint
+                limit = (-tvr.translation[axis] - footprint) / along
+                if along > 0:
+                    z_min = max(z_min, float(limit.max()))
+                else:
+                    z_max = min(z_max, float(limit.min()))
+            else:  # stay at coordinate <= bound
+                limit = (bound - tvr.translation[axis] - footprint) / along
+                if along > 0:
+                    z_max = min(z_max, float(limit.min()))
+                else:
+                    z_min = max(z_min, float(limit.max()))
+    return z_min, z_max
+
+
 def _draw_tear(rng: np.random.Generator, center: np.ndarray, size_px: np.ndarray, pixel_um: float) -> dict:
     """A tear: a smooth random curve (polyline in pixels) across part of the tissue, 15-50 um wide."""
     angle = rng.uniform(0, np.pi)
@@ -248,7 +296,9 @@ def plan_specimen(space: ReferenceSpace, product: str, plane: str, pixel_size_um
         hemisphere: 1 to cut only the left hemisphere (LR < 5700; the default for sagittal ISH), 3 for all.
 
     The sections span the brain along the cutting axis: the extent of the brain's voxels (or the left
-    hemisphere's) mapped through ``trv``. For a left-hemisphere series, the last section is the last one whose
+    hemisphere's) mapped through ``trv``, less the sections whose plane a face of the reference volume cuts
+    across the brain (:func:`face_cut_limits`: the posterior coronal sections through the medulla, which runs
+    out of the volume). For a left-hemisphere series, the last section is the last one whose
     plane stays at LR < 5700 over the whole tissue footprint, so no image holds right-hemisphere tissue.
     """
     if product not in SAMPLING:
@@ -281,7 +331,8 @@ def plan_specimen(space: ReferenceSpace, product: str, plane: str, pixel_size_um
     numbers = section_numbers(z_min, z_max, thickness, every, phase)
     if hemisphere == 1:  # never past the midline, even by the half-step allowance at the end
         numbers = [n for n in numbers if n * thickness <= z_max]
-    numbers = [n for n in numbers if n >= 0]
+    face_min, face_max = face_cut_limits(space, tvr)  # no section the volume's faces cut (posterior coronal)
+    numbers = [n for n in numbers if n >= 0 and face_min <= n * thickness <= face_max]
     if not numbers:
         raise ValueError("no section intersects the brain; check the transform")
 

@@ -10,11 +10,14 @@ mapped through the TRUE ``tsv`` and ``tvr`` to reference microns and the referen
   more stain, glass is dark).
 * **signal** channel -- drawn from the truth signal density ``d`` (expected fraction of signal pixels):
 
-  - connectivity (the green GFP channel): labelled axons as thin bright curvilinear fibres. A Gaussian random
-    field ``F`` made of independent noises filtered by elongated Gaussians at three orientations, blended by a
-    smooth random local fibre direction (so ``F`` stays exactly standard normal), turned into a uniform field
-    ``U = Phi(F)``: pixels with ``U > 1 - d`` are signal, so the expected fraction of signal pixels is ``d``
-    exactly. The injection site (injection fraction > 0) is bright and saturates the 12-bit range.
+  - connectivity (the green GFP channel): labelled axons as many short, thin bright fibres. A Gaussian random
+    field ``F`` made of independent noises filtered by elongated Gaussians (sigma 6 um along, 1 um across, at
+    least 1 and 0.5 pixel) at three orientations, blended by a smooth random local fibre direction (so ``F``
+    stays exactly standard normal), turned into a uniform field ``U = Phi(F)``: pixels with ``U > 1 - d`` are
+    signal, so the expected fraction of signal pixels is ``d`` exactly, and the fibre pieces are short enough
+    that a 100 um voxel of one section holds hundreds of them at 5-10 um pixels (its fraction of signal pixels
+    estimates ``d`` to a few percent where ``d`` is not tiny). The injection site (injection fraction > 0) is
+    bright and saturates the 12-bit range.
   - ISH (the expression stain): expressing cells as Gaussian spots (FWHM = the gene's cell diameter, 10-15 um)
     at Poisson positions with rate ``-ln(1 - d) / cell area`` per um^2 (so the expected area covered by the
     cell discs is ``d``, overlaps included), each with the structure's expression intensity times a lognormal
@@ -28,6 +31,10 @@ within 12 bits (connectivity, 0..4095) or 14 bits (ISH, 0..16383). Damage drawn 
 
 Every random draw comes from ``numpy.random.default_rng([seed, section_number, ...])``: a section renders the
 same whatever the order or subset of sections rendered.
+
+:func:`render_section` returns the images; :func:`render_section_truth` the same images with the true signal of
+every pixel (:class:`RenderedSection`: axon pixels and the injection site, or the pixels inside expressing cells'
+discs), taken from the very draws that made the images.
 """
 
 from __future__ import annotations
@@ -48,11 +55,14 @@ __all__ = [
     "OPTICS",
     "Optics",
     "RenderSources",
+    "RenderedSection",
     "cell_signal",
     "damage_masks",
+    "disc_mask",
     "fibre_signal",
     "pixel_reference_um",
     "render_section",
+    "render_section_truth",
     "sample_volume",
     "tissue_volume",
 ]
@@ -107,9 +117,14 @@ OPTICS: dict[str, Optics] = {
                   vignetting=0.05, brightness_jitter=0.08),
 }
 
-#: Fibre shape (connectivity): Gaussian sigmas along and across a fibre, microns (at least ~0.5-1.5 px).
-FIBRE_SIGMA_LONG_UM = 30.0
-FIBRE_SIGMA_SHORT_UM = 2.0
+#: Fibre shape (connectivity): Gaussian sigmas along and across a fibre, microns, and the least sigmas in pixels.
+#: Short, thin fibres: a 100 um voxel of one section holds hundreds of nearly independent fibre pieces at 5-10 um
+#: pixels, so its fraction of signal pixels estimates its density (longer fibres -- 30 um -- left only some tens
+#: per voxel, and a perfect detector's 100 um grid correlated with the truth at only ~0.9).
+FIBRE_SIGMA_LONG_UM = 6.0
+FIBRE_SIGMA_SHORT_UM = 1.0
+FIBRE_MIN_LONG_PX = 1.0
+FIBRE_MIN_SHORT_PX = 0.5
 #: Fibre orientations blended by the local direction field (degrees).
 FIBRE_ORIENTATIONS_DEG = (0.0, 60.0, 120.0)
 
@@ -246,8 +261,8 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], pixel_um: fl
 def _fibre_filters(shape: tuple[int, int], pixel_um: float) -> tuple[tuple[np.ndarray, ...], tuple[float, ...]]:
     """The elongated Gaussian filters (rfft layout, float32) of :data:`FIBRE_ORIENTATIONS_DEG` for a padded
     image shape, and the standard deviation of white noise after each (the same for every section of a plan)."""
-    long_px = max(FIBRE_SIGMA_LONG_UM / pixel_um, 1.5)
-    short_px = max(FIBRE_SIGMA_SHORT_UM / pixel_um, 0.5)
+    long_px = max(FIBRE_SIGMA_LONG_UM / pixel_um, FIBRE_MIN_LONG_PX)
+    short_px = max(FIBRE_SIGMA_SHORT_UM / pixel_um, FIBRE_MIN_SHORT_PX)
     fy = scipy.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
     fx = scipy.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
     # each rfft column but the first (and the last, for an even width) stands for two of the full spectrum
@@ -286,10 +301,10 @@ def _fibre_uniform(rng: np.random.Generator, shape: tuple[int, int], pixel_um: f
     return ndtr(total).astype(np.float32)
 
 
-def fibre_signal(rng: np.random.Generator, density: np.ndarray, injection: np.ndarray | None,
-                         pixel_um: float) -> np.ndarray:
-    """Signal amount (0..~1.6) of a connectivity section: fibres where ``U > 1 - d``, brighter at their core,
-    and the injection site (bright, saturating)."""
+def _fibre_signal(rng: np.random.Generator, density: np.ndarray, injection: np.ndarray | None,
+                  pixel_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(signal amount, axon pixels)`` of a connectivity section: see :func:`fibre_signal`; the bool image
+    of the pixels with ``U > 1 - d`` comes with it."""
     uniform = _fibre_uniform(rng, density.shape, pixel_um)
     threshold = 1.0 - density
     is_signal = uniform > threshold
@@ -299,21 +314,31 @@ def fibre_signal(rng: np.random.Generator, density: np.ndarray, injection: np.nd
     if injection is not None and injection.any():
         glow = ndimage.gaussian_filter(injection, max(60.0 / pixel_um, 0.5))  # light scattered around the site
         signal = np.maximum(signal, (np.float32(1.8) * injection + np.float32(0.35) * glow).astype(np.float32))
-    return signal
+    return signal, is_signal
 
 
-def cell_signal(rng: np.random.Generator, density: np.ndarray, intensity: np.ndarray, pixel_um: float,
-                cell_diameter_um: float) -> np.ndarray:
-    """Expression stain (0..~1.3) of an ISH section: Gaussian cells at Poisson positions (module docstring)."""
+def fibre_signal(rng: np.random.Generator, density: np.ndarray, injection: np.ndarray | None,
+                 pixel_um: float) -> np.ndarray:
+    """Signal amount (0..~1.6) of a connectivity section: fibres where ``U > 1 - d``, brighter at their core,
+    and the injection site (bright, saturating)."""
+    return _fibre_signal(rng, density, injection, pixel_um)[0]
+
+
+def _cell_signal(rng: np.random.Generator, density: np.ndarray, intensity: np.ndarray, pixel_um: float,
+                 cell_diameter_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(stain, cell centres)``: see :func:`cell_signal`; the centres ``(n, 2)`` are continuous pixel
+    coordinates ``(x, y)`` (pixel centres at ``col + 0.5, row + 0.5``)."""
     height, width = density.shape
     cell_area_um2 = np.pi * (cell_diameter_um / 2.0) ** 2
     rate = -np.log1p(-np.clip(density, 0.0, 0.95)) / cell_area_um2 * pixel_um ** 2  # cells per pixel
     counts = rng.poisson(rate).ravel()
     pixel = np.repeat(np.arange(counts.size), counts)
     stain = np.zeros(height * width, dtype=np.float64)
+    centres = np.zeros((0, 2))
     if pixel.size:
         x = pixel % width + rng.random(pixel.size) - 0.5  # position relative to pixel centres
         y = pixel // width + rng.random(pixel.size) - 0.5
+        centres = np.stack([x + 0.5, y + 0.5], axis=1)
         sigma_um = cell_diameter_um / 2.3548
         amount = intensity.ravel()[pixel] * rng.lognormal(0.0, 0.25, pixel.size) * (
             2.0 * np.pi * sigma_um ** 2 / pixel_um ** 2)  # the spot's integral, in pixel units
@@ -326,7 +351,33 @@ def cell_signal(rng: np.random.Generator, density: np.ndarray, intensity: np.nda
     sigma_px = cell_diameter_um / 2.3548 / pixel_um
     if sigma_px > 0.3:
         image = ndimage.gaussian_filter(image, sigma_px, truncate=3.0)
-    return np.minimum(image, np.float32(1.3))
+    return np.minimum(image, np.float32(1.3)), centres
+
+
+def cell_signal(rng: np.random.Generator, density: np.ndarray, intensity: np.ndarray, pixel_um: float,
+                cell_diameter_um: float) -> np.ndarray:
+    """Expression stain (0..~1.3) of an ISH section: Gaussian cells at Poisson positions (module docstring)."""
+    return _cell_signal(rng, density, intensity, pixel_um, cell_diameter_um)[0]
+
+
+def disc_mask(shape: tuple[int, int], centres_xy: np.ndarray, radius_px: float) -> np.ndarray:
+    """bool image: pixels whose centre ``(col + 0.5, row + 0.5)`` lies within ``radius_px`` of a centre
+    (``(n, 2)`` continuous pixel coordinates ``(x, y)``); vectorized over the centres."""
+    height, width = shape
+    mask = np.zeros(height * width, dtype=bool)
+    if centres_xy.size == 0:
+        return mask.reshape(shape)
+    reach = int(np.ceil(radius_px)) + 1
+    cx, cy = centres_xy[:, 0], centres_xy[:, 1]
+    col0, row0 = np.floor(cx).astype(np.int64), np.floor(cy).astype(np.int64)
+    r2 = radius_px * radius_px
+    for dy in range(-reach, reach + 1):  # the offsets of a disc's bounding square, not pixels
+        for dx in range(-reach, reach + 1):
+            col, row = col0 + dx, row0 + dy
+            inside = (col + 0.5 - cx) ** 2 + (row + 0.5 - cy) ** 2 <= r2
+            inside &= (col >= 0) & (col < width) & (row >= 0) & (row < height)
+            mask[row[inside] * width + col[inside]] = True
+    return mask.reshape(shape)
 
 
 def _illumination(rng: np.random.Generator, shape: tuple[int, int], pixel_um: float, optics: Optics) -> np.ndarray:
@@ -361,12 +412,43 @@ def _hits_box(ref: np.ndarray, box: tuple[np.ndarray, np.ndarray] | None) -> boo
     return bool(inside.any())
 
 
+@dataclass
+class RenderedSection:
+    """One rendered section with its true signal, pixel by pixel.
+
+    Attributes:
+        images: ``{"tissue": uint16 (height, width), "signal": uint16 (height, width)}``.
+        signal: bool, the true signal pixels -- connectivity: axon pixels (the fibre field ``U > 1 - d``) and
+            the injection site; ISH: pixels whose centre lies in an expressing cell's disc (diameter = the
+            gene's cell diameter). Only where tissue is left (not torn away or lost); the scattered glow around
+            an injection site is not signal.
+        injection: bool, the injection site (injection fraction >= 0.5, tissue left) when the section crosses
+            it (connectivity), else ``None``.
+    """
+
+    images: dict[str, np.ndarray]
+    signal: np.ndarray
+    injection: np.ndarray | None = None
+
+
 def render_section(plan: SpecimenPlan, section: SectionPlan, sources: RenderSources, seed: int = 0
                    ) -> dict[str, np.ndarray]:
     """The images of one section: ``{"tissue": uint16 (height, width), "signal": uint16 (height, width)}``.
 
-    Deterministic given ``(plan, section, sources, seed)``.
+    Deterministic given ``(plan, section, sources, seed)``; :func:`render_section_truth` gives the same images
+    with their true signal masks.
     """
+    return _render(plan, section, sources, seed, with_truth=False).images
+
+
+def render_section_truth(plan: SpecimenPlan, section: SectionPlan, sources: RenderSources, seed: int = 0
+                         ) -> RenderedSection:
+    """The images of one section (exactly those of :func:`render_section`) and their true signal masks."""
+    return _render(plan, section, sources, seed, with_truth=True)
+
+
+def _render(plan: SpecimenPlan, section: SectionPlan, sources: RenderSources, seed: int, with_truth: bool
+            ) -> RenderedSection:
     rng = np.random.default_rng([int(seed), int(section.section_number), 0x5EC7])
     optics = OPTICS[plan.product]
     shape = (plan.height, plan.width)
@@ -380,15 +462,24 @@ def render_section(plan: SpecimenPlan, section: SectionPlan, sources: RenderSour
     grain = 1.0 + 0.12 * ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32),
                                                  max(4.0 / pixel_um, 0.5))
     tissue = tissue_here * grain * keep
+    site = None
     if plan.product == "connectivity":
         injection = None
         if sources.injection_fraction is not None and _hits_box(ref, sources.injection_box_um):
             injection = sample_volume(sources.injection_fraction, res, ref)
-        signal = fibre_signal(rng, density, injection, pixel_um)
+        signal, truth = _fibre_signal(rng, density, injection, pixel_um)
+        if with_truth and injection is not None:
+            site = (injection >= 0.5) & (keep > 0)
+            truth |= site
+            if not site.any():
+                site = None
     else:
         intensity = (sample_volume(sources.expression_intensity, res, ref, order=0)
                      if sources.expression_intensity is not None else np.ones(shape, np.float32))
-        signal = cell_signal(rng, density, intensity, pixel_um, sources.cell_diameter_um)
+        signal, centres = _cell_signal(rng, density, intensity, pixel_um, sources.cell_diameter_um)
+        truth = disc_mask(shape, centres, sources.cell_diameter_um / 2.0 / pixel_um) if with_truth else None
+    if with_truth:
+        truth &= keep > 0
     signal *= keep
     tissue_left = tissue_here * keep
 
@@ -401,4 +492,4 @@ def render_section(plan: SpecimenPlan, section: SectionPlan, sources: RenderSour
         brightness = np.float32(np.exp(rng.normal(0.0, optics.brightness_jitter)))
         expected = offset + value * _illumination(rng, shape, pixel_um, optics) * brightness
         out[name] = _to_counts(rng, expected.astype(np.float32), optics)
-    return out
+    return RenderedSection(images=out, signal=truth if with_truth else np.zeros(0, bool), injection=site)

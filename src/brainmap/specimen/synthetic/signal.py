@@ -77,6 +77,7 @@ __all__ = [
     "injection_fraction",
     "projection_profile",
     "truth_density",
+    "voxel_mean_density",
 ]
 
 #: The 12 major brain divisions used as the coarse level of ISH patterns.
@@ -407,6 +408,35 @@ def _mean_preserving(space: ReferenceSpace, per_label: np.ndarray, texture: np.n
     return volume
 
 
+def voxel_mean_density(volume: np.ndarray, resolution_um: float, grid_um: float | None = None) -> np.ndarray:
+    """The true density of each voxel of a grid: the mean over the voxel of the density field the renderer
+    draws from ``volume``.
+
+    The renderer samples a truth volume trilinearly between voxel centres (``(i + 0.5) * resolution_um``; 0
+    beyond the volume), so the field's mean over voxel ``i`` is ``v[i - 1] / 8 + 3 v[i] / 4 + v[i + 1] / 8``
+    along each axis -- not the centre value ``v[i]``: that is the expected fraction of signal pixels in the
+    voxel, what a grid of the images estimates. ``grid_um`` (an integer multiple of ``resolution_um``; default
+    the same) averages blocks of those means (partial blocks at the far faces average what they hold).
+    float64 ``(AP, DV, LR)``.
+    """
+    out = np.asarray(volume, dtype=np.float64)
+    for axis in range(out.ndim):
+        out = ndimage.correlate1d(out, [0.125, 0.75, 0.125], axis=axis, mode="constant", cval=0.0)
+    if grid_um is None or abs(grid_um - resolution_um) < 1e-6:
+        return out
+    factor = int(round(grid_um / resolution_um))
+    if factor < 1 or abs(factor * resolution_um - grid_um) > 1e-6:
+        raise ValueError(f"grid_um must be an integer multiple of the truth resolution {resolution_um} um, "
+                         f"got {grid_um}")
+    shape = tuple(-(-n // factor) for n in out.shape)
+    padded = np.zeros(tuple(n * factor for n in shape))
+    weight = np.zeros_like(padded)
+    padded[tuple(slice(0, n) for n in out.shape)] = out
+    weight[tuple(slice(0, n) for n in out.shape)] = 1.0
+    blocks = lambda a: a.reshape(shape[0], factor, shape[1], factor, shape[2], factor).sum(axis=(1, 3, 5))  # noqa: E731
+    return blocks(padded) / blocks(weight)
+
+
 @dataclass
 class TruthVolumes:
     """The truth of a synthetic specimen on the reference grid.
@@ -433,6 +463,11 @@ class TruthVolumes:
     profile: pd.DataFrame | None = None
     expression: ExpressionProfile | None = None
     projection: ProjectionProfile | None = None
+
+    def density_on_grid(self, grid_um: float | None = None) -> np.ndarray:
+        """The true density of each voxel of a grid of ``grid_um`` (default the truth's resolution): the mean of
+        the rendered density field over the voxel (:func:`voxel_mean_density`)."""
+        return voxel_mean_density(self.signal_density, self.resolution_um, grid_um)
 
 
 def _mean_density_table(space: ReferenceSpace, density: np.ndarray) -> pd.DataFrame:
