@@ -7,6 +7,7 @@ in docs/virtual-microscope.md.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,23 @@ import pytest
 from brainmap.atlas import ReferenceSpace
 from brainmap.data.tables import UnknownExperimentError, UnknownGeneError, connectivity_experiment
 from brainmap.specimen import SectionDataSet, pixels_to_reference, read_dataset, read_section_image
+from brainmap.specimen.transforms import Affine2d, Alignment2d
 from brainmap.specimen.synthetic import make_template
-from brainmap.specimen.synthetic.geometry import DamageRates, plan_specimen, random_specimen_transform
+from brainmap.specimen.synthetic.geometry import DamageRates, face_cut_limits, plan_specimen, random_specimen_transform
 from brainmap.specimen.synthetic.make import make_specimen, read_truth
-from brainmap.specimen.synthetic.render import OPTICS, cell_signal, damage_masks, fibre_signal
-from brainmap.specimen.synthetic.signal import expression_profile, truth_density
+from brainmap.specimen.synthetic.render import (
+    OPTICS,
+    RenderSources,
+    cell_signal,
+    damage_masks,
+    fibre_signal,
+    pixel_reference_um,
+    render_section,
+    render_section_truth,
+    sample_volume,
+    tissue_volume,
+)
+from brainmap.specimen.synthetic.signal import expression_profile, truth_density, voxel_mean_density
 
 EXPERIMENT = 112672974
 GENE = "Pvalb"
@@ -263,6 +276,93 @@ def test_rendered_fractions_follow_density():
         assert (fibres > 0).mean() == pytest.approx(d, rel=0.15)
         cells = cell_signal(rng, density, np.ones_like(density), pixel_um=1.0, cell_diameter_um=12.0)
         assert (cells > 0.5).mean() == pytest.approx(d, rel=0.3)
+
+
+def _sources(space: ReferenceSpace, truth) -> RenderSources:
+    return RenderSources(resolution_um=truth.resolution_um, tissue=tissue_volume(make_template(space), space),
+                         signal_density=truth.signal_density, injection_fraction=truth.injection_fraction,
+                         expression_intensity=truth.expression_intensity,
+                         cell_diameter_um=truth.expression.cell_diameter_um if truth.expression else 12.0)
+
+
+def test_render_section_truth_is_the_images_true_signal(space100):
+    """The truth masks come with the very images render_section makes: axon pixels at the expected density,
+    the injection site where the signal saturates; cells' discs where the stain is."""
+    truth = truth_density("connectivity", experiment_id=EXPERIMENT, space=space100)
+    sources = _sources(space100, truth)
+    plan = plan_specimen(space100, "connectivity", "coronal", 10.0, np.random.default_rng(7), dataset_id=1,
+                         damage=DamageRates(missing=0, failed=0, tear=1.0, bubble=0, at_least_one=False))
+    record = connectivity_experiment(EXPERIMENT)
+    centre = np.array([record[k] for k in ("injection_x", "injection_y", "injection_z")], dtype=float)
+    sz = plan.tvr.inverse().apply(centre)[2]
+    section = min(plan.sections, key=lambda s: abs(s.section_number * plan.section_thickness_um - sz))
+    rendered = render_section_truth(plan, section, sources, seed=3)
+    images = render_section(plan, section, sources, seed=3)
+    assert all(np.array_equal(rendered.images[c], images[c]) for c in ("tissue", "signal"))
+    mask, site = rendered.signal, rendered.injection
+    assert mask.dtype == bool and mask.shape == images["signal"].shape
+    assert site is not None and site.sum() > 100 and not (site & ~mask).any()
+    assert np.mean(images["signal"][site] >= 0.9 * OPTICS["connectivity"].max_count) > 0.9
+    keep, _ = damage_masks(mask.shape, section.damage)
+    assert not mask[keep == 0].any() and (keep == 0).any()  # the tear holds no signal
+    density = np.clip(sample_volume(sources.signal_density, sources.resolution_um,
+                                    pixel_reference_um(plan, section)), 0, 1)
+    axons = (keep > 0) & (sample_volume(sources.injection_fraction, sources.resolution_um,
+                                        pixel_reference_um(plan, section)) == 0)
+    assert mask[axons].mean() == pytest.approx(density[axons].mean(), rel=0.05)
+    # ISH: the discs are where the stain is
+    ish = truth_density("ish", gene=GENE, space=space100)
+    plan = plan_specimen(space100, "ish", "coronal", 2.0, np.random.default_rng(8), dataset_id=1)
+    small = replace(plan, width=300, height=300)
+    section = replace(plan.sections[len(plan.sections) // 2], damage=[])
+    ref = pixel_reference_um(plan, section)  # move the window onto the tissue: centre of the section
+    rows, cols = np.nonzero(sample_volume(ish.signal_density, 100.0, ref[:, ::50, ::50]) > 0.02)
+    assert rows.size
+    tsv = section.alignment2d.tsv
+    start = np.array([cols[rows.size // 2] * 50.0, rows[rows.size // 2] * 50.0])
+    section = replace(section, alignment2d=Alignment2d.from_tsv(Affine2d(tsv.matrix, tsv.apply(start))))
+    rendered = render_section_truth(small, section, _sources(space100, ish), seed=1)
+    stain = rendered.images["signal"].astype(float)
+    assert rendered.injection is None and rendered.signal.sum() > 50
+    assert np.median(stain[rendered.signal]) > 2 * np.median(stain[~rendered.signal])
+
+
+def test_voxel_mean_density_is_the_mean_of_the_rendered_field():
+    rng = np.random.default_rng(3)
+    volume = rng.random((6, 5, 7)).astype(np.float32)
+    means = voxel_mean_density(volume, 100.0)
+    # dense sampling of the field the renderer draws (trilinear, 0 beyond the volume) inside every voxel
+    step = (np.arange(40) + 0.5) / 40 * 100.0
+    for index in [(0, 0, 0), (2, 3, 4), (5, 4, 6), (3, 0, 2)]:
+        grid = np.stack(np.meshgrid(*[i * 100.0 + step for i in index], indexing="ij")).reshape(3, -1)
+        assert means[index] == pytest.approx(float(sample_volume(volume, 100.0, grid).mean()), abs=2e-3)
+    coarse = voxel_mean_density(volume, 100.0, 200.0)
+    assert coarse.shape == (3, 3, 4)
+    assert coarse[1, 1, 1] == pytest.approx(means[2:4, 2:4, 2:4].mean())
+    assert coarse[2, 2, 3] == pytest.approx(means[4:6, 4:5, 6:7].mean())  # a partial block
+    with pytest.raises(ValueError, match="multiple"):
+        voxel_mean_density(volume, 100.0, 150.0)
+
+
+def test_no_coronal_section_is_cut_by_the_volume_face(space100):
+    """The medulla runs out of the reference volume's posterior face: no coronal plane crosses that face over the
+    brain's cross-section there; sagittal series are not bounded by it."""
+    face = np.argwhere(space100.annotation[-1] != 0)
+    end_um = space100.shape[0] * 100.0
+    points = np.column_stack([np.full(len(face), end_um), (face + 0.5) * 100.0])
+    for seed in range(4):
+        plan = plan_specimen(space100, "connectivity", "coronal", 100.0, np.random.default_rng(seed), dataset_id=1)
+        footprint = plan.tvr.inverse().apply(points)[:, :2]
+        ap = footprint @ plan.tvr.matrix[0, :2] + plan.tvr.translation[0]
+        last = plan.sections[-1].section_number * plan.section_thickness_um
+        assert np.max(ap + plan.tvr.matrix[0, 2] * last) <= end_um + 1e-6
+        beyond = (plan.sections[-1].section_number + 1) * plan.section_thickness_um
+        assert np.max(ap + plan.tvr.matrix[0, 2] * beyond) > end_um  # the next one would cross it
+        assert np.max(plan.tvr.apply(np.column_stack([footprint, np.full(len(footprint), last)]))[:, 0]) > 12000
+        z_min, z_max = face_cut_limits(space100, plan.tvr)
+        assert z_min == -np.inf and last <= z_max < beyond
+    sagittal = plan_specimen(space100, "ish", "sagittal", 100.0, np.random.default_rng(0), dataset_id=1)
+    assert face_cut_limits(space100, sagittal.tvr) == (-np.inf, np.inf)
 
 
 def test_sagittal_ish_covers_only_the_left_hemisphere(ish_sagittal, space100):

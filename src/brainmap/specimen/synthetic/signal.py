@@ -413,15 +413,23 @@ def voxel_mean_density(volume: np.ndarray, resolution_um: float, grid_um: float 
     draws from ``volume``.
 
     The renderer samples a truth volume trilinearly between voxel centres (``(i + 0.5) * resolution_um``; 0
-    beyond the volume), so the field's mean over voxel ``i`` is ``v[i - 1] / 8 + 3 v[i] / 4 + v[i + 1] / 8``
-    along each axis -- not the centre value ``v[i]``: that is the expected fraction of signal pixels in the
+    beyond the outermost centres), so the field's mean over voxel ``i`` is ``v[i - 1] / 8 + 3 v[i] / 4 +
+    v[i + 1] / 8`` along each axis (``3 v[i] / 8 + v[i +- 1] / 8`` for the first and last voxels) -- not the
+    centre value ``v[i]``: that is the expected fraction of signal pixels in the
     voxel, what a grid of the images estimates. ``grid_um`` (an integer multiple of ``resolution_um``; default
     the same) averages blocks of those means (partial blocks at the far faces average what they hold).
     float64 ``(AP, DV, LR)``.
     """
     out = np.asarray(volume, dtype=np.float64)
     for axis in range(out.ndim):
-        out = ndimage.correlate1d(out, [0.125, 0.75, 0.125], axis=axis, mode="constant", cval=0.0)
+        current = out
+        out = ndimage.correlate1d(current, [0.125, 0.75, 0.125], axis=axis, mode="constant", cval=0.0)
+        # the field is 0 over the outer half of the first and last voxels (no interpolation beyond the
+        # outermost centres): their own weight is 3/8, not 3/4
+        for edge in (0, -1):
+            index = [slice(None)] * out.ndim
+            index[axis] = edge
+            out[tuple(index)] -= 0.375 * current[tuple(index)]
     if grid_um is None or abs(grid_um - resolution_um) < 1e-6:
         return out
     factor = int(round(grid_um / resolution_um))
