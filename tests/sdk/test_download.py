@@ -182,7 +182,7 @@ def test_offline_mode_with_and_without_files(sdk_server, mcc_factory):
     for call, words in [(lambda: offline.get_experiments(), "experiments.json"),
                         (lambda: offline.get_structure_tree(), "structures_graph_1.json"),
                         (lambda: offline.get_annotation_volume(), "annotation_100.nrrd"),
-                        (lambda: offline.get_experiment_structure_unionizes(100), "structure_unionizes.npy"),
+                        (lambda: offline.get_experiment_structure_unionizes(100), "structure_unionizes.columns"),
                         (lambda: offline.get_projection_density(101), "projection_density_100.nrrd"),
                         (lambda: offline.get_affine_parameters(100), "alignment3d.json")]:
         with pytest.raises(OfflineError) as error:

@@ -43,7 +43,7 @@ class Cache:
         if offline:
             self.http.offline = True  # a guarantee: nothing below may touch the network
         self.manifest = Manifest(manifest_file, entries, self.http.base_uri)
-        self._tables: dict[Path, tuple[tuple[int, int], np.ndarray]] = {}
+        self._tables: dict[Path, tuple[tuple[int, int], dict[str, np.ndarray], bool]] = {}
 
     # -- paths --------------------------------------------------------------------------------------------------
     def path(self, key: str, file_name: str | os.PathLike[str] | None = None, **fields: Any) -> Path:
@@ -84,29 +84,45 @@ class Cache:
         return data
 
     # -- tables -----------------------------------------------------------------------------------------------------
-    def table(self, what: str, path: Path | None, url: str, fetch: Callable[[], np.ndarray]) -> np.ndarray:
-        """A record array: from its verified ``.npy`` (kept in memory while the file is unchanged), else
-        ``fetch()`` (saved at ``path`` unless it is None)."""
+    def cached_table(self, path: Path, columns: list[str] | None = None) -> dict[str, np.ndarray] | None:
+        """The verified table at ``path`` (its ``columns``, or all), kept in memory while the file is unchanged;
+        None when it is not in the cache."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        kept = self._tables.get(path)
+        if kept is not None and kept[0] == stamp and self.verify == "quick" and \
+                (columns is None and kept[2] or columns is not None and set(columns) <= kept[1].keys()):
+            if self.verified(path):
+                return kept[1] if columns is None else {c: kept[1][c] for c in columns}
+        if not self.verified(path):
+            return None
+        table = read_table(path, columns)
+        if kept is not None and kept[0] == stamp:
+            table = {**kept[1], **table}
+        self._tables[path] = (stamp, table, columns is None or bool(kept and kept[2]))
+        return table if columns is None else {c: table[c] for c in columns}
+
+    def table(self, what: str, path: Path | None, url: str, fetch: Callable[[], dict[str, np.ndarray]],
+              columns: list[str] | None = None) -> dict[str, np.ndarray]:
+        """A table (dict of columns): from its verified file, else ``fetch()`` (saved at ``path`` unless None)."""
         if path is not None:
-            try:
-                stat = path.stat()
-                stamp = (stat.st_size, stat.st_mtime_ns)
-            except OSError:
-                stamp = None
-            kept = self._tables.get(path)
-            if kept is not None and kept[0] == stamp and self.verify == "quick" and self.verified(path):
-                return kept[1]
-            if stamp is not None and self.verified(path):
-                table = read_table(path)
-                self._tables[path] = (stamp, table)
+            table = self.cached_table(path, columns)
+            if table is not None:
                 return table
         if self.offline:
             raise self._missing(what, path if path is not None else Path("(not cached)"), url)
         table = fetch()
         if path is not None:
-            with file_lock(path):
-                write_verified(path, table_bytes(table), url)
-        return table
+            self.save_table(path, table, url)
+        return table if columns is None else {c: table[c] for c in columns}
+
+    def save_table(self, path: Path, table: dict[str, np.ndarray], url: str) -> None:
+        """Write a table atomically with its verification record."""
+        with file_lock(path):
+            write_verified(path, table_bytes(table), url)
 
 
 from brainmap.sdk.manifest import Manifest  # noqa: E402  (manifest imports download, not cache)

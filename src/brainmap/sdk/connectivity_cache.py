@@ -11,8 +11,8 @@
     pm = mcc.get_projection_matrix([e["id"] for e in experiments], [385, 409], hemisphere_ids=[1, 2])
 
 Files (relative to the manifest's folder; the resolution is in every resolution-dependent path):
-``experiments.json`` (the source search over ``root``), ``experiment_{id}/structure_unionizes.npy`` (record
-array, :mod:`brainmap.sdk.tables`), ``experiment_{id}/{volume}_{resolution}.nrrd``,
+``experiments.json`` (the source search over ``root``), ``experiment_{id}/structure_unionizes.columns`` (a column
+table, :mod:`brainmap.sdk.tables`), ``experiment_{id}/{volume}_{resolution}.nrrd``,
 ``experiment_{id}/alignment3d.json``, plus :class:`~brainmap.sdk.reference_space_cache.ReferenceSpaceCache`'s.
 """
 
@@ -28,7 +28,7 @@ import pandas as pd
 from brainmap.io.nrrd import read_nrrd
 from brainmap.sdk.errors import SdkError
 from brainmap.sdk.reference_space_cache import REFERENCE_SPACE_ENTRIES, ReferenceSpaceCache
-from brainmap.sdk.tables import records_to_array, to_dataframe
+from brainmap.sdk.tables import concat_tables, records_to_columns, to_dataframe
 from brainmap.sdk.unionizes import filter_unionizes, projection_matrix, rank_unionizes
 
 __all__ = ["MouseConnectivityCache", "experiment_record"]
@@ -36,7 +36,7 @@ __all__ = ["MouseConnectivityCache", "experiment_record"]
 CONNECTIVITY_ENTRIES = {
     **REFERENCE_SPACE_ENTRIES,
     "EXPERIMENTS": "experiments.json",
-    "STRUCTURE_UNIONIZES": "experiment_{experiment_id}/structure_unionizes.npy",
+    "STRUCTURE_UNIONIZES": "experiment_{experiment_id}/structure_unionizes.columns",
     "VOLUME": "experiment_{experiment_id}/{volume}_{resolution}.nrrd",
     "ALIGNMENT3D": "experiment_{experiment_id}/alignment3d.json",
 }
@@ -67,6 +67,15 @@ def experiment_record(row: dict[str, Any]) -> dict[str, Any]:
         "specimen_name": row.get("name"),
         "primary_injection_structure": row.get("structure-id"),
     }
+
+
+def _unionize_table(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """A unionize table in Allen's column order (then any other columns), also when there are no rows."""
+    if not rows:
+        return {c: np.zeros(0, dtype=np.int64 if c in ("id", "experiment_id", "structure_id", "hemisphere_id")
+                            else bool if c == "is_injection" else np.float64) for c in UNIONIZE_COLUMNS}
+    columns = [c for c in UNIONIZE_COLUMNS if c in rows[0]] + [c for c in rows[0] if c not in UNIONIZE_COLUMNS]
+    return records_to_columns(rows, columns)
 
 
 class MouseConnectivityCache(ReferenceSpaceCache):
@@ -133,32 +142,39 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         return experiments
 
     # -- unionizes ------------------------------------------------------------------------------------------------
-    def _unionize_tables(self, experiment_ids: list[int]) -> list[np.ndarray]:
-        """The cached record array of each experiment; the missing ones fetched in one paged query."""
-        paths = {i: self.store.path("STRUCTURE_UNIONIZES", experiment_id=i) for i in experiment_ids}
-        missing = [i for i in dict.fromkeys(experiment_ids) if not self.store.verified(paths[i])]
-        if missing and not self.offline:
-            rows = self.api.get_structure_unionizes(missing)
+    def _unionize_url(self, experiment_id: int) -> str:
+        return self.api.build_query_url(f"model::ProjectionStructureUnionize,rma::criteria,"
+                                        f"[section_data_set_id$eq{experiment_id}]")
+
+    def _unionize_tables(self, experiment_ids: list[int], columns: list[str] | None = None
+                         ) -> list[dict[str, np.ndarray]]:
+        """The cached table of each experiment (only ``columns`` if given); the missing ones fetched in one
+        paged query (online) or reported missing together (offline)."""
+        paths = {i: self.store.path("STRUCTURE_UNIONIZES", experiment_id=i) for i in dict.fromkeys(experiment_ids)}
+        found = {i: self.store.cached_table(path, columns) for i, path in paths.items()}
+        missing = [i for i, table in found.items() if table is None]
+        if missing and self.offline:
+            from brainmap.sdk.errors import OfflineError
+
+            raise OfflineError(f"the structure unionizes of {len(missing)} experiment(s)",
+                               [(paths[i], self._unionize_url(i)) for i in missing])
+        if missing:
             grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
-            for row in rows:
+            for row in self.api.get_structure_unionizes(missing):
                 row = dict(row)
                 row["experiment_id"] = row.pop("section_data_set_id")
                 grouped[int(row["experiment_id"])].append(row)
             for i in missing:
-                columns = [c for c in UNIONIZE_COLUMNS if not grouped[i] or c in grouped[i][0]]
-                columns += [c for c in (grouped[i][0] if grouped[i] else {}) if c not in columns]
-                table = records_to_array(grouped[i], columns)
-                self.store.table("structure unionizes", paths[i], "", lambda t=table: t)
-        urls = {i: self.api.build_query_url(f"model::ProjectionStructureUnionize,rma::criteria,"
-                                            f"[section_data_set_id$eq{i}]") for i in experiment_ids}
-        return [self.store.table(f"the structure unionizes of experiment {i}", paths[i], urls[i],
-                                 lambda i=i: self._fetch_unionizes(i)) for i in experiment_ids]
+                table = _unionize_table(grouped[i])
+                self.store.save_table(paths[i], table, self._unionize_url(i))
+                found[i] = table if columns is None else {c: table[c] for c in columns}
+        return [found[i] for i in experiment_ids]
 
-    def _fetch_unionizes(self, experiment_id: int) -> np.ndarray:
+    def _fetch_unionizes(self, experiment_id: int) -> dict[str, np.ndarray]:
         rows = [dict(r) for r in self.api.get_structure_unionizes([experiment_id])]
         for row in rows:
             row["experiment_id"] = row.pop("section_data_set_id")
-        return records_to_array(rows, [c for c in UNIONIZE_COLUMNS if not rows or c in rows[0]])
+        return _unionize_table(rows)
 
     def get_experiment_structure_unionizes(self, experiment_id: int, file_name: str | None = None,
                                            is_injection: bool | None = None, structure_ids: Any = None,
@@ -169,8 +185,7 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         experiment_id = int(experiment_id)
         if file_name is not None:
             path = self.store.path("STRUCTURE_UNIONIZES", file_name)
-            url = self.api.build_query_url(f"model::ProjectionStructureUnionize,rma::criteria,"
-                                           f"[section_data_set_id$eq{experiment_id}]")
+            url = self._unionize_url(experiment_id)
             table = self.store.table(f"the structure unionizes of experiment {experiment_id}", path, url,
                                      lambda: self._fetch_unionizes(experiment_id))
         else:
@@ -184,7 +199,7 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         """The unionize rows of several experiments, concatenated and filtered."""
         ids = [int(i) for i in experiment_ids]
         tables = self._unionize_tables(ids)
-        frame = to_dataframe(np.concatenate(tables)) if tables else pd.DataFrame(columns=list(UNIONIZE_COLUMNS))
+        frame = to_dataframe(concat_tables(tables)) if tables else pd.DataFrame(columns=list(UNIONIZE_COLUMNS))
         return self.filter_structure_unionizes(frame, is_injection, structure_ids, include_descendants,
                                                hemisphere_ids)
 
@@ -215,9 +230,12 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         ``{hemisphere_id, structure_id, label}`` (label ``VISp-L``), hemisphere-major. With ``dataframe`` the
         matrix is a DataFrame (index the experiment ids, columns the labels). Vectorized (one pivot)."""
         ids = [int(i) for i in experiment_ids]
-        tables = self._unionize_tables(ids)
+        tables = self._unionize_tables(ids, ["experiment_id", "structure_id", "hemisphere_id", "is_injection",
+                                             parameter] if parameter in UNIONIZE_COLUMNS else None)
+        structures = self.structure_rows()
         matrix, columns = projection_matrix(tables, ids, projection_structure_ids, hemisphere_ids, parameter,
-                                            self.get_structure_tree())
+                                            {int(s["id"]): s["acronym"] for s in structures},
+                                            {int(s["id"]): s["graph_order"] for s in structures})
         if dataframe:
             matrix = pd.DataFrame(matrix, index=ids, columns=[c["label"] for c in columns])
         return {"matrix": matrix, "rows": ids, "columns": columns}

@@ -9,7 +9,7 @@ services) and ``MouseIshCache`` (the same, cached under a manifest).
     top = ish.api.differential_search("TH", "Isocortex")                            # the search services
 
 Files: ``ish_experiments.json``, ``ish_experiment_{id}/grid_{resolution}.zip`` (Allen's grid-data zip of
-``energy``, ``density`` and ``intensity`` MetaImages), ``ish_experiment_{id}/structure_unionizes.npy``.
+``energy``, ``density`` and ``intensity`` MetaImages), ``ish_experiment_{id}/structure_unionizes.columns``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 from brainmap.sdk.cache import Cache
 from brainmap.sdk.errors import SdkError
 from brainmap.sdk.grid_data import GridDataApi
-from brainmap.sdk.tables import records_to_array, to_dataframe
+from brainmap.sdk.tables import concat_tables, records_to_columns, to_dataframe
 
 __all__ = ["MouseIshApi", "MouseIshCache"]
 
@@ -36,7 +36,7 @@ GRID_VOLUMES = ("energy", "density", "intensity")
 ISH_ENTRIES = {
     "EXPERIMENTS": "ish_experiments.json",
     "GRID": "ish_experiment_{experiment_id}/grid_{resolution}.zip",
-    "STRUCTURE_UNIONIZES": "ish_experiment_{experiment_id}/structure_unionizes.npy",
+    "STRUCTURE_UNIONIZES": "ish_experiment_{experiment_id}/structure_unionizes.columns",
 }
 
 
@@ -145,6 +145,6 @@ class MouseIshCache:
             path = self.store.path("STRUCTURE_UNIONIZES", experiment_id=i)
             url = self.api.build_query_url(f"model::StructureUnionize,rma::criteria,[section_data_set_id$eq{i}]")
             tables.append(self.store.table(f"the structure unionizes of data set {i}", path, url,
-                                           lambda i=i: records_to_array(self.api.get_structure_unionizes([i]))))
-        tables = [t for t in tables if t.size]
-        return to_dataframe(np.concatenate(tables)) if tables else pd.DataFrame()
+                                           lambda i=i: records_to_columns(self.api.get_structure_unionizes([i]))))
+        tables = [t for t in tables if t and len(next(iter(t.values())))]
+        return to_dataframe(concat_tables(tables)) if tables else pd.DataFrame()

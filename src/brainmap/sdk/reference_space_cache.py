@@ -56,7 +56,8 @@ class ReferenceSpaceCache:
         self.ontologies = OntologiesApi(http=self.api.http)
         self.store = Cache(self.api, manifest, {**REFERENCE_SPACE_ENTRIES, **(entries or {})}, cache=cache,
                            offline=offline, verify=verify)
-        self._tree: StructureTree | None = None
+        self._trees: dict[tuple[Any, int], StructureTree] = {}
+        self._structure_rows: dict[tuple[Any, int], list[dict[str, Any]]] = {}
 
     @property
     def manifest_file(self) -> Path:
@@ -84,20 +85,26 @@ class ReferenceSpaceCache:
         return read_nrrd(self.store.file(f"the {self.resolution} um average template", url, path))
 
     # -- the ontology -----------------------------------------------------------------------------------------------
-    def get_structure_tree(self, file_name: str | None = None, structure_graph_id: int = 1) -> StructureTree:
-        """The ontology (structures with their structure sets) as a brainmap :class:`StructureTree`."""
-        if self._tree is not None and file_name is None and structure_graph_id == 1:
-            return self._tree
+    def structure_rows(self, file_name: str | None = None, structure_graph_id: int = 1) -> list[dict[str, Any]]:
+        """The ontology's structures as the API gives them (with ``structure_set_ids``), cached."""
+        key = (file_name, int(structure_graph_id))
+        if key in self._structure_rows:
+            return self._structure_rows[key]
         path = self.store.path("STRUCTURE_TREE", file_name, structure_graph_id=int(structure_graph_id)) \
             if self.store.cache or file_name else None
         url = self.ontologies.build_query_url(f"model::Structure,rma::criteria,[graph_id$in{structure_graph_id}],"
                                               "rma::include,structure_sets")
         rows = self.store.json("the structure tree", path, url,
                                lambda: self.ontologies.get_structures_with_sets(structure_graph_ids=structure_graph_id))
-        tree = StructureTree(rows)
-        if file_name is None and structure_graph_id == 1:
-            self._tree = tree
-        return tree
+        self._structure_rows[key] = rows
+        return rows
+
+    def get_structure_tree(self, file_name: str | None = None, structure_graph_id: int = 1) -> StructureTree:
+        """The ontology (structures with their structure sets) as a brainmap :class:`StructureTree`."""
+        key = (file_name, int(structure_graph_id))
+        if key not in self._trees:
+            self._trees[key] = StructureTree(self.structure_rows(file_name, structure_graph_id))
+        return self._trees[key]
 
     def get_reference_space(self, structure_file_name: str | None = None, annotation_file_name: str | None = None
                             ) -> ReferenceSpace:

@@ -1,13 +1,14 @@
 """Structure unionize tables: filtering, ranking and the experiments x structures projection matrix.
 
 The projection matrix is a pivot done with NumPy on the concatenated columns of the experiments' cached
-record arrays (no loop over rows): each row's matrix row comes from a sorted lookup of its experiment id, its
-column from a sorted lookup of the key ``hemisphere_id * 2**32 + structure_id``.
+tables (no loop over rows): a row's matrix row is its table's position (its ``experiment_id`` checked), its
+column one hash lookup of the key ``hemisphere_id * 2**32 + structure_id``; one fancy assignment fills the
+matrix.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,59 +71,60 @@ def rank_unionizes(unionizes: pd.DataFrame, rank_on: str, n: int, threshold: flo
     return unionizes.iloc[keep[order[:n]]].to_dict("records")
 
 
-def projection_matrix(tables: Sequence[np.ndarray], experiment_ids: Sequence[int], structure_ids: Any,
-                      hemisphere_ids: Any, parameter: str, tree: StructureTree | None
-                      ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def projection_matrix(tables: Sequence[Mapping[str, np.ndarray]], experiment_ids: Sequence[int], structure_ids: Any,
+                      hemisphere_ids: Any, parameter: str, acronyms: Mapping[int, str] | None = None,
+                      graph_order: Mapping[int, int] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """``(matrix, columns)``: ``matrix[i, j]`` is ``parameter`` of the projection (non-injection) row of
     experiment ``experiment_ids[i]`` in column ``j`` (NaN where there is no row); columns are hemisphere-major
-    (all structures of the first hemisphere, then the next), each ``{hemisphere_id, structure_id, label}``.
+    (all structures of the first hemisphere, then the next), each ``{hemisphere_id, structure_id, label}``
+    with ``label`` ``{acronym}-{L|R|B}``.
 
-    ``tables`` are record arrays with ``experiment_id``, ``structure_id``, ``hemisphere_id``, ``is_injection``
-    and ``parameter``. ``structure_ids`` / ``hemisphere_ids`` None: every one present (structures in graph
-    order when there is a tree).
+    ``tables[i]`` holds experiment ``experiment_ids[i]``'s rows: columns ``experiment_id``, ``structure_id``,
+    ``hemisphere_id``, ``is_injection`` and ``parameter``. ``structure_ids`` / ``hemisphere_ids`` None: every
+    one present (structures in ``graph_order`` when given, else by id).
     """
+    if len(tables) != len(experiment_ids):
+        raise ValueError(f"{len(tables)} tables for {len(experiment_ids)} experiments")
     for table in tables:
-        if table.dtype.names is None or parameter not in table.dtype.names:
-            names = ", ".join(table.dtype.names or ())
-            raise ValueError(f"parameter: no unionize column {parameter!r}; columns are {names}")
+        if parameter not in table:
+            raise ValueError(f"parameter: no unionize column {parameter!r}; columns are {', '.join(table)}")
+
     def column(name: str, dtype: Any) -> np.ndarray:
         parts = [np.asarray(t[name], dtype=dtype) for t in tables]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
+    rows = np.asarray(_id_list(experiment_ids, "experiment_ids"), dtype=np.int64)
+    lengths = np.array([len(t["experiment_id"]) for t in tables], dtype=np.int64)
+    row_of = np.repeat(np.arange(rows.size), lengths)  # table i holds experiment i's rows ...
     exp = column("experiment_id", np.int64)
+    if not np.array_equal(exp, rows[row_of]):  # ... which is checked, not assumed
+        bad = int(exp[exp != rows[row_of]][0])
+        raise ValueError(f"a unionize table holds rows of experiment {bad}, not of the experiment it was read for")
     sid = column("structure_id", np.int64)
     hid = column("hemisphere_id", np.int64)
     projection = ~column("is_injection", bool)
     values = column(parameter, np.float64)
 
     if structure_ids is None:
-        present = np.unique(sid[projection])
-        if tree is not None:
-            known = np.array([s for s in present if s in tree], dtype=np.int64)
-            order = np.argsort(tree.index_of(known)) if known.size else np.zeros(0, dtype=np.intp)
-            present = np.concatenate([known[order], np.setdiff1d(present, known)])
-        structures = present
+        structures = np.unique(sid[projection])
+        if graph_order:
+            big = np.iinfo(np.int64).max
+            order = np.array([graph_order.get(int(s), big) for s in structures], dtype=np.int64)
+            structures = structures[np.lexsort((structures, order))]
     else:
         structures = np.asarray(_id_list(structure_ids, "projection_structure_ids"), dtype=np.int64)
     hemispheres = np.unique(hid[projection]) if hemisphere_ids is None else \
         np.asarray(_id_list(hemisphere_ids, "hemisphere_ids"), dtype=np.int64)
 
-    rows = np.asarray(_id_list(experiment_ids, "experiment_ids"), dtype=np.int64)
-    col_keys = (np.repeat(hemispheres, structures.size) * _KEY_SHIFT + np.tile(structures, hemispheres.size))
+    col_keys = np.repeat(hemispheres, structures.size) * _KEY_SHIFT + np.tile(structures, hemispheres.size)
     matrix = np.full((rows.size, col_keys.size), np.nan)
-    if rows.size and col_keys.size and exp.size:
-        row_order = np.argsort(rows, kind="stable")
-        row_pos = np.searchsorted(rows[row_order], exp)
-        row_pos = np.minimum(row_pos, rows.size - 1)
-        row_ok = rows[row_order][row_pos] == exp
-        col_order = np.argsort(col_keys, kind="stable")
-        keys = hid * _KEY_SHIFT + sid
-        col_pos = np.minimum(np.searchsorted(col_keys[col_order], keys), col_keys.size - 1)
-        col_ok = col_keys[col_order][col_pos] == keys
-        ok = projection & row_ok & col_ok
-        matrix[row_order[row_pos[ok]], col_order[col_pos[ok]]] = values[ok]
+    if col_keys.size and exp.size:
+        # one hash lookup per row (pandas' hash table: linear time, no sort)
+        col = pd.Index(col_keys).get_indexer(hid * _KEY_SHIFT + sid)
+        ok = projection & (col >= 0)
+        matrix[row_of[ok], col[ok]] = values[ok]
 
-    acronyms = tree.get_acronym_map() if tree is not None else {}
+    acronyms = acronyms or {}
     columns = [{"hemisphere_id": int(h), "structure_id": int(s),
                 "label": f"{acronyms.get(int(s), s)}-{HEMISPHERE_LABELS.get(int(h), h)}"}
                for h in hemispheres for s in structures]
