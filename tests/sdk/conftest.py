@@ -84,7 +84,7 @@ def mcc_factory(sdk_server: SdkServer, tmp_path: Path) -> Any:
 class FlakyFiles:
     """A stdlib HTTP server with one file, ``/file``, and modes for the next requests:
 
-    ``fail``: answer that many requests with 503 first; ``cut``: that many requests send only half the body
+    ``fail``: answer that many requests (of any path) with 503 first; ``cut``: that many requests send only half the body
     then drop the connection; ``bad_checksum``: announce a wrong sha256. Ranges are honoured. ``requests``
     records each request's ``Range`` header (None for a whole-file request).
     """
@@ -105,12 +105,12 @@ class FlakyFiles:
 
             def do_GET(self) -> None:  # noqa: N802
                 flaky.requests.append(self.headers.get("Range"))
-                if self.path != "/file":
-                    self._send(404, b'{"success": false, "msg": "no such file"}', {})
-                    return
                 if flaky.fail > 0:
                     flaky.fail -= 1
                     self._send(503, b'{"success": false, "msg": "busy"}', {"Retry-After": "0"})
+                    return
+                if self.path != "/file":
+                    self._send(404, b'{"success": false, "msg": "no such file"}', {})
                     return
                 body, status, headers = flaky.payload, 200, {}
                 match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")

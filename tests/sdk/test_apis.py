@@ -5,7 +5,6 @@ with the same request sent with plain httpx, or with the files the server serves
 from __future__ import annotations
 
 import hashlib
-import io
 
 import httpx
 import numpy as np
@@ -199,3 +198,19 @@ def test_spatial_search_lines(sdk_server, mcc_factory, tmp_path):
     expected = (np.argwhere(injection > 0.3) * 100).tolist()
     assert data["injectionCoordinates"] == expected and len(expected) > 0
     assert (tmp_path / "data.json").exists()
+
+
+def test_allen_base_uri_uses_allens_paths():
+    from brainmap.sdk import ALLEN_API_URL, MouseConnectivityApi
+
+    api = MouseConnectivityApi(ALLEN_API_URL)
+    assert api.annotation_url(None, 25) == ("http://download.alleninstitute.org/informatics-archive/current-release/"
+                                           "mouse_ccf/annotation/ccf_2017/annotation_25.nrrd")
+    assert api.template_url(10).endswith("/mouse_ccf/average_template/average_template_10.nrrd")
+    assert api.projection_grid_url(156394513, "projection_density", 25) == \
+        "http://api.brain-map.org/grid_data/download_file/156394513?image=projection_density&resolution=25"
+    assert api.build_query_url("model::Gene") == "http://api.brain-map.org/api/v2/data/query.json?q=model::Gene"
+    local = MouseConnectivityApi("http://127.0.0.1:8000")
+    assert local.annotation_url(None, 25).startswith("http://127.0.0.1:8000/informatics-archive/")
+    with pytest.raises(SdkError, match="base_uri must be an http"):
+        MouseConnectivityApi("ftp://example.org")

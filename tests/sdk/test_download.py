@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -148,6 +147,7 @@ def test_retries_with_backoff_then_gives_up_clearly(flaky_files, tmp_path):
         stubborn.fetch("/file", tmp_path / "b.bin")
     assert error.value.status == 503 and "after 3 attempts" in str(error.value)
     assert not (tmp_path / "b.bin").exists()
+    flaky_files.fail = 0
     with pytest.raises(ApiError) as missing:
         stubborn.fetch("/nothing", tmp_path / "c.bin")
     assert missing.value.status == 404 and "no such file" in str(missing.value)
@@ -207,3 +207,17 @@ def test_offline_mode_with_and_without_files(sdk_server, mcc_factory):
         offline.get_data_mask(101)  # not downloaded: still missing
     with pytest.raises(OfflineError, match="needs the network"):
         offline.api.experiment_source_search(injection_structures="VISp")  # no request leaves an offline cache
+
+
+def test_json_requests_are_retried_too(flaky_files):
+    flaky_files.fail = 2
+    http = HttpClient(flaky_files.url, retries=3, backoff_s=0.01)
+    with pytest.raises(ApiError) as error:
+        http.get_json("/nothing")
+    assert error.value.status == 404 and len(flaky_files.requests) == 3  # two 503s, then the real answer
+
+
+def test_progress_bar(flaky_files, tmp_path, capsys):
+    Downloader(HttpClient(flaky_files.url), progress=True).fetch("/file", tmp_path / "p.bin")
+    shown = capsys.readouterr().err
+    assert "p.bin" in shown and "293k" in shown.lower()  # the file's name and its size (300,000 B = 293 KiB)

@@ -218,11 +218,12 @@ class Downloader:
             except (httpx.TransportError, RetryableStatus) as exc:
                 if attempt >= self.http.retries:
                     kept = part.stat().st_size if part.exists() else 0
+                    tail = f"; {kept:,} bytes kept in {part} for the next call to resume" if kept else ""
                     if isinstance(exc, RetryableStatus):
-                        raise ApiError(f"{exc.message} (after {attempt + 1} attempts; {kept:,} bytes kept in {part}"
-                                       " for the next call to resume)", url=url, status=exc.status) from None
-                    raise DownloadError(f"{url}: {type(exc).__name__}: {exc} (after {attempt + 1} attempts; "
-                                        f"{kept:,} bytes kept in {part} for the next call to resume)") from exc
+                        raise ApiError(f"{exc.message} (after {attempt + 1} attempts{tail})", url=url,
+                                       status=exc.status) from None
+                    raise DownloadError(f"{url}: {type(exc).__name__}: {exc} (after {attempt + 1} attempts{tail})"
+                                        ) from exc
                 time.sleep(self.http.wait_s(attempt, getattr(exc, "response", None)))
                 attempt += 1
         os.replace(part, target)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -152,12 +152,6 @@ class HttpClient:
             raise ApiError(str(body.get("msg")), url=url)
         return body
 
-    @staticmethod
-    def stream(client: httpx.Client, url: str, headers: dict[str, str] | None = None,
-               params: dict[str, Any] | None = None) -> Any:
-        return client.stream("GET", url, headers=headers, params=params)
-
-
 class RetryableStatus(Exception):
     """An answer worth retrying (429, 5xx)."""
 
@@ -180,7 +174,3 @@ def check(response: httpx.Response) -> None:
         raise RetryableStatus(response)
     raise ApiError(server_message(response), url=str(response.url), status=response.status_code)
 
-
-def iter_chunks(response: httpx.Response, chunk_size: int) -> Iterator[bytes]:
-    """The body of a streamed answer in chunks of about ``chunk_size`` bytes."""
-    yield from response.iter_bytes(chunk_size)

@@ -126,5 +126,6 @@ class ReferenceSpaceCache:
         mask = space.make_structure_mask([structure_id]).astype(np.uint8)
         with file_lock(path):
             write_nrrd(path, mask, spacing_um=self.resolution)
-            record_local_file(path, f"structure mask {structure_id} made from {self.api.annotation_url(None, self.resolution)}")
+            record_local_file(path, f"structure mask {structure_id} made from "
+                                    f"{self.api.annotation_url(self.reference_space_key, self.resolution)}")
         return read_nrrd(path)
