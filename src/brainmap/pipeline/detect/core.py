@@ -22,11 +22,14 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    offset in sigmas for the window used is computed once by simulation (:func:`tophat_noise_offset`).
 4. **Adaptive threshold**: a tissue pixel is a candidate where ``F > (offset + threshold_sigmas) * sigma`` of its
    own background (one lookup table from background counts to threshold counts).
-5. **Cells (ISH)**: a candidate is kept where ``F >= peak_fraction * max(F)`` within one cell diameter (a grey
-   dilation), so each cell is cut at its half maximum whatever its brightness: a cell's disc is its full width
-   at half maximum (the fraction is corrected for pixel integration and sampling when pixels are not small
-   against a cell: :attr:`DetectionParams.effective_peak_fraction`). When a cell spans at least ``opening_min_cell_px`` pixels, a binary opening by a 2 x 2
-   square then removes specks narrower than two pixels. **Axons (connectivity)**: an axon is about one pixel
+5. **Cells (ISH)**: a candidate is kept where ``F >= peak_fraction * max(F)`` within a square of one cell
+   diameter, rounded up to whole pixels (a grey dilation; :attr:`DetectionParams.cell_window_px`), so each cell
+   is cut at its half maximum whatever its brightness: a cell's disc is its full width at half maximum (the
+   fraction is corrected for pixel integration and sampling when pixels are not small against a cell:
+   :attr:`DetectionParams.effective_peak_fraction`). A binary opening by a square of ``speck_um`` (3 um, in whole
+   pixels, rounded down: 2 x 2 at 1.5 um, 3 x 3 at 1 um) then removes specks narrower than that; at coarser
+   pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
+   opening, so single-pixel cells stay. **Axons (connectivity)**: an axon is about one pixel
    wide at the virtual microscope's pixels; the candidates are the signal.
 6. **Injection site (connectivity)**: a bright plateau, near saturation. The pixels at least ``injection_level``
    of the way from the typical tissue background to the saturation level, opened by a square of
@@ -103,7 +106,8 @@ class DetectionParams:
             cell's disc); 0 disables the rule (connectivity).
         pixel_correction: correct ``peak_fraction`` for pixels that are not small against a cell
             (:attr:`effective_peak_fraction`).
-        opening_min_cell_px: the 2 x 2 binary opening applies when a cell spans at least this many pixels.
+        speck_um: ISH: side (um) of the square of the binary opening that removes specks narrower than it
+            (``floor(speck_um / pixel_size_um)`` pixels; none under 2 pixels: cells of 1-2 pixels are kept).
         detect_injection: find the injection site (connectivity only).
         saturation_counts: the saturation level (counts); ``None``: the full scale of the smallest bit depth
             (8, 10, 12, 14, 16) holding the image's maximum.
@@ -129,7 +133,7 @@ class DetectionParams:
     cell_diameter_um: float = 12.0
     peak_fraction: float = 0.0
     pixel_correction: bool = True
-    opening_min_cell_px: float = 4.0
+    speck_um: float = 3.0
     detect_injection: bool = True
     saturation_counts: float | None = None
     injection_level: float = 0.5
@@ -139,7 +143,7 @@ class DetectionParams:
         if self.product not in PRODUCTS:
             raise ValueError(f"DetectionParams.product must be one of {PRODUCTS}, got {self.product!r}")
         for name in ("pixel_size_um", "noise_block_um", "cell_diameter_um", "injection_window_um",
-                     "threshold_sigmas"):
+                     "threshold_sigmas", "speck_um"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"DetectionParams.{name} must be a positive number, got {value!r}")
@@ -217,9 +221,15 @@ class DetectionParams:
 
     @property
     def cell_window_px(self) -> int:
-        """Side of the local-maximum window (pixels, odd, >= 3): one cell diameter."""
-        size = self._px(self.cell_diameter_um, 3)
+        """Side of the local-maximum window (pixels, odd, >= 3): one cell diameter rounded up to whole pixels
+        (rounded down, a cell of 3.3 pixels would be judged against a 3-pixel window that can miss its peak)."""
+        size = max(3, int(math.ceil(self.cell_diameter_um / self.pixel_size_um - 1e-9)))
         return size + (size + 1) % 2
+
+    @property
+    def speck_px(self) -> int:
+        """Side of the binary opening's square (pixels): ``floor(speck_um / pixel_size_um)``; < 2: no opening."""
+        return int(math.floor(self.speck_um / self.pixel_size_um + 1e-9))
 
 
 @dataclass(frozen=True)
@@ -631,8 +641,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         # contrast >= fraction * local maximum, in integers: a lookup table of ceil(fraction * level)
         fraction_table = np.ceil(np.arange(65536) * params.effective_peak_fraction).astype(np.uint16)
         detected &= contrast >= fraction_table[running_max(contrast, params.cell_window_px)]
-        if params.cell_diameter_um / params.pixel_size_um >= params.opening_min_cell_px:
-            detected = _opening_2x2(detected)
+        detected = _binary_opening(detected, params.speck_px)
 
     injection = None
     saturation = None
@@ -655,6 +664,15 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     mask = contrast * detected
     return DetectionResult(mask=mask, tissue=tissue, injection=injection, signal_counts=counts, noise=noise,
                            tissue_threshold=threshold, saturation_counts=saturation, info=info)
+
+
+def _binary_opening(mask: np.ndarray, side: int) -> np.ndarray:
+    """Binary opening by a ``side`` x ``side`` square (``side`` < 2: the mask unchanged)."""
+    if side < 2:
+        return mask
+    if side == 2:
+        return _opening_2x2(mask)
+    return ndimage.binary_opening(mask, structure=np.ones((side, side), bool))
 
 
 def _opening_2x2(mask: np.ndarray) -> np.ndarray:
