@@ -298,13 +298,13 @@ def _rebin_centred(volume: np.ndarray, factor: int = 2) -> np.ndarray:
 
 
 def test_connectivity_grid_against_truth():
-    """Crops (3 mm, 5 um pixels) of 12 sections through the injection site and its projections, gridded at
-    100 um with the true transforms: Pearson >= 0.95 over the voxels with data between the gridded
+    """Crops (3 mm, the default 10 um pixels) of 12 sections through the injection site and its projections,
+    gridded at 100 um with the true transforms: Pearson >= 0.95 over the voxels with data between the gridded
     projection density and the truth on the same grid -- the mean over each voxel of the density field the
     virtual microscope draws from (``TruthVolumes.density_on_grid``) -- and so for a perfect detector (the
     true masks gridded the same way); the detection's grid >= 0.99 with the perfect detector's; >= 0.97 at
     200 um (sums of 2 x 2 x 2 voxels, the truth weighted by the pixels each voxel holds)."""
-    specimen = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT, pixel_size_um=5.0)
+    specimen = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT, pixel_size_um=10.0)
     dataset = specimen.dataset
     gridder = Gridder.for_dataset(dataset, 100)
     centre = np.array([8500.0, 3500.0, 8500.0])
@@ -312,7 +312,7 @@ def test_connectivity_grid_against_truth():
     images = sorted(dataset.usable_images(), key=lambda im: abs(dataset.section_position_um(im.section_number) - sz))
     detected, perfect = gridder.accumulator(), gridder.accumulator()
     for image in sorted(images[:12], key=lambda im: im.section_number):
-        arrays, truth, window = specimen.crop(image, size_px=(600, 600), centre_reference_um=centre)
+        arrays, truth, window = specimen.crop(image, size_px=(300, 300), centre_reference_um=centre)
         detection = gridder.detect(arrays)
         detected.add(gridder.grid_section(window, detection))
         perfect.add(gridder.grid_section(window, dataclasses.replace(detection, mask=truth.astype(np.uint16))))
@@ -325,7 +325,7 @@ def test_connectivity_grid_against_truth():
     pixels200 = _rebin(grids["sum_pixels"])
     density200 = _rebin(grids["projection_density"] * grids["sum_pixels"])
     truth200 = _rebin(truth * grids["sum_pixels"])
-    data200 = pixels200 >= 0.5 * (200 / 5.0) ** 2
+    data200 = pixels200 >= 0.5 * (200 / 10.0) ** 2
     r200 = np.corrcoef(density200[data200] / pixels200[data200], truth200[data200] / pixels200[data200])[0, 1]
     print(f"connectivity: vs truth {r_truth:.3f} (perfect detector {r_ceiling:.3f}; 100 um, {data.sum()} voxels), "
           f"vs perfect detector {r_perfect:.3f}, {r200:.3f} (200 um, {data200.sum()} voxels)")
