@@ -49,7 +49,9 @@ ENGINES = ("numba", "numpy")
 #: scattered columns still touches nearly every cache line of a row, so it only pays for small sets (measured
 #: at 25,000 x 27,000: 4,900 gathered columns beat a dense pass, 6,600 lose to it).
 DENSE_FRACTION = 0.2
-_CHUNK = 4096  # columns per float32 partial sum (row kernels)
+_CHUNK = 4096  # columns per float32 partial sum (pair kernels)
+_PEARSON_CHUNK = 2048  # columns per chunk of the Pearson kernels (each centred on its own means)
+_PEARSON_ROWS = 16  # rows that pass over one chunk of the seed while it is in L1
 _COLUMN_BLOCK = 2048  # columns per task in column_sums
 _FLUSH_ROWS = 16  # rows per float32 partial sum in column_sums
 _NUMPY_BLOCK_ROWS = 256
@@ -132,22 +134,76 @@ def _np_blocks(raw: np.ndarray, plan: ColumnPlan):
             yield start, stop, c0, c1, block
 
 
-def _np_pearson(raw, encoding, plan, s, center):
-    s = plan.layout(s)
-    m = plan.layout(np.ones(plan.cols.size)) if plan.dense else np.ones(s.size, np.float32)
-    rhs_w = np.stack([m, s, s * s], axis=1)
-    rhs_v = np.stack([m, s], axis=1)
+@dataclass(frozen=True)
+class _PearsonLayout:
+    """A Pearson pass's per-query vectors over the plan's span (dense) or columns (gather), float32, in chunks of
+    ``_PEARSON_CHUNK``: the domain weights ``m`` (0/1), the seed centred on its mean over each chunk's domain
+    columns ``s`` (0 outside the domain) and ``s**2``; per chunk, float64: the number of domain columns, the sums
+    of ``s`` and ``s**2`` over them (what a row with data at all of them sums) and the mean taken out, ``ybar``."""
+
+    m: np.ndarray
+    s: np.ndarray
+    s2: np.ndarray
+    n_domain: np.ndarray
+    s_domain: np.ndarray
+    s2_domain: np.ndarray
+    ybar: np.ndarray
+
+    @classmethod
+    def of(cls, plan: ColumnPlan, seed: np.ndarray) -> "_PearsonLayout":
+        seed = np.asarray(seed, dtype=np.float64)
+        if plan.dense:
+            width = plan.hi - plan.lo
+            s = np.zeros(width)
+            s[plan.cols - plan.lo] = seed
+            m = np.zeros(width)
+            m[plan.cols - plan.lo] = 1.0
+        else:
+            width = plan.cols.size
+            s, m = seed.copy(), np.ones(width)
+        n_chunks = -(-width // _PEARSON_CHUNK)
+        pad = n_chunks * _PEARSON_CHUNK - width
+        ms = np.pad(m, (0, pad)).reshape(n_chunks, _PEARSON_CHUNK)
+        ss = np.pad(s, (0, pad)).reshape(n_chunks, _PEARSON_CHUNK)
+        n_domain = ms.sum(axis=1)
+        ybar = np.divide(ss.sum(axis=1), n_domain, out=np.zeros(n_chunks), where=n_domain > 0)
+        centred = ((ss - ybar[:, None]) * ms).astype(np.float32)
+        squared = centred * centred
+        return cls(np.ascontiguousarray(m, dtype=np.float32), centred.ravel()[:width].copy(),
+                   squared.ravel()[:width].copy(), n_domain.astype(np.float32),
+                   centred.sum(axis=1, dtype=np.float64), squared.sum(axis=1, dtype=np.float64), ybar)
+
+
+def _np_pearson(raw, encoding, plan, seed, center):
+    """The numpy engine's Pearson sums: the same chunked centring as the numba kernels, in float64."""
+    lay = _PearsonLayout.of(plan, seed)
     out = np.zeros((raw.shape[0], 6))
-    for start, stop, c0, c1, block in _np_blocks(raw, plan):
-        w, v = _decode_block(block, encoding, center[start:stop])
-        ws = w @ rhs_w[c0:c1]
-        vs = v @ rhs_v[c0:c1]
-        out[start:stop, 0] += ws[:, 0]
-        out[start:stop, 1] += vs[:, 0]
-        out[start:stop, 2] += (v * v) @ m[c0:c1]
-        out[start:stop, 3] += ws[:, 1]
-        out[start:stop, 4] += ws[:, 2]
-        out[start:stop, 5] += vs[:, 1]
+    width = lay.m.size
+    for start in range(0, raw.shape[0], _NUMPY_BLOCK_ROWS):
+        stop = min(start + _NUMPY_BLOCK_ROWS, raw.shape[0])
+        rows = raw[start:stop]
+        g = center[start:stop]
+        for c, c0 in enumerate(range(0, width, _PEARSON_CHUNK)):
+            c1 = min(c0 + _PEARSON_CHUNK, width)
+            block = rows[:, plan.lo + c0 : plan.lo + c1] if plan.dense else rows[:, plan.cols[c0:c1]]
+            w, v = _decode_block(block, encoding, dtype=np.float64)
+            m, s, s2 = lay.m[c0:c1].astype(np.float64), lay.s[c0:c1].astype(np.float64), lay.s2[c0:c1].astype(np.float64)
+            w *= m
+            v *= m
+            n = w.sum(axis=1)
+            kx = np.divide(v.sum(axis=1), n, out=np.zeros(n.size), where=n > 0)
+            dx = v - kx[:, None] * w
+            sy, syy = w @ s, w @ s2
+            a = np.where(n > 0, kx - g, 0.0)
+            b = lay.ybar[c]
+            ty = sy + n * b
+            sx0 = dx.sum(axis=1)
+            out[start:stop, 0] += n
+            out[start:stop, 1] += sx0 + n * a
+            out[start:stop, 2] += np.einsum("ij,ij->i", dx, dx) + 2.0 * a * sx0 + n * a * a
+            out[start:stop, 3] += ty
+            out[start:stop, 4] += syy + 2.0 * b * sy + n * b * b
+            out[start:stop, 5] += dx @ s + b * sx0 + a * ty
     return out
 
 
@@ -203,99 +259,164 @@ if HAVE_NUMBA:  # pragma: no branch
             return impl
         return None
 
+    def _decode_masked(x, m):  # pragma: no cover - replaced by the overload inside numba
+        raise NotImplementedError
+
+    @_overload(_decode_masked, inline="always")
+    def _decode_masked_impl(x, m):
+        """``(w, v)`` of a stored value times a 0/1 domain weight ``m``: 0 outside the domain and where no data."""
+        if isinstance(x, _nbtypes.Integer):
+
+            def impl(x, m):
+                q = np.float32(x) * m
+                return min(q, np.float32(1.0)), q * q
+
+            return impl
+        if isinstance(x, _nbtypes.Float):
+
+            def impl(x, m):
+                f = np.float32(x)
+                ok = f == f
+                return (m if ok else np.float32(0.0)), (f * m if ok else np.float32(0.0))
+
+            return impl
+        return None
+
+    def _total_zero(x):  # pragma: no cover - replaced by the overload inside numba
+        raise NotImplementedError
+
+    @_overload(_total_zero, inline="always")
+    def _total_zero_impl(x):
+        """The start of a chunk's sum of stored values: float32 for codes, float64 for float32 values (so that a
+        constant chunk's mean is its value exactly)."""
+        if isinstance(x, _nbtypes.Integer):
+            return lambda x: np.float32(0.0)
+        return lambda x: np.float64(0.0)
+
+    def _shift(x, total, n):  # pragma: no cover - replaced by the overload inside numba
+        raise NotImplementedError
+
+    @_overload(_shift, inline="always")
+    def _shift_impl(x, total, n):
+        """A chunk's centre from pass A: its mean, rounded to an integer for codes (``q**2`` are integers: a
+        constant chunk then centres to exactly 0; the float32 sum may be off by a few units)."""
+        if isinstance(x, _nbtypes.Integer):
+            return lambda x, total, n: np.float32(np.rint(total / n))
+        return lambda x, total, n: np.float32(total / n)
+
     _JIT = dict(nogil=True, fastmath=_FM, cache=True)
 
-    @numba.njit(**_JIT)
-    def _nb_pearson_dense(raw, rows, r0, r1, lo, hi, m, s, s2, center, out):  # pragma: no cover - compiled
-        span = hi - lo
-        for i in range(r0, r1):
-            row = raw[rows[i]]
-            c = np.float32(center[i])
-            t0 = 0.0
-            t1 = 0.0
-            t2 = 0.0
-            t3 = 0.0
-            t4 = 0.0
-            t5 = 0.0
-            for c0 in range(0, span, _CHUNK):
-                c1 = min(c0 + _CHUNK, span)
-                r = row[lo + c0 : lo + c1]
-                mm = m[c0:c1]
-                ss = s[c0:c1]
-                ss2 = s2[c0:c1]
-                a0 = np.float32(0.0)
-                a1 = np.float32(0.0)
-                a2 = np.float32(0.0)
-                a3 = np.float32(0.0)
-                a4 = np.float32(0.0)
-                a5 = np.float32(0.0)
-                for k in range(r.size):
-                    w, v = _decode(r[k])
-                    v = v - c * w
-                    vm = v * mm[k]
-                    a0 += w * mm[k]
-                    a1 += vm
-                    a2 += vm * v
-                    a3 += w * ss[k]
-                    a4 += w * ss2[k]
-                    a5 += v * ss[k]
-                t0 += a0
-                t1 += a1
-                t2 += a2
-                t3 += a3
-                t4 += a4
-                t5 += a5
-            out[i, 0] = t0
-            out[i, 1] = t1
-            out[i, 2] = t2
-            out[i, 3] = t3
-            out[i, 4] = t4
-            out[i, 5] = t5
+    @numba.njit(nogil=True, fastmath=_FM, cache=True, inline="always")
+    def _nb_pearson_chunk(x0, bv, bw, m, n, sx, mm, ss, ss2, full, sy_dom, syy_dom, b, g, acc, j):  # pragma: no cover
+        """Pass B of one chunk of one row (values ``bv`` and data flags ``bw`` decoded by pass A, ``m`` of them, with
+        ``n`` data voxels summing to ``sx``; ``mm`` the domain weights, ``ss`` the chunk-centred seed), then the
+        float64 shift of its sums into ``acc[j]``."""
+        if n == 0:
+            return
+        kx = _shift(x0, sx, n)  # the row's own mean over this chunk's domain voxels with data (pass A)
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a4 = np.float32(0.0)
+        if full:  # data at every domain voxel of the chunk: the seed's sums over them are known
+            for k in range(m):
+                dx = bv[k] - kx * mm[k]
+                a0 += dx
+                a1 += dx * dx
+                a4 += dx * ss[k]
+            sy = sy_dom
+            syy = syy_dom
+        else:
+            f2 = np.float32(0.0)
+            f3 = np.float32(0.0)
+            for k in range(m):
+                w = bw[k]
+                dx = bv[k] - kx * w
+                a0 += dx
+                a1 += dx * dx
+                f2 += w * ss[k]
+                f3 += w * ss2[k]
+                a4 += dx * ss[k]
+            sy = np.float64(f2)
+            syy = np.float64(f3)
+        # Over the chunk's data, x - g = (x - kx) + a and y = (y - b) + b: the float32 sums about the chunk's own
+        # centres, shifted exactly in float64.
+        fn = np.float64(n)
+        sx0 = np.float64(a0)
+        a = np.float64(kx) - g
+        ty = sy + fn * b
+        acc[j, 0] += fn
+        acc[j, 1] += sx0 + fn * a
+        acc[j, 2] += np.float64(a1) + 2.0 * a * sx0 + fn * a * a
+        acc[j, 3] += ty
+        acc[j, 4] += syy + 2.0 * b * sy + fn * b * b
+        acc[j, 5] += np.float64(a4) + b * sx0 + a * ty
 
     @numba.njit(**_JIT)
-    def _nb_pearson_gather(raw, rows, r0, r1, cols, s, s2, center, out):  # pragma: no cover - compiled
-        n = cols.size
-        for i in range(r0, r1):
-            row = raw[rows[i]]
-            c = np.float32(center[i])
-            t0 = 0.0
-            t1 = 0.0
-            t2 = 0.0
-            t3 = 0.0
-            t4 = 0.0
-            t5 = 0.0
-            for c0 in range(0, n, _CHUNK):
-                c1 = min(c0 + _CHUNK, n)
-                cc = cols[c0:c1]
+    def _nb_pearson_dense(raw, rows, r0, r1, lo, hi, mf, s, s2, ndom, sdom, s2dom, ybar, center, out):  # pragma: no cover
+        span = hi - lo
+        n_chunks = (span + _PEARSON_CHUNK - 1) // _PEARSON_CHUNK
+        acc = np.zeros((_PEARSON_ROWS, 6))
+        bv = np.empty(_PEARSON_CHUNK, np.float32)
+        bw = np.empty(_PEARSON_CHUNK, np.float32)
+        for b0 in range(r0, r1, _PEARSON_ROWS):
+            b1 = min(b0 + _PEARSON_ROWS, r1)
+            acc[:] = 0.0
+            for c in range(n_chunks):  # a chunk's seed stays in L1 while the block's rows pass over it
+                c0 = c * _PEARSON_CHUNK
+                c1 = min(c0 + _PEARSON_CHUNK, span)
+                mm = mf[c0:c1]
                 ss = s[c0:c1]
                 ss2 = s2[c0:c1]
-                a0 = np.float32(0.0)
-                a1 = np.float32(0.0)
-                a2 = np.float32(0.0)
-                a3 = np.float32(0.0)
-                a4 = np.float32(0.0)
-                a5 = np.float32(0.0)
-                for k in range(cc.size):
-                    w, v = _decode(row[cc[k]])
-                    v = v - c * w
-                    a0 += w
-                    a1 += v
-                    a2 += v * v
-                    a3 += w * ss[k]
-                    a4 += w * ss2[k]
-                    a5 += v * ss[k]
-                t0 += a0
-                t1 += a1
-                t2 += a2
-                t3 += a3
-                t4 += a4
-                t5 += a5
-            out[i, 0] = t0
-            out[i, 1] = t1
-            out[i, 2] = t2
-            out[i, 3] = t3
-            out[i, 4] = t4
-            out[i, 5] = t5
+                for i in range(b0, b1):
+                    r = raw[rows[i], lo + c0 : lo + c1]
+                    m = r.size
+                    cnt = np.float32(0.0)
+                    tot = _total_zero(raw[0, 0])
+                    for k in range(m):  # pass A: decode once into L1 buffers
+                        w, v = _decode_masked(r[k], mm[k])
+                        bv[k] = v
+                        bw[k] = w
+                        cnt += w
+                        tot += v
+                    _nb_pearson_chunk(raw[0, 0], bv, bw, m, cnt, tot, mm, ss, ss2, cnt == ndom[c], sdom[c], s2dom[c], ybar[c],
+                                      center[i], acc, i - b0)
+            for i in range(b0, b1):
+                for t in range(6):
+                    out[i, t] = acc[i - b0, t]
+
+    @numba.njit(**_JIT)
+    def _nb_pearson_gather(raw, rows, r0, r1, cols, mf, s, s2, ndom, sdom, s2dom, ybar, center, out):  # pragma: no cover
+        span = cols.size
+        n_chunks = (span + _PEARSON_CHUNK - 1) // _PEARSON_CHUNK
+        acc = np.zeros((_PEARSON_ROWS, 6))
+        bv = np.empty(_PEARSON_CHUNK, np.float32)
+        bw = np.empty(_PEARSON_CHUNK, np.float32)
+        for b0 in range(r0, r1, _PEARSON_ROWS):
+            b1 = min(b0 + _PEARSON_ROWS, r1)
+            acc[:] = 0.0
+            for c in range(n_chunks):
+                c0 = c * _PEARSON_CHUNK
+                c1 = min(c0 + _PEARSON_CHUNK, span)
+                cc = cols[c0:c1]
+                mm = mf[c0:c1]
+                ss = s[c0:c1]
+                ss2 = s2[c0:c1]
+                for i in range(b0, b1):
+                    row = raw[rows[i]]
+                    m = cc.size
+                    cnt = np.float32(0.0)
+                    tot = _total_zero(raw[0, 0])
+                    for k in range(m):
+                        w, v = _decode_masked(row[cc[k]], np.float32(1.0))
+                        bv[k] = v
+                        bw[k] = w
+                        cnt += w
+                        tot += v
+                    _nb_pearson_chunk(raw[0, 0], bv, bw, m, cnt, tot, mm, ss, ss2, cnt == ndom[c], sdom[c], s2dom[c], ybar[c],
+                                      center[i], acc, i - b0)
+            for i in range(b0, b1):
+                for t in range(6):
+                    out[i, t] = acc[i - b0, t]
 
     @numba.njit(**_JIT)
     def _nb_pair_dense(raw, rows, r0, r1, lo, hi, m1, m2, out):  # pragma: no cover - compiled
@@ -531,15 +652,12 @@ def pearson_sums(raw, encoding: str, plan: ColumnPlan, seed: np.ndarray, center:
         return _np_pearson(raw if rows.size == raw.shape[0] and _is_all(rows) else raw[rows], encoding, plan, seed,
                            center)
     out = np.empty((rows.size, 6))
-    s = plan.layout(seed)
-    s2 = s * s
+    lay = _PearsonLayout.of(plan, seed)
+    vectors = (lay.m, lay.s, lay.s2, lay.n_domain, lay.s_domain, lay.s2_domain, lay.ybar, center, out)
     if plan.dense:
-        m = plan.layout(np.ones(plan.cols.size))
-        _run_split(_nb_pearson_dense, rows.size, threads,
-                   lambda a, b: (raw, rows, a, b, plan.lo, plan.hi, m, s, s2, center, out))
+        _run_split(_nb_pearson_dense, rows.size, threads, lambda a, b: (raw, rows, a, b, plan.lo, plan.hi, *vectors))
     else:
-        _run_split(_nb_pearson_gather, rows.size, threads,
-                   lambda a, b: (raw, rows, a, b, plan.cols, s, s2, center, out))
+        _run_split(_nb_pearson_gather, rows.size, threads, lambda a, b: (raw, rows, a, b, plan.cols, *vectors))
     return out
 
 

@@ -102,6 +102,49 @@ def pearson_from_sums(sums: np.ndarray, min_n: int) -> tuple[np.ndarray, np.ndar
     return r, np.rint(n).astype(np.int64)
 
 
+#: Added to both sides of a quantization bound: the rounding of the two computations of r (float32 partial
+#: sums over chunks centred on their own means, added in float64: ~1e-7 of r; 100 times that, to be safe).
+BOUND_ROUNDING = 1e-5
+
+
+def quantization_bounds(sums: np.ndarray, center: np.ndarray, r: np.ndarray, min_n: int,
+                        rounding: float = BOUND_ROUNDING) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower, upper)``: per row of an 8-bit store, bounds on the r that the float32 values it was encoded from
+    give with the same seed, from the 8-bit pass's own sums (``pearson_sums`` of ``v = q**2`` about
+    ``center``) and its r. NaN where fewer than ``min_n`` voxels are compared (no r either way); -1, 1 where
+    the 8-bit row gives no r or the bound says nothing.
+
+    The bound. A value ``x`` of a row with offset ``o`` and scale ``c`` gets the code ``q`` whose square is
+    nearest to ``u = 1 + (x - min) / c``, and ``x = o + c u``, so ``|x - (o + c q**2)| = c |u - q**2| <=
+    c (q + 1/2)`` (the squares next to ``q**2`` are ``2q - 1`` and ``2q + 1`` away; 0.51 here, for the
+    float32 rounding of ``u``). Over the voxels compared, the error vector ``e`` of the row then has
+    ``|e|**2 <= c**2 sum (q + 0.51)**2 <= c**2 (S + 1.02 sqrt(n S) + 0.2601 n)`` with ``S = sum q**2``
+    (Cauchy-Schwarz for ``sum q``). Pearson's r is the cosine of the angle between the two rows centred
+    over those voxels; centring is an orthogonal projection, so it does not lengthen ``e``, and adding ``e``
+    to the 8-bit row centred (length ``c sqrt(M)``, ``M`` its centred sum of squares of ``q**2``) turns it by
+    at most ``theta = arcsin(rho)``, ``rho = |e| / (c sqrt(M))`` (the scale ``c`` cancels). The seed is the
+    same in both (read from the float32 store), so the float32 angle to it is within ``theta`` of the 8-bit
+    angle ``phi = arccos(r)``: ``cos(phi + theta) <= r_float32 <= cos(phi - theta)``, widened by
+    ``rounding`` for the arithmetic of both passes. A worst case (every value half a step off); real
+    differences are ~20 times smaller.
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    n, sx, sxx = sums[:, 0], sums[:, 1], sums[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred = sxx - sx * sx / n
+        total = np.maximum(sx + n * np.asarray(center, dtype=np.float64), 0.0)  # sum of q**2
+        error2 = total + 1.02 * np.sqrt(n * total) + 0.2601 * n
+        rho = np.sqrt(error2 / centred)
+        theta = np.arcsin(np.clip(rho, 0.0, 1.0))
+        phi = np.arccos(np.clip(r, -1.0, 1.0))
+        lower = np.cos(np.minimum(phi + theta, np.pi)) - rounding
+        upper = np.cos(np.maximum(phi - theta, 0.0)) + rounding
+    vague = np.isnan(r) | ~(centred > 0) | ~(rho < 1.0)
+    lower[vague], upper[vague] = -1.0, 1.0
+    lower[n < min_n], upper[n < min_n] = np.nan, np.nan
+    return np.maximum(lower, -1.0), np.minimum(upper, 1.0)
+
+
 def _fold_changes(sums: np.ndarray, offset: np.ndarray, scale: np.ndarray, plan: "DifferentialPlan"):
     """``(fold, target_mean, contrast_mean, n_target, n_contrast)`` from (k, 4) pair sums; fold is NaN where a
     set has no data or for 0/0."""
@@ -114,6 +157,36 @@ def _fold_changes(sums: np.ndarray, offset: np.ndarray, scale: np.ndarray, plan:
         fold = c1 / c2
     fold[(n1 < 0.5) | (n2 < 0.5)] = np.nan
     return fold, mean1, mean2, n1, n2
+
+
+def fold_change_bounds(sums: np.ndarray, scale: np.ndarray, mean1: np.ndarray, mean2: np.ndarray,
+                       plan: "DifferentialPlan", rounding: float = BOUND_ROUNDING) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower, upper)``: per row of an 8-bit store, bounds on the fold change its float32 values give, from the
+    8-bit pass's pair sums (``n1, sum q**2, n2, sum q**2``) and means. Each value is within ``scale (q + 0.51)``
+    of its 8-bit value (see :func:`quantization_bounds`), so a mean over ``n`` voxels is within
+    ``scale (sqrt(S / n) + 0.51)`` (``S = sum q**2``; Cauchy-Schwarz); clamping to a threshold pair is monotone,
+    and the ratio's bounds follow from the two intervals (none, -inf..inf, when the contrast interval reaches 0).
+    Widened by ``rounding`` (relative). NaN where a domain has no data (no fold change either way)."""
+    sums = np.asarray(sums, dtype=np.float64)
+    n1, s1, n2, s2 = sums.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e1 = scale * (np.sqrt(s1 / n1) + 0.51)
+        e2 = scale * (np.sqrt(s2 / n2) + 0.51)
+        a_lo, a_hi, b_lo, b_hi = mean1 - e1, mean1 + e1, mean2 - e2, mean2 + e2
+        if plan.threshold1 is not None:
+            a_lo, a_hi = np.clip(a_lo, *plan.threshold1), np.clip(a_hi, *plan.threshold1)
+        if plan.threshold2 is not None:
+            b_lo, b_hi = np.clip(b_lo, *plan.threshold2), np.clip(b_hi, *plan.threshold2)
+        corners = np.stack([a_lo / b_lo, a_lo / b_hi, a_hi / b_lo, a_hi / b_hi])
+        lower = np.min(corners, axis=0)
+        upper = np.max(corners, axis=0)
+    lower = lower - rounding * np.abs(lower)
+    upper = upper + rounding * np.abs(upper)
+    vague = ~(b_lo > 0) | np.isnan(lower) | np.isnan(upper)
+    lower[vague], upper[vague] = -np.inf, np.inf
+    none = (n1 < 0.5) | (n2 < 0.5)
+    lower[none], upper[none] = np.nan, np.nan
+    return lower, upper
 
 
 def _check_min(value: Any, name: str, least: int) -> int:
@@ -179,11 +252,11 @@ class ExpressionSearch:
     threads : threads per pass (default: the usable cores)
     exact : MatrixStore, optional
         A float32 store with the same rows and columns as ``store`` (e.g. the float32 original of an 8-bit
-        store). The 8-bit pass ranks every row; then the head of a correlation or differential ranking is
-        recomputed from ``exact``: every row whose 8-bit score is within a margin of the ``exact_rows``-th
-        (2 x the largest 8-bit/float32 difference seen among them, at least 2e-3 for r and 2 % for fold
-        changes), so the first ``exact_rows`` rows are float32's, in float32's order, with float32's values.
-        Only those rows of ``exact`` are read, in place (a few hundred rows).
+        store). The 8-bit pass ranks every row (correlations with the seed read from ``exact``); then every row
+        whose float32 score can reach the first ``exact_rows`` -- by a bound on the 8-bit quantization error
+        (:func:`quantization_bounds`, :func:`fold_change_bounds`), not by a guess -- is re-scored from
+        ``exact``, so the first ``exact_rows`` rows are float32's, in float32's order, with float32's values.
+        Only those rows of ``exact`` are read, in place (memory-mapped); ``last_rescored`` says how many.
     exact_rows : int
         How many rows of a ranking are made exact (default 100).
     """
@@ -209,6 +282,7 @@ class ExpressionSearch:
                 exact = None
         self.exact = exact
         self.exact_rows = _check_min(exact_rows, "exact_rows", 1)
+        self.last_rescored = 0
         self._domains: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ domains
@@ -251,7 +325,9 @@ class ExpressionSearch:
         min_voxels = _check_min(min_voxels, "min_voxels", 2)
         seed_row = self.store.row_index(seed)
         cols = self.domain_columns(domain)
-        values = self.store.decode(seed_row)[cols]
+        # With an exact store the seed is read from it: both passes then use the same seed, and only the rows'
+        # quantization separates the 8-bit r from float32's (see _refine_correlation).
+        values = (self.store if self.exact is None else self.exact).decode(seed_row)[cols]
         has = ~np.isnan(values)
         if has.sum() < min_voxels:
             raise SearchInputError(
@@ -274,7 +350,7 @@ class ExpressionSearch:
     def finish_correlation(self, plan: CorrelationPlan, sums: np.ndarray) -> Ranking[CorrelationRow]:
         r, n = pearson_from_sums(sums, plan.min_voxels)
         if self.exact is not None:
-            self._refine_correlation(plan, r, n)
+            self._refine_correlation(plan, sums, r, n)
         ids = self.store.data_set_ids
         order = rank_order(r, ids, plan.descending)
         genes, planes = self._text("gene"), self._text("plane")
@@ -287,38 +363,49 @@ class ExpressionSearch:
         return Ranking(order, lambda p: make_rows(np.array([p]))[0],
                        f"correlation with data set {ids[plan.seed_row]} over {plan.plan.cols.size} voxels", make_rows)
 
-    def _refine_correlation(self, plan: CorrelationPlan, r: np.ndarray, n: np.ndarray) -> None:
-        """Recompute from the float32 store the r of every row that may belong to the first ``exact_rows``."""
+    def _exact_head(self, key_lo: np.ndarray, key_hi: np.ndarray, rescore: Callable[[np.ndarray], np.ndarray]) -> int:
+        """Re-score (``rescore(positions)`` -> their float32 keys, NaN = left out) every row whose float32 key
+        (larger = ranked earlier) can reach the first ``exact_rows``, given bounds ``key_lo <= key <= key_hi``
+        (NaN: never ranked). Let ``T`` be the ``k``-th largest lower bound: once ``k`` re-scored rows have float32
+        keys ``>= T``, every row with ``key_hi < T`` ranks after them, so the head of float32's ranking is among
+        the re-scored rows. Returns how many rows were re-scored."""
+        done = np.zeros(key_lo.size, dtype=bool)
+        invalid = np.zeros(key_lo.size, dtype=bool)
+        keys = np.full(key_lo.size, np.nan)
+        while True:
+            sure = np.flatnonzero(~np.isnan(key_lo) & ~invalid)
+            k = min(self.exact_rows, sure.size)
+            if k == 0:
+                break
+            threshold = np.partition(key_lo[sure], sure.size - k)[sure.size - k]
+            candidates = np.flatnonzero(key_hi >= threshold)  # NaN bounds never qualify
+            todo = candidates[~done[candidates]]
+            if todo.size:
+                keys[todo] = rescore(todo)
+                done[todo] = True
+                invalid[todo] = np.isnan(keys[todo])
+            # A row float32 leaves out (an 8-bit row that float32 finds constant) does not reach T: then T is
+            # lowered (it is taken over the other rows) and the rows it adds are re-scored too.
+            if np.count_nonzero(keys[candidates] >= threshold) >= k or not todo.size:
+                break
+        return int(done.sum())
+
+    def _refine_correlation(self, plan: CorrelationPlan, sums: np.ndarray, r: np.ndarray, n: np.ndarray) -> None:
+        """Make the first ``exact_rows`` rows of an 8-bit correlation ranking float32's (ids, order, r, n): the
+        rows whose float32 r can reach them (:func:`quantization_bounds`) are re-scored from the float32 store."""
         exact = self.exact
         assert exact is not None
-        key = r if plan.descending else -r
-        valid = np.flatnonzero(~np.isnan(key))
-        k = min(self.exact_rows, valid.size)
-        if k == 0:
-            return
-        kth = np.partition(key[valid], valid.size - k)[valid.size - k]
-        seed = exact.decode(plan.seed_row)[plan.plan.cols]
-        seed = seed - seed.mean()
-        seed /= np.abs(seed).max()
-        margin, done = 2e-3, np.zeros(0, dtype=np.int64)
-        new_r, new_n = {}, {}
-        while True:
-            candidates = valid[key[valid] >= kth - 2.0 * margin]
-            todo = np.setdiff1d(candidates, done, assume_unique=True)
-            if todo.size:
-                sums = _kernels.pearson_sums(exact.raw, "float32", plan.plan, seed, exact.row_center[todo],
-                                             self.engine, self.threads, rows=todo)
-                rr, nn = pearson_from_sums(sums, plan.min_voxels)
-                new_r.update(zip(todo.tolist(), rr.tolist()))
-                new_n.update(zip(todo.tolist(), nn.tolist()))
-                done = np.union1d(done, todo)
-            observed = np.nanmax(np.abs(np.array([new_r[c] for c in candidates]) - r[candidates]), initial=0.0)
-            if 2.0 * observed <= margin:
-                break
-            margin = 2.0 * observed
-        for position in done.tolist():
-            r[position] = new_r[position]
-            n[position] = new_n[position]
+        lower, upper = quantization_bounds(sums, self.store.row_center, r, plan.min_voxels)
+        sign = 1.0 if plan.descending else -1.0
+
+        def rescore(todo: np.ndarray) -> np.ndarray:
+            rows_sums = _kernels.pearson_sums(exact.raw, "float32", plan.plan, plan.seed_values,
+                                              exact.row_center[todo], self.engine, self.threads, rows=todo)
+            r[todo], n[todo] = pearson_from_sums(rows_sums, plan.min_voxels)
+            return sign * r[todo]
+
+        key_lo, key_hi = (lower, upper) if plan.descending else (-upper, -lower)
+        self.last_rescored = self._exact_head(key_lo, key_hi, rescore)
 
     def correlation(self, seed: Any, domain: Any = None, *, min_voxels: int = 3,
                     sort_order: str = "desc") -> Ranking[CorrelationRow]:
@@ -347,7 +434,7 @@ class ExpressionSearch:
         store = self.store
         fold, mean1, mean2, n1, n2 = _fold_changes(sums, store.row_offset, store.row_scale, plan)
         if self.exact is not None:
-            self._refine_differential(plan, fold, mean1, mean2, n1, n2)
+            self._refine_differential(plan, sums, fold, mean1, mean2, n1, n2)
         ids = store.data_set_ids
         order = rank_order(fold, ids, descending=True)
         k1, k2 = np.rint(n1).astype(np.int64), np.rint(n2).astype(np.int64)
@@ -361,36 +448,22 @@ class ExpressionSearch:
 
         return Ranking(order, lambda p: make_rows(np.array([p]))[0], "differential search", make_rows)
 
-    def _refine_differential(self, plan: DifferentialPlan, fold: np.ndarray, mean1: np.ndarray, mean2: np.ndarray,
-                             n1: np.ndarray, n2: np.ndarray) -> None:
-        """Recompute from the float32 store the fold change of every row that may belong to the first
-        ``exact_rows``."""
+    def _refine_differential(self, plan: DifferentialPlan, sums: np.ndarray, fold: np.ndarray, mean1: np.ndarray,
+                             mean2: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> None:
+        """Make the first ``exact_rows`` rows of an 8-bit differential ranking float32's: the rows whose float32
+        fold change can reach them (:func:`fold_change_bounds`) are re-scored from the float32 store."""
         exact = self.exact
         assert exact is not None
-        valid = np.flatnonzero(~np.isnan(fold))
-        k = min(self.exact_rows, valid.size)
-        if k == 0:
-            return
-        kth = np.partition(fold[valid], valid.size - k)[valid.size - k]
-        margin, done = 0.02, np.zeros(0, dtype=np.int64)
-        while True:
-            floor = kth - 2.0 * margin * abs(kth) if np.isfinite(kth) else kth
-            candidates = valid[fold[valid] >= floor]
-            todo = np.setdiff1d(candidates, done, assume_unique=True)
-            before = fold[candidates].copy()
-            if todo.size:
-                sums = _kernels.pair_sums(exact.raw, "float32", plan.plan, plan.w_target, plan.w_contrast,
-                                          self.engine, self.threads, rows=todo)
-                f, m1, m2, k1, k2 = _fold_changes(sums, np.zeros(todo.size), np.ones(todo.size), plan)
-                fold[todo], mean1[todo], mean2[todo], n1[todo], n2[todo] = f, m1, m2, k1, k2
-                done = np.union1d(done, todo)
-            with np.errstate(invalid="ignore"):
-                change = np.abs(fold[candidates] / before - 1.0)
-            change = change[np.isfinite(change)]
-            observed = float(change.max()) if change.size else 0.0
-            if 2.0 * observed <= margin or not np.isfinite(kth):
-                break
-            margin = 2.0 * observed
+        lower, upper = fold_change_bounds(sums, self.store.row_scale, mean1, mean2, plan)
+
+        def rescore(todo: np.ndarray) -> np.ndarray:
+            rows_sums = _kernels.pair_sums(exact.raw, "float32", plan.plan, plan.w_target, plan.w_contrast,
+                                           self.engine, self.threads, rows=todo)
+            f, m1, m2, k1, k2 = _fold_changes(rows_sums, np.zeros(todo.size), np.ones(todo.size), plan)
+            fold[todo], mean1[todo], mean2[todo], n1[todo], n2[todo] = f, m1, m2, k1, k2
+            return f
+
+        self.last_rescored = self._exact_head(lower, upper, rescore)
 
     def differential(self, target: Any, contrast: Any, *, threshold1: Any = None,
                      threshold2: Any = None) -> Ranking[DifferentialRow]:
