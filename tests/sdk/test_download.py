@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -221,3 +222,17 @@ def test_progress_bar(flaky_files, tmp_path, capsys):
     Downloader(HttpClient(flaky_files.url), progress=True).fetch("/file", tmp_path / "p.bin")
     shown = capsys.readouterr().err
     assert "p.bin" in shown and "293k" in shown.lower()  # the file's name and its size (300,000 B = 293 KiB)
+
+
+def test_a_copied_cache_is_rehashed_not_refetched(flaky_files, tmp_path):
+    downloader = Downloader(HttpClient(flaky_files.url), progress=False)
+    target = tmp_path / "f.bin"
+    downloader.fetch("/file", target)
+    os.utime(target, ns=(1, 1))  # what a copy that does not keep times does
+    assert is_verified(target)  # same bytes: the record is renewed
+    assert read_record(target)["mtime_ns"] == 1
+    with open(target, "r+b") as fh:  # same size, other bytes
+        fh.write(b"\x00\x01\x02")
+    os.utime(target, ns=(2, 2))
+    assert not is_verified(target)
+    assert not downloader.fetch("/file", target).cached and target.read_bytes() == flaky_files.payload

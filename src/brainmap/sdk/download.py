@@ -106,7 +106,8 @@ def read_record(target: Path) -> dict[str, Any] | None:
 
 def is_verified(target: Path, full: bool = False) -> bool:
     """Whether ``target`` is a complete, verified download: its record matches its size and modification time
-    (and, with ``full``, its sha256 -- a re-read of the whole file)."""
+    (and, with ``full``, its sha256 -- a re-read of the whole file). A file of the recorded size whose time
+    changed (a cache folder copied without keeping times) is re-hashed, and its record renewed if it matches."""
     record = read_record(target)
     if record is None:
         return False
@@ -114,8 +115,18 @@ def is_verified(target: Path, full: bool = False) -> bool:
         stat = target.stat()
     except OSError:
         return False
-    if stat.st_size != record.get("size") or stat.st_mtime_ns != record.get("mtime_ns"):
+    if stat.st_size != record.get("size"):
         return False
+    if stat.st_mtime_ns != record.get("mtime_ns"):
+        if sha256_of(target).hexdigest() != record.get("sha256"):
+            return False
+        renewed = {**record, "mtime_ns": stat.st_mtime_ns}
+        try:
+            with atomic_write(record_path(target), "w", encoding="utf-8") as fh:
+                json.dump(renewed, fh)
+        except OSError:  # a read-only cache is still served
+            pass
+        return True
     return not full or sha256_of(target).hexdigest() == record.get("sha256")
 
 
