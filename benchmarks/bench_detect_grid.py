@@ -10,23 +10,29 @@ Allen's pixel sizes (0.35 um two-photon, 1 um ISH, on 2048 x 2048 crops) and, fo
 microscope's default coarse pixels (10 um, 8 um), where a pixel is a sizeable fraction of a voxel and the
 per-block work of gridding weighs more.
 
-Accuracy: see ``tests/pipeline/test_detect.py`` and ``test_grid.py`` for the method. For connectivity at 100 um
-the virtual microscope's axons (random fibres 30 um x 2 um) leave only some tens of independent fibres per
-voxel of one section, so even a perfect detector's grid correlates with the expected density at ~0.9; the
-figures show that ceiling, the gridding of the expected density itself (geometry alone), and 200 um.
+Accuracy: see ``tests/pipeline/test_detect.py`` and ``test_grid.py`` for the method. Connectivity grids are
+compared with the truth on the same grid -- the mean over each voxel of the density field the virtual
+microscope draws from (``TruthVolumes.density_on_grid``) -- and, for scale, with the raw voxel-centre values of
+the truth volume; beside them a perfect detector's grid (the true masks gridded the same way) and the gridding of
+the expected density itself (geometry alone). The closed loop renders real experiments of both connectivity
+tables whole (25 um pixels), aligns, detects, grids at 100 um and unionizes, and correlates the recovered
+normalized projection volumes with the real Oh 2014 table over its structures with signal
+(``brainmap.specimen.synthetic.closed_loop``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from benchmarks.report import Figure
 from brainmap.pipeline.detect import DetectionParams, VirtualSpecimen, detect_section
-from brainmap.pipeline.grid import Gridder, GridSpec, grid_dataset
+from brainmap.pipeline.grid import Gridder, GridSpec
 from brainmap.pipeline.unionize import unionize_projection
 
 EXPERIMENT = 112672974
@@ -102,18 +108,24 @@ def _rebin_centred(volume: np.ndarray, factor: int = 2) -> np.ndarray:
     return _rebin(np.pad(volume, [(factor // 2, 0)] * 3), factor)
 
 
-def _connectivity_pearson(pixel_um: float = 5.0, sections: int = 12, size: int = 600) -> dict[str, float]:
+def _connectivity_pearson(pixel_um: float = 10.0, sections: int = 12, field_um: float = 3000.0
+                          ) -> dict[str, float]:
     from brainmap.specimen.synthetic.render import pixel_reference_um, sample_volume
 
+    size = int(round(field_um / pixel_um))
     vs = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT, pixel_size_um=pixel_um)
     dataset = vs.dataset
     gridder = Gridder.for_dataset(dataset, 100)
     sz = dataset.alignment3d.trv.apply(np.array(CENTRE_CONNECTIVITY))[2]
     chosen = sorted(dataset.usable_images(), key=lambda im: abs(dataset.section_position_um(im.section_number) - sz))
     detected, perfect, expected = gridder.accumulator(), gridder.accumulator(), gridder.accumulator()
+    tp = fp = fn = 0
     for image in sorted(chosen[:sections], key=lambda im: im.section_number):
         arrays, truth, window = vs.crop(image, size_px=(size, size), centre_reference_um=CENTRE_CONNECTIVITY)
         detection = gridder.detect(arrays)
+        tp += np.count_nonzero(detection.signal & truth)
+        fp += np.count_nonzero(detection.signal & ~truth)
+        fn += np.count_nonzero(~detection.signal & truth)
         detected.add(gridder.grid_section(window, detection))
         perfect.add(gridder.grid_section(window, dataclasses.replace(detection, mask=truth.astype(np.uint16))))
         # the expected density itself, sampled at the pixels as the renderer does, as an intensity (x 10^4)
@@ -125,20 +137,24 @@ def _connectivity_pearson(pixel_um: float = 5.0, sections: int = 12, size: int =
             detection, mask=np.rint(density * 1e4).astype(np.uint16), tissue=np.ones_like(detection.tissue))))
     grids, ideal, field = gridder.volumes(detected), gridder.volumes(perfect), gridder.volumes(expected)
     data = grids["data_mask"] > 0
-    truth = vs.truth.signal_density
+    truth = vs.truth.density_on_grid(100)
+    raw = vs.truth.signal_density
+    density = grids["projection_density"]
     out = {
-        "truth": np.corrcoef(grids["projection_density"][data], truth[data])[0, 1],
+        "truth": np.corrcoef(density[data], truth[data])[0, 1],
+        "raw": np.corrcoef(density[data], raw[data])[0, 1],
         "ceiling": np.corrcoef(ideal["projection_density"][data], truth[data])[0, 1],
-        "perfect": np.corrcoef(grids["projection_density"][data], ideal["projection_density"][data])[0, 1],
+        "perfect": np.corrcoef(density[data], ideal["projection_density"][data])[0, 1],
         "geometry": np.corrcoef(field["projection_energy"][data] / 1e4, truth[data])[0, 1],
         "voxels": float(data.sum()),
+        "precision": tp / (tp + fp),
+        "recall": tp / (tp + fn),
     }
-    inside = (vs.space.annotation > 0).astype(float)
     pixels = _rebin(grids["sum_pixels"])
-    density200 = _rebin(grids["projection_density"] * grids["sum_pixels"])
-    truth200 = _rebin(truth * inside) / np.maximum(_rebin(inside), 1e-9)
     data200 = pixels >= 0.5 * (200 / pixel_um) ** 2
-    out["truth200"] = np.corrcoef(density200[data200] / pixels[data200], truth200[data200])[0, 1]
+    truth200 = _rebin(truth * grids["sum_pixels"])[data200] / pixels[data200]  # the truth where the data are
+    for key, volume in (("truth200", density), ("ceiling200", ideal["projection_density"])):
+        out[key] = np.corrcoef(_rebin(volume * grids["sum_pixels"])[data200] / pixels[data200], truth200)[0, 1]
     return out
 
 
@@ -161,21 +177,40 @@ def _ish_pearson(gene: str, sections: int = 12, size: int = 640) -> float:
     return float(np.corrcoef(volumes["density"][data], truth[data])[0, 1])
 
 
-def _unionize_spearman(pixel_um: float = 20.0) -> tuple[float, float, int, float]:
+def _closed_loop(experiment_id: int, pixel_um: float = 25.0) -> tuple[Any, float, int]:
+    """The closed loop of ``tests/pipeline/test_grid.py``: (comparison, seconds, sections)."""
+    from brainmap.atlas import ReferenceSpace
+    from brainmap.pipeline.align import align_dataset
+    from brainmap.pipeline.grid import grid_folder
+    from brainmap.specimen.synthetic.closed_loop import compare_with_real_npv
+    from brainmap.specimen.synthetic.make import make_specimen
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "specimen"
+        started = time.perf_counter()
+        dataset = make_specimen("connectivity", folder, experiment_id=experiment_id, pixel_size_um=pixel_um,
+                                truth_resolution_um=100, progress=False)
+        align_dataset(folder, reference_resolution_um=100, progress=False)
+        result = grid_folder(folder, folder / "grids", resolution_um=100)
+        space = ReferenceSpace.bundled(100)
+        table = unionize_projection(folder / "grids", space, pixel_size_um=pixel_um)
+        elapsed = time.perf_counter() - started
+    loop = compare_with_real_npv(table, experiment_id, space, pixel_size_um=pixel_um,
+                                 section_thickness_um=dataset.section_thickness_um)
+    return loop, elapsed, result.sections
+
+
+def _render_seconds(pixel_um: float = 10.0, sections: int = 6) -> tuple[float, int, int]:
+    """Wall seconds to render one whole connectivity section at ``pixel_um`` (mean of a few), width, height."""
+    from brainmap.specimen.synthetic.render import render_section
+
     vs = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT, pixel_size_um=pixel_um)
+    chosen = vs.plan.sections[len(vs.plan.sections) // 3:][:sections]
+    render_section(vs.plan, chosen[0], vs.sources, vs.seed)  # warm up (filters, caches)
     started = time.perf_counter()
-    result = grid_dataset(vs.dataset, lambda image: vs.render(image)[0], resolution_um=100)
-    elapsed = time.perf_counter() - started
-    table = unionize_projection(result.volumes, vs.space, pixel_size_um=pixel_um)
-    profile = vs.truth.profile
-    profile = profile[profile["status"] == "used"]
-    projection = table[~table["is_injection"]][["structure_id", "hemisphere_id", "normalized_projection_volume"]]
-    merged = profile.merge(projection.rename(columns={"normalized_projection_volume": "measured"}),
-                           on=["structure_id", "hemisphere_id"], how="left").fillna({"measured": 0.0})
-    rho = spearmanr(merged["achieved_npv"], merged["measured"]).correlation
-    strong = merged["achieved_npv"] > 1e-3
-    rho_strong = spearmanr(merged.loc[strong, "achieved_npv"], merged.loc[strong, "measured"]).correlation
-    return float(rho), float(rho_strong), int(len(merged)), elapsed
+    for section in chosen:
+        render_section(vs.plan, section, vs.sources, vs.seed)
+    return (time.perf_counter() - started) / len(chosen), vs.plan.width, vs.plan.height
 
 
 def run() -> list[Figure]:
@@ -209,23 +244,38 @@ def run() -> list[Figure]:
         figures += [Figure(f"ISH {pixel:g} um: pixel precision", precision, None, "", better="higher"),
                     Figure(f"ISH {pixel:g} um: pixel recall", recall, None, "", better="higher")]
 
-    r = _connectivity_pearson()
-    n = int(r["voxels"])
-    figures += [
-        Figure("connectivity 100 um: Pearson gridded vs true density", r["truth"], 0.95, "", better="higher",
-               note=f"{n} voxels with data; 5 um pixels, 12 sections"),
-        Figure("  ... a perfect detector's grid vs true density (ceiling)", r["ceiling"], None, "", better="higher"),
-        Figure("  ... gridded vs the perfect detector's grid", r["perfect"], None, "", better="higher"),
-        Figure("  ... gridding of the expected density itself (geometry)", r["geometry"], None, "", better="higher"),
-        Figure("connectivity 200 um: Pearson gridded vs true density", r["truth200"], 0.95, "", better="higher"),
-    ]
+    for pixel in (10.0, 5.0):
+        r = _connectivity_pearson(pixel)
+        label = f"connectivity {pixel:g} um pixels"
+        note = f"{int(r['voxels'])} voxels with data; 3 mm crops of 12 sections"
+        figures += [
+            Figure(f"{label}, 100 um: Pearson gridded vs true density", r["truth"], 0.95, "", better="higher",
+                   note=note),
+            Figure("  ... a perfect detector's grid vs true density", r["ceiling"], None, "", better="higher"),
+            Figure("  ... gridded vs the perfect detector's grid", r["perfect"], None, "", better="higher"),
+            Figure("  ... gridded vs the truth volume's voxel-centre values", r["raw"], None, "", better="higher"),
+            Figure("  ... gridding of the expected density itself (geometry)", r["geometry"], None, "",
+                   better="higher"),
+            Figure(f"{label}, 200 um: Pearson gridded vs true density", r["truth200"], 0.95, "", better="higher"),
+            Figure("  ... a perfect detector's grid vs true density", r["ceiling200"], None, "", better="higher"),
+            Figure(f"{label}: pixel precision (crops)", r["precision"], 0.9, "", better="higher"),
+            Figure(f"{label}: pixel recall (crops)", r["recall"], 0.9, "", better="higher"),
+        ]
     for gene in GENES:
         figures.append(Figure(f"ISH {gene} 200 um: Pearson gridded vs true density", _ish_pearson(gene), 0.95, "",
                               better="higher", note="8 um pixels, 12 sections"))
-    rho, rho_strong, rows, elapsed = _unionize_spearman()
-    figures += [
-        Figure("unionized NPV vs truth: Spearman, all structures", rho, None, "", better="higher",
-               note=f"{rows} structure-hemispheres; whole brain, 20 um pixels, {elapsed:.0f} s"),
-        Figure("unionized NPV vs truth: Spearman, NPV > 1e-3", rho_strong, None, "", better="higher"),
-    ]
+    for experiment_id in (112672974, 100141219):
+        loop, elapsed, sections = _closed_loop(experiment_id)
+        figures.append(Figure(f"closed loop {experiment_id}: Spearman recovered vs real NPV, with signal",
+                              loop.spearman, 0.9, "", better="higher",
+                              note=f"{loop.n_signal} of {loop.n} structure-hemispheres (real NPV >= "
+                                   f"{loop.floor_npv:.2g}, 10 px); 25 um pixels, {sections} sections, "
+                                   f"{elapsed:.0f} s end to end"))
+        for pixels in (1.0, 100.0):
+            rho, count = loop.spearman_above(loop.floor_npv * pixels / 10.0)
+            figures.append(Figure(f"  ... real NPV of >= {pixels:g} px", rho, None, "", better="higher",
+                                  note=f"{count} structure-hemispheres"))
+    seconds, width, height = _render_seconds()
+    figures.append(Figure("virtual microscope: render one connectivity section, 10 um pixels", seconds, None, "s",
+                          note=f"{width} x {height} pixels, whole section, wall time"))
     return figures

@@ -339,10 +339,6 @@ def test_connectivity_grid_against_truth():
 CLOSED_LOOP_EXPERIMENTS = (112672974, 100141219)
 #: Pixels of the closed loop's specimens (um): whole sections, the whole brain.
 CLOSED_LOOP_PIXEL_UM = 25.0
-#: A structure "has signal" when its real NPV implies at least this many signal pixels in the specimen's images:
-#: NPV * injection volume / (pixel area * section thickness). Below, a structure is at the detection floor of
-#: these pixels (Poisson error of its pixel count > 1 / sqrt(10), about 30 %).
-SIGNAL_FLOOR_PIXELS = 10
 
 
 @pytest.mark.parametrize("experiment_id", CLOSED_LOOP_EXPERIMENTS)
@@ -350,12 +346,13 @@ def test_closed_loop_recovers_the_real_projection_volumes(experiment_id, tmp_pat
     """The issue's closed loop: a real experiment of both tables (Knox 2019 injection, Oh 2014 normalized
     projection volumes) rendered by the virtual microscope (whole sections, 25 um pixels, damage and a random
     pose), then the pipeline's stages on the folder -- alignment (no true transform given), detection and
-    gridding at 100 um, unionization from the written grids. Over the summary structures of the Oh 2014 table
-    (the 295 it uses, each hemisphere; those the CCF 2017 annotation draws) with signal (above), the recovered
-    normalized projection volumes correlate with the real table's: Spearman >= 0.9."""
-    from brainmap.data import tables
+    gridding at 100 um, unionization from the written grids. Over the Oh 2014 table's summary structures (each
+    hemisphere; those the CCF 2017 annotation draws) with signal -- a real NPV implying at least 10 signal pixels
+    in the images, the detection floor of 25 um pixels (``brainmap.specimen.synthetic.closed_loop``) -- the
+    recovered normalized projection volumes correlate with the real table's: Spearman >= 0.9."""
     from brainmap.pipeline.align import align_dataset
     from brainmap.pipeline.grid import grid_folder
+    from brainmap.specimen.synthetic.closed_loop import compare_with_real_npv
     from brainmap.specimen.synthetic.make import make_specimen
 
     folder = tmp_path / "specimen"
@@ -366,23 +363,13 @@ def test_closed_loop_recovers_the_real_projection_volumes(experiment_id, tmp_pat
     result = grid_folder(folder, folder / "grids", resolution_um=100)
     table = unionize_projection(folder / "grids", space100, pixel_size_um=CLOSED_LOOP_PIXEL_UM)
 
-    real = tables.projection_volumes_of(experiment_id)
-    id_of = space100.structure_tree.get_id_acronym_map()
-    real["structure_id"] = [int(id_of.get(a.strip(), -1)) for a in real["structure_acronym"]]
-    counts = {h: space100.total_voxel_counts(h) for h in (1, 2)}
-    drawn = [s >= 0 and counts[h].get(s, 0) > 0 for s, h in zip(real["structure_id"], real["hemisphere_id"])]
-    real = real[np.asarray(drawn) & (real["normalized_projection_volume"] >= 0)]
-    recovered = table[~table["is_injection"]][["structure_id", "hemisphere_id", "normalized_projection_volume"]]
-    merged = real.merge(recovered.rename(columns={"normalized_projection_volume": "recovered"}),
-                        on=["structure_id", "hemisphere_id"], how="left").fillna({"recovered": 0.0})
-    injection_mm3 = tables.connectivity_experiment(experiment_id)["injection_volume"]
-    pixel_npv = CLOSED_LOOP_PIXEL_UM ** 2 * dataset.section_thickness_um * 1e-9 / injection_mm3
-    signal = merged["normalized_projection_volume"] >= SIGNAL_FLOOR_PIXELS * pixel_npv
-    rho = spearmanr(merged.loc[signal, "normalized_projection_volume"], merged.loc[signal, "recovered"]).correlation
-    print(f"closed loop {experiment_id}: Spearman {rho:.3f} over {signal.sum()} structure-hemispheres with signal "
-          f"(NPV >= {SIGNAL_FLOOR_PIXELS * pixel_npv:.2g}) of {len(merged)}; {result.sections} sections")
-    assert len(merged) > 550 and signal.sum() >= 50
-    assert rho >= 0.9
+    loop = compare_with_real_npv(table, experiment_id, space100, pixel_size_um=CLOSED_LOOP_PIXEL_UM,
+                                 section_thickness_um=dataset.section_thickness_um)
+    print(f"closed loop {experiment_id}: Spearman {loop.spearman:.3f} over {loop.n_signal} structure-hemispheres "
+          f"with signal (real NPV >= {loop.floor_npv:.2g}) of {loop.n}; {result.sections} sections")
+    assert loop.n > 550 and loop.n_signal >= 50
+    assert loop.spearman >= 0.9
+    injection_mm3 = dataset.metadata["injection_volume_mm3"]
     injection = table[table["is_injection"] & (table["structure_id"] == 997) & (table["hemisphere_id"] == 3)]
     assert injection["projection_volume"].iloc[0] == pytest.approx(injection_mm3, rel=0.6)
 
