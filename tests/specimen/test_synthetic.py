@@ -278,6 +278,28 @@ def test_rendered_fractions_follow_density():
         assert (cells > 0.5).mean() == pytest.approx(d, rel=0.3)
 
 
+def test_stratified_fibres_keep_the_density_and_even_it_out(monkeypatch):
+    """The fibre field stays uniform after stratification, and the fraction of signal pixels of 100 um windows
+    varies far less around ``d`` than without it."""
+    from brainmap.specimen.synthetic import render
+    from brainmap.specimen.synthetic.render import stratify_uniform
+
+    values = stratify_uniform(np.random.default_rng(1).random((203, 157)).astype(np.float32),
+                              np.random.default_rng(2), 5)
+    assert np.histogram(values, bins=10, range=(0, 1))[0] / values.size == pytest.approx(np.full(10, 0.1), abs=0.01)
+    density = np.full((500, 500), 0.05, dtype=np.float32)
+
+    def window_fractions() -> np.ndarray:
+        signal = fibre_signal(np.random.default_rng(4), density, None, pixel_um=5.0) > 0
+        return signal.reshape(25, 20, 25, 20).mean(axis=(1, 3))  # 100 um windows
+
+    even = window_fractions()
+    monkeypatch.setattr(render, "FIBRE_STRATA_UM", 0.0)
+    plain = window_fractions()
+    assert even.mean() == pytest.approx(0.05, rel=0.05) and plain.mean() == pytest.approx(0.05, rel=0.1)
+    assert even.var() < plain.var() / 4
+
+
 def _sources(space: ReferenceSpace, truth) -> RenderSources:
     return RenderSources(resolution_um=truth.resolution_um, tissue=tissue_volume(make_template(space), space),
                          signal_density=truth.signal_density, injection_fraction=truth.injection_fraction,
