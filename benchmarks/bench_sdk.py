@@ -2,8 +2,9 @@
 
 Targets (the SDK issue): ``get_projection_matrix`` of 200 experiments x 300 structures x 2 hemispheres from a
 warm cache <= 0.2 s. The cache is a MouseConnectivityCache folder holding, for each of 200 experiments, a
-synthetic ProjectionStructureUnionize table of realistic size (every structure of the ontology x hemispheres
-1, 2, 3 as projection rows, plus 60 injection rows: 4,041 rows x 19 of Allen's columns), written exactly as
+synthetic ProjectionStructureUnionize table of realistic size (the 839 structures with voxels in the CCF x
+hemispheres 1, 2, 3 as projection rows, plus 60 injection rows: 2,577 rows x 19 of Allen's columns, as many as
+the server tests' experiment 100 has), written exactly as
 the cache writes what it downloads (column table + verification record), and the ontology as the cache
 saves it; the cache is opened offline (no request can leave it). Three figures: a fresh cache object (reads
 the ontology and the 200 tables from disk -- the page cache, as after a first run), the same object again
@@ -57,7 +58,7 @@ def _synthetic_table(experiment_id: int, structure_ids: np.ndarray, rng: np.rand
 
 
 def _warm_cache(folder: Path) -> tuple[list[int], list[int]]:
-    from brainmap.atlas import StructureTree
+    from brainmap.atlas import ReferenceSpace, StructureTree
     from brainmap.sdk import MouseConnectivityCache
     from brainmap.sdk.download import write_verified
     from brainmap.sdk.tables import table_bytes
@@ -75,13 +76,16 @@ def _warm_cache(folder: Path) -> tuple[list[int], list[int]]:
     online = MouseConnectivityCache(resolution=100, manifest_file=folder / "manifest.json", progress=False)
     write_verified(online.store.path("STRUCTURE_TREE", structure_graph_id=1), json.dumps(rows).encode(), "bench")
     rng = np.random.default_rng(0)
-    all_ids = np.asarray(tree.node_ids(), dtype=np.int64)
+    counts = ReferenceSpace.bundled(25).total_voxel_counts()
+    all_ids = np.asarray(counts.index[counts.to_numpy() > 0], dtype=np.int64)  # the 839 with voxels
     experiment_ids = [100_000_000 + 1000 * k for k in range(N_EXPERIMENTS)]
     for experiment_id in experiment_ids:
         path = online.store.path("STRUCTURE_UNIONIZES", experiment_id=experiment_id)
         write_verified(path, table_bytes(_synthetic_table(experiment_id, all_ids, rng)), "bench")
-    summary = tree.structure_set_member_ids(167587189)[:N_STRUCTURES]
-    return experiment_ids, [int(s) for s in summary]
+    present = set(all_ids.tolist())
+    chosen = [s for s in tree.structure_set_member_ids(167587189) if s in present]  # summary structures first
+    chosen += [s for s in all_ids.tolist() if s not in set(chosen)]
+    return experiment_ids, [int(s) for s in chosen[:N_STRUCTURES]]
 
 
 def _matrix_figures(root: Path) -> list[Figure]:
@@ -107,7 +111,7 @@ def _matrix_figures(root: Path) -> list[Figure]:
 
     disk_best, disk_median = best_of(from_disk, 5)
     memory_best, memory_median = best_of(lambda: mcc.get_projection_matrix(experiment_ids, structures, [1, 2]), 5)
-    rows = sum(4041 for _ in experiment_ids)
+    rows = N_EXPERIMENTS * (839 * 3 + N_INJECTION_ROWS)
     return [
         Figure("get_projection_matrix 200 x 300 x 2, fresh cache object", fresh_best, 0.2, "s",
                note=f"median {fresh_median:.3f} s; ontology + {rows:,} unionize rows from disk"),

@@ -95,8 +95,9 @@ class Cache:
         kept = self._tables.get(path)
         if kept is not None and kept[0] == stamp and self.verify == "quick" and \
                 (columns is None and kept[2] or columns is not None and set(columns) <= kept[1].keys()):
-            if self.verified(path):
-                return kept[1] if columns is None else {c: kept[1][c] for c in columns}
+            # verified when it was read, and the file's size and time (what a quick check compares with its
+            # record) are unchanged since
+            return kept[1] if columns is None else {c: kept[1][c] for c in columns}
         if not self.verified(path):
             return None
         table = read_table(path, columns)

@@ -94,12 +94,13 @@ def projection_matrix(tables: Sequence[Mapping[str, np.ndarray]], experiment_ids
         return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
     rows = np.asarray(_id_list(experiment_ids, "experiment_ids"), dtype=np.int64)
+    for experiment_id, table in zip(rows, tables):  # table i holds experiment i's rows: checked, not assumed
+        ids = np.asarray(table["experiment_id"])
+        if ids.size and not (ids == experiment_id).all():
+            raise ValueError(f"the unionize table read for experiment {experiment_id} holds rows of experiment "
+                             f"{int(ids[ids != experiment_id][0])}")
     lengths = np.array([len(t["experiment_id"]) for t in tables], dtype=np.int64)
-    row_of = np.repeat(np.arange(rows.size), lengths)  # table i holds experiment i's rows ...
-    exp = column("experiment_id", np.int64)
-    if not np.array_equal(exp, rows[row_of]):  # ... which is checked, not assumed
-        bad = int(exp[exp != rows[row_of]][0])
-        raise ValueError(f"a unionize table holds rows of experiment {bad}, not of the experiment it was read for")
+    row_of = np.repeat(np.arange(rows.size), lengths)
     sid = column("structure_id", np.int64)
     hid = column("hemisphere_id", np.int64)
     projection = ~column("is_injection", bool)
@@ -118,7 +119,7 @@ def projection_matrix(tables: Sequence[Mapping[str, np.ndarray]], experiment_ids
 
     col_keys = np.repeat(hemispheres, structures.size) * _KEY_SHIFT + np.tile(structures, hemispheres.size)
     matrix = np.full((rows.size, col_keys.size), np.nan)
-    if col_keys.size and exp.size:
+    if col_keys.size and sid.size:
         # one hash lookup per row (pandas' hash table: linear time, no sort)
         col = pd.Index(col_keys).get_indexer(hid * _KEY_SHIFT + sid)
         ok = projection & (col >= 0)
