@@ -45,6 +45,15 @@ def test_grey_opening_removes_objects_narrower_than_the_window():
     assert np.all(opened <= image)
 
 
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 5])
+def test_binary_opening_matches_scipy(side):
+    from brainmap.pipeline.detect.core import _binary_opening
+
+    mask = np.random.default_rng(side).random((41, 57)) > 0.35
+    expected = ndimage.binary_opening(mask, np.ones((side, side), bool)) if side > 1 else mask
+    assert np.array_equal(_binary_opening(mask, side), expected)
+
+
 def test_tissue_threshold_between_glass_and_tissue():
     rng = np.random.default_rng(1)
     image = rng.normal(60, 8, (200, 300))

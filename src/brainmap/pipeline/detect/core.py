@@ -667,12 +667,29 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
 
 
 def _binary_opening(mask: np.ndarray, side: int) -> np.ndarray:
-    """Binary opening by a ``side`` x ``side`` square (``side`` < 2: the mask unchanged)."""
+    """Binary opening by a ``side`` x ``side`` square: the union of the squares that fit in ``mask`` (pixels
+    outside the image are not in it). ``side`` < 2: the mask unchanged. Shifted ANDs (erosion, the squares'
+    corners) then shifted ORs (dilation), one axis at a time: ``4 (side - 1)`` passes over the image."""
     if side < 2:
         return mask
     if side == 2:
         return _opening_2x2(mask)
-    return ndimage.binary_opening(mask, structure=np.ones((side, side), bool))
+    rows, cols = mask.shape
+    if rows < side or cols < side:
+        return np.zeros_like(mask)
+    corners = mask[: rows - side + 1].copy()
+    for i in range(1, side):
+        corners &= mask[i: rows - side + 1 + i]
+    fitted = corners[:, : cols - side + 1].copy()
+    for j in range(1, side):
+        fitted &= corners[:, j: cols - side + 1 + j]
+    spread = np.zeros((fitted.shape[0], cols), dtype=bool)
+    for j in range(side):
+        spread[:, j: j + fitted.shape[1]] |= fitted
+    out = np.zeros_like(mask)
+    for i in range(side):
+        out[i: i + spread.shape[0]] |= spread
+    return out
 
 
 def _opening_2x2(mask: np.ndarray) -> np.ndarray:
