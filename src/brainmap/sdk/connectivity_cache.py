@@ -40,6 +40,8 @@ CONNECTIVITY_ENTRIES = {
     "VOLUME": "experiment_{experiment_id}/{volume}_{resolution}.nrrd",
     "ALIGNMENT3D": "experiment_{experiment_id}/alignment3d.json",
 }
+#: Experiments per unionize query when filling the cache (keeps URLs short).
+_IDS_PER_QUERY = 100
 #: The unionize columns (Allen's, ``section_data_set_id`` renamed ``experiment_id``).
 UNIONIZE_COLUMNS = ("id", "experiment_id", "structure_id", "hemisphere_id", "is_injection", "max_voxel_density",
                     "max_voxel_x", "max_voxel_y", "max_voxel_z", "normalized_projection_volume",
@@ -160,7 +162,9 @@ class MouseConnectivityCache(ReferenceSpaceCache):
                                [(paths[i], self._unionize_url(i)) for i in missing])
         if missing:
             grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
-            for row in self.api.get_structure_unionizes(missing):
+            fetched = [row for k in range(0, len(missing), _IDS_PER_QUERY)  # short URLs, paged answers
+                       for row in self.api.get_structure_unionizes(missing[k:k + _IDS_PER_QUERY])]
+            for row in fetched:
                 row = dict(row)
                 row["experiment_id"] = row.pop("section_data_set_id")
                 grouped[int(row["experiment_id"])].append(row)
