@@ -485,6 +485,7 @@ def render_section_truth(plan: SpecimenPlan, section: SectionPlan, sources: Rend
 
 def _render(plan: SpecimenPlan, section: SectionPlan, sources: RenderSources, seed: int, with_truth: bool
             ) -> RenderedSection:
+    """Render one section; the truth masks only when asked (the ISH discs cost a pass per disc offset)."""
     rng = np.random.default_rng([int(seed), int(section.section_number), 0x5EC7])
     optics = OPTICS[plan.product]
     shape = (plan.height, plan.width)
