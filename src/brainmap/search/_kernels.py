@@ -51,7 +51,7 @@ ENGINES = ("numba", "numpy")
 DENSE_FRACTION = 0.2
 _CHUNK = 4096  # columns per float32 partial sum (pair kernels)
 _PEARSON_CHUNK = 2048  # columns per chunk of the Pearson kernels (each centred on its own means)
-_PEARSON_ROWS = 16  # rows that pass over one chunk of the seed while it is in L1
+_PEARSON_ROWS = 16  # rows that pass over one chunk of the seed while it is in L1 (measured: 1, 48 are slower)
 _COLUMN_BLOCK = 2048  # columns per task in column_sums
 _FLUSH_ROWS = 16  # rows per float32 partial sum in column_sums
 _NUMPY_BLOCK_ROWS = 256
@@ -262,7 +262,7 @@ if HAVE_NUMBA:  # pragma: no branch
     def _decode_masked(x, m):  # pragma: no cover - replaced by the overload inside numba
         raise NotImplementedError
 
-    @_overload(_decode_masked, inline="always")
+    @_overload(_decode_masked)
     def _decode_masked_impl(x, m):
         """``(w, v)`` of a stored value times a 0/1 domain weight ``m``: 0 outside the domain and where no data."""
         if isinstance(x, _nbtypes.Integer):
@@ -281,6 +281,21 @@ if HAVE_NUMBA:  # pragma: no branch
 
             return impl
         return None
+
+    def _value(x):  # pragma: no cover - replaced by the overload inside numba
+        raise NotImplementedError
+
+    @_overload(_value, inline="always")
+    def _value_impl(x):
+        """The stored value ``v`` where there is known to be data: ``q**2`` for a code, else the value."""
+        if isinstance(x, _nbtypes.Integer):
+
+            def impl(x):
+                q = np.float32(x)
+                return q * q
+
+            return impl
+        return lambda x: np.float32(x)
 
     def _total_zero(x):  # pragma: no cover - replaced by the overload inside numba
         raise NotImplementedError
@@ -306,40 +321,76 @@ if HAVE_NUMBA:  # pragma: no branch
 
     _JIT = dict(nogil=True, fastmath=_FM, cache=True)
 
-    @numba.njit(nogil=True, fastmath=_FM, cache=True, inline="always")
-    def _nb_pearson_chunk(x0, bv, bw, m, n, sx, mm, ss, ss2, full, sy_dom, syy_dom, b, g, acc, j):  # pragma: no cover
-        """Pass B of one chunk of one row (values ``bv`` and data flags ``bw`` decoded by pass A, ``m`` of them, with
-        ``n`` data voxels summing to ``sx``; ``mm`` the domain weights, ``ss`` the chunk-centred seed), then the
-        float64 shift of its sums into ``acc[j]``."""
-        if n == 0:
-            return
-        kx = _shift(x0, sx, n)  # the row's own mean over this chunk's domain voxels with data (pass A)
+    _INLINE = dict(nogil=True, fastmath=_FM, cache=True, inline="always")
+
+    @numba.njit(**_INLINE)
+    def _pass_full(bv, mm, ss, m, kx):  # pragma: no cover - compiled
+        """Pass B over decoded values with data at every domain voxel: sums of dx, dx**2, dx s (dx = v - kx)."""
         a0 = np.float32(0.0)
         a1 = np.float32(0.0)
         a4 = np.float32(0.0)
-        if full:  # data at every domain voxel of the chunk: the seed's sums over them are known
-            for k in range(m):
-                dx = bv[k] - kx * mm[k]
-                a0 += dx
-                a1 += dx * dx
-                a4 += dx * ss[k]
-            sy = sy_dom
-            syy = syy_dom
-        else:
-            f2 = np.float32(0.0)
-            f3 = np.float32(0.0)
-            for k in range(m):
-                w = bw[k]
-                dx = bv[k] - kx * w
-                a0 += dx
-                a1 += dx * dx
-                f2 += w * ss[k]
-                f3 += w * ss2[k]
-                a4 += dx * ss[k]
-            sy = np.float64(f2)
-            syy = np.float64(f3)
-        # Over the chunk's data, x - g = (x - kx) + a and y = (y - b) + b: the float32 sums about the chunk's own
-        # centres, shifted exactly in float64.
+        for k in range(m):
+            dx = bv[k] - kx * mm[k]
+            a0 += dx
+            a1 += dx * dx
+            a4 += dx * ss[k]
+        return a0, a1, a4
+
+    @numba.njit(**_INLINE)
+    def _pass_part(bv, bw, ss, ss2, m, kx):  # pragma: no cover - compiled
+        """Pass B over decoded values with some data missing: also the seed's sums over the data voxels."""
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a4 = np.float32(0.0)
+        f2 = np.float32(0.0)
+        f3 = np.float32(0.0)
+        for k in range(m):
+            w = bw[k]
+            dx = bv[k] - kx * w
+            a0 += dx
+            a1 += dx * dx
+            f2 += w * ss[k]
+            f3 += w * ss2[k]
+            a4 += dx * ss[k]
+        return a0, a1, a4, f2, f3
+
+    @numba.njit(**_INLINE)
+    def _pass_full_raw(r, ss, kx):  # pragma: no cover - compiled
+        """:func:`_pass_full` straight from the stored values of a block the domain covers whole (one pass)."""
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a4 = np.float32(0.0)
+        for k in range(r.size):
+            dx = _value(r[k]) - kx
+            a0 += dx
+            a1 += dx * dx
+            a4 += dx * ss[k]
+        return a0, a1, a4
+
+    @numba.njit(**_INLINE)
+    def _pass_part_raw(r, ss, ss2, kx):  # pragma: no cover - compiled
+        """:func:`_pass_part` straight from the stored values of a block the domain covers whole (one pass)."""
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a4 = np.float32(0.0)
+        f2 = np.float32(0.0)
+        f3 = np.float32(0.0)
+        one = np.float32(1.0)
+        for k in range(r.size):
+            w, v = _decode_masked(r[k], one)
+            dx = v - kx * w
+            a0 += dx
+            a1 += dx * dx
+            f2 += w * ss[k]
+            f3 += w * ss2[k]
+            a4 += dx * ss[k]
+        return a0, a1, a4, f2, f3
+
+    @numba.njit(**_INLINE)
+    def _merge(acc, j, n, kx, g, b, a0, a1, a4, sy, syy):  # pragma: no cover - compiled
+        """Add one chunk's float32 sums about its own centres (``kx`` for the row, ``b`` for the seed) to
+        ``acc[j]`` as sums about ``g`` and 0: over the chunk's data ``x - g = (x - kx) + a``, ``y = (y - b) + b``,
+        expanded exactly in float64."""
         fn = np.float64(n)
         sx0 = np.float64(a0)
         a = np.float64(kx) - g
@@ -351,15 +402,31 @@ if HAVE_NUMBA:  # pragma: no branch
         acc[j, 4] += syy + 2.0 * b * sy + fn * b * b
         acc[j, 5] += np.float64(a4) + b * sx0 + a * ty
 
+    @numba.njit(**_INLINE)
+    def _chunk_from_buffers(x0, bv, bw, m, n, total, mm, ss, ss2, full, sy_dom, syy_dom, b, g, acc, j):  # pragma: no cover
+        """Pass B of one chunk of one row after pass A (values ``bv``, data flags ``bw``; ``n`` data voxels whose
+        values sum to ``total``), centred on the row's own mean there."""
+        if n == 0:
+            return
+        kx = _shift(x0, total, n)
+        if full:  # data at every domain voxel of the chunk: the seed's sums over them are known
+            a0, a1, a4 = _pass_full(bv, mm, ss, m, kx)
+            _merge(acc, j, n, kx, g, b, a0, a1, a4, sy_dom, syy_dom)
+        else:
+            a0, a1, a4, f2, f3 = _pass_part(bv, bw, ss, ss2, m, kx)
+            _merge(acc, j, n, kx, g, b, a0, a1, a4, np.float64(f2), np.float64(f3))
+
     @numba.njit(**_JIT)
-    def _nb_pearson_dense(raw, rows, r0, r1, lo, hi, mf, s, s2, ndom, sdom, s2dom, ybar, center, out):  # pragma: no cover
+    def _nb_pearson_dense(raw, rows, r0, r1, lo, hi, mf, s, s2, ndom, sdom, s2dom, ybar, whole, stats, first,
+                          center, out, block_rows):  # pragma: no cover - compiled
         span = hi - lo
         n_chunks = (span + _PEARSON_CHUNK - 1) // _PEARSON_CHUNK
-        acc = np.zeros((_PEARSON_ROWS, 6))
+        acc = np.zeros((max(block_rows, 1), 6))
         bv = np.empty(_PEARSON_CHUNK, np.float32)
         bw = np.empty(_PEARSON_CHUNK, np.float32)
-        for b0 in range(r0, r1, _PEARSON_ROWS):
-            b1 = min(b0 + _PEARSON_ROWS, r1)
+        x0 = raw[0, 0]
+        for b0 in range(r0, r1, block_rows):
+            b1 = min(b0 + block_rows, r1)
             acc[:] = 0.0
             for c in range(n_chunks):  # a chunk's seed stays in L1 while the block's rows pass over it
                 c0 = c * _PEARSON_CHUNK
@@ -369,30 +436,44 @@ if HAVE_NUMBA:  # pragma: no branch
                 ss2 = s2[c0:c1]
                 for i in range(b0, b1):
                     r = raw[rows[i], lo + c0 : lo + c1]
+                    if whole[c]:  # the domain is this whole block of the store: its stored count and mean hold
+                        n = stats[rows[i], first + c, 0]
+                        if n == 0:
+                            continue
+                        kx = _shift(x0, stats[rows[i], first + c, 1], np.float32(1.0))
+                        if n == ndom[c]:
+                            a0, a1, a4 = _pass_full_raw(r, ss, kx)
+                            _merge(acc, i - b0, n, kx, center[i], ybar[c], a0, a1, a4, sdom[c], s2dom[c])
+                        else:
+                            a0, a1, a4, f2, f3 = _pass_part_raw(r, ss, ss2, kx)
+                            _merge(acc, i - b0, n, kx, center[i], ybar[c], a0, a1, a4, np.float64(f2), np.float64(f3))
+                        continue
                     m = r.size
                     cnt = np.float32(0.0)
-                    tot = _total_zero(raw[0, 0])
-                    for k in range(m):  # pass A: decode once into L1 buffers
+                    tot = _total_zero(x0)
+                    for k in range(m):  # pass A: decode once into L1 buffers; count and sum the data
                         w, v = _decode_masked(r[k], mm[k])
                         bv[k] = v
                         bw[k] = w
                         cnt += w
                         tot += v
-                    _nb_pearson_chunk(raw[0, 0], bv, bw, m, cnt, tot, mm, ss, ss2, cnt == ndom[c], sdom[c], s2dom[c], ybar[c],
-                                      center[i], acc, i - b0)
+                    _chunk_from_buffers(x0, bv, bw, m, cnt, tot, mm, ss, ss2, cnt == ndom[c], sdom[c], s2dom[c],
+                                        ybar[c], center[i], acc, i - b0)
             for i in range(b0, b1):
                 for t in range(6):
                     out[i, t] = acc[i - b0, t]
 
     @numba.njit(**_JIT)
-    def _nb_pearson_gather(raw, rows, r0, r1, cols, mf, s, s2, ndom, sdom, s2dom, ybar, center, out):  # pragma: no cover
+    def _nb_pearson_gather(raw, rows, r0, r1, cols, mf, s, s2, ndom, sdom, s2dom, ybar, center, out,
+                           block_rows):  # pragma: no cover - compiled
         span = cols.size
         n_chunks = (span + _PEARSON_CHUNK - 1) // _PEARSON_CHUNK
-        acc = np.zeros((_PEARSON_ROWS, 6))
+        acc = np.zeros((max(block_rows, 1), 6))
         bv = np.empty(_PEARSON_CHUNK, np.float32)
         bw = np.empty(_PEARSON_CHUNK, np.float32)
-        for b0 in range(r0, r1, _PEARSON_ROWS):
-            b1 = min(b0 + _PEARSON_ROWS, r1)
+        x0 = raw[0, 0]
+        for b0 in range(r0, r1, block_rows):
+            b1 = min(b0 + block_rows, r1)
             acc[:] = 0.0
             for c in range(n_chunks):
                 c0 = c * _PEARSON_CHUNK
@@ -405,15 +486,15 @@ if HAVE_NUMBA:  # pragma: no branch
                     row = raw[rows[i]]
                     m = cc.size
                     cnt = np.float32(0.0)
-                    tot = _total_zero(raw[0, 0])
+                    tot = _total_zero(x0)
                     for k in range(m):
                         w, v = _decode_masked(row[cc[k]], np.float32(1.0))
                         bv[k] = v
                         bw[k] = w
                         cnt += w
                         tot += v
-                    _nb_pearson_chunk(raw[0, 0], bv, bw, m, cnt, tot, mm, ss, ss2, cnt == ndom[c], sdom[c], s2dom[c], ybar[c],
-                                      center[i], acc, i - b0)
+                    _chunk_from_buffers(x0, bv, bw, m, cnt, tot, mm, ss, ss2, cnt == ndom[c], sdom[c], s2dom[c],
+                                        ybar[c], center[i], acc, i - b0)
             for i in range(b0, b1):
                 for t in range(6):
                     out[i, t] = acc[i - b0, t]
@@ -635,7 +716,8 @@ def _check_raw(raw: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ public
 def pearson_sums(raw, encoding: str, plan: ColumnPlan, seed: np.ndarray, center: np.ndarray | None = None,
-                 engine: str | None = None, threads: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+                 engine: str | None = None, threads: int | None = None, rows: np.ndarray | None = None,
+                 chunk_stats: np.ndarray | None = None) -> np.ndarray:
     """(rows, 6) float64: ``n, sum v', sum v'^2, sum w s, sum w s^2, sum v' s`` over ``plan``'s columns, with
     ``v' = v - center[row]`` where there is data (Pearson's r does not change; the sums keep their precision)
     and ``seed`` aligned with ``plan.cols`` (finite). ``rows``: only these rows (positions; the output and
@@ -652,12 +734,32 @@ def pearson_sums(raw, encoding: str, plan: ColumnPlan, seed: np.ndarray, center:
         return _np_pearson(raw if rows.size == raw.shape[0] and _is_all(rows) else raw[rows], encoding, plan, seed,
                            center)
     out = np.empty((rows.size, 6))
+    if plan.dense:  # chunks on the store's blocks of _PEARSON_CHUNK columns (those chunk_stats describe)
+        plan = ColumnPlan(plan.cols, plan.lo - plan.lo % _PEARSON_CHUNK, plan.hi, True)
     lay = _PearsonLayout.of(plan, seed)
-    vectors = (lay.m, lay.s, lay.s2, lay.n_domain, lay.s_domain, lay.s2_domain, lay.ybar, center, out)
+    vectors = (lay.m, lay.s, lay.s2, lay.n_domain, lay.s_domain, lay.s2_domain, lay.ybar)
+    block_rows = _PEARSON_ROWS
     if plan.dense:
-        _run_split(_nb_pearson_dense, rows.size, threads, lambda a, b: (raw, rows, a, b, plan.lo, plan.hi, *vectors))
+        first = plan.lo // _PEARSON_CHUNK
+        n_chunks = lay.n_domain.size
+        whole = np.zeros(n_chunks, dtype=np.bool_)
+        if chunk_stats is not None:
+            stats = np.asarray(chunk_stats, dtype=np.float32)
+            if stats.ndim != 3 or stats.shape[0] != raw.shape[0] or stats.shape[2] != 2 or \
+                    stats.shape[1] != -(-raw.shape[1] // _PEARSON_CHUNK):
+                raise ValueError(f"chunk_stats must be (rows, blocks of {_PEARSON_CHUNK} columns, 2) for a "
+                                 f"{raw.shape} matrix, got {stats.shape}")
+            ends = np.minimum((first + np.arange(n_chunks) + 1) * _PEARSON_CHUNK, raw.shape[1]) - plan.lo
+            starts = np.arange(n_chunks) * _PEARSON_CHUNK
+            whole = (ends <= plan.hi - plan.lo) & (lay.n_domain == ends - starts)
+        else:
+            stats = np.zeros((0, 0, 2), np.float32)
+        _run_split(_nb_pearson_dense, rows.size, threads,
+                   lambda a, b: (raw, rows, a, b, plan.lo, plan.hi, *vectors, whole, stats, first, center, out,
+                                 block_rows))
     else:
-        _run_split(_nb_pearson_gather, rows.size, threads, lambda a, b: (raw, rows, a, b, plan.cols, *vectors))
+        _run_split(_nb_pearson_gather, rows.size, threads,
+                   lambda a, b: (raw, rows, a, b, plan.cols, *vectors, center, out, block_rows))
     return out
 
 

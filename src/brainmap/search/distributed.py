@@ -93,8 +93,10 @@ def store_array(store: MatrixStore, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "da
 
 
 # ------------------------------------------------------------------------------------------------ tasks
-def _pearson_block(block, center, encoding, plan, seed, engine):
-    return _kernels.pearson_sums(np.asarray(block), encoding, plan, seed, np.asarray(center).ravel(), engine, threads=1)
+def _pearson_block(block, center, stats, encoding, plan, seed, engine):
+    stats = np.asarray(stats)  # the rows' chunk_stats, flattened to 2-D so that dask aligns them with the rows
+    return _kernels.pearson_sums(np.asarray(block), encoding, plan, seed, np.asarray(center).ravel(), engine, threads=1,
+                                 chunk_stats=stats.reshape(stats.shape[0], -1, 2))
 
 
 def _pair_block(block, encoding, plan, w1, w2, engine):
@@ -147,7 +149,9 @@ class DistributedExpressionSearch(ExpressionSearch):
     def correlation_sums(self, plan: CorrelationPlan) -> np.ndarray:
         args = self._share(self.store.encoding, plan.plan, plan.seed_values, self.engine)
         center = da.from_array(self.store.row_center[:, None], chunks=(self.matrix.chunks[0], 1))
-        sums = da.map_blocks(_pearson_block, self.matrix, center, *args, dtype=np.float64,
+        flat = self.store.chunk_stats.reshape(self.store.n_rows, -1)
+        stats = da.from_array(flat, chunks=(self.matrix.chunks[0], flat.shape[1]))
+        sums = da.map_blocks(_pearson_block, self.matrix, center, stats, *args, dtype=np.float64,
                              chunks=(self.matrix.chunks[0], (6,)))
         return self._compute(sums)
 

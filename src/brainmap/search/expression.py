@@ -345,7 +345,8 @@ class ExpressionSearch:
 
     def correlation_sums(self, plan: CorrelationPlan) -> np.ndarray:
         return _kernels.pearson_sums(self.store.raw, self.store.encoding, plan.plan, plan.seed_values,
-                                     self.store.row_center, self.engine, self.threads)
+                                     self.store.row_center, self.engine, self.threads,
+                                     chunk_stats=self.store.chunk_stats)
 
     def finish_correlation(self, plan: CorrelationPlan, sums: np.ndarray) -> Ranking[CorrelationRow]:
         r, n = pearson_from_sums(sums, plan.min_voxels)
@@ -400,7 +401,8 @@ class ExpressionSearch:
 
         def rescore(todo: np.ndarray) -> np.ndarray:
             rows_sums = _kernels.pearson_sums(exact.raw, "float32", plan.plan, plan.seed_values,
-                                              exact.row_center[todo], self.engine, self.threads, rows=todo)
+                                              exact.row_center[todo], self.engine, self.threads, rows=todo,
+                                              chunk_stats=exact.chunk_stats)
             r[todo], n[todo] = pearson_from_sums(rows_sums, plan.min_voxels)
             return sign * r[todo]
 

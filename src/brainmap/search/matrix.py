@@ -30,6 +30,9 @@ Files (a folder)
                        statistics over all columns: ``n`` (data voxels), ``sum(v - centre)``,
                        ``sum((v - centre)**2)`` (``row_totals``)
 ``column_counts.npy``  (n_planes, n_columns) int32: how many data sets of each plane have data in each column
+``chunk_stats.npy``    (n_rows, n_chunks, 2) float32: per row and block of ``CHUNK_COLUMNS`` columns, the number
+                       of data voxels and the mean stored value ``v`` over them (the Pearson kernel's centre for
+                       a block its domain covers whole; computed on first use for stores made without it)
 
 Appending writes the new rows after the existing ones, flushes them, rewrites the small metadata files
 atomically and finally ``matrix.json``; a crash leaves the previous state readable (bytes past the committed
@@ -61,6 +64,8 @@ _APPEND_CHUNK_ROWS = 128
 #: Largest 8-bit code; ``q**2 - 1`` spans 0 .. 65024.
 _QMAX = 255
 _QSPAN = float(_QMAX * _QMAX - 1)
+#: Columns per block of ``chunk_stats`` (the Pearson kernel's chunk, :data:`brainmap.search._kernels._PEARSON_CHUNK`).
+CHUNK_COLUMNS = 2048
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,7 @@ class MatrixStore:
         self._column_lookup: np.ndarray | None = None
         self._raw: np.ndarray | None = None
         self._metadata_arrays: dict[str, np.ndarray] = {}
+        self._chunk_stats: np.ndarray | None = None
         values_path = self.path / "values.bin"
         need = self.n_rows * self.n_columns * self.dtype.itemsize
         if not values_path.exists():
@@ -312,6 +318,26 @@ class MatrixStore:
     @property
     def nbytes(self) -> int:
         return self.n_rows * self.n_columns * self.dtype.itemsize
+
+    @property
+    def chunk_stats(self) -> np.ndarray:
+        """(n_rows, n_chunks, 2) float32: per row and block of ``CHUNK_COLUMNS`` columns, the number of data voxels
+        and the mean stored value over them. Read from ``chunk_stats.npy``; a store made without it gets it
+        computed (one pass) and written, if the folder is writable."""
+        if self._chunk_stats is None:
+            n_chunks = -(-self.n_columns // CHUNK_COLUMNS)
+            path = self.path / "chunk_stats.npy"
+            stats = np.load(path, mmap_mode="r") if path.exists() else None
+            if stats is None or stats.shape[0] < self.n_rows or stats.shape[1:] != (n_chunks, 2):
+                stats = np.concatenate([_chunk_statistics(self.raw[a : a + 1024], self.encoding)
+                                        for a in range(0, self.n_rows, 1024)] or [np.zeros((0, n_chunks, 2), np.float32)])
+                try:
+                    with atomic_write(path) as fh:
+                        np.save(fh, stats)
+                except OSError:
+                    pass  # a read-only store: keep them in memory
+            self._chunk_stats = np.ascontiguousarray(stats[: self.n_rows], dtype=np.float32)
+        return self._chunk_stats
 
     def decode(self, rows: Any = slice(None)) -> np.ndarray:
         """Values of ``rows`` (positions: a slice, an int or an array) as float64, NaN where no data."""
@@ -464,6 +490,7 @@ class MatrixStore:
         new_offset = np.empty(k)
         new_scale = np.empty(k)
         new_stats = np.empty((k, 4))
+        new_chunks = np.empty((k, -(-self.n_columns // CHUNK_COLUMNS), 2), np.float32)
         counts = {p: np.zeros(self.n_columns, np.int64) for p in self.planes}
         plane_values = meta_cols.get("plane", [""] * k)
         with open(self.path / "values.bin", "r+b") as fh:
@@ -488,12 +515,14 @@ class MatrixStore:
                     fh.write(np.ascontiguousarray(codes).tobytes())
                     data = codes != 0
                     new_stats[start:stop] = _row_statistics(codes, "uint8")
+                    new_chunks[start:stop] = _chunk_statistics(codes, "uint8")
                 else:
                     stored = x
                     fh.write(np.ascontiguousarray(stored, dtype="<f4").tobytes())
                     off, sc = np.zeros(stop - start), np.ones(stop - start)
                     data = ~np.isnan(stored)
                     new_stats[start:stop] = _row_statistics(stored, "float32")
+                    new_chunks[start:stop] = _chunk_statistics(stored, "float32")
                 new_offset[start:stop] = off
                 new_scale[start:stop] = sc
                 for j in range(stop - start):
@@ -512,6 +541,9 @@ class MatrixStore:
         params = np.vstack([old, np.column_stack([new_offset, new_scale, new_stats])])
         with atomic_write(self.path / "row_params.npy") as fh:
             np.save(fh, params)
+        old_chunks = self.chunk_stats if self.n_rows else np.zeros((0,) + new_chunks.shape[1:], np.float32)
+        with atomic_write(self.path / "chunk_stats.npy") as fh:
+            np.save(fh, np.concatenate([old_chunks, new_chunks]))
         planes = list(self.planes) + [p for p in counts if p not in self.planes]
         old = {p: self._column_counts[i] for i, p in enumerate(self.planes)}
         table = np.stack([old.get(p, 0) + counts[p] for p in planes]).astype(np.int32) if planes else np.zeros((0, self.n_columns), np.int32)
@@ -548,12 +580,14 @@ class MatrixStore:
         counts: dict[str, np.ndarray] = {}
         plane_of = self.rows["plane"].to_numpy() if "plane" in self.rows.columns else np.full(self.n_rows, "")
         stats = np.empty((positions.size, 4))
+        chunks = np.empty((positions.size, -(-cols.size // CHUNK_COLUMNS), 2), np.float32)
         with open(out.path / "values.bin", "r+b") as fh:
             for start in range(0, positions.size, block_rows):
                 pos = positions[start : start + block_rows]
                 block = raw[pos] if full else raw[pos][:, cols]
                 fh.write(np.ascontiguousarray(block).tobytes())
                 stats[start : start + pos.size] = _row_statistics(block, self.encoding)
+                chunks[start : start + pos.size] = _chunk_statistics(block, self.encoding)
                 data = (block != 0) if self.encoding == "uint8" else ~np.isnan(block)
                 for plane in np.unique(plane_of[pos]):
                     counts.setdefault(str(plane), np.zeros(cols.size, np.int64))
@@ -565,6 +599,8 @@ class MatrixStore:
             rows.to_csv(fh, index=False)
         with atomic_write(out.path / "row_params.npy") as fh:
             np.save(fh, np.column_stack([self.row_offset[positions], self.row_scale[positions], stats]))
+        with atomic_write(out.path / "chunk_stats.npy") as fh:
+            np.save(fh, chunks)
         planes = [p for p in self.planes if p in counts] + [p for p in counts if p not in self.planes]
         with atomic_write(out.path / "column_counts.npy") as fh:
             np.save(fh, np.stack([counts[p] for p in planes]).astype(np.int32) if planes else np.zeros((0, cols.size), np.int32))
@@ -595,6 +631,25 @@ def _row_statistics(block: np.ndarray, encoding: str) -> np.ndarray:
     v -= center[:, None]
     v[~data] = 0.0
     return np.column_stack([center, n, v.sum(axis=1), np.einsum("ij,ij->i", v, v)])
+
+
+def _chunk_statistics(block: np.ndarray, encoding: str) -> np.ndarray:
+    """(rows, n_chunks, 2) float32 per row and block of ``CHUNK_COLUMNS`` columns: the number of data voxels and
+    the mean of ``v`` (``q**2`` or the value) over them (0 without data)."""
+    block = np.asarray(block)
+    if encoding == "uint8":
+        data = block != 0
+        v = block.astype(np.float64) ** 2
+    else:
+        data = ~np.isnan(block)
+        v = np.where(data, block, 0).astype(np.float64)
+    starts = np.arange(0, block.shape[1], CHUNK_COLUMNS)
+    if block.shape[0] == 0:
+        return np.zeros((0, starts.size, 2), np.float32)
+    n = np.add.reduceat(data, starts, axis=1).astype(np.float64)
+    total = np.add.reduceat(v, starts, axis=1)
+    mean = np.divide(total, n, out=np.zeros_like(total), where=n > 0)
+    return np.stack([n, mean], axis=-1).astype(np.float32)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
