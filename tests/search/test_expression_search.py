@@ -17,7 +17,7 @@ from brainmap.search import (
     seed_point_search,
 )
 from brainmap.search._kernels import HAVE_NUMBA
-from brainmap.search.expression import parse_threshold
+from brainmap.search.expression import _fold_changes, parse_threshold, pearson_from_sums
 from brainmap.search.matrix import GridSpec
 
 ENGINES = ["numpy"] + (["numba"] if HAVE_NUMBA else [])
@@ -78,7 +78,8 @@ def test_correlation_agrees_with_a_plain_float64_reference(random_store, ish_gri
         got[store.row_index(row.data_set_id)] = row.r
         assert row.n_voxels == reference_pearson(values[store.row_index(row.data_set_id), cols], seed_values, 3)[1]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-    np.testing.assert_allclose(got, expected, atol=2e-6)
+    # Every 2,048-column chunk is centred on the row's own mean there: float32 sums stay within ~1e-7 of float64.
+    np.testing.assert_allclose(got, expected, atol=3e-7)
     assert ranking.total_rows == np.count_nonzero(~np.isnan(expected))
     assert ranking.top(1)[0].data_set_id == seed and ranking.top(1)[0].r == pytest.approx(1.0, abs=1e-6)
     rs = [row.r for row in ranking.page(0, 10_000)]
@@ -327,3 +328,46 @@ def test_the_exact_store_must_match(random_store, stores, ish_grid):
         ExpressionSearch(random_store["uint8"], ish_grid, exact=random_store["uint8"])
     with pytest.raises(SearchInputError, match="exact_rows"):
         ExpressionSearch(random_store["uint8"], ish_grid, exact=random_store["float32"], exact_rows=0)
+
+
+def test_quantization_bounds_contain_float32s_r_and_fold_change(random_store, stores, ish_grid):
+    """The bounds the exact head relies on: every row's float32 score lies within the bounds computed from its
+    8-bit sums, for both stores, several seeds and domains (a failure would let a true head row be missed)."""
+    from brainmap.search.expression import fold_change_bounds, quantization_bounds
+
+    for u8, f32 in ((random_store["uint8"], random_store["float32"]), (stores["uint8"], stores["float32"])):
+        search = ExpressionSearch(u8, ish_grid, exact=f32)
+        plain32 = ExpressionSearch(f32, ish_grid)
+        widths = []
+        for seed in u8.data_set_ids[[3, 10, 20]]:
+            for domain in (None, "HPF", "CA1"):
+                plan = search.plan_correlation(int(seed), domain)  # the seed read from the float32 store
+                sums8 = search.correlation_sums(plan)
+                r8, _ = pearson_from_sums(sums8, plan.min_voxels)
+                r32, _ = pearson_from_sums(plain32.correlation_sums(plan), plan.min_voxels)
+                lower, upper = quantization_bounds(sums8, u8.row_center, r8, plan.min_voxels)
+                ok = ~np.isnan(r32)
+                assert np.all(lower[ok] <= r32[ok]) and np.all(r32[ok] <= upper[ok])
+                assert np.all(np.isnan(lower) == (np.rint(sums8[:, 0]) < plan.min_voxels))
+                widths.append(np.nanmedian(upper - lower))
+        assert np.median(widths) < 0.1  # informative, not just [-1, 1]
+        for target, contrast, t1, t2 in (("TH", "Isocortex", None, None), ("HPF", ["TH", "Isocortex"], (0, 50), (1, 50))):
+            plan = search.plan_differential(target, contrast, t1, t2)
+            sums8 = search.differential_sums(plan)
+            f8, m1, m2, _, _ = _fold_changes(sums8, u8.row_offset, u8.row_scale, plan)
+            fold32 = _fold_changes(plain32.differential_sums(plan), np.zeros(f32.n_rows), np.ones(f32.n_rows), plan)[0]
+            lower, upper = fold_change_bounds(sums8, u8.row_scale, m1, m2, plan)
+            ok = ~np.isnan(fold32)
+            assert np.all(lower[ok] <= fold32[ok]) and np.all(fold32[ok] <= upper[ok])
+
+
+def test_the_exact_head_rescores_only_rows_that_can_reach_it(stores, ish_grid):
+    u8, f32 = stores["uint8"], stores["float32"]
+    refined = ExpressionSearch(u8, ish_grid, exact=f32, exact_rows=10)
+    plain32 = ExpressionSearch(f32, ish_grid)
+    seed = int(u8.data_set_ids[10])
+    for order in ("desc", "asc"):
+        head = refined.correlation(seed, sort_order=order).top(10)
+        assert 10 <= refined.last_rescored < u8.n_rows  # the bound prunes: not every row is read from float32
+        want = plain32.correlation(seed, sort_order=order).top(10)
+        assert [(a.data_set_id, a.r) for a in head] == [(b.data_set_id, b.r) for b in want]

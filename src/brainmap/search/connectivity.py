@@ -726,39 +726,19 @@ def volume_values_at(volume: np.ndarray, brain: np.ndarray) -> ValuesAt:
     return values_at
 
 
-#: Columns per kernel call in the correlation passes. The shared kernels walk a row at a time against weight
-#: vectors as long as the plan (12 bytes a column); at the brain's 505k columns those no longer stay in cache and
-#: a pass runs ~2x slower than on the same bytes in 26k-wide rows. Blocks of 32k columns keep them in L2; the
-#: sums simply add up over blocks.
-COLUMN_BLOCK = 32_768
-
-
-def _column_blocks(plan: Any) -> list[tuple[Any, slice]]:
-    """The plan's columns in blocks of at most :data:`COLUMN_BLOCK`: ``(ColumnPlan, slice of plan.cols)``."""
-    n = plan.cols.size
-    return [(_kernels.ColumnPlan.of(plan.cols[a : a + COLUMN_BLOCK]), slice(a, min(a + COLUMN_BLOCK, n)))
-            for a in range(0, n, COLUMN_BLOCK)]
-
-
 def blocked_pearson_sums(raw: np.ndarray, encoding: str, plan: Any, seed: np.ndarray, centres: np.ndarray,
-                         engine: str | None = None, threads: int | None = None) -> np.ndarray:
-    """:func:`brainmap.search._kernels.pearson_sums` over the plan's columns, one column block at a time."""
-    out = np.zeros((raw.shape[0], 6))
-    seed = np.asarray(seed, dtype=np.float64)
-    for block, part in _column_blocks(plan):
-        out += _kernels.pearson_sums(raw, encoding, block, seed[part], centres, engine, threads)
-    return out
+                         engine: str | None = None, threads: int | None = None,
+                         chunk_stats: np.ndarray | None = None) -> np.ndarray:
+    """:func:`brainmap.search._kernels.pearson_sums` (kept under this name: the kernel now blocks long rows itself,
+    rows in groups over 2,048-column chunks of the seed, and centres every chunk on the row's own mean)."""
+    return _kernels.pearson_sums(raw, encoding, plan, seed, centres, engine, threads, chunk_stats=chunk_stats)
 
 
-def _centres_from_sums(sums: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """Row centres (mean stored value over the domain's data) from Pearson sums taken around ``base``."""
-    n, total = np.asarray(sums, dtype=np.float64)[:, 0], np.asarray(sums, dtype=np.float64)[:, 1]
-    return base + np.divide(total, n, out=np.zeros(n.size), where=n > 0)
-
-
-def _pearson_task(block: Any, centres: Any, encoding: str, plan: Any, seed: np.ndarray, engine: str) -> np.ndarray:
+def _pearson_task(block: Any, centres: Any, stats: Any, encoding: str, plan: Any, seed: np.ndarray,
+                  engine: str) -> np.ndarray:
+    stats = np.asarray(stats)  # flattened to 2-D so that dask aligns them with the rows
     return blocked_pearson_sums(np.asarray(block), encoding, plan, seed, np.asarray(centres).ravel(), engine,
-                                threads=1)
+                                threads=1, chunk_stats=stats.reshape(stats.shape[0], -1, 2))
 
 
 def _walk_task(rows_source: Any, encoding: str, offset: np.ndarray, scale: np.ndarray, rows: np.ndarray,
@@ -855,30 +835,19 @@ class ConnectivitySearch:
         return densest_paths(store_values_at(store.raw, store.encoding, store.row_offset, store.row_scale, rows,
                                              self.column_of_voxel), starts, ends, self.grid.shape)
 
-    def _domain_centres(self, plan: CorrelationPlan) -> np.ndarray:
-        """Per row, the mean stored value (``q**2`` or the value) over the plan's columns where it has data: the
-        first two sums of a Pearson pass with a zero seed (cheaper than the ``pair_sums`` kernel), centred on the
-        store's row centre so that they keep their precision."""
-        store = self._need_store("correlation search")
-        zero = CorrelationPlan(plan.seed_row, plan.plan, np.zeros(plan.plan.cols.size), plan.min_voxels,
-                               plan.descending)
-        centres = _centres_from_sums(self._pearson_sums(zero, store.row_center), store.row_center)
-        if store.encoding == "uint8":  # stored values q**2 are integers: a row constant over the domain then
-            centres = np.rint(centres)  # centres to exactly 0, and Pearson's constant-row test sees it
-        return centres
-
     def _pearson_sums(self, plan: CorrelationPlan, centres: np.ndarray) -> np.ndarray:
         store = self._need_store("correlation search")
         return blocked_pearson_sums(store.raw, store.encoding, plan.plan, plan.seed_values, centres, self._engine,
-                                    self._threads)
+                                    self._threads, chunk_stats=store.chunk_stats)
 
     def _correlation_sums(self, plan: CorrelationPlan) -> np.ndarray:
-        """The shared Pearson pass of :mod:`brainmap.search._kernels`, with every row centred on its mean over the
-        domain (a first, cheaper pass). The store's own centre -- the row's mean over the whole brain -- is far
-        from a projection row's values in most domains (the injection site dominates it), and the kernel's
-        float32 partial sums then lose r to cancellation (0.15 in r over the cerebellum for a VISp injection).
-        Both passes are the same blocked Pearson pass, so the distributed search only overrides that."""
-        return self._pearson_sums(plan, self._domain_centres(plan))
+        """The shared Pearson pass of :mod:`brainmap.search._kernels`: one pass, which centres every 2,048-column
+        chunk of a row on the row's own mean over the domain voxels there that have data (the store's row centre
+        -- the row's mean over the whole brain, dominated by the injection site -- is only the float64 reference
+        the sums are reported about). Far from the injection, e.g. over the cerebellum for a VISp injection, a
+        row's values are ~400 times below that centre, and float32 sums about it lost 0.15 in r; the distributed
+        search only overrides the pass."""
+        return self._pearson_sums(plan, self._need_store("correlation search").row_center)
 
     # ------------------------------------------------------------------ source and target
     def _target_sums(self, target_domain: Any, target_hemisphere: Any, metric: str) -> tuple[np.ndarray, int]:
@@ -1118,9 +1087,12 @@ class DistributedConnectivitySearch(ConnectivitySearch):
     def _pearson_sums(self, plan: CorrelationPlan, centres: np.ndarray) -> np.ndarray:
         import dask.array as da
 
-        encoding, engine = self._need_store("correlation search").encoding, self._engine
+        store = self._need_store("correlation search")
+        encoding, engine = store.encoding, self._engine
         centre_blocks = da.from_array(centres[:, None], chunks=(self.matrix.chunks[0], 1))
-        sums = da.map_blocks(_pearson_task, self.matrix, centre_blocks, encoding, self._share(plan.plan),
+        flat = store.chunk_stats.reshape(store.n_rows, -1)
+        stats_blocks = da.from_array(flat, chunks=(self.matrix.chunks[0], flat.shape[1]))
+        sums = da.map_blocks(_pearson_task, self.matrix, centre_blocks, stats_blocks, encoding, self._share(plan.plan),
                              self._share(plan.seed_values), engine, dtype=np.float64,
                              chunks=(self.matrix.chunks[0], (6,)))
         return np.asarray(self._compute([sums])[0])
@@ -1237,7 +1209,6 @@ def _no_more(service: str, params: dict[str, Any]) -> None:
 
 __all__ = [
     "ALLEN_FIELD_NAMES",
-    "COLUMN_BLOCK",
     "CONNECTIVITY_RESOLUTION_UM",
     "ConnectivityCorrelationRow",
     "ConnectivitySearch",

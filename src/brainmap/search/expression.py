@@ -61,8 +61,12 @@ from brainmap.search.results import (
     rank_order,
 )
 
-#: Rows whose variance over the compared voxels is below this fraction of their mean square are "constant".
-_RELATIVE_VARIANCE_FLOOR = 1e-7
+#: A row is "constant" over the compared voxels when its variance there is below this fraction of its mean
+#: square about the sums' reference. The Pearson kernel centres every chunk on the row's own mean (a constant row
+#: sums to exactly 0), so only float64 rounding is left: 1e-12.
+PEARSON_VARIANCE_FLOOR = 1e-12
+#: The same for the seed-point column sums, which are float32 partial sums about the rows' stored centres.
+COLUMN_VARIANCE_FLOOR = 1e-7
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -88,15 +92,17 @@ def parse_threshold(value: Any, name: str) -> tuple[float, float] | None:
     return lo, hi
 
 
-def pearson_from_sums(sums: np.ndarray, min_n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(r, n)`` from (k, 6) sums ``n, Sx, Sxx, Sy, Syy, Sxy``; r is NaN where n < min_n or a variance is ~0."""
+def pearson_from_sums(sums: np.ndarray, min_n: int,
+                      variance_floor: float = PEARSON_VARIANCE_FLOOR) -> tuple[np.ndarray, np.ndarray]:
+    """``(r, n)`` from (k, 6) sums ``n, Sx, Sxx, Sy, Syy, Sxy``; r is NaN where n < min_n or a variance is at most
+    ``variance_floor`` times its mean square about the sums' reference (see :data:`PEARSON_VARIANCE_FLOOR`)."""
     sums = np.asarray(sums, dtype=np.float64)
     n, sx, sxx, sy, syy, sxy = sums.T
     with np.errstate(invalid="ignore", divide="ignore"):
         vx = n * sxx - sx * sx
         vy = n * syy - sy * sy
         r = (n * sxy - sx * sy) / np.sqrt(vx * vy)
-    constant = (vx <= _RELATIVE_VARIANCE_FLOOR * np.abs(n * sxx)) | (vy <= _RELATIVE_VARIANCE_FLOOR * np.abs(n * syy))
+    constant = (vx <= variance_floor * np.abs(n * sxx)) | (vy <= variance_floor * np.abs(n * syy))
     r[(n < min_n) | constant | ~np.isfinite(r)] = np.nan
     np.clip(r, -1.0, 1.0, out=r)
     return r, np.rint(n).astype(np.int64)
@@ -533,7 +539,7 @@ class ExpressionSearch:
 
     def finish_seed_point(self, plan: SeedPointPlan, sums: np.ndarray) -> "SeedPointRanking":
         sums = np.asarray(sums)[:, plan.columns - plan.lo]
-        r, n = pearson_from_sums(sums.T, plan.min_data_sets)
+        r, n = pearson_from_sums(sums.T, plan.min_data_sets, COLUMN_VARIANCE_FLOOR)
         voxels = self.store.columns[plan.columns]
         order = rank_order(r, voxels, plan.descending)
         grid = self.grid
