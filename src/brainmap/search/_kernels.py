@@ -1,13 +1,18 @@
-"""The per-query passes over a search matrix: fused, one streaming read of the matrix per query.
+"""The per-query passes over a search matrix: one streaming read of the matrix per query.
 
 Every search reduces to a few sums per row (or per column) over a set of columns, computed on the stored
 values without decoding them (see :mod:`brainmap.search.matrix`: for ``uint8`` a value is
 ``offset + scale * q**2``, so sums of ``v = q**2`` and of the data flag ``w = [q > 0]`` suffice; for
 ``float32`` ``v`` is the value and ``w = [not NaN]``):
 
-``pearson_sums``  per row: ``n = sum w``, ``sum v'``, ``sum v'^2``, ``sum w s``, ``sum w s^2``, ``sum v' s`` over the
-                  columns, for a seed vector ``s`` (Pearson's r over the voxels where both have data), with
-                  ``v' = v - centre`` (the row's stored mean: float32 partial sums then keep their precision).
+``pearson_sums``  per row: ``n = sum w``, ``sum x``, ``sum x^2``, ``sum w s``, ``sum w s^2``, ``sum x s`` over the
+                  columns, for a seed vector ``s`` (Pearson's r over the voxels where both have data), in float64
+                  with ``x = v - centre`` (a per-row reference, e.g. the row's stored mean). Computed in chunks of
+                  2,048 columns, each centred on its own means: the row on its mean over the chunk's domain voxels
+                  where it has data, the seed on its mean over the chunk's domain voxels; float32 sums of those
+                  small deviations are shifted exactly into the float64 totals. So no domain loses precision to a
+                  centre far from its values (a small domain, a nearly empty row), and a row constant over the
+                  domain sums to exactly zero variance.
 ``pair_sums``     per row: ``sum w``, ``sum v`` over two weighted column sets (a differential search's two means).
 ``column_sums``   per column: six sums over rows with per-row coefficients (a seed-point / AGEA correlation map).
 
@@ -17,12 +22,17 @@ gathers them.
 
 Engines
 -------
-``numba`` (used when numba is installed): one fused pass, compiled once (cached in ``__pycache__``), that
-releases the GIL; rows (or column blocks) are split over a thread pool of ``threads`` threads (default: the
+``numba`` (used when numba is installed): fused passes, compiled once (cached in ``__pycache__``), that
+release the GIL; rows (or column blocks) are split over a thread pool of ``threads`` threads (default: the
 usable cores, or ``BRAINMAP_SEARCH_THREADS``). Float32 partial sums over chunks of 4,096 columns (16 rows for
-``column_sums``) are added into float64. ``numpy``: the same sums with float32 BLAS on decoded blocks of
-256 rows x 4,096 columns, added into float64 (several times slower: numpy's uint8 -> float32 conversion alone
-runs at ~5 G values/s; no extra dependency). ``BRAINMAP_SEARCH_ENGINE=numpy|numba`` overrides the default.
+``column_sums``) are added into float64. The Pearson kernel takes rows in blocks of 16 over each 2,048-column
+chunk of the seed (which stays in L1). Where the domain covers a whole 2,048-column block of the store, the
+store's ``chunk_stats`` give the row's count and mean there, so the chunk is one pass of three sums (``sum dx``,
+``sum dx^2``, ``sum dx s``; the seed's sums are known when the row has data at every column); elsewhere a
+first pass decodes the chunk into L1 buffers and counts the row's data, a second sums about its mean.
+``numpy``: the same sums with BLAS on decoded blocks of 256 rows (float32 for pair sums; float64, chunk by
+chunk as above, for Pearson sums), several times slower (numpy's uint8 -> float32 conversion alone runs at
+~5 G values/s; no extra dependency). ``BRAINMAP_SEARCH_ENGINE=numpy|numba`` overrides the default.
 """
 
 from __future__ import annotations
@@ -719,9 +729,12 @@ def pearson_sums(raw, encoding: str, plan: ColumnPlan, seed: np.ndarray, center:
                  engine: str | None = None, threads: int | None = None, rows: np.ndarray | None = None,
                  chunk_stats: np.ndarray | None = None) -> np.ndarray:
     """(rows, 6) float64: ``n, sum v', sum v'^2, sum w s, sum w s^2, sum v' s`` over ``plan``'s columns, with
-    ``v' = v - center[row]`` where there is data (Pearson's r does not change; the sums keep their precision)
-    and ``seed`` aligned with ``plan.cols`` (finite). ``rows``: only these rows (positions; the output and
-    ``center`` follow their order), read in place (no copy of a memory-mapped matrix).
+    ``v' = v - center[row]`` where there is data (the reference the float64 sums are reported about; the kernel
+    itself centres every chunk on the row's own mean, see the module docstring) and ``seed`` aligned with
+    ``plan.cols`` (finite). ``rows``: only these rows (positions into ``raw``; the output and ``center`` follow
+    their order), read in place (no copy of a memory-mapped matrix). ``chunk_stats``: the store's
+    (all rows, blocks of 2,048 columns, 2) counts and means (:attr:`MatrixStore.chunk_stats`), for the one-pass
+    path over blocks the domain covers whole; without them every chunk takes two passes (same sums).
     """
     raw = _check_raw(raw)
     engine = resolve_engine(engine)
