@@ -286,7 +286,7 @@ def test_every_search_validates_its_inputs(tmp_path, random_store, stores, ish_g
     with pytest.raises(SearchInputError, match="outside the brain"):
         search.seed_point([100, 100, 100])
     with pytest.raises(SearchInputError, match="outside the grid"):
-        search.seed_point([-5, 100, 100])
+        search.seed_point([-105, 100, 100])
     with pytest.raises(SearchInputError, match="not one of this store"):
         search.seed_point([10000, 5000, 5600])  # a brain voxel, but not in this store
     with pytest.raises(SearchInputError, match="start_row"):

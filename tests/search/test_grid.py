@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from brainmap.atlas import ReferenceSpace
 from brainmap.errors import UnknownStructureError
 from brainmap.search import GRID_SHAPE, GRID_VOXELS, MatrixStore, SearchInputError, coverage_voxels, read_coverage_mask
 from brainmap.search.grid import expression_grid_annotation
@@ -30,7 +31,7 @@ def test_flat_indices_follow_allens_raw_order_ap_fastest(ish_grid):
     volume = np.arange(GRID_VOXELS, dtype=np.float64).reshape(GRID_SHAPE, order="F")
     np.testing.assert_array_equal(ish_grid.to_flat(volume), np.arange(GRID_VOXELS))
     np.testing.assert_array_equal(ish_grid.to_volume(ish_grid.to_flat(volume)), volume)
-    np.testing.assert_array_equal(ish_grid.voxel_center_um(ish_grid.flat_index((3, 4, 5))), [700, 900, 1100])
+    np.testing.assert_array_equal(ish_grid.voxel_center_um(ish_grid.flat_index((3, 4, 5))), [600, 800, 1000])
 
 
 def test_structure_voxels_include_descendants_and_accept_ids_acronyms_names(ish_grid, tree):
@@ -64,9 +65,9 @@ def test_points_map_to_voxels_and_points_outside_the_brain_are_refused(ish_grid)
     np.testing.assert_array_equal(ish_grid.voxel_ijk(voxel), [34, 21, 28])
     assert ish_grid.structure_id_at(voxel) > 0
     with pytest.raises(SearchInputError, match="outside the grid"):
-        ish_grid.voxel_at_point([-10, 4000, 5000])
+        ish_grid.voxel_at_point([-110, 4000, 5000])
     with pytest.raises(SearchInputError, match="outside the grid"):
-        ish_grid.voxel_at_point([6800, 4200, 11600])
+        ish_grid.voxel_at_point([6800, 4200, 11500])
     with pytest.raises(SearchInputError, match="outside the brain"):
         ish_grid.voxel_at_point([100, 100, 100])
     with pytest.raises(SearchInputError, match="three"):
@@ -122,3 +123,23 @@ def test_real_coverage_masks_agree_with_our_grid_orientation(shared_data, ish_gr
         assert 55_000 < mask.sum() < 65_000 and (lr < 29).mean() == pytest.approx(0.5, abs=0.05)
         iou = (mask & brain).sum() / (mask | brain).sum()
         assert iou > 0.9
+
+
+def test_ish_grid_voxels_are_centred_on_multiples_of_200_um_as_the_gridding_stage_writes_them(ish_grid):
+    """Voxel i of Allen's 200 um grid is centred at 200 i um (covers [200 i - 100, 200 i + 100)), the convention of
+    the gridding stage's GridSpec.allen(200) and of the grid annotation (annotation_25[::8] samples 200 i um)."""
+    from brainmap.pipeline.grid.resample import GridSpec
+
+    spec = GridSpec.allen(200)
+    assert spec.shape == ish_grid.shape
+    np.testing.assert_allclose(ish_grid.voxel_center_um(np.arange(ish_grid.n_voxels)), spec.voxel_centres_um())
+    inside = ish_grid.voxel_at_point([6899, 4299, 5699])
+    np.testing.assert_array_equal(ish_grid.voxel_ijk(inside), [34, 21, 28])
+    np.testing.assert_array_equal(ish_grid.voxel_ijk(ish_grid.voxel_at_point([6901, 4301, 5701])), [35, 22, 29])
+    np.testing.assert_array_equal(ish_grid.voxel_ijk(ish_grid.voxel_at_point([-99, 0, 0], require_brain=False)),
+                                  [0, 0, 0])
+    # The point a voxel's annotation was sampled at (the 25 um voxel 8 i) lies in that voxel.
+    space25 = ReferenceSpace.bundled(25)
+    ijk = np.array([34, 21, 28])
+    sampled_at_um = space25.voxel_to_um(ijk * 8)
+    np.testing.assert_array_equal(ish_grid.voxel_ijk(ish_grid.voxel_at_point(sampled_at_um)), ijk)

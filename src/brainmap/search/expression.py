@@ -549,7 +549,7 @@ class ExpressionSearch:
         def make_rows(positions: np.ndarray) -> list[VoxelCorrelationRow]:
             v = voxels[positions]
             ijk = grid.voxel_ijk(v)
-            centre = (ijk + 0.5) * grid.resolution_um
+            centre = grid.voxel_center_um(v)
             sid = structure[positions].tolist()
             return [VoxelCorrelationRow(a, tuple(b), tuple(c), d, acronyms.get(d), e, f) for a, b, c, d, e, f in zip(
                 v.tolist(), ijk.tolist(), centre.tolist(), sid, r[positions].tolist(), n[positions].tolist())]

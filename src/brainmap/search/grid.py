@@ -7,9 +7,12 @@ Allen's expression grids are 67 x 41 x 58 voxels of 200 um, (AP, DV, LR) = PIR, 
 MetaImage with x (AP) fastest and -1 where a data set has no data. Its annotation (Allen's
 ``gridAnnotation``) is the 25 um annotation subsampled by 8 (``annotation_25[::8, ::8, ::8]``, 66 x 40 x 57)
 placed in a box one voxel larger per axis (the last plane of each axis lies past the 25 um volume, 13,200 um,
-and is unassigned). Voxel ``(i, j, k)`` covers ``[200 i, 200 (i + 1))`` um along each axis. This sampling is the
-one that matches the real coverage masks of ``../shared/data/ish`` best (97.7 % of the coronal mask inside our
-brain; centre sampling or any one-voxel shift does worse; see ``tests/search/test_grid.py``).
+and is unassigned). Voxel ``(i, j, k)`` is centred at ``200 (i, j, k)`` um and covers ``[200 i - 100, 200 i + 100)``
+along each axis (:attr:`SearchGrid.origin_um` = -100 um, the same convention as the gridding stage's
+``GridSpec.allen(200)``): ``annotation_25[8 i]`` samples the 25 um voxel at ``200 i`` um. This sampling is the one
+that matches the real coverage masks of ``../shared/data/ish`` best (97.7 % of the coronal mask inside our brain;
+any one-voxel shift does worse; see ``tests/search/test_grid.py``). Grids over a reference space's own voxels (the
+connectivity grids, 10-100 um) have their corner at 0: voxel ``i`` covers ``[res i, res (i + 1))``.
 
 Flat voxel indices
 ------------------
@@ -46,7 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
 GRID_RESOLUTION_UM = 200
 GRID_SHAPE: tuple[int, int, int] = (67, 41, 58)
 GRID_VOXELS = 159_326
-#: 200 um / 25 um.
+#: The corner of the ISH grid's voxel 0 (um, every axis): voxel ``i`` is centred at ``200 i``.
+ISH_GRID_ORIGIN_UM = -0.5 * GRID_RESOLUTION_UM
 
 #: Allen's coverage rule: a voxel is covered when more than this fraction of data sets have data there.
 COVERAGE_FRACTION = 0.8
@@ -59,8 +63,11 @@ class SearchGrid:
     space for projection-density matrices) and speaks flat voxel indices in Allen's raw order (AP fastest).
     """
 
-    def __init__(self, space: ReferenceSpace):
+    def __init__(self, space: ReferenceSpace, origin_um: float = 0.0):
+        """``origin_um``: the corner of voxel 0 along every axis (um): 0 for a reference space's own voxels,
+        -100 for Allen's 200 um ISH grid (:meth:`ish`)."""
         self.space = space
+        self.origin_um = float(origin_um)
         self.shape: tuple[int, int, int] = tuple(int(n) for n in space.shape)  # type: ignore[assignment]
         self.resolution_um = np.asarray(space.resolution, dtype=np.float64)
         self.n_voxels = int(np.prod(self.shape))
@@ -75,7 +82,7 @@ class SearchGrid:
         if not np.allclose(space25.resolution, 25):
             raise ValueError(f"SearchGrid.ish needs a 25 um reference space, got {space25.resolution.tolist()} um")
         grid = expression_grid_annotation(space25.annotation)
-        return cls(ReferenceSpace(space25.structure_tree, grid, GRID_RESOLUTION_UM))
+        return cls(ReferenceSpace(space25.structure_tree, grid, GRID_RESOLUTION_UM), origin_um=ISH_GRID_ORIGIN_UM)
 
     @classmethod
     def from_reference_space(cls, space: ReferenceSpace) -> "SearchGrid":
@@ -102,8 +109,8 @@ class SearchGrid:
         return np.stack(np.unravel_index(np.asarray(flat, dtype=np.int64), self.shape, order="F"), axis=-1)
 
     def voxel_center_um(self, flat: np.ndarray | int) -> np.ndarray:
-        """Centres in microns (AP, DV, LR) of flat voxel indices."""
-        return (self.voxel_ijk(flat) + 0.5) * self.resolution_um
+        """Centres in microns (AP, DV, LR) of flat voxel indices (``200 (i, j, k)`` on the ISH grid)."""
+        return self.origin_um + (self.voxel_ijk(flat) + 0.5) * self.resolution_um
 
     def structure_id_at(self, flat: np.ndarray | int) -> np.ndarray:
         """The annotation (structure id, 0 = unassigned) at flat voxel indices."""
@@ -187,11 +194,12 @@ class SearchGrid:
             raise SearchInputError(f"a seed point is three numbers (AP, DV, LR) in microns, got {point_um!r}") from None
         if point.size != 3 or not np.all(np.isfinite(point)):
             raise SearchInputError(f"a seed point is three finite numbers (AP, DV, LR) in microns, got {point_um!r}")
-        ijk = np.floor(point / self.resolution_um).astype(np.int64)
-        extent = np.asarray(self.shape) * self.resolution_um
+        ijk = np.floor((point - self.origin_um) / self.resolution_um).astype(np.int64)
         if np.any(ijk < 0) or np.any(ijk >= np.asarray(self.shape)):
+            low = self.origin_um
+            high = (low + np.asarray(self.shape) * self.resolution_um).tolist()
             raise SearchInputError(
-                f"seed point {point.tolist()} um lies outside the grid [0, {extent.tolist()}) um (AP, DV, LR)"
+                f"seed point {point.tolist()} um lies outside the grid [{low:g}, {high}) um (AP, DV, LR)"
             )
         flat = int(self.flat_index(ijk))
         if require_brain and int(self._flat_annotation[flat]) == 0:
