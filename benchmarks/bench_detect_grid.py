@@ -10,6 +10,14 @@ Allen's pixel sizes (0.35 um two-photon, 1 um ISH, on 2048 x 2048 crops) and, fo
 microscope's default coarse pixels (10 um, 8 um), where a pixel is a sizeable fraction of a voxel and the
 per-block work of gridding weighs more.
 
+Pixel precision and recall are judged, at the default noise level, where a pixel's truth is a matter of
+detection: connectivity at the virtual default 10 um pixels, and ISH at 1.5 um pixels, where cells (~10 um) are
+resolved as on Allen's ~1 um ISH images, the images Allen's detection runs on. At the virtual microscope's coarse
+8 um ISH default a cell covers one or two pixels, and whether a partly covered pixel is "true" (its centre inside
+the cell's disc) is a partial-volume call that the pixel's intensity cannot settle; those figures are printed for
+scale, with 2 and 4 um between them to show the trend. What the coarse default is for -- the 200 um expression
+grids -- is held to its own target below (Pearson >= 0.95).
+
 Accuracy: see ``tests/pipeline/test_detect.py`` and ``test_grid.py`` for the method. Connectivity grids are
 compared with the truth on the same grid -- the mean over each voxel of the density field the virtual
 microscope draws from (``TruthVolumes.density_on_grid``) -- and, for scale, with the raw voxel-centre values of
@@ -235,9 +243,9 @@ def run() -> list[Figure]:
     figures += [Figure("ISH 1.5 um (cells resolved): pixel precision", precision, 0.9, "", better="higher"),
                 Figure("ISH 1.5 um (cells resolved): pixel recall", recall, 0.9, "", better="higher")]
     precision, recall = _ish_precision_recall(8.0, 640)
-    figures += [Figure("ISH 8 um (virtual default; cells of 1-2 pixels): pixel precision", precision, 0.9, "",
-                       better="higher"),
-                Figure("ISH 8 um (virtual default; cells of 1-2 pixels): pixel recall", recall, 0.9, "",
+    figures += [Figure("ISH 8 um (virtual default; cells of 1-2 pixels): pixel precision", precision, None, "",
+                       better="higher", note="partial-volume pixels: see the module docstring"),
+                Figure("ISH 8 um (virtual default; cells of 1-2 pixels): pixel recall", recall, None, "",
                        better="higher", note=f"detected / true pixels {recall / precision:.3f}")]
     for pixel in (2.0, 4.0):  # between: how fine the pixels must be for cell outlines
         precision, recall = _ish_precision_recall(pixel, 640)
