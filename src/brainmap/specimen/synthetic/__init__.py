@@ -7,9 +7,12 @@
 - :mod:`~brainmap.specimen.synthetic.signal` -- the truth signal density per reference voxel: ISH expression
   patterns per gene (:func:`expression_profile`) and connectivity projections from real normalized projection
   volumes (:func:`projection_profile`); :func:`truth_density`.
-- :mod:`~brainmap.specimen.synthetic.render` -- section images (:func:`render_section`).
+- :mod:`~brainmap.specimen.synthetic.render` -- section images (:func:`render_section`) and, with them, the true
+  signal masks (:func:`~.render.render_section_truth`).
 - :mod:`~brainmap.specimen.synthetic.make` -- :func:`make_specimen` writes a data set folder with ``truth/``;
   :func:`read_truth` reads it back.
+- :mod:`~brainmap.specimen.synthetic.closed_loop` -- the closed loop against real data: recovered normalized
+  projection volumes beside a real connectivity table's (:func:`~.closed_loop.compare_with_real_npv`).
 
 See ``docs/virtual-microscope.md``.
 """
