@@ -616,16 +616,20 @@ class MatrixStore:
         )
 
 
+def _data_and_values(block: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, v)`` of a block of stored rows: where there is data, and the float64 values the Pearson sums run on
+    (``q**2`` for uint8, whose 0 means no data; the value for float32, whose NaN does; 0 where no data)."""
+    block = np.asarray(block)
+    if encoding == "uint8":
+        return block != 0, block.astype(np.float64) ** 2
+    data = ~np.isnan(block)
+    return data, np.where(data, block, 0).astype(np.float64)
+
+
 def _row_statistics(block: np.ndarray, encoding: str) -> np.ndarray:
     """(rows, 4) float64 per row over its data: centre = mean of v, n, sum(v - centre), sum((v - centre)**2),
     with ``v = q**2`` (uint8) or the value (float32)."""
-    block = np.asarray(block)
-    if encoding == "uint8":
-        data = block != 0
-        v = block.astype(np.float64) ** 2
-    else:
-        data = ~np.isnan(block)
-        v = np.where(data, block, 0).astype(np.float64)
+    data, v = _data_and_values(block, encoding)
     n = data.sum(axis=1).astype(np.float64)
     center = np.divide(v.sum(axis=1), n, out=np.zeros(n.size), where=n > 0)
     v -= center[:, None]
@@ -636,13 +640,7 @@ def _row_statistics(block: np.ndarray, encoding: str) -> np.ndarray:
 def _chunk_statistics(block: np.ndarray, encoding: str) -> np.ndarray:
     """(rows, n_chunks, 2) float32 per row and block of ``CHUNK_COLUMNS`` columns: the number of data voxels and
     the mean of ``v`` (``q**2`` or the value) over them (0 without data)."""
-    block = np.asarray(block)
-    if encoding == "uint8":
-        data = block != 0
-        v = block.astype(np.float64) ** 2
-    else:
-        data = ~np.isnan(block)
-        v = np.where(data, block, 0).astype(np.float64)
+    data, v = _data_and_values(block, encoding)
     starts = np.arange(0, block.shape[1], CHUNK_COLUMNS)
     if block.shape[0] == 0:
         return np.zeros((0, starts.size, 2), np.float32)
