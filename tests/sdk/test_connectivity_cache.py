@@ -11,6 +11,7 @@ import pytest
 
 from brainmap.atlas import ReferenceSpace, StructureTree
 from brainmap.atlas.bundled import annotation_path
+from brainmap.io.nrrd import read_nrrd
 from brainmap.sdk import ApiError, CacheError, MouseConnectivityCache, SdkError
 
 
@@ -152,7 +153,7 @@ def test_affine_parameters(mcc, sdk_server):
         mcc.get_affine_parameters(100, direction="sideways")
 
 
-def test_reference_space_files(mcc, space100):
+def test_reference_space_files(mcc, mcc_factory, sdk_server, tmp_path, space100):
     annotation, header = mcc.get_annotation_volume()
     assert (mcc.manifest_file.parent / "annotation" / "ccf_2017" / "annotation_100.nrrd").read_bytes() == \
         annotation_path(100).read_bytes()
@@ -168,9 +169,13 @@ def test_reference_space_files(mcc, space100):
     assert isinstance(space, ReferenceSpace) and space.shape == space100.shape
     mask, _ = mcc.get_structure_mask(315)
     np.testing.assert_array_equal(mask.astype(bool), space100.make_structure_mask([315]))
-    with pytest.raises(ApiError, match="no average template") as error:
-        mcc.get_template_volume()
-    assert error.value.status == 404
+    template, header = mcc.get_template_volume()  # the server's data directory holds one at 100 um
+    expected, _ = read_nrrd(sdk_server.data.root / "average_template" / "average_template_100.nrrd")
+    np.testing.assert_array_equal(template, expected)
+    assert template.shape == space100.shape and header["space directions"][0][0] == 100
+    with pytest.raises(ApiError, match="no average template at 50 um") as error:
+        mcc_factory(resolution=50, manifest_file=tmp_path / "cache50" / "manifest.json").get_template_volume()
+    assert error.value.status == 404 and "average_template/" in str(error.value)
 
 
 def test_manifest_paths_resolutions_and_misuse(mcc_factory, sdk_server, tmp_path):

@@ -164,6 +164,12 @@ def build_server_data(root: Path, space100: Any) -> ServerData:
     for name, volume in projection_101.items():
         write_nrrd(folder_101 / f"{name}_100.nrrd", volume, spacing_um=100)
 
+    # A stand-in for Allen's average template at 100 um (the Nissl-like template), where the server looks for it.
+    from brainmap.specimen.synthetic import make_template
+
+    (root / "average_template").mkdir()
+    write_nrrd(root / "average_template" / "average_template_100.nrrd", make_template(space100), spacing_um=100)
+
     search = root / "search"
     search.mkdir()
     conn = create_projection_store(search / "connectivity", encoding="uint8",

@@ -29,6 +29,9 @@ ROUTE_EXAMPLES = {
     "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_{resolution}.nrrd": (
         "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_50.nrrd",
         "application/octet-stream"),
+    "/informatics-archive/current-release/mouse_ccf/average_template/average_template_{resolution}.nrrd": (
+        "/informatics-archive/current-release/mouse_ccf/average_template/average_template_100.nrrd",
+        "application/octet-stream"),
     "/api/v2/image_to_reference/{section_image_id}.json": ("/api/v2/image_to_reference/100000.json?x=1&y=2",
                                                              "application/json"),
     "/api/v2/reference_to_image/{reference_space_id}.json": (

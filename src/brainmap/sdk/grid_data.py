@@ -101,14 +101,16 @@ class ReferenceSpaceApi(RmaApi):
         return self.retrieve_file_over_http(self.annotation_url(ccf_version, resolution), file_name)
 
     def download_template_volume(self, resolution: int, file_name: str | Path) -> DownloadResult:
-        """Allen's average template at ``resolution`` um to ``file_name``. A brainmap server has no average
-        template (it is not part of brainmap's data): it answers 404, raised as a clear error."""
+        """Allen's average template at ``resolution`` um to ``file_name``. brainmap does not ship it: a brainmap
+        server serves it only from a copy in its data directory (``average_template/``), else answers 404, raised
+        as a clear error."""
         url = self.template_url(resolution)
         try:
             return self.retrieve_file_over_http(url, file_name)
         except ApiError as exc:
             if exc.status == 404:
-                raise ApiError(f"{exc.message}; the server has no average template at {resolution} um (brainmap "
-                               "servers serve annotation volumes only: use base_uri='http://api.brain-map.org' "
-                               "for Allen's template)", url=url, status=404) from None
+                raise ApiError(f"{exc.message}; the server has no average template at {resolution} um (a brainmap "
+                               "server serves one only if its data directory holds Allen's file at "
+                               "average_template/; or use base_uri='http://api.brain-map.org')",
+                               url=url, status=404) from None
             raise

@@ -76,8 +76,8 @@ class ReferenceSpaceCache:
         return read_nrrd(self.store.file(f"the {self.resolution} um annotation", url, path))
 
     def get_template_volume(self, file_name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """``(template, header)``: Allen's average template at ``resolution`` um (Allen's server only: brainmap
-        servers have none and answer 404, raised as :class:`~brainmap.sdk.errors.ApiError`)."""
+        """``(template, header)``: Allen's average template at ``resolution`` um. A brainmap server has it only if
+        its data directory holds a copy; otherwise the 404 is raised as :class:`~brainmap.sdk.errors.ApiError`."""
         path = self.store.path("TEMPLATE", file_name, resolution=self.resolution)
         url = self.api.template_url(self.resolution)
         if not self.store.verified(path) and not self.offline:

@@ -15,6 +15,9 @@
 ``GET /informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_{resolution}.nrrd``
     The CCF 2017 annotation at 10, 25, 50 or 100 um: the data directory's ``annotation/ccf_2017/`` copy if it
     has one, else the bundled file (25, 50, 100).
+``GET /informatics-archive/current-release/mouse_ccf/average_template/average_template_{resolution}.nrrd``
+    Allen's average (two-photon) template, where AllenSDK's ``get_template_volume`` looks for it, if the data
+    directory holds a copy at ``average_template/``; brainmap does not ship it (404 saying where to put it).
 
 Every file path (from the database or derived from a request) is resolved, symbolic links included, and must
 lie inside the data directory (HTTP 403 otherwise; 404 when there is no such file). Streamed files carry
@@ -304,15 +307,20 @@ def _annotation_file(state: ServerState, resolution: int) -> Path:
     return annotation_path(resolution)
 
 
-def _annotation_response(request: Request, resolution: int) -> Response:
+def _volume_response(request: Request, path: Path, filename: str) -> Response:
+    """A reference volume file streamed with its sha256 as ETag and checksum header (304 on a matching ETag)."""
     state = state_of(request)
-    path = _annotation_file(state, resolution)
     checksum = state.file_sha256(path)
     etag = f'"{checksum}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    return _Streamed(path, media_type="application/octet-stream", filename=f"annotation_{resolution}.nrrd",
+    return _Streamed(path, media_type="application/octet-stream", filename=filename,
                      headers={"ETag": etag, CHECKSUM_HEADER: checksum})
+
+
+def _annotation_response(request: Request, resolution: int) -> Response:
+    path = _annotation_file(state_of(request), resolution)
+    return _volume_response(request, path, f"annotation_{resolution}.nrrd")
 
 
 @router.get("/api/v2/annotation/{resolution}", summary="The CCF 2017 annotation volume (NRRD)",
@@ -328,3 +336,21 @@ def annotation(request: Request, resolution: int) -> Response:
 def annotation_archive(request: Request, resolution: int) -> Response:
     """The same file at the path AllenSDK's ReferenceSpaceApi downloads it from."""
     return _annotation_response(request, resolution)
+
+
+@router.get("/informatics-archive/current-release/mouse_ccf/average_template/average_template_{resolution}.nrrd",
+            summary="Allen's average template, if the data directory holds it", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def average_template(request: Request, resolution: int) -> Response:
+    """Allen's average template at ``resolution`` um (PIR, NRRD) from ``average_template/`` in the data
+    directory. brainmap does not ship it: without a copy the answer is 404 naming the file to put there."""
+    state = state_of(request)
+    if resolution not in _ANNOTATION_RESOLUTIONS:
+        raise NotFound(f"no average template at {resolution} um; resolutions are "
+                       f"{', '.join(map(str, _ANNOTATION_RESOLUTIONS))}")
+    name = f"average_template_{resolution}.nrrd"
+    local = state.data_dir / "average_template" / name
+    if not local.exists():
+        raise NotFound(f"no average template at {resolution} um on this server (brainmap does not ship Allen's "
+                       f"average template; put {name} at {local} to serve it)")
+    return _volume_response(request, state.resolve_data_path(local), name)
