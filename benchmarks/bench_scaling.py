@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks.report import Figure
 from brainmap.pipeline.grid import Gridder
-from brainmap.pipeline.run.runner import _grid_one_section, dask_client
+from brainmap.pipeline.run.runner import dask_client, grid_sections
 from brainmap.specimen.folder import read_dataset
 from brainmap.specimen.synthetic import make_specimen
 
@@ -25,22 +25,14 @@ GRID_UM = 100
 
 
 def _detect_and_grid(folder: Path, workers: int) -> tuple[float, float]:
-    """(seconds, megapixels) of the detect + grid phase of one data set on ``workers`` local worker processes."""
-    from distributed import as_completed
-
-    dataset = read_dataset(folder)
-    gridder = Gridder.for_dataset(dataset, GRID_UM)
-    images = gridder.usable_images()
-    megapixels = sum(im.width * im.height for im in images) / 1e6
+    """(seconds, megapixels) of the runner's detect + grid phase of one data set on ``workers`` local worker
+    processes (cluster start-up not timed)."""
+    gridder = Gridder.for_dataset(read_dataset(folder), GRID_UM)
+    megapixels = sum(im.width * im.height for im in gridder.usable_images()) / 1e6
     with dask_client(None, workers) as client:
-        shared = client.scatter(gridder, broadcast=True)
         client.run(lambda: None)  # workers up
         started = time.perf_counter()
-        accumulator = gridder.accumulator()
-        futures = [client.submit(_grid_one_section, shared, str(folder), im, pure=False) for im in images]
-        for future in as_completed(futures):
-            accumulator.add(future.result())
-            future.release()
+        accumulator = grid_sections(client, {folder: gridder}, progress=False)[folder]
         gridder.volumes(accumulator)
         return time.perf_counter() - started, megapixels
 

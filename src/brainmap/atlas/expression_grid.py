@@ -1,4 +1,4 @@
-"""Allen's 200 um ISH expression grid: 67 x 41 x 58 voxels (AP, DV, LR) = 159,326, origin 0.
+"""Allen's 200 um ISH expression grid: 67 x 41 x 58 voxels (AP, DV, LR) = 159,326, voxel ``i`` centred at 200 i um.
 
 The grid box is one voxel larger per axis than the 25 um annotation subsampled by 8 (66 x 40 x 57); the extra
 last planes are unassigned (0). Voxel ``(i, j, k)`` takes the label at ``(200 i, 200 j, 200 k)`` um: it is
@@ -16,6 +16,8 @@ from brainmap.atlas.reference_space import ReferenceSpace
 
 EXPRESSION_GRID_RESOLUTION_UM = 200
 EXPRESSION_GRID_SHAPE = (67, 41, 58)
+#: The corner of voxel 0 (um, every axis): voxel ``i`` covers ``[200 i - 100, 200 i + 100)``.
+EXPRESSION_GRID_ORIGIN_UM = -0.5 * EXPRESSION_GRID_RESOLUTION_UM
 _SUBSAMPLE = 8
 
 

@@ -813,7 +813,7 @@ class ConnectivitySearch:
         return self.grid.voxel_at_point(seed_point)  # SearchInputError outside the grid or the brain
 
     def _injection_voxels(self, positions: np.ndarray) -> np.ndarray:
-        ijk = np.floor((self.experiments.coordinates[positions] - self.grid.origin_um) / self.grid.resolution_um).astype(np.int64)
+        ijk = self.grid.voxels_containing(self.experiments.coordinates[positions])
         return np.clip(ijk, 0, np.asarray(self.grid.shape) - 1)
 
     def _decode_column(self, codes: np.ndarray) -> np.ndarray:

@@ -40,17 +40,16 @@ from brainmap.atlas import ReferenceSpace, StructureTree
 from brainmap.atlas.reference_space import HEMISPHERE_BOTH, HEMISPHERE_LEFT, HEMISPHERE_RIGHT, midline_index
 from brainmap.errors import FormatError, UnknownStructureError
 from brainmap.search.results import SearchInputError
-from brainmap.atlas.expression_grid import expression_grid_annotation  # noqa: F401 (re-exported)
+from brainmap.atlas.expression_grid import (  # noqa: F401 (expression_grid_annotation re-exported)
+    EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM, EXPRESSION_GRID_SHAPE, expression_grid_annotation)
 
 if TYPE_CHECKING:  # pragma: no cover
     from brainmap.search.matrix import MatrixStore
 
 #: The ISH expression grid: voxel size (um), shape (AP, DV, LR) and number of voxels.
-GRID_RESOLUTION_UM = 200
-GRID_SHAPE: tuple[int, int, int] = (67, 41, 58)
+GRID_RESOLUTION_UM = EXPRESSION_GRID_RESOLUTION_UM
+GRID_SHAPE: tuple[int, int, int] = EXPRESSION_GRID_SHAPE
 GRID_VOXELS = 159_326
-#: The corner of the ISH grid's voxel 0 (um, every axis): voxel ``i`` is centred at ``200 i``.
-ISH_GRID_ORIGIN_UM = -0.5 * GRID_RESOLUTION_UM
 
 #: Allen's coverage rule: a voxel is covered when more than this fraction of data sets have data there.
 COVERAGE_FRACTION = 0.8
@@ -82,7 +81,7 @@ class SearchGrid:
         if not np.allclose(space25.resolution, 25):
             raise ValueError(f"SearchGrid.ish needs a 25 um reference space, got {space25.resolution.tolist()} um")
         grid = expression_grid_annotation(space25.annotation)
-        return cls(ReferenceSpace(space25.structure_tree, grid, GRID_RESOLUTION_UM), origin_um=ISH_GRID_ORIGIN_UM)
+        return cls(ReferenceSpace(space25.structure_tree, grid, GRID_RESOLUTION_UM), origin_um=EXPRESSION_GRID_ORIGIN_UM)
 
     @classmethod
     def from_reference_space(cls, space: ReferenceSpace) -> "SearchGrid":
@@ -182,6 +181,12 @@ class SearchGrid:
         return np.flatnonzero(self.to_flat(mask)).astype(np.int64)
 
     # ------------------------------------------------------------------ points
+    def voxels_containing(self, points_um: np.ndarray) -> np.ndarray:
+        """(..., 3) voxel indices (AP, DV, LR) of the voxels containing (..., 3) points in microns; not checked
+        against the grid's bounds (see :meth:`voxel_at_point`)."""
+        points = np.asarray(points_um, dtype=np.float64)
+        return np.floor((points - self.origin_um) / self.resolution_um).astype(np.int64)
+
     def voxel_at_point(self, point_um: Sequence[float], require_brain: bool = True) -> int:
         """Flat index of the voxel containing ``point_um`` (AP, DV, LR microns, as Allen's ``seed_point``).
 
@@ -194,7 +199,7 @@ class SearchGrid:
             raise SearchInputError(f"a seed point is three numbers (AP, DV, LR) in microns, got {point_um!r}") from None
         if point.size != 3 or not np.all(np.isfinite(point)):
             raise SearchInputError(f"a seed point is three finite numbers (AP, DV, LR) in microns, got {point_um!r}")
-        ijk = np.floor((point - self.origin_um) / self.resolution_um).astype(np.int64)
+        ijk = self.voxels_containing(point)
         if np.any(ijk < 0) or np.any(ijk >= np.asarray(self.shape)):
             low = self.origin_um
             high = (low + np.asarray(self.shape) * self.resolution_um).tolist()

@@ -293,10 +293,15 @@ def structure_graph_download(request: Request, graph_id: int) -> Response:
 
 
 # -- annotation volumes ------------------------------------------------------------------------------------------
-def _annotation_file(state: ServerState, resolution: int) -> Path:
+def _check_resolution(what: str, resolution: int) -> None:
+    """404 naming the CCF resolutions when ``resolution`` is not one of them."""
     if resolution not in _ANNOTATION_RESOLUTIONS:
-        raise NotFound(f"no annotation at {resolution} um; resolutions are "
+        raise NotFound(f"no {what} at {resolution} um; resolutions are "
                        f"{', '.join(map(str, _ANNOTATION_RESOLUTIONS))}")
+
+
+def _annotation_file(state: ServerState, resolution: int) -> Path:
+    _check_resolution("annotation", resolution)
     local = state.data_dir / "annotation" / "ccf_2017" / f"annotation_{resolution}.nrrd"
     if local.exists():
         return state.resolve_data_path(local)
@@ -344,10 +349,8 @@ def annotation_archive(request: Request, resolution: int) -> Response:
 def average_template(request: Request, resolution: int) -> Response:
     """Allen's average template at ``resolution`` um (PIR, NRRD) from ``average_template/`` in the data
     directory. brainmap does not ship it: without a copy the answer is 404 naming the file to put there."""
+    _check_resolution("average template", resolution)
     state = state_of(request)
-    if resolution not in _ANNOTATION_RESOLUTIONS:
-        raise NotFound(f"no average template at {resolution} um; resolutions are "
-                       f"{', '.join(map(str, _ANNOTATION_RESOLUTIONS))}")
     name = f"average_template_{resolution}.nrrd"
     local = state.data_dir / "average_template" / name
     if not local.exists():

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from brainmap.atlas.expression_grid import (EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM,
+                                             EXPRESSION_GRID_SHAPE)
 from brainmap.specimen.model import SectionDataSet, SectionImage
 
 __all__ = [
@@ -60,11 +62,12 @@ ALLEN_SHAPES: dict[int, tuple[int, int, int]] = {
     25: (528, 320, 456),
     50: (264, 160, 228),
     100: (132, 80, 114),
-    200: (67, 41, 58),  # Allen's ISH expression grid (one voxel more per axis than 13200 x 8000 x 11400 um)
+    # Allen's ISH expression grid (one voxel more per axis than 13200 x 8000 x 11400 um)
+    EXPRESSION_GRID_RESOLUTION_UM: EXPRESSION_GRID_SHAPE,
 }
 #: The corner of voxel 0 (um, each axis) of Allen's grids where it is not 0: the 200 um ISH grid's voxel ``i`` is
 #: centred at ``200 i`` um (covers ``[200 i - 100, 200 i + 100)``), as its annotation ``annotation_25[::8]``.
-ALLEN_ORIGINS_UM: dict[int, float] = {200: -100.0}
+ALLEN_ORIGINS_UM: dict[int, float] = {EXPRESSION_GRID_RESOLUTION_UM: EXPRESSION_GRID_ORIGIN_UM}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The pipeline runner: resumable, parallel runs of align -> detect -> grid -> unionize over data sets."""
 
-from brainmap.pipeline.run.runner import DatasetRun, RunSettings, run_pipeline, summarize_runs
+from brainmap.pipeline.run.runner import DatasetRun, RunSettings, grid_sections, run_pipeline, summarize_runs
 
-__all__ = ["DatasetRun", "RunSettings", "run_pipeline", "summarize_runs"]
+__all__ = ["DatasetRun", "RunSettings", "grid_sections", "run_pipeline", "summarize_runs"]

@@ -174,6 +174,32 @@ def _grid_one_section(gridder, folder: str, image: SectionImage):
     return gridder.process(image, arrays)
 
 
+def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True) -> dict[Path, Any]:
+    """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per
+    section (read its channels, detect, grid), the partial grids summed as they arrive.
+
+    Args:
+        client: a connected ``distributed.Client``.
+        gridders: a :class:`~brainmap.pipeline.grid.Gridder` per data set folder.
+        progress: show a progress bar over sections.
+
+    Returns the accumulator of each folder (``Gridder.volumes(accumulator)`` makes its volumes).
+    """
+    from distributed import as_completed
+
+    pending: dict[Any, Path] = {}
+    accumulators = {folder: gridder.accumulator() for folder, gridder in gridders.items()}
+    for folder, gridder in gridders.items():
+        shared = client.scatter(gridder, broadcast=True)
+        for image in gridder.usable_images():
+            pending[client.submit(_grid_one_section, shared, str(folder), image, pure=False)] = folder
+    for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
+                       disable=not progress):
+        accumulators[pending[future]].add(future.result())
+        future.release()
+    return accumulators
+
+
 def _finish_grid(folder: Path, gridder, accumulator, expected: str) -> None:
     work = folder / PIPELINE_DIR
     volumes = gridder.volumes(accumulator)
@@ -256,8 +282,8 @@ def run_pipeline(
             runs[futures[future]].stages["align"] = future.result()
 
         # Detect and grid every section of every data set; sum the partial grids as they arrive.
-        pending: dict[Any, Path] = {}
-        state: dict[Path, tuple[Any, Any, str]] = {}
+        gridders: dict[Path, Any] = {}
+        expected_grid: dict[Path, str] = {}
         for folder in folders:
             dataset = read_dataset(folder)
             run = runs[folder]
@@ -266,18 +292,10 @@ def run_pipeline(
             if stage_is_done(folder / PIPELINE_DIR, "grid", expected):
                 run.stages["grid"] = "skipped"
                 continue
-            gridder = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product))
-            shared = client.scatter(gridder, broadcast=True)
-            state[folder] = (gridder, gridder.accumulator(), expected)
-            for image in gridder.usable_images():
-                pending[client.submit(_grid_one_section, shared, str(folder), image, pure=False)] = folder
-        for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
-                           disable=not progress):
-            folder = pending[future]
-            state[folder][1].add(future.result())
-            future.release()
-        for folder, (gridder, accumulator, expected) in state.items():
-            _finish_grid(folder, gridder, accumulator, expected)
+            gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product))
+            expected_grid[folder] = expected
+        for folder, accumulator in grid_sections(client, gridders, progress=progress).items():
+            _finish_grid(folder, gridders[folder], accumulator, expected_grid[folder])
             runs[folder].stages["grid"] = "done"
 
         # Unionize every data set.
