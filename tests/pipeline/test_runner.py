@@ -48,10 +48,16 @@ def _outputs(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def completed(specimens, tmp_path_factory):
-    """Both specimens run once through the whole pipeline (2 Dask worker processes); the output checksums."""
+    """Both specimens run once through the whole pipeline (2 Dask worker processes), named by paths relative to
+    the working directory as a user types them; the output checksums."""
     root = tmp_path_factory.mktemp("completed")
     conn, ish = _copy(specimens, root, "conn"), _copy(specimens, root, "ish")
-    runs = run_pipeline([conn, ish], SETTINGS, workers=2, progress=False)
+    here = os.getcwd()
+    os.chdir(root.parent)
+    try:
+        runs = run_pipeline([Path(root.name) / "conn", Path(root.name) / "ish"], SETTINGS, workers=2, progress=False)
+    finally:
+        os.chdir(here)
     return conn, ish, runs, {"conn": _outputs(conn), "ish": _outputs(ish)}
 
 
@@ -67,7 +73,11 @@ def test_run_writes_every_stage_then_skips_and_redoes_what_changed(completed):
     assert by_hemisphere.get(2, 0) < 0.05 * by_hemisphere[1]
     for name in ("projection_density_100.nrrd", "injection_fraction_100.nrrd", "data_mask_100.nrrd"):
         assert (conn / PIPELINE_DIR / "grids" / name).exists()
-    assert (ish / PIPELINE_DIR / "grids" / "energy.mhd").exists()
+    # Every MetaImage keeps its data file, and the grid record vouches for both.
+    grid_outputs = StageRecord.read(ish / PIPELINE_DIR, "grid").outputs
+    for name in ("energy", "density", "intensity"):
+        assert (ish / PIPELINE_DIR / "grids" / f"{name}.raw").stat().st_size > 0
+        assert {f"grids/{name}.mhd", f"grids/{name}.raw"} <= set(grid_outputs)
 
     again = run_pipeline([conn, ish], SETTINGS, workers=1, progress=False)
     assert [r.stages for r in again] == [{"align": "skipped", "grid": "skipped", "unionize": "skipped"}] * 2

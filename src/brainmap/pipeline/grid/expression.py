@@ -255,7 +255,8 @@ def expression_volumes(accumulator: ExpressionAccumulator, dataset: SectionDataS
 def write_expression_grids(folder: str | os.PathLike[str], volumes: dict[str, np.ndarray], spec: GridSpec, *,
                            bundle_name: str = "grid_data.zip") -> list[Path]:
     """Write the expression volumes: ``{name}.mhd/.raw`` (MetaImage float32), ``{name}_{res}.nrrd`` and a
-    grid-data zip (``bundle_name``) of the MetaImages; all atomically. Returns the paths.
+    grid-data zip (``bundle_name``) of the MetaImages; all atomically. Returns the paths of every file written
+    (each header and its ``.raw`` data file).
 
     The headers' origin (MetaImage ``Offset``, NRRD ``space origin``) is the centre of voxel 0
     (:attr:`GridSpec.first_centre_um`, (0, 0, 0) um for Allen's 200 um grid, whose voxel ``i`` is centred at
@@ -268,7 +269,7 @@ def write_expression_grids(folder: str | os.PathLike[str], volumes: dict[str, np
     for name, volume in volumes.items():
         path = folder / f"{name}.mhd"
         write_metaimage(path, np.asarray(volume, dtype=np.float32), spacing, element_type="MET_FLOAT", offset=offset)
-        paths.append(path)
+        paths += [path, path.with_suffix(".raw")]
         nrrd_path = folder / f"{name}_{spec.resolution_label}.nrrd"
         write_nrrd(nrrd_path, np.asarray(volume, dtype=np.float32), spacing_um=spec.resolution_um,
                    origin_um=offset)

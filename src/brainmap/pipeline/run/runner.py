@@ -32,6 +32,7 @@ from typing import Any, Iterator, Sequence
 from tqdm import tqdm
 
 from brainmap.io.atomic import atomic_write
+from brainmap.pipeline.run.layout import PipelineFolder
 from brainmap.pipeline.run.records import (
     StageRecord,
     fingerprint,
@@ -42,10 +43,10 @@ from brainmap.specimen.folder import dataset_to_dict, read_dataset, read_section
 from brainmap.specimen.model import SectionDataSet, SectionImage
 from brainmap.specimen.transforms import Alignment2d, Alignment3d
 
-PIPELINE_DIR = "pipeline"
-GRID_DIR = "grids"
-ALIGNMENT_FILE = "alignment.json"
-UNIONIZE_FILE = "structure_unionizes.csv"
+PIPELINE_DIR = PipelineFolder.WORK
+GRID_DIR = PipelineFolder.GRIDS
+ALIGNMENT_FILE = PipelineFolder.ALIGNMENT
+UNIONIZE_FILE = PipelineFolder.UNIONIZE
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,6 @@ class DatasetRun:
 
 
 # --------------------------------------------------------------------------- fingerprints
-def _work_dir(folder: Path) -> Path:
-    work = folder / PIPELINE_DIR
-    work.mkdir(exist_ok=True)
-    return work
-
-
 def _identity(dataset: SectionDataSet) -> dict[str, Any]:
     """``dataset.json`` without the transforms: what alignment depends on."""
     doc = dataset_to_dict(dataset)
@@ -111,21 +106,21 @@ def _align_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSetti
 
 
 def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
-    work = folder / PIPELINE_DIR
-    return fingerprint([work / ALIGNMENT_FILE], {"stage": "grid", "images": _image_signature(folder, dataset),
-                                                 "grid_resolution_um": settings.grid_resolution(dataset.product)})
+    return fingerprint([PipelineFolder.of(folder).alignment],
+                       {"stage": "grid", "images": _image_signature(folder, dataset),
+                        "grid_resolution_um": settings.grid_resolution(dataset.product)})
 
 
 def _unionize_fingerprint(folder: Path, dataset: SectionDataSet) -> str:
-    grid_record = StageRecord.read(folder / PIPELINE_DIR, "grid")
+    grid_record = StageRecord.read(PipelineFolder.of(folder).work, "grid")
     outputs = grid_record.outputs if grid_record else {}
     return fingerprint([], {"stage": "unionize", "grids": outputs, "id": dataset.id,
                             "pixel_size_um": dataset.pixel_size_um})
 
 
 # --------------------------------------------------------------------------- align
-def _write_alignment(work: Path, dataset: SectionDataSet) -> Path:
-    path = work / ALIGNMENT_FILE
+def _write_alignment(layout: PipelineFolder, dataset: SectionDataSet) -> Path:
+    path = layout.alignment
     doc = {
         "alignment3d": dataset.alignment3d.to_allen(),
         "alignment2d": {str(i.id): i.alignment2d.to_allen() for i in dataset.images if i.alignment2d is not None},
@@ -135,9 +130,10 @@ def _write_alignment(work: Path, dataset: SectionDataSet) -> Path:
     return path
 
 
-def _restore_alignment(folder: Path, work: Path) -> None:
+def _restore_alignment(layout: PipelineFolder) -> None:
     """Make ``dataset.json`` carry the recorded transforms (it may have been rewritten since)."""
-    doc = json.loads((work / ALIGNMENT_FILE).read_text(encoding="utf-8"))
+    folder = layout.dataset
+    doc = json.loads(layout.alignment.read_text(encoding="utf-8"))
     alignment3d = Alignment3d.from_allen(doc["alignment3d"])
     alignment2d = {int(k): Alignment2d.from_allen(v) for k, v in doc["alignment2d"].items()}
     dataset = read_dataset(folder, check_files=False)
@@ -150,19 +146,19 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
     """Align one data set unless done; returns "done" or "skipped". Runs in a Dask worker."""
     from brainmap.pipeline.align import align_dataset
 
-    folder = Path(folder)
+    layout = PipelineFolder.of(folder).make()
+    folder, work = layout.dataset, layout.work
     remove_stale_temporaries(folder)
-    work = _work_dir(folder)
     dataset = read_dataset(folder)
     expected = _align_fingerprint(folder, dataset, settings)
     if stage_is_done(work, "align", expected):
-        _restore_alignment(folder, work)
+        _restore_alignment(layout)
         return "skipped"
     aligned = dataset.alignment3d is not None and all(i.alignment2d is not None for i in dataset.images if not i.failed)
     if not (settings.keep_alignment and aligned):
         align_dataset(folder, reference_resolution_um=settings.reference_resolution_um, progress=False)
         dataset = read_dataset(folder)
-    path = _write_alignment(work, dataset)
+    path = _write_alignment(layout, dataset)
     StageRecord("align", expected, StageRecord.describe_outputs(work, [path])).write(work)
     return "done"
 
@@ -200,14 +196,14 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
     return accumulators
 
 
-def _finish_grid(folder: Path, gridder, accumulator, expected: str) -> None:
-    work = folder / PIPELINE_DIR
+def _finish_grid(layout: PipelineFolder, gridder, accumulator, expected: str) -> None:
+    work = layout.work
     volumes = gridder.volumes(accumulator)
-    paths = gridder.write(work / GRID_DIR, volumes)
-    for stale in set((work / GRID_DIR).iterdir()) - {Path(p) for p in paths}:  # e.g. another resolution's grids
+    paths = {Path(p).resolve() for p in gridder.write(layout.grids, volumes)}  # every file, data files included
+    for stale in set(layout.grids.iterdir()) - paths:  # e.g. another resolution's grids
         if stale.is_file():
             stale.unlink()
-    StageRecord("grid", expected, StageRecord.describe_outputs(work, paths),
+    StageRecord("grid", expected, StageRecord.describe_outputs(work, sorted(paths)),
                 {"sections": accumulator.sections, "resolution_um": gridder.spec.resolution_um}).write(work)
 
 
@@ -218,21 +214,21 @@ def unionize_stage(folder: str | os.PathLike[str]) -> str:
     from brainmap.atlas.expression_grid import expression_grid_space
     from brainmap.pipeline.unionize import GridFolder, unionize_expression, unionize_projection
 
-    folder = Path(folder)
-    work = folder / PIPELINE_DIR
+    layout = PipelineFolder.of(folder)
+    folder, work = layout.dataset, layout.work
     dataset = read_dataset(folder, check_files=False)
     expected = _unionize_fingerprint(folder, dataset)
     if stage_is_done(work, "unionize", expected):
         return "skipped"
     if dataset.product == "ish":
-        table = unionize_expression(GridFolder(work / GRID_DIR, resolution=200), expression_grid_space(),
+        table = unionize_expression(GridFolder(layout.grids, resolution=200), expression_grid_space(),
                                     section_data_set_id=dataset.id)
     else:
         resolution = int(round(StageRecord.read(work, "grid").summary["resolution_um"]))
-        grids = GridFolder(work / GRID_DIR, resolution=resolution)
+        grids = GridFolder(layout.grids, resolution=resolution)
         table = unionize_projection(grids, ReferenceSpace.bundled(grids.resolution), experiment_id=dataset.id,
                                     pixel_size_um=dataset.pixel_size_um)
-    path = work / UNIONIZE_FILE
+    path = layout.unionize
     with atomic_write(path, "w", newline="") as fh:
         table.to_csv(fh, index=False)
     StageRecord("unionize", expected, StageRecord.describe_outputs(work, [path]), {"rows": len(table)}).write(work)
@@ -270,7 +266,7 @@ def run_pipeline(
 
     from brainmap.pipeline.grid import Gridder
 
-    folders = [Path(f) for f in folders]
+    folders = [PipelineFolder.of(f).dataset for f in folders]  # absolute, once: workers share no working directory
     for folder in folders:
         read_dataset(folder)  # fail early, naming the folder, on anything malformed
     runs = {folder: DatasetRun(folder, 0, "") for folder in folders}
@@ -289,13 +285,13 @@ def run_pipeline(
             run = runs[folder]
             run.dataset_id, run.product = dataset.id, dataset.product
             expected = _grid_fingerprint(folder, dataset, settings)
-            if stage_is_done(folder / PIPELINE_DIR, "grid", expected):
+            if stage_is_done(PipelineFolder.of(folder).work, "grid", expected):
                 run.stages["grid"] = "skipped"
                 continue
             gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product))
             expected_grid[folder] = expected
         for folder, accumulator in grid_sections(client, gridders, progress=progress).items():
-            _finish_grid(folder, gridders[folder], accumulator, expected_grid[folder])
+            _finish_grid(PipelineFolder.of(folder), gridders[folder], accumulator, expected_grid[folder])
             runs[folder].stages["grid"] = "done"
 
         # Unionize every data set.
@@ -304,7 +300,7 @@ def run_pipeline(
                            disable=not progress):
             folder = futures[future]
             runs[folder].stages["unionize"] = future.result()
-            runs[folder].unionize_path = folder / PIPELINE_DIR / UNIONIZE_FILE
+            runs[folder].unionize_path = PipelineFolder.of(folder).unionize
     return [runs[f] for f in folders]
 
 

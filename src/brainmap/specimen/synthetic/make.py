@@ -81,8 +81,11 @@ def _resolve_inputs(product: str, experiment_id: int | None, gene: str | None, p
                              "Oh 2014 tables, e.g. 112672974)")
         if gene is not None:
             raise ValueError("gene is for product 'ish'; a connectivity specimen takes experiment_id")
+        if plane not in (None, "coronal"):
+            raise ValueError(f"connectivity specimens are coronal (serial two-photon tomography), not {plane!r}; "
+                             "sagittal is for ISH")
         record = tables.connectivity_experiment(experiment_id)  # UnknownExperimentError with examples
-        plane = plane or "coronal"
+        plane = "coronal"
         metadata = {
             "experiment_id": int(record["id"]),
             "injection_structures": [int(s) for s in record["injection_structures"]],
@@ -90,7 +93,7 @@ def _resolve_inputs(product: str, experiment_id: int | None, gene: str | None, p
             "structure_abbrev": record["structure_abbrev"],
             "injection_coordinates_um": [float(record["injection_x"]), float(record["injection_y"]),
                                          float(record["injection_z"])],
-            "injection_volume_mm3": float(record["injection_volume"]),
+            "injection_volume": float(record["injection_volume"]),  # mm3, Allen's field
             "specimen_name": record["specimen_name"],
             "strain": record["strain"],
         }
