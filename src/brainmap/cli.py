@@ -8,10 +8,14 @@
     brainmap specimen make --product P ... --out DIR  make a virtual specimen with known truth
     brainmap align DIR                              align a data set to the reference
     brainmap run DIR...                             align -> detect -> grid -> unionize (resumable, Dask)
-    brainmap load DIR...                            load pipeline outputs into the database
-    brainmap search lines GRID_DIR --out F.json     spatial search lines of an experiment
-    brainmap serve --data DIR                       the HTTP API (RMA, services, downloads, sync, viewer)
     brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
+    brainmap load DIR... --data-dir D               copy results into a data directory, load its database and
+                                                    build its search stores
+    brainmap serve --data-dir D                     the HTTP API (RMA, services, downloads, sync, viewer)
+    brainmap search SERVICE ... --data-dir D        a search service (differential, correlation, agea, source,
+                                                    target, spatial, injection-coordinate,
+                                                    connectivity-correlation) on a data directory
+    brainmap search lines GRID_DIR --out F.json     spatial search lines of an experiment
 
 Errors in the input (an unknown structure, a bad file) print one clear line and exit with status 2.
 """
@@ -88,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--gene", help="ISH: a gene symbol from the ISH experiments table (e.g. Pvalb)")
     make.add_argument("--plane", choices=["coronal", "sagittal"], help="default coronal (sagittal: ISH only)")
     make.add_argument("--pixel-size", type=float, help="image pixel size in um (default 10 connectivity, 8 ISH)")
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--truth-resolution", type=int, default=25, choices=[25, 50, 100])
+    make.add_argument("--seed", type=int, default=0,
+                      help="random seed of the specimen's geometry, damage and noise (default 0)")
+    make.add_argument("--truth-resolution", type=int, default=25, choices=[25, 50, 100],
+                      help="voxel size in um of the ground-truth volumes written to truth/ (default 25)")
     make.add_argument("--no-damage", action="store_true", help="no missing, failed, torn or bubbled sections")
     make.add_argument("--alignment", choices=["none", "2d", "all"], default="none",
                       help="true transforms to store in dataset.json: none (default; for the aligner), 2d, or all")
@@ -98,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(run=_run_specimen_make)
 
     align = commands.add_parser("align", help="align a section data set to the reference (Alignment2d, Alignment3d)")
-    align.add_argument("dataset_dir", type=Path)
-    align.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100])
+    align.add_argument("dataset_dir", type=Path, help="data set folder (dataset.json + images/)")
+    align.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100],
+                       help="voxel size in um of the template the sections are registered to (default 25)")
     align.set_defaults(run=_run_align)
 
     run = commands.add_parser("run", help="take data sets through align -> detect -> grid -> unionize")
@@ -108,18 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
     run.add_argument("--grid-resolution", type=int, default=100, choices=[10, 25, 50, 100],
                      help="connectivity grid in um (ISH uses the 200 um grid)")
-    run.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100])
+    run.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100],
+                     help="voxel size in um of the template the sections are registered to (default 25)")
     run.add_argument("--keep-alignment", action="store_true",
                      help="use the transforms already in dataset.json instead of aligning again")
     run.set_defaults(run=_run_pipeline)
 
-    search = commands.add_parser("search", help="search services on the command line")
+    search = commands.add_parser("search", help="search services on a data directory, and spatial search lines")
     search_commands = search.add_subparsers(dest="search_command", required=True, metavar="SEARCH_COMMAND")
+    from brainmap.server.local_search import add_search_commands
+
+    add_search_commands(search_commands)
+    search.set_defaults(run=_run_search)
     lines = search_commands.add_parser("lines", help="spatial search lines from an injection site to dense voxels")
     lines.add_argument("grid_dir", type=Path, help="folder with projection_density_N.nrrd and injection_fraction_N.nrrd")
     lines.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    lines.add_argument("--density-range", type=float, nargs=2, default=(0.04, 0.3), metavar=("LOW", "HIGH"))
-    lines.add_argument("--injection-threshold", type=float, default=0.5)
+    lines.add_argument("--density-range", type=float, nargs=2, default=(0.04, 0.3), metavar=("LOW", "HIGH"),
+                       help="projection density of the voxels to draw lines from (default 0.04 0.3)")
+    lines.add_argument("--injection-threshold", type=float, default=0.5,
+                       help="injection fraction above which a voxel is part of the injection site (default 0.5)")
     lines.add_argument("--include-fiber-tracts", action="store_true", help="keep voxels in fibre tracts")
     lines.set_defaults(run=_run_search_lines)
 
@@ -137,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     unionize = commands.add_parser("unionize", help="structure unionization of a folder of grid volumes")
     unionize.add_argument("grid_dir", type=Path, help="folder of {name}_{resolution}.nrrd grid files")
-    unionize.add_argument("--product", choices=["connectivity", "ish"], default="connectivity")
+    unionize.add_argument("--product", choices=["connectivity", "ish"], default="connectivity",
+                          help="connectivity: ProjectionStructureUnionize rows from projection grids (default); "
+                               "ish: StructureUnionize rows from expression grids")
     unionize.add_argument("--grid-resolution", type=int, help="which resolution's files to use (um)")
     unionize.add_argument("--experiment-id", type=int, help="id written into the rows")
     unionize.add_argument("--pixel-size", type=float, default=0.35, help="image pixel size in um (default 0.35)")
@@ -190,6 +206,12 @@ def _run_search_lines(args: argparse.Namespace) -> int:
                                     exclude_fiber_tracts=not args.include_fiber_tracts)
     print(f"wrote {args.out}: {summary}")
     return 0
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from brainmap.server.local_search import run_search_command
+
+    return run_search_command(args)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -547,3 +547,21 @@ def test_searches_on_a_local_cluster_equal_the_local_searches(world, client):
                                             world["grid"], chunk_rows=9)
     seed_um = [(c + 0.5) * 100 for c in SEED_IJK]
     assert float32.spatial(seed_um).page(0, 5).rows == world["search"].spatial(seed_um).page(0, 5).rows
+
+
+def test_a_grid_whose_corner_is_not_at_zero_places_paths_and_hemispheres_by_its_origin():
+    """Allen's 200 um grid has voxel 0's corner at -100 um: voxel centres are 200 i um, the midline 5700 um."""
+    from brainmap.search.connectivity import ExperimentTable, Paths, path_points
+    from brainmap.search.grid import SearchGrid
+
+    grid = SearchGrid.ish()
+    assert grid.origin_um == -100.0
+    experiments = pd.DataFrame({"id": [1, 2, 3], "injection_structures": [[385]] * 3,
+                                "primary_injection_structure": [385] * 3, "injection_x": [8000.0] * 3,
+                                "injection_y": [1000.0] * 3, "injection_z": [5750.0, 5650.0, 5790.0],
+                                "injection_volume": [0.1] * 3})
+    assert ExperimentTable(experiments, grid).hemisphere.tolist() == [2, 1, 2]
+    walk = Paths(np.array([0, 2]), np.array([[0, 0, 0], [3, 4, 5]]), np.array([0.5, np.nan]))
+    (points,) = path_points(walk, grid.resolution_um, origin_um=grid.origin_um)
+    assert [p["coord"] for p in points] == grid.voxel_center_um(grid.flat_index(np.array([[0, 0, 0], [3, 4, 5]]))).tolist()
+    assert points[0]["coord"] == [0.0, 0.0, 0.0] and points[1]["density"] is None

@@ -10,6 +10,8 @@ from urllib.parse import quote
 
 import pytest
 
+from brainmap.errors import BrainmapError
+
 Q = "/api/v2/data/query.json?criteria="
 
 #: One request per route of the OpenAPI document: path template -> (example URL, content type).
@@ -133,12 +135,17 @@ def test_serve_arguments(monkeypatch, tmp_path):
     monkeypatch.setattr(serve, "run_server", lambda *args, **kwargs: calls.append((args, kwargs)))
     parser = argparse.ArgumentParser()
     serve.add_serve_arguments(parser)
-    defaults = parser.parse_args(["--data", str(tmp_path)])
-    assert (defaults.host, defaults.port, defaults.workers, defaults.database) == ("127.0.0.1", 8000, 2, None)
-    args = parser.parse_args(["--data", str(tmp_path), "--database", "sqlite:///x.db", "--host", "0.0.0.0",
+    defaults = parser.parse_args(["--data-dir", str(tmp_path)])
+    assert (defaults.host, defaults.port, defaults.workers, defaults.database_url) == ("127.0.0.1", 8000, 2, None)
+    assert parser.parse_args(["--data", str(tmp_path)]).data_dir == tmp_path  # the old name still works
+    args = parser.parse_args(["--data-dir", str(tmp_path), "--database-url", "sqlite:///x.db", "--host", "0.0.0.0",
                               "--port", "9001", "--workers", "3", "--max-rows", "500", "--query-timeout", "5",
                               "--log-file", str(tmp_path / "log")])
     assert serve.run_serve_command(args) == 0
     (positional, keywords), = calls
     assert positional == (tmp_path.resolve(), "sqlite:///x.db", "0.0.0.0", 9001)
     assert keywords == {"workers": 3, "log_file": tmp_path / "log", "max_rows": 500, "query_timeout_s": 5.0}
+    missing = parser.parse_args(["--data-dir", str(tmp_path / "missing")])
+    with pytest.raises(BrainmapError, match="does not exist.*brainmap load"):
+        serve.run_serve_command(missing)
+    assert len(calls) == 1

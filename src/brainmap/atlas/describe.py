@@ -8,10 +8,12 @@ from brainmap.errors import UnknownStructureError
 
 
 def resolve_structure(tree: StructureTree, query: str | int) -> dict:
-    """The structure named by ``query``: an id ("385"), an acronym ("VISp") or a full name.
+    """The structure named by ``query``: an id ("385"), an acronym ("VISp"), a full name, or words of a name.
 
-    Acronyms and names are matched exactly first, then ignoring case. Raises
-    :class:`~brainmap.errors.UnknownStructureError` naming the query if nothing matches.
+    Acronyms and names are matched exactly first, then ignoring case, then by words: the structures whose name
+    holds every word of ``query`` ("primary visual"), of which the one that holds all the others (Primary visual
+    area, not its layers). Raises :class:`~brainmap.errors.UnknownStructureError` naming the query if nothing
+    matches, or listing the matches if several unrelated structures do.
     """
     text = str(query).strip()
     if text.lstrip("-").isdigit():
@@ -22,9 +24,20 @@ def resolve_structure(tree: StructureTree, query: str | int) -> dict:
         except UnknownStructureError:
             pass
     folded = text.casefold()
-    for node in tree.nodes():
+    nodes = tree.nodes()
+    for node in nodes:
         if folded in (str(node["acronym"]).casefold(), str(node["name"]).casefold()):
             return node
+    words = folded.replace(",", " ").split()
+    matches = [n for n in nodes if words and all(w in str(n["name"]).casefold().replace(",", " ").split()
+                                                 for w in words)]
+    if matches:
+        top = [n for n in matches if all(int(n["id"]) in m["structure_id_path"] for m in matches)]
+        if top:
+            return top[0]
+        listed = ", ".join(f"{n['acronym']} ({n['name']})" for n in matches[:8])
+        raise UnknownStructureError(f"{text!r} matches {len(matches)} structures: {listed}"
+                                    + (", ..." if len(matches) > 8 else "") + "; give an acronym or id")
     # Let the acronym lookup raise: its message names the query and suggests close acronyms.
     return tree.get_structures_by_acronym([text])[0]
 

@@ -58,6 +58,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: 
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write: mode must be 'w' or 'wb', not {mode!r}")
     target = Path(path)
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {target}: the folder {target.parent} does not exist")
     temp, fd = _open_temporary(target)
     try:
         with open(fd, mode, **open_kwargs) as fh:

@@ -102,7 +102,9 @@ from brainmap.search.expression import CorrelationPlan, ExpressionSearch, pearso
 from brainmap.search.grid import SearchGrid
 from brainmap.search.matrix import GridSpec, MatrixStore
 from brainmap.search.results import (
+    BUILD_HINT,
     DEFAULT_NUM_ROWS,
+    MissingSearchDataError,
     Ranking,
     SearchInputError,
     SearchPage,
@@ -313,7 +315,7 @@ class ExperimentTable:
         if "injection_hemisphere_id" in frame.columns:
             self.hemisphere = frame["injection_hemisphere_id"].to_numpy(dtype=np.int64)
         else:
-            midline_um = midline_index(grid.shape[2]) * grid.resolution_um[2]
+            midline_um = grid.origin_um + midline_index(grid.shape[2]) * grid.resolution_um[2]
             self.hemisphere = np.where(self.coordinates[:, 2] < midline_um, HEMISPHERE_LEFT, HEMISPHERE_RIGHT)
         lines = frame["transgenic_line"] if "transgenic_line" in frame.columns else pd.Series([""] * n)
         self.transgenic_line = np.array(["" if pd.isna(v) else str(v) for v in lines], dtype=object)
@@ -677,11 +679,11 @@ def densest_paths(values_at: ValuesAt, starts: np.ndarray, ends: np.ndarray, sha
 
 
 def path_points(paths: Paths, resolution_um: Sequence[float] | np.ndarray,
-                end_points_um: np.ndarray | None = None) -> list[list[dict[str, Any]]]:
-    """Allen's ``path`` of every walk: ``[{"coord": [x, y, z], "density": d}, ...]`` (voxel centres in um; density
-    None where there is no data or outside the brain); the last coordinate of walk ``k`` is ``end_points_um[k]``
-    when given (its injection site). Built in one pass over all walks."""
-    coords = (paths.ijk + 0.5) * np.asarray(resolution_um, dtype=np.float64)
+                end_points_um: np.ndarray | None = None, origin_um: float = 0.0) -> list[list[dict[str, Any]]]:
+    """Allen's ``path`` of every walk: ``[{"coord": [x, y, z], "density": d}, ...]`` (voxel centres in um, voxel 0's
+    corner at ``origin_um``; density None where there is no data or outside the brain); the last coordinate of
+    walk ``k`` is ``end_points_um[k]`` when given (its injection site). Built in one pass over all walks."""
+    coords = origin_um + (paths.ijk + 0.5) * np.asarray(resolution_um, dtype=np.float64)
     if end_points_um is not None and len(paths):
         lengths = np.diff(paths.bounds)
         ends = paths.bounds[1:][lengths > 0] - 1
@@ -788,12 +790,14 @@ class ConnectivitySearch:
     # ------------------------------------------------------------------ helpers
     def _need_store(self, what: str) -> MatrixStore:
         if self.store is None or self._expr is None:
-            raise BrainmapError(f"a {what} needs a projection-density store (ConnectivitySearch(..., store=...))")
+            raise MissingSearchDataError(f"a {what} needs the projection-density search store (search/connectivity "
+                                         f"in the data directory), and there is none: {BUILD_HINT}")
         return self.store
 
     def _need_unionizes(self, what: str) -> UnionizeCube:
         if self.unionizes is None:
-            raise BrainmapError(f"a {what} needs the experiments' unionize rows (ConnectivitySearch(..., unionizes=...))")
+            raise MissingSearchDataError(f"a {what} needs the experiments' ProjectionStructureUnionize rows, and there "
+                                         "are none: brainmap load the data sets' structure_unionizes.csv")
         return self.unionizes
 
     def _filters(self, **filters: Any) -> np.ndarray:
@@ -953,7 +957,8 @@ class ConnectivitySearch:
             if paths and positions.size:
                 walked = self._walk_rows(positions, np.repeat(seed_ijk[None, :], positions.size, axis=0),
                                          self._injection_voxels(experiments))
-                routes = path_points(walked, self.grid.resolution_um, table.coordinates[experiments])
+                routes = path_points(walked, self.grid.resolution_um, table.coordinates[experiments],
+                                     self.grid.origin_um)
             return [SpatialRow(*table.summary(e), float(density[p]), route)
                     for p, e, route in zip(positions.tolist(), experiments.tolist(), routes)]
 
@@ -968,7 +973,7 @@ class ConnectivitySearch:
         e = self.row_experiment[row]
         walked = self._walk_rows(np.array([row]), self.grid.voxel_ijk(voxel)[None, :],
                                  self._injection_voxels(np.array([e])))
-        return path_points(walked, self.grid.resolution_um, self.experiments.coordinates[[e]])[0]
+        return path_points(walked, self.grid.resolution_um, self.experiments.coordinates[[e]], self.grid.origin_um)[0]
 
     # ------------------------------------------------------------------ injection coordinate
     def injection_coordinate(self, seed_point: Any, *, transgenic_lines: Any = None, injection_structures: Any = None,

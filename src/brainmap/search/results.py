@@ -28,6 +28,18 @@ class UnknownDataSetError(BrainmapError, LookupError):
         return str(self.args[0]) if self.args else "unknown data set"
 
 
+class MissingSearchDataError(BrainmapError, LookupError):
+    """A search needs data that has not been built (a search store, the unionize rows); the message names the
+    command that builds it. HTTP 404 on a server."""
+
+    def __str__(self) -> str:  # LookupError would repr() the message
+        return str(self.args[0]) if self.args else "missing search data"
+
+
+#: How a data directory gets its search stores (for messages).
+BUILD_HINT = "brainmap load DATA_SET_FOLDERS --data-dir DATA_DIR builds it from the data sets' grid files"
+
+
 class SearchInputError(BrainmapError, ValueError):
     """A search parameter is invalid: an empty domain, a seed with no data there, a point outside the brain,
     a bad threshold or page."""

@@ -47,7 +47,7 @@ from brainmap.server.searches import EXPRESSION_SETS, search_backends
 from brainmap.server.state import ServerState
 from brainmap.store.rma import RmaLimitError, RmaResult, RmaUnknownNameError, RmaValueError, ServiceCall, render
 
-__all__ = ["SERVICES", "Param", "Service", "answer_service", "router"]
+__all__ = ["SERVICES", "Param", "Service", "answer_service", "router", "service_result"]
 
 router = APIRouter(tags=["services"])
 
@@ -347,17 +347,21 @@ def _rows_of(page: Any, allen_keys: bool) -> tuple[list[dict[str, Any]], int, in
     return rows, int(envelope.get("start_row", 0)), int(envelope.get("total_rows", 0))
 
 
-def answer_service(state: ServerState, call: ServiceCall, fmt: str, text: str) -> Response:
-    """Check the call's parameters, run its service, render the page like a model query."""
+def service_result(state: ServerState, call: ServiceCall, text: str) -> RmaResult:
+    """Check the call's parameters and run its service: one page of rows (``brainmap search`` uses it too)."""
     service = SERVICES.get(call.name)
     if service is None:
         raise RmaUnknownNameError("service", call.name, SERVICES, call.position, text)
     params, start_row, num_rows = service.parse(call, text, state.settings.max_rows)
     page = service.run(state, params, start_row, num_rows)
     rows, first, total = _rows_of(page, service.allen_keys)
-    result = RmaResult(model=f"service::{service.name}", rows=rows, start_row=first, total_rows=total,
-                       table_name=service.name.replace("_", "-") + "s")
-    body, media_type = render(result, fmt)
+    return RmaResult(model=f"service::{service.name}", rows=rows, start_row=first, total_rows=total,
+                     table_name=service.name.replace("_", "-") + "s")
+
+
+def answer_service(state: ServerState, call: ServiceCall, fmt: str, text: str) -> Response:
+    """Check the call's parameters, run its service, render the page like a model query."""
+    body, media_type = render(service_result(state, call, text), fmt)
     return Response(body, media_type=media_type)
 
 

@@ -135,8 +135,10 @@ class SearchBackends:
 
         stamp = self._store_stamp(name)
         if stamp is None:
-            raise NotFound(f"{what}: this server has no search matrix {name!r} "
-                           f"(expected {self.root / name / 'matrix.json'})")
+            from brainmap.search.results import BUILD_HINT
+
+            raise NotFound(f"{what}: this server has no search store {name!r} (search/{name} in its data "
+                           f"directory): {BUILD_HINT}")
         with self._lock:
             found = self._stores.get(name)
             if found is None or found[0] != stamp:

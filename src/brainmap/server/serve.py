@@ -1,6 +1,6 @@
 """``brainmap serve``: run the API with uvicorn.
 
-    brainmap serve --data DIR [--database URL] [--host 127.0.0.1] [--port 8000] [--workers 2] [--log-file F]
+    brainmap serve --data-dir DIR [--database-url URL] [--host 127.0.0.1] [--port 8000] [--workers 2] [--log-file F]
 
 :func:`run_server` checks the data directory and the database first (creating the schema of an empty database,
 refusing one of another schema version), then starts uvicorn with ``workers`` processes (2 by default: one per
@@ -44,6 +44,8 @@ def run_server(data_dir: str | os.PathLike[str], database_url: str | None = None
 
     chosen = settings_for(data_dir, database_url, **settings)
     ServerState(chosen).close()  # fail here, with a clear message, rather than in every worker
+    print(f"brainmap: serving {chosen.data_dir} on http://{host}:{port} (viewer at /viewer, API docs at /docs)",
+          file=sys.stderr, flush=True)
     os.environ[ENV_SETTINGS] = json.dumps(chosen.to_env())
     os.environ[ENV_LOG_FILE] = os.fspath(log_file) if log_file is not None else "-"
     uvicorn.run("brainmap.server.serve:worker_app", factory=True, host=host, port=int(port),
@@ -63,10 +65,9 @@ def worker_app() -> Any:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``brainmap serve``."""
-    parser.add_argument("--data", type=Path, default=None,
-                        help="data directory (default $BRAINMAP_DATA_DIR, else ./brainmap-data)")
-    parser.add_argument("--database", default=None,
-                        help="database URL (default $BRAINMAP_DATABASE_URL, else SQLite in the data directory)")
+    from brainmap.store.database import add_data_arguments
+
+    add_data_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
@@ -85,16 +86,17 @@ def run_serve_command(args: argparse.Namespace) -> int:
         overrides["max_rows"] = args.max_rows
     if getattr(args, "query_timeout", None) is not None:
         overrides["query_timeout_s"] = args.query_timeout
-    data_dir = data_directory(args.data)
-    print(f"brainmap: serving {data_dir} on http://{args.host}:{args.port} (API docs at /docs, viewer at "
-          "/viewer)", file=sys.stderr, flush=True)
-    run_server(data_dir, args.database, args.host, args.port, workers=args.workers, log_file=args.log_file,
+    data_dir = data_directory(args.data_dir)
+    if not data_dir.is_dir():
+        raise BrainmapError(f"data directory {data_dir} does not exist; make one with brainmap load "
+                            f"DATA_SET_FOLDERS --data-dir {args.data_dir or data_dir}")
+    run_server(data_dir, args.database_url, args.host, args.port, workers=args.workers, log_file=args.log_file,
                **overrides)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brainmap.server.serve --data DIR``."""
+    """``python -m brainmap.server.serve --data-dir DIR``."""
     parser = argparse.ArgumentParser(prog="brainmap serve", description="Serve the brainmap API.")
     add_serve_arguments(parser)
     args = parser.parse_args(argv)

@@ -18,16 +18,22 @@ What is loaded, from each path given (a folder is searched recursively; hidden f
   ``is_injection``) or :data:`~brainmap.pipeline.unionize.ISH_UNIONIZE_COLUMNS` (StructureUnionize); an empty
   ``experiment_id`` / ``section_data_set_id`` is the id of the data set folder the table sits in; other columns
   (a pandas index, ...) are ignored;
-* volumes (``.nrrd``, ``.mhd``, ``.raw``, ``.mha``, ``.zip``; not the section TIFFs under ``images/``):
-  WellKnownFile rows with the path relative to the data directory (absolute when outside it), size and sha256,
-  attached to the data set whose folder holds them; the file type is the name without extension
+* volumes (``.nrrd``, ``.mhd``, ``.raw``, ``.mha``, ``.zip``; not the section TIFFs under ``images/``, nor the
+  virtual microscope's ``truth/``): WellKnownFile rows with the path relative to the data directory, size and
+  sha256, attached to the data set whose folder holds them; the file type is the name without extension
   (``projection_density_100``).
+
+The data directory is the server's: a data set folder given from outside it is first copied into it
+(hard-linked where possible) as ``DATA_DIR/{product}/{id}/`` (:mod:`brainmap.store.data_dir`), and what is
+registered is the copy. A loose volume outside the data directory is refused. After the database, the search
+stores under ``DATA_DIR/search/`` are brought up to date (:mod:`brainmap.search.build`).
 
 Loading is idempotent: every row is upserted by its id or natural key (a gene by acronym, a unionize row by
 data set, structure, hemisphere and ``is_injection``, a file by path) and only rows whose values differ are
 written, so loading the same folders twice changes nothing. What a data set no longer has (an image, a gene link,
 a unionize row, a file) is deleted with it. Everything is read and checked first and written in one transaction:
-a malformed folder fails with an error naming the file and leaves the database as it was.
+a malformed folder fails with an error naming the file and leaves the database and the data directory as they
+were (nothing is created before every input has been read and checked).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from sqlalchemy import update as update_
 from brainmap.atlas import StructureTree
 from brainmap.errors import BrainmapError, FormatError
 from brainmap.store import models as m
-from brainmap.store.database import Database, data_directory, open_database
+from brainmap.store.data_dir import EXCLUDED_FOLDERS, FolderImport, dataset_target, is_inside
+from brainmap.store.database import Database, add_data_arguments, data_directory, open_database
 
 __all__ = [
     "CONNECTIVITY_PRODUCT_ID",
@@ -56,8 +63,11 @@ __all__ = [
     "PLANE_IDS",
     "REFERENCE_SPACE_ID",
     "LoadError",
+    "LoadPlan",
     "LoadReport",
+    "apply_load",
     "load_paths",
+    "plan_load",
     "main",
     "run_load_command",
 ]
@@ -99,6 +109,8 @@ class LoadReport:
     data_sets: list[int] = field(default_factory=list)
     unionize_files: list[str] = field(default_factory=list)
     volume_files: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    search: list[str] = field(default_factory=list)
 
     @property
     def total_written(self) -> int:
@@ -107,14 +119,17 @@ class LoadReport:
 
     def summary(self) -> str:
         """A few lines for the command line."""
-        lines = [f"{len(self.data_sets)} data set(s), {len(self.unionize_files)} unionize table(s), "
-                 f"{len(self.volume_files)} volume file(s); {self.total_written:,} row(s) written"]
+        lines = [f"{len(self.data_sets)} data set(s) ({', '.join(map(str, self.data_sets)) or 'none'}), "
+                 f"{len(self.unionize_files)} unionize table(s), {len(self.volume_files)} volume file(s); "
+                 f"{self.total_written:,} row(s) written"]
+        lines += [f"  copied into the data directory: {c}" for c in self.copied]
         for table in sorted(self.after):
             if self.after[table] != self.before.get(table) or self.written.get(table):
                 lines.append(f"  {table}: {self.before.get(table, 0):,} -> {self.after[table]:,} rows "
                              f"({self.written.get(table, 0):,} written)")
         if self.total_written == 0:
             lines.append("  nothing changed")
+        lines += [f"  {line}" for line in self.search]
         return "\n".join(lines)
 
 
@@ -250,7 +265,7 @@ def _discover(paths: Sequence[Path]) -> _Found:
                 if here not in seen:
                     seen.add(here)
                     found.data_sets.append(here)
-                dirs[:] = [d for d in dirs if d != "images"]
+                dirs[:] = [d for d in dirs if d != "images" and d not in EXCLUDED_FOLDERS]
             enclosing = next((p for p in [here, *here.parents] if p in seen), None) or outer
             for name in sorted(files):
                 if _skipped(name):
@@ -277,6 +292,13 @@ class _DataSetRows:
     images: list[dict[str, Any]]
     alignment2d: list[dict[str, Any]]
     alignment3d: dict[str, Any] | None
+    product: str = ""
+    plane: str = ""
+
+    def move_to(self, folder: Path, data_dir: Path) -> None:
+        """The rows of the same data set read from ``folder`` (its copy in the data directory)."""
+        self.folder = folder
+        self.data_set["storage_directory"] = _relative(folder, data_dir)
 
 
 def _names(value: Any, where: str) -> list[Any]:
@@ -359,7 +381,8 @@ def _read_data_set(folder: Path, tree: StructureTree, data_dir: Path) -> _DataSe
     if coords is not None and (not isinstance(coords, (list, tuple)) or len(coords) != 3):
         raise LoadError(f"{where}.injection_coordinates_um: expected [AP, DV, LR] in microns, got {coords!r}")
     ap, dv, ml = (_as_float(c, f"{where}.injection_coordinates_um") for c in coords) if coords else (None,) * 3
-    volume = _as_float(meta.get("injection_volume"), f"{where}.injection_volume")
+    volume = _as_float(meta.get("injection_volume", meta.get("injection_volume_mm3")),
+                       f"{where}.injection_volume")
     for sid in dict.fromkeys(structures):
         injections.append({"specimen_id": specimen_id, "structure_id": sid,
                            "primary_injection_structure_id": primary_id, "coordinates_ap": ap,
@@ -380,7 +403,7 @@ def _read_data_set(folder: Path, tree: StructureTree, data_dir: Path) -> _DataSe
     alignment3d = ({"section_data_set_id": ds.id, **ds.alignment3d.to_allen()}
                    if ds.alignment3d is not None else None)
     return _DataSetRows(folder, data_set, [_PRODUCT_OF[ds.product]], genes, probes, specimen, donor, lines,
-                        injections, images, alignment2d, alignment3d)
+                        injections, images, alignment2d, alignment3d, ds.product, ds.plane)
 
 
 _PROJECTION_VALUES = [c.name for c in m.ProjectionStructureUnionize.__table__.columns
@@ -708,17 +731,44 @@ def _count_rows(conn: Connection) -> dict[str, int]:
             for name, table in m.Base.metadata.tables.items() if name != "schema_info"}
 
 
-def load_paths(database: Database, paths: Sequence[str | os.PathLike[str]] = (), *,
-               data_dir: str | os.PathLike[str] | None = None, tree: StructureTree | None = None,
-               progress: Callable[[str], None] | None = None) -> LoadReport:
-    """Load the bundled ontology and everything found under ``paths`` (see the module docstring).
+@dataclass
+class LoadPlan:
+    """Everything a load will write, read and checked first (:func:`plan_load`); nothing is written yet."""
 
-    ``data_dir`` (default: :func:`~brainmap.store.database.data_directory`) is what file paths are stored
-    relative to. ``tree`` replaces the bundled ontology. Raises :class:`LoadError` (a ``FormatError``) for a
-    malformed input; then nothing is written.
+    root: Path
+    tree: StructureTree
+    data_sets: list[_DataSetRows]
+    ids: dict[Path, int]
+    unionizes: dict[tuple[str, int], list[dict[str, Any]]]
+    tables: list[Path]
+    volumes: list[tuple[Path, Path | None]]
+    copies: dict[Path, Path]  # data set folder outside the data directory -> its place inside
+
+    def relocate(self) -> None:
+        """Point every path at the data set folders' places in the data directory (after the copy)."""
+        def moved(path: Path | None) -> Path | None:
+            if path is None:
+                return None
+            for source, target in self.copies.items():
+                if path == source or path.is_relative_to(source):
+                    return target / path.relative_to(source)
+            return path
+
+        for rows in self.data_sets:
+            if rows.folder in self.copies:
+                rows.move_to(self.copies[rows.folder], self.root)
+        self.ids = {moved(folder): i for folder, i in self.ids.items()}  # type: ignore[misc]
+        self.volumes = [(moved(p), moved(e)) for p, e in self.volumes]  # type: ignore[misc]
+
+
+def plan_load(paths: Sequence[str | os.PathLike[str]] = (), *, data_dir: str | os.PathLike[str] | None = None,
+              tree: StructureTree | None = None, progress: Callable[[str], None] | None = None) -> LoadPlan:
+    """Find, read and check everything under ``paths`` (see the module docstring) without writing anything.
+
+    Raises :class:`LoadError` naming the file and what is wrong.
     """
     tree = tree if tree is not None else StructureTree.bundled()
-    root = data_directory(data_dir)
+    root = data_directory(data_dir).resolve()
     say = progress or (lambda _message: None)
     found = _discover([Path(p) for p in paths])
     say(f"found {len(found.data_sets)} data set folder(s), {len(found.tables)} unionize table(s), "
@@ -731,6 +781,13 @@ def load_paths(database: Database, paths: Sequence[str | os.PathLike[str]] = (),
             other = next(f for f, i in ids.items() if i == ds_id)
             raise LoadError(f"{rows.folder} and {other} both hold SectionDataSet {ds_id}")
         ids[rows.folder] = ds_id
+    copies = {rows.folder: dataset_target(root, rows.product, rows.data_set["id"])
+              for rows in data_sets if not is_inside(rows.folder, root)}
+    for path, enclosing in found.volumes:
+        if enclosing is None and not is_inside(path, root):
+            raise LoadError(f"{path}: a volume outside the data directory {root} and outside any data set folder; "
+                            "load the data set folder that holds it (it is copied in), or put the file inside "
+                            "the data directory")
     unionizes: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for path, enclosing in found.tables:
         kind, rows = _unionize_rows(path, ids.get(enclosing) if enclosing is not None else None, tree)
@@ -746,19 +803,60 @@ def load_paths(database: Database, paths: Sequence[str | os.PathLike[str]] = (),
                 raise LoadError(f"the unionize rows of data set {ds_id} hold structure {k[0]}, hemisphere {k[1]}"
                                 + (f", is_injection {k[2]}" if kind == "projection" else "") + " more than once")
             seen.add(k)
+    return LoadPlan(root, tree, data_sets, ids, unionizes, [p for p, _ in found.tables], found.volumes, copies)
 
-    database.create_schema()
+
+def load_paths(database: Database, paths: Sequence[str | os.PathLike[str]] = (), *,
+               data_dir: str | os.PathLike[str] | None = None, tree: StructureTree | None = None,
+               progress: Callable[[str], None] | None = None, search: bool = True) -> LoadReport:
+    """Load the bundled ontology and everything found under ``paths`` (see the module docstring).
+
+    ``data_dir`` (default: :func:`~brainmap.store.database.data_directory`) is the data directory: data set
+    folders from outside it are copied in, and file paths are stored relative to it. ``tree`` replaces the
+    bundled ontology. ``search``: bring the search stores up to date. Raises :class:`LoadError` (a
+    ``FormatError``) for a malformed input; then nothing is written.
+    """
+    plan = plan_load(paths, data_dir=data_dir, tree=tree, progress=progress)
+    return apply_load(database, plan, progress=progress, search=search)
+
+
+def apply_load(database: Database, plan: LoadPlan, *, progress: Callable[[str], None] | None = None,
+               search: bool = True) -> LoadReport:
+    """Write what :func:`plan_load` read: copies into the data directory, the database (one transaction),
+    then the search stores."""
+    say = progress or (lambda _message: None)
     report = LoadReport()
-    report.data_sets = sorted(ids.values())
-    report.unionize_files = [str(p) for p, _ in found.tables]
+    report.data_sets = sorted(plan.ids.values())
+    report.unionize_files = [str(p) for p in plan.tables]
+    copies = FolderImport()
+    try:
+        for source, target in plan.copies.items():
+            say(f"copying {source} into the data directory as {target.relative_to(plan.root)}")
+            copies.stage(source, target)
+            report.copied.append(f"{source} -> {target}")
+        copies.swap_in()
+        plan.relocate()
+        database.create_schema()
+        _write_database(database, plan, report, say)
+    except BaseException:
+        copies.rollback()
+        raise
+    copies.commit()
+    if search:
+        report.search = _update_search(plan, say)
+    return report
+
+
+def _write_database(database: Database, plan: LoadPlan, report: LoadReport, say: Callable[[str], None]) -> None:
+    unionizes, ids = plan.unionizes, plan.ids
     with database.engine.begin() as conn:
         report.before = _count_rows(conn)
         writer = _Writer(conn, report)
         _load_fixed_rows(writer)
         say("loading the ontology")
-        _load_ontology(writer, tree)
-        say(f"loading {len(data_sets)} data set(s)")
-        _load_data_sets(writer, data_sets)
+        _load_ontology(writer, plan.tree)
+        say(f"loading {len(plan.data_sets)} data set(s)")
+        _load_data_sets(writer, plan.data_sets)
         referenced = sorted({ds_id for _, ds_id in unionizes})
         if referenced:
             t = m.SectionDataSet.__table__
@@ -780,24 +878,53 @@ def load_paths(database: Database, paths: Sequence[str | os.PathLike[str]] = (),
             writer.sync(table, rows, key, {"section_data_set_id": scope})
             if any("id" in r for r in rows):
                 writer.fix_sequence(table)
-        if found.volumes or ids:
-            say(f"registering {len(found.volumes)} volume file(s)")
-            report.volume_files = _load_files(writer, found.volumes, ids, root)
+        if plan.volumes or ids:
+            say(f"registering {len(plan.volumes)} volume file(s)")
+            report.volume_files = _load_files(writer, plan.volumes, ids, plan.root)
         report.after = _count_rows(conn)
-    return report
+
+
+def _update_search(plan: LoadPlan, say: Callable[[str], None]) -> list[str]:
+    """The loaded data sets' rows in the search stores (:func:`brainmap.search.build.update_search_stores`)."""
+    from brainmap.pipeline.run.layout import PipelineFolder
+    from brainmap.search.build import search_source, update_search_stores
+
+    sources = []
+    for rows in plan.data_sets:
+        if rows.data_set["failed"]:
+            continue
+        gene = rows.genes[0]["acronym"] if rows.genes else None
+        source = search_source(rows.data_set["id"], rows.product, rows.plane, gene,
+                               PipelineFolder.of(rows.folder).grids)
+        if source is not None:
+            sources.append(source)
+    if not sources:
+        return []
+    say(f"updating the search stores with {len(sources)} data set(s)")
+    return [str(r) for r in update_search_stores(plan.root, sources)]
 
 
 # -- command line ------------------------------------------------------------------------------------------------
 def run_load_command(dirs: Sequence[str | os.PathLike[str]], *, database_url: str | None = None,
                      data_dir: str | os.PathLike[str] | None = None, out: Callable[[str], None] = print) -> int:
-    """What ``brainmap load DIR...`` does: load, print a summary, return the exit status (0)."""
-    database = open_database(database_url, data_dir)
+    """What ``brainmap load DIR...`` does: check everything, then load; print a summary; the exit status (0).
+
+    Nothing is created (no data directory, no database file) when an input is missing or malformed."""
+    if not dirs:
+        raise LoadError("nothing to load: name data set folders, folders holding them, unionize tables or volumes "
+                        "(e.g. brainmap load brainmap-demo/specimens)")
+    say = lambda message: out(f"  {message}")  # noqa: E731
+    plan = plan_load(dirs, data_dir=data_dir, progress=say)
+    plan.root.mkdir(parents=True, exist_ok=True)
+    database = open_database(database_url, plan.root, create=False)
     try:
+        out(f"data directory: {plan.root}")
         out(f"database: {database.url}")
-        report = load_paths(database, dirs, data_dir=data_dir, progress=lambda message: out(f"  {message}"))
+        report = apply_load(database, plan, progress=say)
         out(report.summary())
     finally:
         database.dispose()
+    out(f"serve it with: brainmap serve --data-dir {data_dir if data_dir is not None else plan.root}")
     return 0
 
 
@@ -805,10 +932,7 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``brainmap load``."""
     parser.add_argument("dirs", nargs="*", type=Path,
                         help="data set folders, folders holding them, unionize tables or volumes")
-    parser.add_argument("--database-url", help="database URL (default $BRAINMAP_DATABASE_URL, else SQLite in the "
-                                               "data directory)")
-    parser.add_argument("--data-dir", type=Path, help="data directory (default $BRAINMAP_DATA_DIR, else "
-                                                      "./brainmap-data)")
+    add_data_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
