@@ -14,13 +14,25 @@ from brainmap.cli import main
 from brainmap.io.nrrd import read_nrrd
 
 
-def test_demo_writes_slices_and_summary(tmp_path, capsys):
+def _appears_in(figure: np.ndarray, picture: np.ndarray) -> bool:
+    """Whether ``picture`` occurs unchanged somewhere in ``figure``."""
+    rows, cols = picture.shape[:2]
+    for r, c in np.argwhere(np.all(figure == picture[0, 0], axis=-1)):
+        if np.array_equal(figure[r:r + rows, c:c + cols], picture):
+            return True
+    return False
+
+
+def test_demo_writes_slices_and_summary(tmp_path, capsys, space100):
     assert main(["demo", "--out", str(tmp_path), "--resolution", "100", "--atlas-only"]) == 0
     printed = capsys.readouterr().out
     assert "1327 structures" in printed and "Isocortex" in printed
-    coronal = np.asarray(Image.open(tmp_path / "annotation_coronal.png"))
-    sagittal = np.asarray(Image.open(tmp_path / "annotation_sagittal.png"))
-    assert coronal.shape == (80, 114, 3) and sagittal.shape == (80, 132, 3)
+    coronal = np.asarray(Image.open(tmp_path / "annotation_coronal.png").convert("RGB"))
+    sagittal = np.asarray(Image.open(tmp_path / "annotation_sagittal.png").convert("RGB"))
+    # Figures: the slice itself, unchanged, inside a larger picture with a title, labels and a scale bar.
+    assert coronal.shape[0] > 80 and coronal.shape[1] > 114 and sagittal.shape[1] > 132
+    assert _appears_in(coronal, space100.get_slice_image("coronal", 7000.0))
+    assert _appears_in(sagittal, space100.get_slice_image("sagittal", 4000.0))
     assert len(np.unique(coronal.reshape(-1, 3), axis=0)) > 20  # many structures, many colours
     summary = (tmp_path / "major_divisions.csv").read_text().splitlines()
     assert summary[0].startswith("structure_id,acronym") and len(summary) == 14  # header, root, 12 divisions
@@ -72,3 +84,37 @@ def test_installed_entry_point_runs():
     result = subprocess.run([exe, "atlas", "structure", "CA1", "--resolution", "100"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "Field CA1" in result.stdout
+
+
+def test_structure_lookup_by_words_of_a_name(capsys):
+    assert main(["atlas", "structure", "primary visual", "--resolution", "100"]) == 0
+    assert capsys.readouterr().out.startswith("VISp  Primary visual area  (id 385)")
+    assert main(["atlas", "structure", "hippocampal", "--resolution", "100"]) == 2
+    assert "HPF (Hippocampal formation)" in capsys.readouterr().err
+
+
+def test_clear_errors_name_what_is_wrong(tmp_path, capsys):
+    assert main(["atlas", "slice", "--position", "5000", "--resolution", "100",
+                 "--out", str(tmp_path / "missing" / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {tmp_path / 'missing'} does not exist" in err and ".tmp" not in err
+    assert main(["specimen", "make", "--product", "connectivity", "--experiment", "112672974", "--plane",
+                 "sagittal", "--out", str(tmp_path / "s")]) == 2
+    assert "sagittal is for ISH" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert main(["search", "differential", "--structures1", "TH", "--structures2", "Isocortex",
+                 "--data-dir", str(tmp_path / "nothing")]) == 2
+    assert "brainmap load" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    from brainmap.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if hasattr(action, "choices") and isinstance(action.choices, dict):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, path + [name])
+            elif action.option_strings and action.help is None:
+                yield " ".join(path + [action.option_strings[-1]])
+
+    assert list(walk(build_parser(), ["brainmap"])) == []

@@ -28,7 +28,8 @@ def test_outline_and_picture(space100):
     assert 0.02 < outline.mean() < 0.3  # lines, not areas
     density = np.zeros(space100.shape)
     density[60:70, 10:20, 30:40] = 0.5
-    picture = projection_picture(density, outline, zoom=2)
+    picture, scale = projection_picture(density, outline, zoom=2)
+    assert scale == 0.5  # the top of the colour scale: the density's 99.5th percentile
     assert picture.shape == (264, 228, 3) and picture.dtype == np.uint8
     assert picture[130, 70, 0] == 255  # the bright block, seen from above
     j, k = np.argwhere(~outline)[0]  # no outline and no density there: black

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     structure.set_defaults(run=_run_structure)
 
     slice_ = atlas_commands.add_parser("slice", help="write an annotation slice image as PNG")
-    slice_.add_argument("--plane", choices=["coronal", "horizontal", "sagittal"], default="coronal")
+    slice_.add_argument("--plane", choices=["coronal", "horizontal", "sagittal"], default="coronal",
+                        help="plane of the slice (default coronal)")
     slice_.add_argument("--position", type=float, required=True, help="position along the plane's axis in um")
     slice_.add_argument("--out", type=Path, required=True, help="PNG file to write")
     _add_space_options(slice_)
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     specimen = commands.add_parser("specimen", help="section data sets: the virtual microscope")
     specimen_commands = specimen.add_subparsers(dest="specimen_command", required=True, metavar="SPECIMEN_COMMAND")
     make = specimen_commands.add_parser("make", help="make a virtual specimen with known ground truth")
-    make.add_argument("--product", choices=["connectivity", "ish"], required=True)
+    make.add_argument("--product", choices=["connectivity", "ish"], required=True,
+                      help="connectivity (serial two-photon, coronal) or ish (in situ hybridization)")
     make.add_argument("--experiment", type=int, help="connectivity: a real experiment id (e.g. 112672974)")
     make.add_argument("--gene", help="ISH: a gene symbol from the ISH experiments table (e.g. Pvalb)")
     make.add_argument("--plane", choices=["coronal", "sagittal"], help="default coronal (sagittal: ISH only)")

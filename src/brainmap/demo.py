@@ -6,8 +6,13 @@
    Knox 2019 / Oh 2014 tables and ISH genes from Allen's P56 ISH table.
 3. Runs the whole pipeline on them (align -> detect -> grid -> unionize; resumable, Dask).
 4. Prints and writes a summary -- for each experiment its top target structures, for each gene its top
-   structures -- and a picture: the maximum-intensity projection of each experiment's projection density over
-   the outline of the annotation, seen from above.
+   structures -- and a figure: the maximum-intensity projection of each experiment's projection density over
+   the outline of the annotation, seen from above (title, colour bar in units, orientation, scale bar).
+5. Ends with the commands that load what it made into a data directory, serve it and search it.
+
+Everything the pipeline measured comes from synthetic images, and the demo says so wherever it prints or draws a
+result: the connectivity specimens follow real experiments' projection volumes, but the ISH genes' patterns are
+the virtual microscope's, drawn at random per gene symbol (``docs/virtual-microscope.md``).
 
 Everything is written into ``out``; a second run reuses the specimens and skips the pipeline stages that are done.
 """
@@ -21,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from brainmap.atlas import ReferenceSpace, StructureTree
+from brainmap.figures import Colorbar, heat_colormap, write_figure
 from brainmap.io.atomic import atomic_write
-from brainmap.io.png import write_png
 
 #: Structure set "Brain - Major Divisions" (12 structures: isocortex, olfactory areas, hippocampal formation, ...).
 MAJOR_DIVISIONS_SET = 687527670
@@ -35,9 +40,13 @@ CORONAL_POSITION_UM = 7000.0
 SAGITTAL_POSITION_UM = 4000.0
 
 #: The demo's specimens: real connectivity experiments (injections in entorhinal area and primary visual cortex)
-#: and ISH genes.
+#: and ISH genes: one sagittal, three coronal (each of Allen's expression search sets, sagittal ``mouse`` and
+#: coronal ``mouse_coronal``, has rows; AGEA needs three data sets with data at its seed).
 DEMO_EXPERIMENTS = (112672974, 100141219)
-DEMO_GENES = ("Pvalb", "Calb1")
+DEMO_GENES = (("Pvalb", "sagittal"), ("Calb1", "coronal"), ("Gad1", "coronal"), ("Slc17a7", "coronal"))
+#: Picture zoom: each 100 um voxel of a top view is drawn as ZOOM x ZOOM pixels.
+ZOOM = 4
+SYNTHETIC_NOTE = "synthetic: the virtual microscope's images, not Allen's"
 #: Coarse pixels keep the demo to minutes on two cores (the defaults are 10 and 8 um).
 DEMO_PIXEL_SIZE_UM = {"connectivity": 50.0, "ish": 40.0}
 
@@ -92,16 +101,19 @@ def top_view_outline(space: ReferenceSpace) -> np.ndarray:
     return edges
 
 
-def projection_picture(density: np.ndarray, outline: np.ndarray, zoom: int = 4) -> np.ndarray:
-    """RGB (AP, LR) uint8: the max-intensity projection (over DV) of ``density`` in a heat scale, outline in white,
-    each voxel drawn as ``zoom`` x ``zoom`` pixels."""
+#: The top views' colour scale: t ** GAMMA of the density over the colour bar's top.
+GAMMA = 0.5
+
+
+def projection_picture(density: np.ndarray, outline: np.ndarray, zoom: int = ZOOM) -> tuple[np.ndarray, float]:
+    """RGB (AP, LR) uint8: the max-intensity projection (over DV) of ``density`` in a heat scale (``t ** 0.5`` of
+    the density over its 99.5th percentile), outline in light grey, each voxel drawn as ``zoom`` x ``zoom`` pixels;
+    and the density at the top of the scale."""
     mip = np.max(np.where(density > 0, density, 0.0), axis=1)
-    scale = np.quantile(mip[mip > 0], 0.995) if np.any(mip > 0) else 1.0
-    t = np.clip(mip / scale, 0, 1) ** 0.5
-    rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1)
-    rgb[outline] = 0.85
-    picture = (rgb * 255).astype(np.uint8)
-    return np.repeat(np.repeat(picture, zoom, axis=0), zoom, axis=1)
+    scale = float(np.quantile(mip[mip > 0], 0.995)) if np.any(mip > 0) else 1.0
+    picture = heat_colormap(np.clip(mip / scale, 0, 1) ** GAMMA)
+    picture[outline] = 217
+    return np.repeat(np.repeat(picture, zoom, axis=0), zoom, axis=1), scale
 
 
 def _atlas_summary(space: ReferenceSpace, out: Path) -> dict[str, Path]:
@@ -112,9 +124,19 @@ def _atlas_summary(space: ReferenceSpace, out: Path) -> dict[str, Path]:
     print(f"  ontology    {len(space.structure_tree)} structures; {int((labels > 0).sum())} label the annotation directly")
     table = major_division_volumes(space)
     print(table.to_string(index=False, float_format=lambda v: f"{v:8.2f}"))
+    pixel_um = float(space.resolution[0])
     written = {
-        "coronal": write_png(out / "annotation_coronal.png", space.get_slice_image("coronal", CORONAL_POSITION_UM)),
-        "sagittal": write_png(out / "annotation_sagittal.png", space.get_slice_image("sagittal", SAGITTAL_POSITION_UM)),
+        "coronal": write_figure(out / "annotation_coronal.png", space.get_slice_image("coronal", CORONAL_POSITION_UM),
+                                title=f"CCF 2017 annotation, coronal plane at {CORONAL_POSITION_UM:g} um",
+                                subtitle="structures in the ontology's colours", pixel_size_um=pixel_um,
+                                orientation={"top": "dorsal", "bottom": "ventral", "left": "L", "right": "R"}),
+        "sagittal": write_figure(out / "annotation_sagittal.png",
+                                 space.get_slice_image("sagittal", SAGITTAL_POSITION_UM),
+                                 title=f"CCF 2017 annotation, sagittal plane at {SAGITTAL_POSITION_UM:g} um",
+                                 subtitle="left hemisphere; structures in the ontology's colours",
+                                 pixel_size_um=pixel_um,
+                                 orientation={"top": "dorsal", "bottom": "ventral", "left": "anterior",
+                                              "right": "posterior"}),
     }
     with atomic_write(out / "major_divisions.csv", "w", newline="") as fh:
         table.to_csv(fh, index=False)
@@ -127,7 +149,7 @@ def _make_specimens(folder: Path) -> list[Path]:
     from brainmap.specimen.synthetic import make_specimen
 
     plans = [("connectivity", f"connectivity_{e}", {"experiment_id": e}) for e in DEMO_EXPERIMENTS]
-    plans += [("ish", f"ish_{g}", {"gene": g}) for g in DEMO_GENES]
+    plans += [("ish", f"ish_{g}_{plane}", {"gene": g, "plane": plane}) for g, plane in DEMO_GENES]
     folders = []
     for product, name, what in plans:
         target = folder / name
@@ -140,7 +162,7 @@ def _make_specimens(folder: Path) -> list[Path]:
 
 def _pipeline_summary(folders: list[Path], tree: StructureTree, out: Path) -> dict[str, Path]:
     from brainmap.io.nrrd import read_nrrd
-    from brainmap.pipeline.run.runner import GRID_DIR, PIPELINE_DIR, UNIONIZE_FILE
+    from brainmap.pipeline.run.layout import PipelineFolder
     from brainmap.specimen.folder import read_dataset
 
     space100 = ReferenceSpace.bundled(100)
@@ -148,20 +170,31 @@ def _pipeline_summary(folders: list[Path], tree: StructureTree, out: Path) -> di
     tables, written = [], {}
     for folder in folders:
         dataset = read_dataset(folder, check_files=False)
-        unionizes = pd.read_csv(folder / PIPELINE_DIR / UNIONIZE_FILE)
+        layout = PipelineFolder.of(folder)
+        unionizes = pd.read_csv(layout.unionize)
         if dataset.product == "connectivity":
             top = top_structures(unionizes, tree, "normalized_projection_volume")
-            what = f"experiment {dataset.id} ({dataset.metadata.get('structure_abbrev', '?')} injection)"
-            density, _ = read_nrrd(folder / PIPELINE_DIR / GRID_DIR / "projection_density_100.nrrd")
-            written[f"projection_{dataset.id}"] = write_png(out / f"projection_density_top_view_{dataset.id}.png",
-                                                            projection_picture(density, outline))
+            injection = dataset.metadata.get("structure_abbrev", "?")
+            what = (f"experiment {dataset.id} ({injection} injection; {SYNTHETIC_NOTE}, rendered from the real "
+                    "experiment's projection volumes)")
+            density, _ = read_nrrd(layout.grid_file("projection_density_100.nrrd"))
+            picture, scale = projection_picture(density, outline)
+            written[f"projection_{dataset.id}"] = write_figure(
+                out / f"projection_density_top_view_{dataset.id}.png", picture,
+                title=f"Projection density, experiment {dataset.id} ({injection} injection), top view",
+                subtitle=f"maximum over depth; {SYNTHETIC_NOTE}", pixel_size_um=100.0 / ZOOM,
+                colorbar=Colorbar(0.0, scale, "projection density (fraction of voxel)", gamma=GAMMA),
+                orientation={"top": "anterior", "bottom": "posterior", "left": "L", "right": "R"})
         else:
             top = top_structures(unionizes, tree, "expression_energy")
-            what = f"gene {dataset.metadata.get('gene', '?')} (data set {dataset.id})"
+            gene = dataset.metadata.get("gene", "?")
+            what = (f"gene {gene} (data set {dataset.id}, {dataset.plane}; {SYNTHETIC_NOTE}: a random pattern "
+                    f"drawn for the symbol, not {gene}'s real expression)")
         print(f"\n  top structures of {what}:")
         print(top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         top.insert(0, "section_data_set_id", dataset.id)
         top.insert(1, "product", dataset.product)
+        top.insert(2, "synthetic", True)
         tables.append(top.rename(columns={"normalized_projection_volume": "value", "expression_energy": "value"}))
     with atomic_write(out / "top_structures.csv", "w", newline="") as fh:
         pd.concat(tables, ignore_index=True).to_csv(fh, index=False)
@@ -181,7 +214,7 @@ def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | Non
         from brainmap.pipeline.run import RunSettings, run_pipeline, summarize_runs
 
         print("\nmaking virtual specimens (connectivity experiments %s; ISH genes %s)"
-              % (", ".join(map(str, DEMO_EXPERIMENTS)), ", ".join(DEMO_GENES)))
+              % (", ".join(map(str, DEMO_EXPERIMENTS)), ", ".join(f"{g} {p}" for g, p in DEMO_GENES)))
         folders = _make_specimens(out / "specimens")
         print("running the pipeline: align -> detect -> grid -> unionize")
         settings = RunSettings(reference_resolution_um=50, grid_resolution_um=100)
@@ -191,4 +224,17 @@ def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | Non
     for path in written.values():
         print(f"  wrote {path}")
     print(f"done in {time.perf_counter() - started:.1f} s")
+    if specimens:
+        print(next_steps(out))
     return written
+
+
+def next_steps(out: str | Path) -> str:
+    """The commands that take what the demo made further: load, serve, search (``out`` as the user gave it)."""
+    specimens = Path(out) / "specimens"
+    return "\n".join([
+        "\nnext: load the results into a data directory (with its database and search stores), then serve and search:",
+        f"  brainmap load {specimens} --data-dir brainmap-data",
+        "  brainmap serve --data-dir brainmap-data          # http://127.0.0.1:8000/viewer and the Allen API",
+        "  brainmap search source --injection-structures VISp --data-dir brainmap-data",
+    ])
