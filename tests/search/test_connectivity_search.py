@@ -13,7 +13,7 @@ from brainmap.atlas import ReferenceSpace
 from brainmap.data import tables
 from brainmap.errors import BrainmapError, UnknownStructureError
 from brainmap.pipeline.unionize import unionize_projection
-from brainmap.search import MatrixStore, SearchInputError, UnknownDataSetError
+from brainmap.search import MatrixStore, MissingSearchDataError, SearchInputError, UnknownDataSetError
 from brainmap.search.connectivity import (
     ConnectivitySearch,
     allen_record,
@@ -484,9 +484,14 @@ def test_every_search_validates_its_inputs(world):
         run_service(search, "mouse_connectivity_target_spatial", seed_point="8800,1100,8070", colour="red")
     with pytest.raises(SearchInputError, match="unknown connectivity service"):
         run_service(search, "mouse_connectivity_everything")
-    with pytest.raises(BrainmapError, match="store"):
-        ConnectivitySearch(world["experiments"]).spatial([8800, 1100, 8070])
-    with pytest.raises(BrainmapError, match="unionize"):
+    # Missing search data: a LookupError (a server's 404, not a 500) naming the command that builds it.
+    from brainmap.server.errors import status_of
+
+    for call in (lambda s: s.spatial([8800, 1100, 8070]), lambda s: s.correlation(world["experiments"]["id"][0])):
+        with pytest.raises(MissingSearchDataError, match="brainmap load") as missing:
+            call(ConnectivitySearch(world["experiments"]))
+        assert status_of(missing.value) == 404
+    with pytest.raises(MissingSearchDataError, match="unionize"):
         ConnectivitySearch(world["experiments"]).target("LGd")
 
 
