@@ -369,7 +369,7 @@ def test_closed_loop_recovers_the_real_projection_volumes(experiment_id, tmp_pat
           f"with signal (real NPV >= {loop.floor_npv:.2g}) of {loop.n}; {result.sections} sections")
     assert loop.n > 550 and loop.n_signal >= 50
     assert loop.spearman >= 0.9
-    injection_mm3 = dataset.metadata["injection_volume_mm3"]
+    injection_mm3 = dataset.metadata["injection_volume"]
     injection = table[table["is_injection"] & (table["structure_id"] == 997) & (table["hemisphere_id"] == 3)]
     assert injection["projection_volume"].iloc[0] == pytest.approx(injection_mm3, rel=0.6)
 

@@ -155,7 +155,7 @@ def test_connectivity_folder(conn):
     record = connectivity_experiment(EXPERIMENT)
     assert dataset.metadata["injection_coordinates_um"] == [record["injection_x"], record["injection_y"],
                                                             record["injection_z"]]
-    assert dataset.metadata["injection_volume_mm3"] == record["injection_volume"]
+    assert dataset.metadata["injection_volume"] == record["injection_volume"]
     truth = read_truth(conn)
     assert set(truth.alignment2d) == {image.id for image in dataset.images}
     assert truth.signal_density.shape == truth.injection_fraction.shape == (132, 80, 114)
@@ -222,7 +222,7 @@ def test_injection_site_at_the_real_coordinate(conn):
     idx = np.argwhere(f > 0)
     centroid = ((idx + 0.5) * truth.resolution_um * f[f > 0][:, None]).sum(0) / f.sum()
     assert np.linalg.norm(centroid - center) < 100.0
-    assert f.sum() * truth.resolution_um ** 3 * 1e-9 == pytest.approx(dataset.metadata["injection_volume_mm3"],
+    assert f.sum() * truth.resolution_um ** 3 * 1e-9 == pytest.approx(dataset.metadata["injection_volume"],
                                                                          rel=0.1)
 
 
@@ -235,7 +235,7 @@ def test_connectivity_truth_meets_the_normalized_projection_volumes(conn, space1
                    & (profile["injection_voxels"] == 0)]
     assert len(used) > 300
     np.testing.assert_allclose(used["achieved_npv"], used["normalized_projection_volume"] * scale, rtol=1e-6)
-    injection_volume = read_dataset(conn).metadata["injection_volume_mm3"]
+    injection_volume = read_dataset(conn).metadata["injection_volume"]
     voxel_mm3 = truth.resolution_um ** 3 * 1e-9
     for _, row in used.nlargest(5, "normalized_projection_volume").iterrows():
         mask = space100.make_structure_mask([int(row["structure_id"])])
