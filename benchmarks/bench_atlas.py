@@ -2,6 +2,8 @@
 
 Targets (issue 2, this 2-core machine): building the label index <= 3 s; the root mask (all 1,300+ descendants)
 <= 0.3 s; direct and total voxel counts of all structures <= 1.5 s; peak memory <= 3x the annotation array.
+Issue 18: the total voxel counts of every structure (one pass over the compact labels, a prefix sum) <= 0.25 s,
+>= 20x AllenSDK's ``ReferenceSpace.total_voxel_counts()`` on the same annotation (:data:`ALLENSDK_TOTAL_COUNTS_S`).
 For scale, the common approach -- one full-volume comparison per descendant -- is timed on a sample of
 descendants in the same run and extrapolated to all of them.
 """
@@ -17,6 +19,11 @@ from benchmarks.report import Figure, best_of
 from brainmap.atlas import ReferenceSpace, StructureTree, bundled
 from brainmap.atlas.label_index import LabelIndex
 from brainmap.io.nrrd import read_nrrd
+
+#: AllenSDK 2.16.2's ``ReferenceSpace(tree, annotation_25, [25] * 3).total_voxel_counts()`` on the bundled 25 um
+#: annotation, best of 3, in a Python 3.11 venv with ``pip install allensdk==2.16.2``, this machine, quiet:
+#: ``benchmarks/allensdk_counts.py`` (run with that venv's python) prints it.
+ALLENSDK_TOTAL_COUNTS_S = 5.5
 
 
 def run() -> list[Figure]:
@@ -34,6 +41,8 @@ def run() -> list[Figure]:
         space.total_voxel_counts()
 
     counts_s, _ = best_of(all_counts, repeat=3)
+    space.total_voxel_counts()  # compiled and warm
+    total_s, _ = best_of(space.total_voxel_counts, repeat=5)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
@@ -49,6 +58,9 @@ def run() -> list[Figure]:
         Figure("label index build (25 um, 77 M voxels)", build_s, 3.0, "s"),
         Figure("root mask (with all 1,327 structures)", root_s, 0.3, "s"),
         Figure("direct + total voxel counts of every structure", counts_s, 1.5, "s"),
+        Figure("total voxel counts of every structure (25 um)", total_s, 0.25, "s"),
+        Figure("speed-up over AllenSDK's total_voxel_counts", ALLENSDK_TOTAL_COUNTS_S / total_s, 20.0, "x",
+               better="higher", note=f"AllenSDK {ALLENSDK_TOTAL_COUNTS_S:g} s (benchmarks/allensdk_counts.py)"),
         Figure("peak traced memory / annotation array", peak / annotation.nbytes, 3.0, "x",
                note=f"peak {peak / 2**20:.0f} MiB, annotation {annotation.nbytes / 2**20:.0f} MiB, loading included"),
         Figure("naive root mask, one pass per descendant", naive_s, None, "s",

