@@ -49,6 +49,7 @@ from brainmap.atlas import StructureTree
 from brainmap.errors import BrainmapError, FormatError
 from brainmap.store import models as m
 from brainmap.store.database import Database, data_directory, open_database
+from brainmap.store.validate import check_csv_table, load_lock
 
 __all__ = [
     "CONNECTIVITY_PRODUCT_ID",
@@ -399,9 +400,10 @@ def _read_table(path: Path) -> Any:
                 return pd.read_parquet(path)
             except ImportError as exc:
                 raise LoadError(f"{path}: reading parquet needs pyarrow ({exc})") from None
+        check_csv_table(path)  # whole rows only: a file cut mid-row fails here (store/validate.py)
         return pd.read_csv(path)
-    except LoadError:
-        raise
+    except FormatError as exc:
+        raise LoadError(str(exc)) from None
     except Exception as exc:  # pandas raises many kinds; name the file
         raise LoadError(f"{path}: cannot be read as a table: {exc}") from exc
 
@@ -747,6 +749,13 @@ def load_paths(database: Database, paths: Sequence[str | os.PathLike[str]] = (),
                                 + (f", is_injection {k[2]}" if kind == "projection" else "") + " more than once")
             seen.add(k)
 
+    with load_lock(database, say):  # one load at a time per database (store/validate.py)
+        return _write(database, tree, found, data_sets, ids, unionizes, root, say)
+
+
+def _write(database: Database, tree: StructureTree, found: _Found, data_sets: list[_DataSetRows],
+           ids: dict[Path, int], unionizes: dict[tuple[str, int], list[dict[str, Any]]], root: Path,
+           say: Callable[[str], None]) -> LoadReport:
     database.create_schema()
     report = LoadReport()
     report.data_sets = sorted(ids.values())
@@ -791,7 +800,7 @@ def load_paths(database: Database, paths: Sequence[str | os.PathLike[str]] = (),
 def run_load_command(dirs: Sequence[str | os.PathLike[str]], *, database_url: str | None = None,
                      data_dir: str | os.PathLike[str] | None = None, out: Callable[[str], None] = print) -> int:
     """What ``brainmap load DIR...`` does: load, print a summary, return the exit status (0)."""
-    database = open_database(database_url, data_dir)
+    database = open_database(database_url, data_dir, create=False)  # the schema is made under the load lock
     try:
         out(f"database: {database.url}")
         report = load_paths(database, dirs, data_dir=data_dir, progress=lambda message: out(f"  {message}"))
