@@ -39,6 +39,13 @@ def _read_all(sock: socket.socket, limit_s: float) -> bytes:
     return b"".join(chunks)
 
 
+def one_backend(server: Any) -> None:
+    """Protocol-level checks (before any database work) run on the SQLite server only: the same code answers
+    both backends, and each check costs seconds."""
+    if server.backend != "sqlite":
+        pytest.skip("protocol-level: checked on the SQLite server (the same middleware and protocol answer both)")
+
+
 def _envelope(response: Any) -> dict[str, Any]:
     body = response.json()
     assert body["success"] is False and isinstance(body["msg"], str) and body["msg"], body
@@ -76,7 +83,8 @@ def test_ids_beyond_64_bits_are_400(http, url):
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity", "1e999"])
-def test_non_finite_numbers_are_400(http, value):
+def test_non_finite_numbers_are_400(http, value, server):
+    one_backend(server)
     for url in (f"/viewer/slice/annotation.png?plane=coronal&position={value}",
                 f"/viewer/slice/101.png?plane=coronal&position={value}",
                 f"/api/v2/image_to_reference/100000.json?x={value}&y=2",
@@ -119,6 +127,7 @@ def test_too_many_parameters_is_400(http):
 def test_many_parameter_names_do_not_block_the_server(server, http):
     """Four requests with 14,000-16,000 parameter names blocked /health for 12-30 s (quadratic checks on the
     event loop); now each is refused from its length and /health answers meanwhile."""
+    one_backend(server)
     host, port = _address(server)
 
     def hostile(n: int) -> bytes:
@@ -150,6 +159,7 @@ def test_the_model_form_checks_parameters_in_linear_time():
 
 
 def test_url_too_long_closes_the_connection(server):
+    one_backend(server)
     host, port = _address(server)
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(b"GET /api/v2/data/query.json?criteria=" + b"x" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -160,6 +170,7 @@ def test_url_too_long_closes_the_connection(server):
 def test_a_body_is_refused_without_being_read(server):
     """An endless chunked POST to a 405 route was read for 10 s; now it is answered 413 and the connection
     closed at once."""
+    one_backend(server)
     host, port = _address(server)
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -179,6 +190,7 @@ def test_a_body_is_refused_without_being_read(server):
 
 @pytest.mark.parametrize("path", ["/api/v2/data/query.json?criteria=model::Structure", "/health"])
 def test_a_get_with_a_body_is_413(server, path):
+    one_backend(server)
     host, port = _address(server)
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n".encode() + b"a" * 100)
@@ -190,6 +202,7 @@ def test_a_get_with_a_body_is_413(server, path):
 def test_slow_clients_are_timed_out(server, http):
     """1,500 half-sent requests stayed open; now every one is closed once the header deadline passes, and the
     server answers meanwhile."""
+    one_backend(server)
     host, port = _address(server)
     sockets = []
     try:
@@ -224,6 +237,7 @@ def _examples() -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("template", sorted(_examples()))
 def test_head_on_every_get_route(http, template, server):
+    one_backend(server)
     url = _examples()[template][0]
     if "GRID_ZIP" in url:
         url = url.replace("GRID_ZIP", str(_grid_zip_id(server)))
