@@ -346,7 +346,13 @@ def test_token_is_required_by_every_route_but_health(server_data, processes, tmp
     script = ("import sys\nfrom brainmap.server.serve import run_server\n"
               "run_server(sys.argv[1], sys.argv[2], '127.0.0.1', int(sys.argv[3]), workers=1, token='s3cret', "
               "warm_up=False)\n")
-    url = f"sqlite:///{server_data.root / 'brainmap.sqlite'}"
+    from brainmap.store.database import open_database
+    from brainmap.store.load import load_paths
+
+    url = f"sqlite:///{tmp_path / 'token.sqlite'}"
+    database = open_database(url)
+    load_paths(database, [server_data.root], data_dir=server_data.root)
+    database.dispose()
     process = subprocess.Popen([sys.executable, "-c", script, str(server_data.root), url, str(port)],
                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr", "wb"), env=os.environ)
     base = f"http://127.0.0.1:{port}"
@@ -368,6 +374,13 @@ def test_token_is_required_by_every_route_but_health(server_data, processes, tmp
         assert allowed.status_code == 200 and allowed.json()["msg"][0]["id"] == 385
         for path in ("/viewer", "/api/v2/annotation/100", "/docs", "/openapi.json"):
             assert httpx.get(base + path, timeout=10).status_code == 401, path
+        from brainmap.sdk.errors import ApiError
+        from brainmap.sdk.http import HttpClient
+
+        assert HttpClient(base, token="s3cret").get_json(query)["msg"][0]["id"] == 385  # the SDK sends it
+        with pytest.raises(ApiError) as error:
+            HttpClient(base, token="", retries=0).get_json(query)
+        assert error.value.status == 401
     finally:
         stop_server(process)
 
