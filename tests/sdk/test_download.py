@@ -236,3 +236,49 @@ def test_a_copied_cache_is_rehashed_not_refetched(flaky_files, tmp_path):
     os.utime(target, ns=(2, 2))
     assert not is_verified(target)
     assert not downloader.fetch("/file", target).cached and target.read_bytes() == flaky_files.payload
+
+
+def _flip_keeping_size_and_time(path) -> None:
+    """Change one byte of ``path`` and put back its modification time: what the quick check cannot see."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_full_verification_downloads_a_corrupt_file_again(sdk_server, mcc_factory):
+    """verify="full" saw the corrupt file but ``Downloader.fetch`` re-checked quickly and handed it on."""
+    mcc_factory().get_data_mask(101)
+    path = mcc_factory().store.path("VOLUME", experiment_id=101, volume="data_mask", resolution=100)
+    _flip_keeping_size_and_time(path)
+    assert is_verified(path) and not is_verified(path, full=True)
+    volume, _ = mcc_factory(verify="full").get_data_mask(101)
+    np.testing.assert_array_equal(volume, sdk_server.data.projection_101["data_mask"])
+    assert is_verified(path, full=True)
+
+
+def test_full_verification_in_the_downloader_itself(flaky_files, tmp_path):
+    downloader = Downloader(HttpClient(flaky_files.url), progress=False)
+    target = tmp_path / "f.bin"
+    downloader.fetch("/file", target)
+    _flip_keeping_size_and_time(target)
+    assert downloader.fetch("/file", target).cached  # the quick check cannot see it (by design)
+    result = downloader.fetch("/file", target, full=True)
+    assert not result.cached and target.read_bytes() == flaky_files.payload
+
+
+def test_a_flipped_byte_in_a_cached_json_answer_is_not_served(sdk_server, mcc_factory):
+    """In quick mode a flipped byte in a cached JSON answer was served (an altered structure id)."""
+    tree = mcc_factory().get_structure_tree().get_structures_by_id([385])[0]
+    path = mcc_factory().store.path("STRUCTURE_TREE", structure_graph_id=1)
+    text = path.read_bytes()
+    at = text.index(b'"id": 385') + len(b'"id": 38')
+    altered = text[:at] + b"6" + text[at + 1:]  # id 385 -> 386, same size
+    stat = path.stat()
+    path.write_bytes(altered)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert is_verified(path)  # the quick check passes ...
+    again = mcc_factory().get_structure_tree().get_structures_by_id([385])[0]
+    assert again == tree  # ... but the answer's checksum does not: it is fetched again
+    assert path.read_bytes() == text

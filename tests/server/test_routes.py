@@ -120,10 +120,12 @@ def test_workers_all_answer(server):
     """The SQLite server runs ``brainmap serve``'s default of 2 worker processes; each answers."""
     import httpx
 
-    pids = set()
+    pids: set[int] = set()
     deadline = time.monotonic() + 30
     while len(pids) < server.workers and time.monotonic() < deadline:
-        pids.add(httpx.get(server.url("/health"), timeout=10).json()["pid"])  # a new connection each time
+        httpx.get(server.url("/health?probe=workers"), timeout=10)  # a new connection each time
+        time.sleep(0.3)  # the request log is flushed every 0.25 s
+        pids = {r["pid"] for r in server.log_records() if r.get("query") == "probe=workers"}
     assert len(pids) == server.workers
 
 

@@ -13,8 +13,10 @@ files would (including ``.mha`` members and compressed data).
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import posixpath
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +26,7 @@ import numpy as np
 
 from brainmap.errors import FormatError
 from brainmap.io.atomic import atomic_write
+from brainmap.io.limits import MAX_HEADER_BYTES, open_regular, read_capped
 from brainmap.io.metaimage import MetaImageHeader, decode_metaimage_data, encode_metaimage, parse_metaimage_header
 
 __all__ = ["grid_bundle_bytes", "read_grid_bundle", "write_grid_bundle"]
@@ -31,6 +34,13 @@ __all__ = ["grid_bundle_bytes", "read_grid_bundle", "write_grid_bundle"]
 PathLike = str | os.PathLike[str]
 _HEADER_SUFFIXES = (".mhd", ".mha")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # a constant member time makes bundles reproducible byte for byte
+#: The largest volume a bundle may hold by default (512 MiB): a 10 um float32 grid of the whole brain is 4.8 GB,
+#: Allen's grid downloads are 25-200 um (at most 308 MB). Bundles come from remote servers: a lying one must not
+#: exhaust the client's memory.
+MAX_VOLUME_BYTES = 1 << 29
+_DEFLATE_MAX_RATIO = 1032
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
+               NotImplementedError, RuntimeError, ValueError, OverflowError, struct.error, KeyError, IndexError)
 
 
 def _display_name(source: PathLike | bytes | IO[bytes]) -> str:
@@ -46,19 +56,37 @@ def _display_name(source: PathLike | bytes | IO[bytes]) -> str:
 def _open_zip(source: PathLike | bytes | IO[bytes], name: str) -> zipfile.ZipFile:
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        source = open_regular(source, name)  # never blocks on a FIFO; ZipFile closes it
     try:
         return zipfile.ZipFile(source)
     except zipfile.BadZipFile as exc:
         raise FormatError(f"{name}: not a grid-data bundle (not a zip file: {exc})") from None
-    except (EOFError, ValueError) as exc:  # truncated streams may raise these from the central directory
+    except _ZIP_ERRORS as exc:  # truncated or damaged central directories raise these
         raise FormatError(f"{name}: not a grid-data bundle (not a readable zip file: {exc})") from None
 
 
-def _member_bytes(archive: zipfile.ZipFile, member: str, name: str) -> bytes:
+def _member_bytes(archive: zipfile.ZipFile, member: str, name: str, cap: int) -> bytes:
+    """A member's bytes, refusing one that is encrypted or holds more than ``cap`` bytes (checked against the
+    zip's own record first, then while decompressing)."""
+    info = archive.getinfo(member)
+    if info.flag_bits & 0x1:
+        raise FormatError(f"{name}: member {member!r} is encrypted")
+    if info.file_size > cap:
+        raise FormatError(f"{name}: member {member!r} is longer than its header allows (it holds "
+                          f"{info.file_size:,} bytes, at most {cap:,} expected)")
+    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 64:
+        raise FormatError(f"{name}: member {member!r} claims {info.file_size:,} bytes from {info.compress_size:,} "
+                          "compressed bytes, more than deflate can hold")
     try:
-        return archive.read(member)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
-        raise FormatError(f"{name}: member {member!r} cannot be read ({exc})") from None
+        with archive.open(info) as fh:
+            return bytes(read_capped(fh.read, cap, f"{name}: {member}", "the member"))
+    except FormatError:
+        raise
+    except MemoryError:
+        raise FormatError(f"{name}: member {member!r} is too large to read ({info.file_size:,} bytes)") from None
+    except _ZIP_ERRORS as exc:
+        raise FormatError(f"{name}: member {member!r} cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def _volume_members(archive: zipfile.ZipFile, name: str) -> dict[str, str]:
@@ -74,11 +102,28 @@ def _volume_members(archive: zipfile.ZipFile, name: str) -> dict[str, str]:
     return volumes
 
 
-def _read_volume(archive: zipfile.ZipFile, member: str, name: str) -> tuple[np.ndarray, MetaImageHeader]:
+def _data_cap(header: MetaImageHeader, source: str, max_volume_bytes: int) -> int:
+    """The most bytes a volume's data may take in the zip (its exact size when uncompressed)."""
+    nbytes = header.nbytes
+    if nbytes > max_volume_bytes:
+        raise FormatError(f"{source}: DimSize {' x '.join(map(str, header.dim_size))} {header.element_type} is "
+                          f"{nbytes:,} bytes, more than the {max_volume_bytes:,} a grid bundle volume may hold")
+    if header.compressed_data:
+        return nbytes + nbytes // 64 + (1 << 16) + max(header.header_size, 0)  # zlib's worst-case expansion
+    return nbytes + max(header.header_size, 0) if header.header_size != -1 else nbytes + MAX_HEADER_BYTES
+
+
+def _read_volume(archive: zipfile.ZipFile, member: str, name: str,
+                 max_volume_bytes: int) -> tuple[np.ndarray, MetaImageHeader]:
     source = f"{name}: {member}"
-    raw = _member_bytes(archive, member, name)
-    header, data_offset = parse_metaimage_header(raw, source)
+    local = member.lower().endswith(".mha")
+    raw = _member_bytes(archive, member, name, MAX_HEADER_BYTES + (max_volume_bytes * 2 if local else 0))
+    header, data_offset = parse_metaimage_header(raw[:MAX_HEADER_BYTES], source)
+    cap = _data_cap(header, source, max_volume_bytes)
     if header.element_data_file.upper() == "LOCAL":
+        if len(raw) - data_offset > cap:
+            raise FormatError(f"{source}: LOCAL data hold {len(raw) - data_offset:,} bytes, more than the {cap:,} "
+                              "DimSize and ElementType allow")
         return decode_metaimage_data(header, memoryview(raw)[data_offset:], source, f"{member} (LOCAL data)"), header
     data_member = posixpath.normpath(posixpath.join(posixpath.dirname(member), header.element_data_file))
     try:
@@ -87,12 +132,16 @@ def _read_volume(archive: zipfile.ZipFile, member: str, name: str) -> tuple[np.n
         raise FormatError(
             f"{name}: {member} names data file {data_member!r} (ElementDataFile), which is not in the bundle"
         ) from None
-    payload = _member_bytes(archive, data_member, name)
-    return decode_metaimage_data(header, payload, source, repr(data_member)), header
+    payload = _member_bytes(archive, data_member, name, cap)
+    try:
+        return decode_metaimage_data(header, payload, source, repr(data_member)), header
+    except MemoryError:
+        raise FormatError(f"{source}: not enough memory for DimSize {' x '.join(map(str, header.dim_size))}") from None
 
 
 def read_grid_bundle(
-    source: PathLike | bytes | IO[bytes], include: Iterable[str] | None = None
+    source: PathLike | bytes | IO[bytes], include: Iterable[str] | None = None, *,
+    max_volume_bytes: int = MAX_VOLUME_BYTES,
 ) -> dict[str, tuple[np.ndarray, MetaImageHeader]]:
     """Read the volumes of a grid-data zip bundle (a path, the zip's bytes, or a binary file object).
 
@@ -101,7 +150,8 @@ def read_grid_bundle(
     ``["energy", "density"]``), returned in that order; by default every volume, in zip order.
 
     Raises FormatError naming the bundle (and the member) if the bundle is not a zip, a requested volume is
-    absent, a header names a data file that is not in the zip, or a data file has the wrong size.
+    absent, a header names a data file that is not in the zip, or a data file has the wrong size, and for a volume
+    of more than ``max_volume_bytes`` (checked before anything is decompressed).
     """
     name = _display_name(source)
     with _open_zip(source, name) as archive:
@@ -116,7 +166,7 @@ def read_grid_bundle(
                     raise FormatError(
                         f"{name}: the bundle has no volume {volume!r} (no {volume}.mhd; volumes present: {have})"
                     )
-        return {volume: _read_volume(archive, members[volume], name) for volume in wanted}
+        return {volume: _read_volume(archive, members[volume], name, max_volume_bytes) for volume in wanted}
 
 
 def _check_name(volume: str) -> None:

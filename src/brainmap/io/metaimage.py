@@ -19,6 +19,7 @@ reader shares it; :func:`read_metaimage` adds the file handling. Every malformed
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ import numpy as np
 
 from brainmap.errors import FormatError
 from brainmap.io.atomic import atomic_write
+from brainmap.io.limits import MAX_HEADER_BYTES, array_nbytes, decompress_exact, open_regular
 
 __all__ = [
     "ELEMENT_TYPES",
@@ -85,7 +87,7 @@ _KEYS = {
 _SYNONYMS = {"elementbyteordermsb": "BinaryDataByteOrderMSB", "position": "Offset", "origin": "Offset"}
 _TRUE = {"true", "t", "1", "yes"}
 _FALSE = {"false", "f", "0", "no"}
-_MAX_HEADER_BYTES = 1 << 20
+_MAX_HEADER_BYTES = MAX_HEADER_BYTES
 
 
 @dataclass
@@ -126,7 +128,7 @@ class MetaImageHeader:
     @property
     def nbytes(self) -> int:
         """Size of the uncompressed data in bytes."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 # ------------------------------------------------------------------------------------------------- parsing
@@ -250,32 +252,27 @@ def parse_metaimage_header(raw: bytes, source: str) -> tuple[MetaImageHeader, in
         channels=channels,
         extra=other,
     )
+    array_nbytes(header.shape, header.dtype.itemsize, source, "DimSize x ElementNumberOfChannels")
     edf = header.element_data_file
+    if "\0" in edf:
+        raise FormatError(f"{source}: ElementDataFile = {edf!r} holds a NUL character")
     if edf.upper().startswith("LIST") or "%" in edf or not edf:
         raise FormatError(f"{source}: ElementDataFile = {edf!r} (a list of slice files) is not supported")
     return header, data_offset
 
 
-def _inflate_exact(payload: Any, nbytes: int, source: str, data_name: str) -> np.ndarray:
-    """Inflate zlib or gzip data (MetaIO accepts both) that must give exactly ``nbytes``."""
-    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 32)
-    try:
-        out = decompressor.decompress(payload, nbytes)
-        more = decompressor.decompress(decompressor.unconsumed_tail, 1) if not decompressor.eof else b""
-    except zlib.error as exc:
-        raise FormatError(f"{source}: compressed data in {data_name} is corrupt (zlib: {exc})") from None
-    if len(out) < nbytes or (not decompressor.eof and not more):
-        raise FormatError(
-            f"{source}: compressed data in {data_name} is truncated or shorter than DimSize and ElementType say "
-            f"(expected {nbytes:,} bytes after decompression, got {len(out):,}"
-            f"{'' if decompressor.eof else ' and the stream is incomplete'})"
-        )
-    if more:
-        raise FormatError(
-            f"{source}: compressed data in {data_name} is longer than DimSize and ElementType say "
-            f"(expected {nbytes:,} bytes after decompression, there are more)"
-        )
-    return np.frombuffer(bytearray(out), dtype=np.uint8)
+def _inflate_exact(payload: memoryview, nbytes: int, source: str, data_name: str) -> np.ndarray:
+    """Inflate zlib or gzip data (MetaIO accepts both) that must give exactly ``nbytes``, streamed with the output
+    capped at ``nbytes`` (:func:`brainmap.io.limits.decompress_exact`)."""
+    position = 0
+
+    def read(n: int) -> bytes:
+        nonlocal position
+        chunk = bytes(payload[position : position + n])
+        position += len(chunk)
+        return chunk
+
+    return decompress_exact(read, "zlib", nbytes, f"{source}: {data_name}", compressed_size=len(payload))
 
 
 def decode_metaimage_data(header: MetaImageHeader, payload: Any, source: str, data_name: str) -> np.ndarray:
@@ -287,6 +284,9 @@ def decode_metaimage_data(header: MetaImageHeader, payload: Any, source: str, da
     """
     nbytes = header.nbytes
     data = memoryview(payload).cast("B")
+    if header.header_size > len(data):
+        raise FormatError(f"{source}: HeaderSize = {header.header_size} is beyond the end of {data_name} "
+                          f"({len(data):,} bytes)")
     if header.compressed_data:
         flat = _inflate_exact(data[header.header_size :], nbytes, source, data_name)
     else:
@@ -322,13 +322,32 @@ def decode_metaimage_data(header: MetaImageHeader, payload: Any, source: str, da
 # ------------------------------------------------------------------------------------------------- reading
 
 
-def _read_file_bytes(path: Path, source: str) -> np.ndarray:
-    """The whole of a data file as a writable uint8 array."""
+def _check_length(header: MetaImageHeader, available: int, source: str, data_name: str) -> None:
+    """Refuse, before reading it, uncompressed data whose length cannot match DimSize and ElementType."""
+    if header.compressed_data or header.header_size == -1:
+        return
+    expected = header.nbytes + header.header_size
+    if available != expected:
+        relation = "shorter" if available < expected else "longer"
+        raise FormatError(
+            f"{source}: data file {data_name} is {relation} than DimSize and ElementType say "
+            f"(expected {header.nbytes:,} bytes for {' x '.join(map(str, header.shape))} {header.element_type}"
+            f"{f' after a HeaderSize of {header.header_size}' if header.header_size else ''}, got "
+            f"{max(available - header.header_size, 0):,})"
+        )
+
+
+def _read_file_bytes(path: Path, source: str, header: MetaImageHeader) -> np.ndarray:
+    """The whole of a (regular) data file as a writable uint8 array, its length checked first."""
+    data_name = repr(str(path))
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, source, "data file named by ElementDataFile") as fh:
+            _check_length(header, os.fstat(fh.fileno()).st_size, source, data_name)
             return _read_rest(fh)
     except FileNotFoundError:
         raise FormatError(f"{source}: data file {str(path)!r} named by ElementDataFile is missing") from None
+    except FormatError:
+        raise
     except OSError as exc:
         raise FormatError(f"{source}: cannot read data file {str(path)!r} ({exc})") from None
 
@@ -350,22 +369,27 @@ def read_metaimage(path: PathLike) -> tuple[np.ndarray, MetaImageHeader]:
 
     Returns ``(data, header)``; ``data`` is indexed [x, y, z] in ``DimSize`` order (Allen grids: [AP, DV, LR],
     200 um voxels for ISH expression grids), with the stored values (``-1`` = no data in expression grids),
-    native byte order. Raises FormatError naming the file for a malformed header or data, and OSError (e.g.
-    FileNotFoundError) if ``path`` itself cannot be opened.
+    native byte order. Raises FormatError naming the file for a malformed header or data (or a header or data
+    file that is not a regular file), and OSError (e.g. FileNotFoundError) if ``path`` itself cannot be opened.
     """
     source = str(path)
-    with open(path, "rb") as fh:
+    with open_regular(path, source) as fh:
         prefix = fh.read(_MAX_HEADER_BYTES)
         header, data_offset = parse_metaimage_header(prefix, source)
         if header.element_data_file.upper() == "LOCAL":
+            data_name = f"{Path(path).name} (LOCAL data)"
+            _check_length(header, os.fstat(fh.fileno()).st_size - data_offset, source, data_name)
             fh.seek(data_offset)
-            payload, data_name = _read_rest(fh), f"{Path(path).name} (LOCAL data)"
+            payload = _read_rest(fh)
     if header.element_data_file.upper() != "LOCAL":
         data_path = Path(header.element_data_file)
         if not data_path.is_absolute():
             data_path = Path(path).parent / data_path
-        payload, data_name = _read_file_bytes(data_path, source), repr(str(data_path))
-    return decode_metaimage_data(header, payload, source, data_name), header
+        payload, data_name = _read_file_bytes(data_path, source, header), repr(str(data_path))
+    try:
+        return decode_metaimage_data(header, payload, source, data_name), header
+    except MemoryError:
+        raise FormatError(f"{source}: not enough memory for DimSize = {' '.join(map(str, header.dim_size))}") from None
 
 
 # ------------------------------------------------------------------------------------------------- writing

@@ -20,7 +20,7 @@ name and mtime 0. With the bundled 25, 50 and 100 um annotations this reproduces
 
 from __future__ import annotations
 
-import bz2
+import math
 import os
 import zlib
 from collections.abc import Mapping, Sequence
@@ -32,6 +32,7 @@ import numpy as np
 
 from brainmap.errors import FormatError
 from brainmap.io.atomic import atomic_write
+from brainmap.io.limits import MAX_HEADER_BYTES, array_nbytes, decompress_exact, open_regular, skip_lines
 
 __all__ = ["read_nrrd", "read_nrrd_header", "write_nrrd", "NRRD_TYPES"]
 
@@ -119,21 +120,50 @@ _SPACE_DIMENSIONS = {
 # --------------------------------------------------------------------------------------------------------- reading
 
 
+def _header_lines(fh: IO[bytes], path: PathLike) -> list[bytes]:
+    """The header's lines up to and including the blank line that ends it, at most MAX_HEADER_BYTES in all."""
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        line = fh.readline(MAX_HEADER_BYTES + 1 - size)
+        size += len(line)
+        if size > MAX_HEADER_BYTES:
+            raise FormatError(f"{path}: NRRD header is longer than {MAX_HEADER_BYTES:,} bytes (or lacks the blank "
+                              "line that ends it)")
+        lines.append(line)
+        if not line or not line.strip(b"\r\n") or (not line.endswith(b"\n")):
+            return lines
+
+
 def _parse_header(fh: IO[bytes], path: PathLike) -> dict[str, Any]:
     """Parse the header of an open NRRD file (pynrrd); leave ``fh`` at the first data byte."""
     magic = fh.read(4)
     if magic != b"NRRD":
         raise FormatError(f"{path}: not a NRRD file (it does not start with 'NRRD', it starts with {magic!r})")
     fh.seek(0)
+    lines = _header_lines(fh, path)
+    fh.seek(sum(len(line) for line in lines))
     try:
-        header = nrrd.read_header(fh)
+        header = nrrd.read_header([line for line in lines if line])
     except nrrd.NRRDError as exc:
         raise FormatError(f"{path}: bad NRRD header: {exc}") from exc
-    except (ValueError, UnicodeError, StopIteration) as exc:  # a line without ':' or a malformed number
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, UnicodeError, StopIteration,
+            AttributeError) as exc:  # pynrrd's parsers raise these for malformed values
         raise FormatError(
-            f"{path}: bad NRRD header (a line is not 'field: value' or a value is malformed: {exc})"
+            f"{path}: bad NRRD header (a line is not 'field: value' or a value is malformed: "
+            f"{type(exc).__name__}: {exc})"
         ) from exc
     return dict(header)
+
+
+def _int_field(header: Mapping[str, Any], names: Sequence[str], path: PathLike, default: int = 0) -> int:
+    for name in names:
+        if name in header:
+            try:
+                return int(header[name])
+            except (TypeError, ValueError, OverflowError):
+                raise FormatError(f"{path}: '{name}: {header[name]}' is not an integer") from None
+    return default
 
 
 def _check_header(header: Mapping[str, Any], path: PathLike) -> tuple[np.dtype, tuple[int, ...], str]:
@@ -146,10 +176,13 @@ def _check_header(header: Mapping[str, Any], path: PathLike) -> tuple[np.dtype, 
         raise FormatError(f"{path}: NRRD 'type: block' is not supported")
     if type_name not in _TYPE_ALIASES:
         raise FormatError(f"{path}: unknown NRRD type {header['type']!r} (expected e.g. 'unsigned int', 'float')")
-    sizes = tuple(int(s) for s in np.atleast_1d(header["sizes"]))
-    if int(header["dimension"]) != len(sizes):
+    try:
+        sizes = tuple(int(s) for s in np.atleast_1d(header["sizes"]))
+    except (TypeError, ValueError, OverflowError):
+        raise FormatError(f"{path}: 'sizes: {header['sizes']}' is not a list of integers") from None
+    if _int_field(header, ("dimension",), path) != len(sizes):
         raise FormatError(f"{path}: 'dimension: {header['dimension']}' but 'sizes:' lists {len(sizes)} sizes")
-    if any(s < 1 for s in sizes):
+    if not sizes or any(s < 1 for s in sizes):
         raise FormatError(f"{path}: 'sizes:' must be positive, got {' '.join(map(str, sizes))}")
     encoding = str(header["encoding"]).strip().lower()
     if encoding not in _READ_ENCODINGS:
@@ -157,6 +190,7 @@ def _check_header(header: Mapping[str, Any], path: PathLike) -> tuple[np.dtype, 
             f"{path}: unknown NRRD encoding {header['encoding']!r} (expected raw, gzip, bzip2 or ascii)"
         )
     dtype = np.dtype(_TYPE_ALIASES[type_name])
+    array_nbytes(sizes, dtype.itemsize, str(path), "'sizes:'")
     if dtype.itemsize > 1 and encoding not in _ASCII:
         endian = str(header.get("endian", "")).strip().lower()
         if endian not in ("little", "big"):
@@ -173,7 +207,7 @@ def read_nrrd_header(path: PathLike) -> dict[str, Any]:
     (axes, space-dimension) array with NaN rows for non-spatial axes, ...). Raises FormatError for a malformed
     header (not a NRRD, unknown type or encoding, sizes inconsistent with the dimension).
     """
-    with open(path, "rb") as fh:
+    with open_regular(path, str(path)) as fh:
         header = _parse_header(fh, path)
     _check_header(header, path)
     return header
@@ -195,7 +229,7 @@ def _read_exact(fh: IO[bytes], nbytes: int, path: PathLike, what: str) -> np.nda
     """Read exactly ``nbytes`` from ``fh`` (to its end) into a new uint8 array; precise errors otherwise."""
     remaining = _remaining_bytes(fh)
     if remaining is not None and remaining < nbytes:  # fail before allocating what a lying header asks for
-        raise FormatError(f"{path}: {what} is truncated (expected {_fmt(nbytes)} bytes, got {_fmt(remaining)})")
+        raise FormatError(f"{path}: {what} is truncated (expected {_fmt(nbytes)} bytes, got {_fmt(max(remaining, 0))})")
     buffer = np.empty(nbytes, dtype=np.uint8)
     view = memoryview(buffer)
     got = 0
@@ -206,7 +240,7 @@ def _read_exact(fh: IO[bytes], nbytes: int, path: PathLike, what: str) -> np.nda
         got += more
     if got < nbytes:
         raise FormatError(f"{path}: {what} is truncated (expected {_fmt(nbytes)} bytes, got {_fmt(got)})")
-    extra = remaining - nbytes if remaining is not None else len(fh.read())
+    extra = remaining - nbytes if remaining is not None else len(fh.read(1))
     if extra:
         raise FormatError(
             f"{path}: {what} is longer than the header says (the sizes and type in the header need "
@@ -215,80 +249,11 @@ def _read_exact(fh: IO[bytes], nbytes: int, path: PathLike, what: str) -> np.nda
     return buffer
 
 
-def _drain(decompressor: Any) -> int:
-    """Decompress (and discard) the rest of a stream; return how many bytes it held."""
-    total = 0
-    while True:
-        chunk = decompressor.decompress(decompressor.unconsumed_tail, _CHUNK)
-        total += len(chunk)
-        if not chunk:
-            return total
-
-
-def _gunzip_exact(compressed: bytes, nbytes: int, path: PathLike) -> np.ndarray:
-    """Decompress a gzip stream that must expand to exactly ``nbytes``; precise errors otherwise."""
-    buffer = np.empty(nbytes, dtype=np.uint8)
-    view = memoryview(buffer)
-    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
-    pending = compressed
-    got = 0
-    try:
-        while got < nbytes:
-            chunk = decompressor.decompress(pending, min(nbytes - got, _CHUNK))
-            pending = decompressor.unconsumed_tail
-            if chunk:
-                view[got : got + len(chunk)] = chunk
-                got += len(chunk)
-            elif decompressor.eof and decompressor.unused_data.startswith(b"\x1f\x8b"):
-                pending = decompressor.unused_data  # a concatenated gzip member: carry on with it
-                decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
-            else:
-                break
-        if got < nbytes:
-            if decompressor.eof:
-                raise FormatError(
-                    f"{path}: gzip data holds fewer bytes than the header says (expected {_fmt(nbytes)} bytes "
-                    f"after decompression, the stream ends after {_fmt(got)})"
-                )
-            raise FormatError(
-                f"{path}: gzip data is truncated (expected {_fmt(nbytes)} bytes after decompression, "
-                f"got {_fmt(got)})"
-            )
-        if not decompressor.eof and decompressor.decompress(pending, 1):
-            total = nbytes + 1 + _drain(decompressor)  # also raises zlib.error if the excess is corrupt data
-            raise FormatError(
-                f"{path}: gzip data holds more bytes than the header says (expected {_fmt(nbytes)} bytes after "
-                f"decompression, got {_fmt(total)}{'' if decompressor.eof else ' before the stream breaks off'})"
-            )
-        if not decompressor.eof:
-            raise FormatError(
-                f"{path}: gzip data is truncated (all {_fmt(nbytes)} bytes are present but the end of the "
-                "stream and its CRC are missing)"
-            )
-        trailing = decompressor.unused_data
-        if trailing.startswith(b"\x1f\x8b") and zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(trailing, 1):
-            raise FormatError(
-                f"{path}: gzip data holds more bytes than the header says (expected {_fmt(nbytes)} bytes after "
-                "decompression, another gzip member follows)"
-            )
-        if trailing.strip(b"\x00"):
-            raise FormatError(f"{path}: {_fmt(len(trailing))} unexpected bytes follow the end of the gzip data")
-    except zlib.error as exc:
-        raise FormatError(f"{path}: gzip data is corrupt (zlib: {exc})") from exc
-    return buffer
-
-
-def _bunzip_exact(compressed: bytes, nbytes: int, path: PathLike) -> np.ndarray:
-    try:
-        raw = bz2.decompress(compressed)
-    except (OSError, ValueError, EOFError) as exc:
-        raise FormatError(f"{path}: bzip2 data is corrupt or truncated ({exc})") from exc
-    if len(raw) != nbytes:
-        raise FormatError(
-            f"{path}: bzip2 data decompresses to {_fmt(len(raw))} bytes but the header's sizes and type need "
-            f"{_fmt(nbytes)}"
-        )
-    return np.frombuffer(bytearray(raw), dtype=np.uint8)
+def decompress_data(fh: IO[bytes], encoding: str, nbytes: int, path: PathLike, skip: int = 0) -> np.ndarray:
+    """The ``nbytes`` of decompressed data (after ``skip`` decompressed bytes) of a gzip or bzip2 NRRD, read from
+    ``fh``'s position, streamed with the output capped at ``skip + nbytes`` (:func:`decompress_exact`)."""
+    codec = "gzip" if encoding in _GZIP else "bzip2"
+    return decompress_exact(fh.read, codec, nbytes, str(path), skip=skip, compressed_size=_remaining_bytes(fh))
 
 
 def _data_source(header: Mapping[str, Any], path: PathLike) -> Path | None:
@@ -299,22 +264,24 @@ def _data_source(header: Mapping[str, Any], path: PathLike) -> Path | None:
     name = str(name).strip()
     if name.upper().startswith("LIST") or len(name.split()) > 1 or "%" in name:
         raise FormatError(f"{path}: multi-file 'data file: {name}' is not supported")
+    if not name or "\0" in name:
+        raise FormatError(f"{path}: 'data file: {name!r}' is not a file name")
     data_path = Path(name)
     if not data_path.is_absolute():
         data_path = Path(path).parent / data_path
-    if not data_path.is_file():
+    if not data_path.exists():
         raise FormatError(f"{path}: the detached data file {str(data_path)!r} named by 'data file:' is missing")
     return data_path
 
 
 def _skip(fh: IO[bytes], header: Mapping[str, Any], path: PathLike, encoding: str, nbytes: int) -> int:
     """Apply ``line skip`` (and ``byte skip`` for raw data); return the byte skip left for decompressed data."""
-    line_skip = int(header.get("line skip", header.get("lineskip", 0)))
-    byte_skip = int(header.get("byte skip", header.get("byteskip", 0)))
+    line_skip = _int_field(header, ("line skip", "lineskip"), path)
+    byte_skip = _int_field(header, ("byte skip", "byteskip"), path)
     if line_skip < 0 or byte_skip < -1:
         raise FormatError(f"{path}: negative 'line skip: {line_skip}' or 'byte skip: {byte_skip}'")
-    for _ in range(line_skip):
-        fh.readline()
+    skip_lines(fh, line_skip, str(path))
+    remaining = _remaining_bytes(fh)
     if encoding in _RAW:
         if byte_skip == -1:  # the data are the last nbytes of the file
             start = fh.tell()
@@ -323,10 +290,14 @@ def _skip(fh: IO[bytes], header: Mapping[str, Any], path: PathLike, encoding: st
                 raise FormatError(f"{path}: raw data is truncated (expected {_fmt(nbytes)} bytes)")
             fh.seek(end - nbytes)
         else:
+            if remaining is not None and byte_skip > remaining:
+                raise FormatError(f"{path}: 'byte skip: {byte_skip}' is beyond the end of the data "
+                                  f"({_fmt(remaining)} bytes)")
             fh.seek(byte_skip, os.SEEK_CUR)
         return 0
     if byte_skip == -1:
         raise FormatError(f"{path}: 'byte skip: -1' is only supported for raw data")
+    array_nbytes((byte_skip + nbytes,), 1, str(path), "'byte skip:' plus the data")
     return byte_skip
 
 
@@ -335,25 +306,25 @@ def _decode(
     dtype: np.dtype, sizes: tuple[int, ...], encoding: str,
 ) -> np.ndarray:
     """Read the data of an open NRRD whose header has been parsed; return the flat native-order array."""
-    count = int(np.prod(sizes, dtype=np.int64))
-    nbytes = count * dtype.itemsize
+    nbytes = array_nbytes(sizes, dtype.itemsize, str(path), "'sizes:'")
     where = f"data file {str(data_path)!r}" if data_path is not None else "data"
     byte_skip = _skip(fh, header, path, encoding, nbytes)
     if encoding in _ASCII:
+        remaining = _remaining_bytes(fh)
+        if remaining is not None and remaining < math.prod(sizes):  # at least one character per value
+            raise FormatError(f"{path}: ascii {where} is too short for {math.prod(sizes):,} values")
         # pynrrd parses the text; skips and the data file were handled above, so hand it a minimal header.
         minimal = {"type": NRRD_TYPES[dtype.str[1:]], "dimension": len(sizes), "sizes": np.array(sizes),
                    "encoding": "ascii"}
         try:
             flat = nrrd.read_data(minimal, fh, None, index_order="C").ravel()
-        except (nrrd.NRRDError, ValueError) as exc:
+        except (nrrd.NRRDError, ValueError, TypeError, OverflowError) as exc:
             raise FormatError(f"{path}: bad ascii {where} ({exc})") from exc
         return flat.astype(dtype.newbyteorder("="), copy=False)
     if encoding in _RAW:
         raw = _read_exact(fh, nbytes, path, f"raw {where}")
     else:
-        compressed = fh.read()
-        unpack = _gunzip_exact if encoding in _GZIP else _bunzip_exact
-        raw = unpack(compressed, nbytes + byte_skip, path)[byte_skip:]
+        raw = decompress_data(fh, encoding, nbytes, path if data_path is None else f"{path}: {where}", byte_skip)
     flat = raw.view(dtype)
     return flat if dtype.isnative else flat.astype(dtype.newbyteorder("="))
 
@@ -365,10 +336,10 @@ def read_nrrd(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     ``data[ap, dv, lr]``, shape e.g. (528, 320, 456) at 25 um), native byte order, writable; ``header`` is
     pynrrd's parsed header dict (space directions and origin in microns for Allen files).
 
-    Raises FormatError naming ``path`` for any malformed content, and OSError (e.g. FileNotFoundError) if
-    ``path`` itself cannot be opened.
+    Raises FormatError naming ``path`` for any malformed content (including a path or data file that is not a
+    regular file), and OSError (e.g. FileNotFoundError) if ``path`` itself cannot be opened.
     """
-    with open(path, "rb") as fh:
+    with open_regular(path, str(path)) as fh:
         header = _parse_header(fh, path)
         dtype, sizes, encoding = _check_header(header, path)
         data_path = _data_source(header, path)
@@ -376,10 +347,13 @@ def read_nrrd(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
             if data_path is None:
                 flat = _decode(fh, header, path, None, dtype, sizes, encoding)
             else:
-                with open(data_path, "rb") as data_fh:
+                with open_regular(data_path, str(path), "detached data file") as data_fh:
                     flat = _decode(data_fh, header, path, data_path, dtype, sizes, encoding)
-        except MemoryError as exc:
-            raise FormatError(f"{path}: sizes {' x '.join(map(str, sizes))} are too large to read") from exc
+        except MemoryError:
+            raise FormatError(f"{path}: not enough memory to read 'sizes: {' '.join(map(str, sizes))}' "
+                              f"({math.prod(sizes):,} values)") from None
+        except FormatError:
+            raise
         except OSError as exc:
             raise FormatError(f"{path}: cannot read the data ({exc})") from exc
     # File order is first-axis-fastest: reshape reversed (C order) and transpose to index [x, y, z].

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from brainmap.sdk.download import file_lock, is_verified, write_verified
+from brainmap.sdk.download import file_lock, is_verified, read_verified, write_verified
 from brainmap.sdk.errors import CacheError, OfflineError
 from brainmap.sdk.http import HttpClient
 from brainmap.sdk.tables import read_table, table_bytes
@@ -67,14 +67,20 @@ class Cache:
             return path
         if self.offline:
             raise self._missing(what, path, url)
-        self.api.downloader.fetch(url, path)
+        self.api.downloader.fetch(url, path, full=self.verify == "full")
         return path
 
     # -- JSON answers ---------------------------------------------------------------------------------------------
     def json(self, what: str, path: Path | None, url: str, fetch: Callable[[], Any]) -> Any:
-        """A JSON answer: from its verified file, else ``fetch()`` (saved at ``path`` unless it is None)."""
-        if path is not None and self.verified(path):
-            return json.loads(path.read_text(encoding="utf-8"))
+        """A JSON answer: from its cached file if the file's sha256 is its record's (checked on every read, in
+        either verify mode: answers are small), else ``fetch()`` (saved at ``path`` unless it is None)."""
+        if path is not None:
+            payload = read_verified(path)
+            if payload is not None:
+                try:
+                    return json.loads(payload.decode("utf-8"))
+                except ValueError:  # a record written for a bad answer: fetch it again
+                    pass
         if self.offline:
             raise self._missing(what, path if path is not None else Path("(not cached)"), url)
         data = fetch()

@@ -37,7 +37,8 @@ from brainmap.sdk.errors import ApiError, ChecksumError, DownloadError
 from brainmap.sdk.http import HttpClient, RetryableStatus, check
 
 __all__ = ["CHECKSUM_HEADER", "DownloadResult", "Downloader", "file_lock", "is_verified", "lock_path",
-           "part_path", "read_record", "record_local_file", "record_path", "sha256_of", "write_verified"]
+           "part_path", "read_record", "read_verified", "record_local_file", "record_path", "sha256_of",
+           "write_verified"]
 
 CHECKSUM_HEADER = "X-Checksum-SHA256"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -139,6 +140,21 @@ def _write_record(target: Path, url: str, sha256: str, verified_by: str) -> dict
     return record
 
 
+def read_verified(target: Path) -> bytes | None:
+    """The bytes of ``target`` if their sha256 is its record's (checked on every read: for small files such as
+    cached JSON answers, where a flipped byte of the same size and time would pass the quick check); else None."""
+    record = read_record(target)
+    if record is None:
+        return None
+    try:
+        payload = target.read_bytes()
+    except OSError:
+        return None
+    if len(payload) != record.get("size") or hashlib.sha256(payload).hexdigest() != record.get("sha256"):
+        return None
+    return payload
+
+
 def write_verified(target: Path, payload: bytes, url: str) -> None:
     """Write ``payload`` (e.g. a JSON answer) atomically to ``target`` with its verification record."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,14 +207,16 @@ class Downloader:
             raise ValueError(f"rate_limit must be a positive number of bytes per second, got {rate_limit}")
         self.http, self.progress, self.rate_limit = http, progress, rate_limit
 
-    def fetch(self, url: str, target: str | os.PathLike[str], params: dict[str, Any] | None = None
-              ) -> DownloadResult:
+    def fetch(self, url: str, target: str | os.PathLike[str], params: dict[str, Any] | None = None, *,
+              full: bool = False) -> DownloadResult:
         """Make ``target`` a verified copy of ``url`` (absolute, or a path on the API server): nothing to do if
-        it already is, else download (resuming a partial download) under the file's lock."""
+        it already is, else download (resuming a partial download) under the file's lock. With ``full`` the
+        cached file's sha256 is checked against its record too (a corrupt file of the right size and time is
+        downloaded again, not handed on)."""
         target = Path(target)
         full_url = str(httpx.URL(self.http.url(url), params=params)) if params else self.http.url(url)
         with file_lock(target):
-            record = read_record(target) if is_verified(target) else None
+            record = read_record(target) if is_verified(target, full=full) else None
             if record is not None:
                 return DownloadResult(full_url, target, record["size"], record["sha256"], cached=True,
                                       verified_by=record.get("verified_by", ""))

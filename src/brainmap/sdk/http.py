@@ -17,13 +17,15 @@ import httpx
 
 from brainmap.sdk.errors import ApiError, SdkError
 
-__all__ = ["ALLEN_API_URL", "ALLEN_ARCHIVE_URL", "DEFAULT_BASE_URI", "ENV_BASE_URI", "HttpClient",
+__all__ = ["ALLEN_API_URL", "ALLEN_ARCHIVE_URL", "DEFAULT_BASE_URI", "ENV_BASE_URI", "ENV_TOKEN", "HttpClient",
            "RETRY_STATUSES", "default_base_uri"]
 
 #: ``brainmap serve``'s address: the default server.
 DEFAULT_BASE_URI = "http://127.0.0.1:8000"
 #: Overrides the default server for every client that is given no ``base_uri``.
 ENV_BASE_URI = "BRAINMAP_API_URL"
+#: The read-only token of a server started with ``brainmap serve --token`` (sent to that server only).
+ENV_TOKEN = "BRAINMAP_TOKEN"
 #: Allen's public API and the host of its file archive (``/informatics-archive/...``).
 ALLEN_API_URL = "http://api.brain-map.org"
 ALLEN_ARCHIVE_URL = "http://download.alleninstitute.org"
@@ -59,17 +61,32 @@ def server_message(response: httpx.Response) -> str:
     return json.dumps(body)[:300]
 
 
+class _TokenAuth(httpx.Auth):
+    """``Authorization: Bearer TOKEN`` on requests to one origin (the API server) only."""
+
+    def __init__(self, token: str, origin: tuple[str, str, int | None]) -> None:
+        self.token, self.origin = token, origin
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        if (request.url.scheme, request.url.host, request.url.port) == self.origin:
+            request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
 class HttpClient:
     """A pooled HTTP client for one server.
 
     ``base_uri``: the server (default :func:`default_base_uri`); ``archive_uri``: where
     ``/informatics-archive/...`` files come from (the same server for brainmap; Allen's download host for
-    Allen's API). ``timeout`` is in seconds (connect and between bytes).
+    Allen's API). ``timeout`` is in seconds (connect and between bytes). ``token`` (default ``$BRAINMAP_TOKEN``)
+    is sent to the API server only, for a server started with ``brainmap serve --token``.
     """
 
     def __init__(self, base_uri: str | None = None, *, archive_uri: str | None = None, timeout: float = 60.0,
-                 retries: int = 4, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+                 retries: int = 4, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
+                 token: str | None = None) -> None:
         self.base_uri = _normalize(base_uri or default_base_uri())
+        self.token = token if token is not None else (os.environ.get(ENV_TOKEN) or None)
         if archive_uri is None:
             archive_uri = ALLEN_ARCHIVE_URL if urlsplit(self.base_uri).hostname == "api.brain-map.org" \
                 else self.base_uri
@@ -91,7 +108,9 @@ class HttpClient:
 
             raise OfflineError("a request to the server", [])
         if self._client is None or self._pid != os.getpid():
-            self._client = httpx.Client(timeout=self.timeout, follow_redirects=True,
+            base = httpx.URL(self.base_uri)
+            auth = _TokenAuth(self.token, (base.scheme, base.host, base.port)) if self.token else None
+            self._client = httpx.Client(timeout=self.timeout, follow_redirects=True, auth=auth,
                                         headers={"User-Agent": "brainmap-sdk"})
             self._pid = os.getpid()
         return self._client

@@ -13,7 +13,7 @@ Routes (``/docs`` has them all, with their parameters; ``/openapi.json`` is the 
 ``/api/v2/image_to_reference/{section_image_id}.json`` and the      image sync
 other image sync routes
 ``/viewer``                                                        the web viewer
-``/health``                                                        liveness and the database backend
+``/health``                                                        liveness (no token needed; no paths, no PID)
 ==================================================================  ===========================================
 """
 
@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import RedirectResponse, Response
 
 from brainmap.server.errors import install_error_handlers
+from brainmap.server.limits import LimitsMiddleware
 from brainmap.server.logging import RequestLogMiddleware
 from brainmap.server.state import ENV_SETTINGS, ServerSettings, ServerState, settings_for
 
@@ -75,18 +76,19 @@ def create_app(data_dir: str | os.PathLike[str], database_url: str | None = None
     viewer.mount_static(app)
     routes_data.install_fast_routes(app)
 
-    @app.get("/health", tags=["server"], summary="Liveness, readiness, version and database backend")
+    @app.get("/health", tags=["server"], summary="Liveness")
     def health() -> dict[str, Any]:
-        """``warm`` is false while the start-up warm-up (search grids, connectivity search) still runs; the
-        server answers meanwhile, the first searches more slowly."""
-        return {"success": True, "version": __version__, "database": state.backend, "warm": state.warmed.is_set(),
-                "data_dir": str(state.data_dir), "pid": os.getpid()}
+        """Says only that the server is up (it needs no token; it shows no paths, versions or process ids).
+        ``warm`` is false while the start-up warm-up (search grids, connectivity search) still runs; the server
+        answers meanwhile, the first searches more slowly."""
+        return {"success": True, "warm": state.warmed.is_set()}
 
     @app.get("/", include_in_schema=False)
     def root(request: Request) -> Response:
         return RedirectResponse(url="/viewer")
 
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(LimitsMiddleware, token=settings.token)
+    app.add_middleware(RequestLogMiddleware)  # outermost: refusals are logged too
     return app
 
 

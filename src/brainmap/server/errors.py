@@ -11,22 +11,29 @@ bad parameters (:class:`ApiError`, validation,        400     ``x=abc``, an unkn
 subclasses of :class:`~brainmap.errors.BrainmapError`)
 a path outside the data directory                     403     a WellKnownFile row naming ``../../etc/passwd``
 an unknown data set, image, file or route             404     ``/grid_data/download/999``
+a number the database cannot hold, a query SQLite      400     an id >= 2^63 reaching the database, 1,000
+cannot compile (too deep, too many terms)                     filters (``Expression tree is too large``)
 the database is unreachable                           503
-anything else                                         500     (logged with its traceback)
+anything else                                         500     logged with its traceback and a request id;
+                                                              the answer holds the id, never a path
 ====================================================  ======  ==============================================
 
-Responses to ``.xml`` requests are XML (Allen's ``<Response success="false">``); all others are JSON.
+Responses to ``.xml`` requests are XML (Allen's ``<Response success="false">``); all others are JSON. Messages
+never show absolute paths (:func:`scrub_paths`). This module is the one place error answers are built.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -34,7 +41,7 @@ from brainmap.errors import BrainmapError, UnknownStructureError
 from brainmap.store.rma import RmaError, render_error
 from brainmap.store.rma.envelope import error_envelope
 
-__all__ = ["ApiError", "NotFound", "error_response", "install_error_handlers", "status_of"]
+__all__ = ["ApiError", "NotFound", "error_response", "install_error_handlers", "scrub_paths", "status_of"]
 
 log = logging.getLogger("brainmap.server")
 
@@ -80,7 +87,42 @@ def status_of(exc: BaseException) -> int:
         return 400
     if isinstance(exc, OperationalError) and _is_disconnect(exc):
         return 503
+    if isinstance(exc, OverflowError) or isinstance(exc, DataError):
+        return 400  # a number the database cannot hold (SQLite: int too large; PostgreSQL: out of range)
+    if isinstance(exc, OperationalError) and any(m in str(exc.orig) for m in _QUERY_TOO_COMPLEX):
+        return 400
     return 500
+
+
+#: SQLite's answers to a query beyond its compile-time limits (the RMA parser's limits should come first).
+_QUERY_TOO_COMPLEX = ("parser stack overflow", "Expression tree is too large", "too many SQL variables",
+                      "too many terms in compound SELECT", "at most 64 tables in a join")
+
+
+def _message_400(exc: BaseException) -> str | None:
+    if isinstance(exc, OverflowError) or isinstance(exc, DataError):
+        return "a number in the request is out of range (ids and integers are 64-bit)"
+    if isinstance(exc, OperationalError):
+        return "the query is too complex for the database (fewer filters or a shallower include)"
+    return None
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s'\"/<>]+/)*[^\s'\"/<>,;)]*")
+
+
+def scrub_paths(message: str) -> str:
+    """``message`` with every absolute file system path cut to its last component (``<...>/name``).
+
+    A path is scrubbed when its first component exists at the root of this machine (``/home``, ``/tmp``,
+    ``/usr``, ...); URL paths (``/api/v2/...``) are kept."""
+    def cut(match: re.Match[str]) -> str:
+        text = match.group()
+        first = text.split("/", 2)[1] if text.count("/") >= 1 else ""
+        if not first or not os.path.isdir("/" + first) or text.count("/") < 2:
+            return text
+        return "<...>/" + text.rstrip("/").rsplit("/", 1)[-1]
+
+    return _ABSOLUTE_PATH.sub(cut, message)
 
 
 def _is_disconnect(exc: DBAPIError) -> bool:
@@ -91,24 +133,36 @@ def _wants_xml(request: Request) -> bool:
     return request.url.path.endswith(".xml")
 
 
-def error_response(exc: BaseException, request: Request | None = None, status: int | None = None) -> Response:
-    """Allen's error envelope for ``exc`` (XML for ``.xml`` paths)."""
+def error_response(exc: BaseException, request: Request | None = None, status: int | None = None,
+                   request_id: str | None = None) -> Response:
+    """Allen's error envelope for ``exc`` (XML for ``.xml`` paths); absolute paths are cut from the message. A
+    500 says only that it was logged, under ``request_id``."""
     status = status if status is not None else status_of(exc)
     if status >= 500 and not isinstance(exc, ApiError):
         message = ("the database is unavailable; try again shortly" if status == 503
-                   else "internal server error (logged)")
-        exc = ApiError(message, status)
+                   else f"internal server error (logged as request {request_id})")
+        exc = ApiError(message, status, **({"request_id": request_id} if request_id else {}))
+    elif status == 400 and _message_400(exc) is not None:
+        exc = ApiError(_message_400(exc) or "", 400)
+    else:
+        scrubbed = scrub_paths(str(exc))
+        if scrubbed != str(exc):
+            if isinstance(exc, FileNotFoundError):
+                exc = ApiError(f"no such file: {scrub_paths(str(exc.args[0] if exc.args else ''))}", status)
+            else:
+                exc = ApiError(scrubbed, status, **(exc.detail if isinstance(exc, ApiError) else {}))
     fmt = "xml" if request is not None and _wants_xml(request) else "json"
     if fmt == "json":
         envelope = error_envelope(exc)
         if isinstance(exc, ApiError) and exc.detail:
             envelope["error"].update(exc.detail)
         if isinstance(exc, FileNotFoundError):
-            envelope["msg"] = f"no such file: {exc.args[0] if exc.args else ''}"
+            envelope["msg"] = f"no such file: {scrub_paths(str(exc.args[0] if exc.args else ''))}"
         body, media_type = json.dumps(envelope, default=str), "application/json"
     else:
         body, media_type = render_error(exc, "xml")
-    return Response(body, status_code=status, media_type=media_type)
+    headers = {"X-Request-Id": request_id} if request_id else None
+    return Response(body, status_code=status, media_type=media_type, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -140,12 +194,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _expected(request: Request, exc: Exception) -> Response:
         status = status_of(exc)
+        request_id = None
         if status >= 500:
-            log.error("error answering %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(exc, request, status)
+            request_id = uuid.uuid4().hex[:16]
+            log.error("request %s: error answering %s %s", request_id, request.method, request.url.path,
+                      exc_info=exc)
+        return error_response(exc, request, status, request_id)
 
     # Known kinds go to Starlette's ExceptionMiddleware (answered, not re-raised); only a truly unexpected
     # exception reaches the catch-all, which Starlette answers and then re-raises for the server to log.
-    for kind in (BrainmapError, FileNotFoundError, DBAPIError):
+    for kind in (BrainmapError, FileNotFoundError, DBAPIError, OverflowError):
         app.add_exception_handler(kind, _expected)
     app.add_exception_handler(Exception, _expected)

@@ -99,6 +99,18 @@ def _files_of(connection: Connection, data_set_id: int) -> list[FileRow]:
     return [FileRow(*r) for r in rows]
 
 
+def not_modified(request: Request, etag: str) -> bool:
+    """Whether ``If-None-Match`` matches ``etag`` (RFC 9110 13.1.2: ``*`` matches any current answer; a list is
+    compared weakly, ``W/"x"`` matching ``"x"``)."""
+    given = request.headers.get("if-none-match")
+    if given is None:
+        return False
+    if given.strip() == "*":
+        return True
+    mine = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == mine for tag in given.split(","))
+
+
 def file_response(state: ServerState, request: Request, row: FileRow, media_type: str, filename: str) -> Response:
     """Stream a registered file: resolved inside the data directory, Content-Length, ETag (sha256), ranges."""
     path = state.resolve_data_path(row.path)
@@ -108,7 +120,7 @@ def file_response(state: ServerState, request: Request, row: FileRow, media_type
                     row.path, path.stat().st_size, row.file_size)
         checksum = state.file_sha256(path)
         etag = f'W/"{checksum}"'
-    if request.headers.get("if-none-match") == etag:
+    if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     return _Streamed(path, media_type=media_type, filename=filename,
                      headers={"ETag": etag, CHECKSUM_HEADER: checksum})
@@ -205,7 +217,7 @@ def grid_download(request: Request, section_data_set_id: int,
     chosen = {name: _pick_volume(files, name, resolution, section_data_set_id) for name in names}
     key = (section_data_set_id, tuple((name, row.sha256) for name, row in chosen.items()))
     etag = '"' + hashlib.sha256(json.dumps(key).encode()).hexdigest() + '"'
-    if request.headers.get("if-none-match") == etag:
+    if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     bundle = state.grid_bundles.get(key)
     if bundle is None:
@@ -317,7 +329,7 @@ def _volume_response(request: Request, path: Path, filename: str) -> Response:
     state = state_of(request)
     checksum = state.file_sha256(path)
     etag = f'"{checksum}"'
-    if request.headers.get("if-none-match") == etag:
+    if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     return _Streamed(path, media_type="application/octet-stream", filename=filename,
                      headers={"ETag": etag, CHECKSUM_HEADER: checksum})

@@ -85,6 +85,7 @@ class ServerSettings:
         pool_size, max_overflow: database connections per process.
         warm_up: load, in a background thread at start-up, what first requests would wait for (the sync
             reference space, the search grids and matrices, the connectivity search).
+        token: if set, every route but ``/health`` needs ``Authorization: Bearer TOKEN`` (read-only access).
     """
 
     data_dir: Path
@@ -98,6 +99,7 @@ class ServerSettings:
     pool_size: int = 8
     max_overflow: int = 8
     warm_up: bool = True
+    token: str | None = None
 
     def to_env(self) -> dict[str, Any]:
         """JSON-able fields (for :data:`ENV_SETTINGS`)."""

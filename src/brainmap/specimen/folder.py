@@ -118,7 +118,7 @@ class _Fields:
             raise self.error(path, "missing")
         value = obj[key]
         ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
+            "int": isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < (1 << 63),
             "number": isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value),
             "str": isinstance(value, str),
@@ -127,7 +127,7 @@ class _Fields:
             "array": isinstance(value, list),
         }[kind]
         if not ok:
-            expected = {"int": "an integer", "number": "a finite number", "str": "a string", "bool": "true or false",
+            expected = {"int": "an integer (64-bit)", "number": "a finite number", "str": "a string", "bool": "true or false",
                         "object": "a JSON object", "array": "a JSON array"}[kind]
             raise self.error(path, f"expected {expected}, got {json.dumps(value)[:80]}")
         return value
@@ -319,20 +319,33 @@ def write_dataset(folder: str | os.PathLike[str], dataset: SectionDataSet, image
     return json_path
 
 
+#: The largest dataset.json read (bytes): thousands of sections take a few MB.
+MAX_DATASET_JSON_BYTES = 64 << 20
+
+
 def _read_json(folder: Path) -> Any:
+    from brainmap.io.limits import open_regular, read_capped
+
     path = folder / DATASET_FILE
     if not folder.is_dir():
         raise MissingFileError(f"{folder}: no such data set folder")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular(path, str(path), DATASET_FILE) as fh:
+            raw = read_capped(fh.read, MAX_DATASET_JSON_BYTES, str(path), DATASET_FILE)
     except FileNotFoundError:
         raise MissingFileError(f"{path}: missing; {folder} is not a brainmap data set folder, or writing it did "
                                "not finish") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError(f"{path}: not UTF-8 text: {exc}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FormatError(f"{path}: not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise FormatError(f"{path}: not valid JSON: {exc}") from None
 
 

@@ -56,6 +56,7 @@ from brainmap.errors import BrainmapError, FormatError
 from brainmap.store import models as m
 from brainmap.store.data_dir import EXCLUDED_FOLDERS, FolderImport, dataset_target, is_inside
 from brainmap.store.database import Database, add_data_arguments, data_directory, open_database
+from brainmap.store.validate import check_csv_table, load_lock
 
 __all__ = [
     "CONNECTIVITY_PRODUCT_ID",
@@ -422,9 +423,10 @@ def _read_table(path: Path) -> Any:
                 return pd.read_parquet(path)
             except ImportError as exc:
                 raise LoadError(f"{path}: reading parquet needs pyarrow ({exc})") from None
+        check_csv_table(path)  # whole rows only: a file cut mid-row fails here (store/validate.py)
         return pd.read_csv(path)
-    except LoadError:
-        raise
+    except FormatError as exc:
+        raise LoadError(str(exc)) from None
     except Exception as exc:  # pandas raises many kinds; name the file
         raise LoadError(f"{path}: cannot be read as a table: {exc}") from exc
 
@@ -822,9 +824,15 @@ def load_paths(database: Database, paths: Sequence[str | os.PathLike[str]] = (),
 
 def apply_load(database: Database, plan: LoadPlan, *, progress: Callable[[str], None] | None = None,
                search: bool = True) -> LoadReport:
-    """Write what :func:`plan_load` read: copies into the data directory, the database (one transaction),
-    then the search stores."""
+    """Write what :func:`plan_load` read, under the load lock (one load at a time per database,
+    :func:`~brainmap.store.validate.load_lock`): copies into the data directory, the database (one
+    transaction), then the search stores."""
     say = progress or (lambda _message: None)
+    with load_lock(database, say):
+        return _apply(database, plan, say, search)
+
+
+def _apply(database: Database, plan: LoadPlan, say: Callable[[str], None], search: bool) -> LoadReport:
     report = LoadReport()
     report.data_sets = sorted(plan.ids.values())
     report.unionize_files = [str(p) for p in plan.tables]

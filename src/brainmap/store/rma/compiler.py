@@ -266,10 +266,22 @@ class _IncludeNode:
 
 #: Most association nodes (criteria and includes together) one query may name.
 MAX_PATH_NODES = 64
+#: Deepest nesting of associations in ``rma::criteria`` (each level is a nested subquery; SQLite's parser
+#: overflows its stack at 10) and most filters in one query (SQLite: "Expression tree is too large" at 1,000).
+MAX_CRITERIA_DEPTH = 8
+MAX_FILTERS = 500
 
 
 def _count_nodes(node: PathNode) -> int:
     return 1 + sum(_count_nodes(child) for child in node.children)
+
+
+def _depth(node: PathNode) -> int:
+    return 1 + max((_depth(child) for child in node.children), default=0)
+
+
+def _count_filters(node: PathNode) -> int:
+    return len(node.filters) + sum(_count_filters(child) for child in node.children)
 
 
 def _check_unique_siblings(nodes: Sequence[PathNode], text: str) -> None:
@@ -300,6 +312,14 @@ class _Compiler:
         if nodes > MAX_PATH_NODES:
             raise RmaLimitError(f"the query names {nodes} associations and filter groups; at most {MAX_PATH_NODES} "
                                 "are accepted", stage.position, text, expected=f"at most {MAX_PATH_NODES}")
+        depth = max((_depth(node) - (node.name is None) for node in stage.criteria), default=0)
+        if depth > MAX_CRITERIA_DEPTH:
+            raise RmaLimitError(f"criteria nest associations {depth} levels deep; at most {MAX_CRITERIA_DEPTH} are "
+                                "accepted", stage.position, text, expected=f"at most {MAX_CRITERIA_DEPTH} levels")
+        filters = sum(_count_filters(node) for node in (*stage.criteria, *stage.include))
+        if filters > MAX_FILTERS:
+            raise RmaLimitError(f"the query has {filters} filters; at most {MAX_FILTERS} are accepted",
+                                stage.position, text, expected=f"at most {MAX_FILTERS} filters")
         _check_unique_siblings(stage.include, text)
         self.includes = [self._include(node, self.root, (0,)) for node in stage.include]
 

@@ -1,0 +1,241 @@
+"""Limits shared by the file readers: open only regular files, check sizes before allocating, decompress with a
+cap, skip lines without reading unbounded amounts.
+
+A hostile or damaged file must not make a reader hang (a FIFO), allocate what a lying header asks for, or
+decompress a bomb: every function here raises :class:`brainmap.errors.FormatError` naming the file and the field
+instead. docs/hardening.md explains the limits and how to run the long fuzz campaign.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import math
+import os
+import stat
+import zlib
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+import numpy as np
+
+from brainmap.errors import FormatError
+
+__all__ = [
+    "CHUNK",
+    "MAX_HEADER_BYTES",
+    "MAX_ARRAY_BYTES",
+    "array_nbytes",
+    "decompress_exact",
+    "open_regular",
+    "read_capped",
+    "skip_lines",
+]
+
+PathLike = str | os.PathLike[str]
+
+#: Bytes handled per read / decompression step when streaming.
+CHUNK = 1 << 24
+#: The most bytes a text header (NRRD, MetaImage) may take.
+MAX_HEADER_BYTES = 1 << 20
+#: The largest array any header may describe (bytes): above every real volume (the 10 um CCF annotation is
+#: 4.8 GB) and below what numpy's index arithmetic can hold. Set ``$BRAINMAP_MAX_ARRAY_BYTES`` to lower it.
+MAX_ARRAY_BYTES = int(os.environ.get("BRAINMAP_MAX_ARRAY_BYTES", 1 << 40))
+#: Below this size the output of a decompression is allocated at once; above it, it grows with the data, so that
+#: a header that lies about its size costs only what the data really hold.
+_PREALLOCATE = 1 << 26
+#: deflate cannot expand more than 1032:1 (zlib's technical details); a header asking for more than this times
+#: the compressed size (plus slack for wrappers) cannot be satisfied.
+_DEFLATE_MAX_RATIO = 1032
+
+_CODECS = ("gzip", "zlib", "bzip2", "lzma")
+
+
+def open_regular(path: PathLike, source: str, what: str = "file") -> IO[bytes]:
+    """Open ``path`` for binary reading if it is a regular file (never blocking on a FIFO or a device).
+
+    Raises FileNotFoundError if it does not exist, FormatError naming ``source`` if it is not a regular file
+    or its name is not a valid path (an embedded NUL), and OSError for other failures to open it.
+    """
+    name = os.fspath(path)
+    if "\0" in str(name):
+        raise FormatError(f"{source}: the {what} name {str(name)!r} holds a NUL character")
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise FormatError(f"{source}: the {what} {str(name)!r} is {kind}; only regular files are read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def array_nbytes(sizes: Sequence[int], itemsize: int, source: str, field: str) -> int:
+    """The bytes of an array of ``sizes`` x ``itemsize``, checked against :data:`MAX_ARRAY_BYTES` in exact integer
+    arithmetic (no int64 overflow); FormatError naming ``field`` otherwise."""
+    nbytes = math.prod(int(s) for s in sizes) * int(itemsize)
+    if nbytes > MAX_ARRAY_BYTES:
+        shown = " x ".join(str(int(s)) for s in sizes)
+        raise FormatError(f"{source}: {field} {shown} describes {nbytes:,} bytes, more than the {MAX_ARRAY_BYTES:,} "
+                          "any volume may hold (set $BRAINMAP_MAX_ARRAY_BYTES to raise the limit)")
+    return nbytes
+
+
+def read_capped(read: Callable[[int], bytes], cap: int, source: str, what: str) -> bytearray:
+    """Everything ``read`` gives (until it returns ``b""``), refusing more than ``cap`` bytes."""
+    out = bytearray()
+    while True:
+        chunk = read(min(CHUNK, cap + 1 - len(out)))
+        if not chunk:
+            return out
+        out += chunk
+        if len(out) > cap:
+            raise FormatError(f"{source}: {what} is longer than the {cap:,} bytes expected")
+
+
+def skip_lines(fh: IO[bytes], count: int, source: str, field: str = "line skip") -> None:
+    """Move ``fh`` past ``count`` lines, reading in chunks (never more than the file holds)."""
+    if count <= 0:
+        return
+    left = count
+    while left:
+        start = fh.tell()
+        chunk = fh.read(1 << 20)
+        if not chunk:
+            raise FormatError(f"{source}: '{field}: {count}' but the data holds only {count - left} lines")
+        found = chunk.count(b"\n")
+        if found < left:
+            left -= found
+            continue
+        position = -1
+        for _ in range(left):
+            position = chunk.index(b"\n", position + 1)
+        fh.seek(start + position + 1)
+        return
+
+
+def _decompressor(codec: str) -> Any:
+    if codec == "gzip":
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if codec == "zlib":  # zlib or gzip wrapper, as MetaIO accepts
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)
+    if codec == "bzip2":
+        return bz2.BZ2Decompressor()
+    return lzma.LZMADecompressor()
+
+
+_MAGIC = {"gzip": b"\x1f\x8b", "zlib": b"\x1f\x8b", "bzip2": b"BZh", "lzma": b"\xfd7zXZ"}
+_ERRORS = (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError)
+
+
+def _step(decompressor: Any, data: bytes, limit: int) -> tuple[bytes, bytes]:
+    """One bounded decompression step: (output of at most ``limit`` bytes, input still to be fed)."""
+    out = decompressor.decompress(data, limit)
+    tail = getattr(decompressor, "unconsumed_tail", b"")  # zlib hands back the input it did not use
+    return out, tail
+
+
+def _drain(decompressor: Any, pending: bytes, read: Callable[[int], bytes], limit: int) -> int:
+    """Decompress and discard the rest of a stream, at most ``limit`` bytes of it; how many bytes it gave.
+
+    Corrupt data raise here (the caller reports them); output is never kept, so memory stays bounded."""
+    total = 0
+    while total <= limit and not decompressor.eof:
+        chunk, pending = _step(decompressor, pending, CHUNK)
+        total += len(chunk)
+        if not chunk and not decompressor.eof:
+            pending = read(CHUNK)
+            if not pending:
+                break
+    return total
+
+
+def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, source: str, *, skip: int = 0,
+                     compressed_size: int | None = None) -> np.ndarray:
+    """Decompress a stream that must expand to exactly ``skip + nbytes`` bytes; return the last ``nbytes``.
+
+    ``read(n)`` gives the compressed bytes in chunks (``b""`` at the end); ``codec`` is ``"gzip"`` (concatenated
+    members allowed), ``"zlib"`` (zlib or gzip wrapper), ``"bzip2"`` (concatenated streams allowed) or ``"lzma"``.
+    The output never exceeds what was asked for: a stream that holds more stops at ``nbytes + 1`` bytes and raises.
+    ``compressed_size`` (if known) lets a deflate header that asks for more than deflate can give fail at once.
+    Every failure (corrupt, truncated, shorter, longer) is a FormatError naming ``source``.
+    """
+    if codec not in _CODECS:
+        raise ValueError(f"decompress_exact: unknown codec {codec!r}")
+    label = {"gzip": "gzip", "zlib": "compressed", "bzip2": "bzip2", "lzma": "xz"}[codec]
+    total = skip + nbytes
+    # Allocate the whole output at once only when the compressed data can hold it (deflate expands at most
+    # 1032:1); otherwise grow it with the data, so that a lying header costs only what the data really hold.
+    plausible = compressed_size is not None and (
+        codec in ("gzip", "zlib") and total <= _DEFLATE_MAX_RATIO * compressed_size + (1 << 16))
+    grow = nbytes > _PREALLOCATE and not plausible
+    buffer: Any = bytearray() if grow else np.empty(nbytes, dtype=np.uint8)
+    view = None if grow else memoryview(buffer)
+    decompressor = _decompressor(codec)
+    pending = b""
+    got = 0  # decompressed bytes so far, skipped ones included
+    try:
+        while got < total:
+            if decompressor.eof:
+                rest = decompressor.unused_data + pending
+                if not rest:
+                    rest = read(CHUNK)
+                if codec == "lzma" or not rest.startswith(_MAGIC[codec]):
+                    break
+                decompressor, pending = _decompressor(codec), rest  # another member / stream follows
+            chunk, pending = _step(decompressor, pending, min(total - got, CHUNK))
+            if chunk:
+                if got + len(chunk) > skip:
+                    part = chunk[max(skip - got, 0):]
+                    at = max(got - skip, 0)
+                    if grow:
+                        buffer += part
+                    else:
+                        view[at : at + len(part)] = part  # type: ignore[index]
+                got += len(chunk)
+                continue
+            if decompressor.eof:
+                continue
+            more = read(CHUNK)
+            if not more:
+                break
+            pending = pending + more if pending else more
+        if got < total:
+            problem = ("holds fewer bytes than the header says" if decompressor.eof
+                       else "is truncated")
+            raise FormatError(f"{source}: {label} data {problem} (expected {total:,} bytes after decompression, "
+                              f"got {got:,})")
+        # Exactly enough: the stream must end here (its check sum read), with nothing more in it.
+        while not decompressor.eof:
+            extra, pending = _step(decompressor, pending, 1)
+            if extra:
+                more_bytes = _drain(decompressor, pending, read, max(total, CHUNK))
+                ended = "got " + f"{total + 1 + more_bytes:,}" if decompressor.eof else "there are more"
+                raise FormatError(f"{source}: {label} data holds more bytes than the header says (it is longer: expected "
+                                  f"{total:,} bytes after decompression, {ended})")
+            if decompressor.eof:
+                break
+            more = read(CHUNK)
+            if not more:
+                raise FormatError(f"{source}: {label} data is truncated (all {total:,} bytes are present but the "
+                                  "end of the stream and its CRC / check sum are missing)")
+            pending = more
+        rest = decompressor.unused_data + pending + read(1 << 16)
+        if rest.startswith(_MAGIC[codec]) and codec != "lzma" and _decompressor(codec).decompress(rest, 1):
+            raise FormatError(f"{source}: {label} data holds more bytes than the header says (it is longer: expected "
+                              f"{total:,} bytes after decompression, another stream follows)")
+        if rest.strip(b"\x00"):
+            raise FormatError(f"{source}: unexpected bytes follow the end of the {label} data")
+    except _ERRORS as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"{source}: {label} data is corrupt ({type(exc).__name__}: {exc})") from None
+    except MemoryError:
+        raise FormatError(f"{source}: not enough memory for the {total:,} bytes the header's sizes need") from None
+    if grow:
+        return np.frombuffer(buffer, dtype=np.uint8)
+    return buffer
