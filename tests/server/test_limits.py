@@ -385,7 +385,7 @@ def test_token_is_required_by_every_route_but_health(server_data, processes, tmp
         stop_server(process)
 
 
-def test_serve_warns_off_loopback(monkeypatch, capsys):
+def test_serve_warns_off_loopback(monkeypatch, capsys, tmp_path):
     from brainmap.server import serve
 
     calls = []
@@ -395,11 +395,11 @@ def test_serve_warns_off_loopback(monkeypatch, capsys):
     serve.add_serve_arguments(parser)
     for host, warned in (("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True),
                          ("192.168.1.5", True), ("::", True)):
-        serve.run_serve_command(parser.parse_args(["--host", host]))
+        serve.run_serve_command(parser.parse_args(["--host", host, "--data-dir", str(tmp_path)]))
         assert ("WARNING" in capsys.readouterr().err) is warned, host
-    serve.run_serve_command(parser.parse_args(["--token", "abc"]))
+    serve.run_serve_command(parser.parse_args(["--token", "abc", "--data-dir", str(tmp_path)]))
     assert calls[-1][1]["token"] == "abc"
     monkeypatch.setenv(serve.ENV_TOKEN, "from-env")
-    serve.run_serve_command(parser.parse_args([]))
+    serve.run_serve_command(parser.parse_args(["--data-dir", str(tmp_path)]))
     assert calls[-1][1]["token"] == "from-env"
 
