@@ -261,14 +261,15 @@ def structure_graph(connection: Connection) -> list[dict[str, Any]]:
     """The structures as Allen's nested graph: roots with ``children`` lists in graph order."""
     s = m.Structure
     rows = connection.execute(select(s.id, s.acronym, s.name, s.parent_structure_id, s.depth, s.graph_id,
-                                     s.graph_order, s.structure_id_path, s.color_hex_triplet)
+                                     s.graph_order, s.structure_id_path, s.color_hex_triplet, s.atlas_id,
+                                     s.st_level)
                               .order_by(s.graph_order, s.id))
     nodes: dict[int, dict[str, Any]] = {}
     roots: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
     for r in rows:
-        node = {"id": r.id, "atlas_id": None, "ontology_id": 1, "acronym": r.acronym, "name": r.name,
-                "color_hex_triplet": r.color_hex_triplet, "graph_order": r.graph_order, "st_level": None,
+        node = {"id": r.id, "atlas_id": r.atlas_id, "ontology_id": 1, "acronym": r.acronym, "name": r.name,
+                "color_hex_triplet": r.color_hex_triplet, "graph_order": r.graph_order, "st_level": r.st_level,
                 "hemisphere_id": 3, "parent_structure_id": r.parent_structure_id, "graph_id": r.graph_id,
                 "depth": r.depth, "structure_id_path": r.structure_id_path, "children": []}
         nodes[r.id] = node
