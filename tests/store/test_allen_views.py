@@ -48,7 +48,10 @@ def test_stereotaxic_injections_and_transgenic_mouse(loaded_database):
             for c in injection["stereotaxic_injection_coordinates"]] == [(9230.0, 1910.0, 8430.0)]
     mouse = row["specimen"]["donor"]["transgenic_mouse"]
     assert mouse["name"] == "Syt6-Cre_KI148" and [t["name"] for t in mouse["transgenic_lines"]] == ["Syt6-Cre_KI148"]
-    assert row["equalization"]["section_data_set_id"] == 100 and row["equalization"]["green_upper"] == 255
+    assert row["equalization"]["section_data_set_id"] == 100 and row["equalization"]["green_upper"] == 4095
+    # ImageDownloadApi.get_section_image_ranges: the window of an image's data set (ISH images are 14-bit)
+    (ish,) = rows(loaded_database, "model::Equalization,rma::criteria,section_data_set(section_images[id$in200000])")
+    assert (ish["section_data_set_id"], ish["red_lower"], ish["red_upper"]) == (200, 0, 16383)
 
 
 def test_structure_gene_and_ontology_attributes(loaded_database):

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    case,
     cast,
     false,
     func,
@@ -174,17 +175,22 @@ def transgenic_mouse_select(donors: Table, donor_lines: Table, lines: Table) -> 
             .group_by(donors.c.id).subquery("transgenic_mice"))
 
 
-#: brainmap's section images are 8-bit per channel: the display window is the whole range.
-EQUALIZATION_WINDOW = (0, 255)
+#: The full range of brainmap's section image channels by product (their bit depth: connectivity images are
+#: 12-bit, ISH 14-bit; :mod:`brainmap.specimen.synthetic.render`): the default display window.
+EQUALIZATION_UPPER = {"connectivity": 4095, "ish": 16383}
+ISH_PRODUCT_ID = 1
 
 
-def equalization_select(sds: Table) -> Subquery:
-    """``Equalization``: the display window of each data set's images (one per data set, id = the data set's)."""
-    lo, hi = EQUALIZATION_WINDOW
+def equalization_select(sds: Table, products: Table) -> Subquery:
+    """``Equalization``: the display window of each data set's images (one per data set, id = the data set's):
+    each channel's whole bit depth (0-4095 for connectivity, 0-16383 for ISH)."""
+    is_ish = (select(products.c.product_id).where(products.c.section_data_set_id == sds.c.id,
+                                                  products.c.product_id == ISH_PRODUCT_ID).exists())
+    upper = case((is_ish, EQUALIZATION_UPPER["ish"]), else_=EQUALIZATION_UPPER["connectivity"])
     bounds = []
     for channel in ("red", "green", "blue"):
-        bounds += [allen_constant(lo, Integer).label(f"{channel}_lower"),
-                   allen_constant(hi, Integer).label(f"{channel}_upper")]
+        bounds += [allen_constant(0, Integer).label(f"{channel}_lower"),
+                   cast(upper, Integer).label(f"{channel}_upper")]
     return select(sds.c.id.label("id"), sds.c.id.label("section_data_set_id"), *bounds).subquery("equalizations")
 
 

@@ -250,7 +250,8 @@ def _discover(paths: Sequence[Path]) -> _Found:
                 if here not in seen:
                     seen.add(here)
                     found.data_sets.append(here)
-                dirs[:] = [d for d in dirs if d != "images"]
+                # images are not volumes; truth/ is a virtual specimen's ground truth, not pipeline output
+                dirs[:] = [d for d in dirs if d not in ("images", "truth")]
             enclosing = next((p for p in [here, *here.parents] if p in seen), None) or outer
             for name in sorted(files):
                 if _skipped(name):

@@ -634,7 +634,7 @@ class Chromosome(Base):
 class Equalization(Base):
     """The display window of a data set's images per channel (``red_lower`` ... ``blue_upper``)."""
 
-    locals().update(_view(equalization_select(SectionDataSet.__table__)))
+    locals().update(_view(equalization_select(SectionDataSet.__table__, section_data_sets_products)))
     __rma_name__ = "Equalization"
     section_data_set: Mapped[SectionDataSet] = relationship(
         viewonly=True, primaryjoin="foreign(Equalization.section_data_set_id) == SectionDataSet.id")
