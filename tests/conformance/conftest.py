@@ -67,7 +67,7 @@ class Served:
     def get(self, path: str, **params: Any) -> Any:
         import httpx
 
-        return httpx.get(self.base + path, params=params, timeout=120)
+        return httpx.get(self.base + path, params=params or None, timeout=120)
 
     def rma(self, query: str) -> list[dict[str, Any]]:
         body = self.get("/api/v2/data/query.json", criteria=query).json()
