@@ -44,7 +44,7 @@ EXAMPLES: list[tuple[str, str]] = [
     ("/api/v2/data/query.json?criteria=service::mouse_connectivity_correlation[row$eq{CONN}]", "all_experiments"),
     # Connected Services and Pipes (verbatim, then the seed data set substituted)
     ("/api/v2/data/query.xml?criteria=service::mouse_agea[set$eqmouse_coronal][seed_age$eqP56][map_age$eqP56]"
-     "[seed_point$eq6800,4200,5600][correlation_threshold1$eq0.84][correlation_threshold2$eq0.93]", "success"),
+     "[seed_point$eq6800,4200,5600][correlation_threshold1$eq0.84][correlation_threshold2$eq0.93]", "agea"),
     ("/api/v2/data/query.xml?criteria=service::mouse_correlation[set$eqmouse][row$eq{ISH}]", "success"),
     ("/api/v2/data/query.xml?criteria=service::mouse_differential[set$eq'mouse'][structures1$eq8][structures2$eq315]",
      "success"),
@@ -102,6 +102,11 @@ def _xml(element: ET.Element) -> Any:
 @pytest.mark.parametrize("template,expect", EXAMPLES, ids=[e[0][:90] for e in EXAMPLES])
 def test_allen_documentation_example(template, expect, served, ids):
     response = served.get(_url(template, ids))
+    if expect == "agea" and len(ids["ish"]) < 3:
+        # AGEA correlates voxels across data sets: it needs 3 with data at the seed; the demo has 2 ISH genes,
+        # so the answer is the clear error saying so (with 3 or more the example must succeed).
+        assert response.status_code == 400 and "at least 3 are needed" in response.text, response.text[:300]
+        return
     assert response.status_code == 200, (template, response.text[:500])
     experiments = {e["id"]: e for e in ids["experiments"]}
     if expect.startswith("zip:"):

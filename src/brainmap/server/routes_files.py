@@ -229,10 +229,13 @@ def grid_download_file(request: Request, section_data_set_id: int,
     if not _VOLUME_NAME.fullmatch(image):
         raise ApiError(f"image: {image!r} is not a volume name (letters, digits and '_')")
     files = state.run(lambda c: _files_of(c, section_data_set_id))
-    found = _nrrd_resolutions(files, image).get(resolution)
+    at = _nrrd_resolutions(files, image)
+    found = at.get(resolution)
     if found is None:
-        raise NotFound(f"SectionDataSet {section_data_set_id} has no {image} volume at {resolution} um; it has: "
-                       f"{_available(files)}")
+        where = (f"{image} exists at {', '.join(f'{r} um' for r in sorted(at))}" if at
+                 else f"it has no {image} volume at any resolution")
+        raise NotFound(f"SectionDataSet {section_data_set_id} has no {image} volume at {resolution} um: {where} "
+                       f"(its volumes: {_available(files)})")
     return file_response(state, request, found, "application/octet-stream",
                          f"{image}_{resolution}.nrrd")
 
