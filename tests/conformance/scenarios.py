@@ -366,10 +366,13 @@ def _(c: Context) -> Any:
     return [float(v) for v in centroid]
 
 
-@scenario("MouseConnectivityApi.get_reference_aligned_image_channel_volumes_url")
+@scenario("MouseConnectivityApi.download_reference_aligned_image_channel_volumes")
 def _(c: Context) -> Any:
-    return call(c.api("MouseConnectivityApi"), "get_reference_aligned_image_channel_volumes_url",
-                c.ids["connectivity"][0])
+    api = c.api("MouseConnectivityApi")
+    url = call(api, "get_reference_aligned_image_channel_volumes_url", c.ids["connectivity"][0])
+    path = c.path("aligned", "channels.zip")
+    call(api, "download_reference_aligned_image_channel_volumes", c.ids["connectivity"][0], path)
+    return {"url": url, **file_summary(path)}
 
 
 # ======================================================================================= MouseConnectivityCache
