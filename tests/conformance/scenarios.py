@@ -190,6 +190,13 @@ def _(c: Context) -> Any:
     return jsonable(schema)
 
 
+@scenario("RmaApi.load_api_schema")
+def _(c: Context) -> Any:
+    schema = call(c.api("RmaApi"), "load_api_schema")
+    models = schema["msg"] if isinstance(schema, dict) else schema
+    return sorted(m["name"] for m in models)
+
+
 # ================================================================================================ OntologiesApi
 @scenario("OntologiesApi.get_structures(graph_ids)")
 def _(c: Context) -> Any:

@@ -156,6 +156,12 @@ def _(r, t):
     assert {"data_set_id", "injection_structures", "transgenic_line", "structure_abbrev"} <= set(attributes)
 
 
+@check("RmaApi.load_api_schema")
+def _(r, t):
+    assert {"ApiConnectivity", "SectionDataSet", "Structure", "StructureGraph", "Atlas", "AtlasImage",
+            "Equalization", "StereotaxicInjection", "TransgenicMouse", "WellKnownFile"} <= set(r)
+
+
 def _ontology_ids(t: Truth, nodes: Any) -> list[int]:
     return sorted(int(n["id"]) for n in nodes)
 

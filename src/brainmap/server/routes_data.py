@@ -314,8 +314,11 @@ def schema() -> Response:
 
 @router.get("/api/v2/data/{model}.json", summary="One model's RMA schema")
 def model_schema(model: str) -> Response:
-    """One model's attributes, associations and aliases (an unknown model is a 400 naming the models)."""
+    """One model's attributes, associations and aliases (an unknown model is a 400 naming the models);
+    ``enumerate`` is every model (AllenSDK's ``Api.load_api_schema``)."""
     from brainmap.store.rma import registry
 
+    if model == "enumerate":
+        return _schema_body(registry().describe())
     info = registry().model(model)
     return _schema_body({model: info.describe()})
