@@ -521,6 +521,16 @@ def _(c: Context) -> Any:
     return arr(mask)
 
 
+@scenario("MouseConnectivityCache.get_template_volume")
+def _(c: Context) -> Any:
+    return arr(_mcc(c).get_template_volume()[0])
+
+
+@scenario("MouseConnectivityCache.get_deformation_field")
+def _(c: Context) -> Any:
+    return arr(call(_mcc(c), "get_deformation_field", c.ids["connectivity"][0]))
+
+
 @scenario("allensdk docs: Mouse Connectivity Cache example")
 def _(c: Context) -> Any:
     """The AllenSDK documentation's example, unmodified but for base_uri (and Api.download_url, set at start)."""

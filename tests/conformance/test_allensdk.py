@@ -45,6 +45,12 @@ CANNOT = {
     "GridDataApi.download_deformation_field": (
         "DeformationFieldHeader", "brainmap's registration is affine (Alignment3d); there is no deformation field "
                                   "(WellKnownFile types DeformationFieldHeader/Voxels); the query answers no rows"),
+    "MouseConnectivityCache.get_template_volume": (
+        "404", "brainmap does not ship Allen's average template; served only from a copy in the data directory "
+               "(average_template/), else 404 saying where it goes"),
+    "MouseConnectivityCache.get_deformation_field": (
+        ("micron", "no get_deformation_field", "DeformationField"),
+        "brainmap's registration is affine (Alignment3d): there are no deformation field files to serve"),
     "ReferenceSpaceApi.download_annotation_volume(ccf_2016)": (
         "404", "brainmap serves the CCF 2017 annotation only; the 404 names it"),
 }
