@@ -86,7 +86,8 @@ def _check_common(request: Request, allowed: set[str]) -> None:
 
 # -- section images -------------------------------------------------------------------------------------------
 @lru_cache(maxsize=64)
-def _data_set_folder(path: str) -> Any:
+def _data_set_folder(path: str, mtime_ns: int) -> Any:
+    """A data set folder's ``dataset.json``, read once per version of the file (``mtime_ns``)."""
     from brainmap.specimen.folder import read_dataset
 
     return read_dataset(Path(path), check_files=False)
@@ -113,8 +114,9 @@ def _channels(state: ServerState, image_id: int) -> tuple[dict[str, np.ndarray],
     row = state.run(lambda c: _image_row(c, image_id))
     if not row.storage_directory:
         raise NotFound(f"SectionImage {image_id}: its data set has no storage directory")
-    folder = state.resolve_data_path(Path(row.storage_directory) / "dataset.json").parent
-    dataset = _data_set_folder(str(folder))
+    document = state.resolve_data_path(Path(row.storage_directory) / "dataset.json")
+    folder = document.parent
+    dataset = _data_set_folder(str(folder), document.stat().st_mtime_ns)
     image = next((i for i in dataset.images if i.id == image_id), None)
     if image is None:
         raise NotFound(f"SectionImage {image_id} is not in {folder / 'dataset.json'}")
