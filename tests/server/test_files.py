@@ -70,6 +70,8 @@ def test_download_file_streams_the_nrrd(http, server_data):
     ("/grid_data/download/200?include=nothing", 404, "energy"),
     ("/grid_data/download/200?include=energy;rm", 400, "volume name"),
     ("/grid_data/download_file/101?image=projection_density&resolution=10", 404, "projection_density_100"),
+    ("/grid_data/download_file/101?image=projection_density&resolution=25", 404,
+     "projection_density exists at 100 um"),
     ("/grid_data/download_file/101?image=../../etc/passwd", 400, "volume name"),
     ("/grid_data/download_file/abc", 400, "section_data_set_id"),
     ("/api/v2/well_known_file_download/999999", 404, "999999"),

@@ -46,6 +46,27 @@ ROUTE_EXAMPLES = {
     "/viewer/slice/{section_data_set_id}.png": ("/viewer/slice/101.png?plane=coronal&position=9200", "image/png"),
     "/viewer/volumes/{section_data_set_id}.json": ("/viewer/volumes/101.json", "application/json"),
     "/health": ("/health", "application/json"),
+    "/api/v2/data.json": ("/api/v2/data.json", "application/json"),
+    "/api/v2/data/{model}.json": ("/api/v2/data/ApiConnectivity.json", "application/json"),
+    "/api/v2/section_image_download/{section_image_id}": ("/api/v2/section_image_download/100000?downsample=1",
+                                                          "image/jpeg"),
+    "/api/v2/image_download/{section_image_id}": ("/api/v2/image_download/100000?quality=50", "image/jpeg"),
+    "/api/v2/projection_image_download/{section_image_id}": ("/api/v2/projection_image_download/100000",
+                                                             "image/jpeg"),
+    "/api/v2/atlas_image_download/{atlas_image_id}": ("/api/v2/atlas_image_download/90000050?annotation=true",
+                                                      "image/jpeg"),
+    "/api/v2/svg_download/{atlas_image_id}": ("/api/v2/svg_download/90100020?groups=28", "image/svg+xml"),
+    "/api/v2/svg/{atlas_image_id}": ("/api/v2/svg/90100020?downsample=1", "image/svg+xml"),
+    "/api/v2/image_to_image_2d/{section_image_id}.json": (
+        "/api/v2/image_to_image_2d/100000.json?x=1&y=2&section_image_ids=100003", "application/json"),
+    "/api/v2/image_to_atlas/{section_image_id}.json": ("/api/v2/image_to_atlas/100000.json?x=1&y=2&atlas_id=2",
+                                                       "application/json"),
+    "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/structure_masks/structure_masks_{resolution}"
+    "/structure_{structure_id}.nrrd": (
+        "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/structure_masks/structure_masks_100/"
+        "structure_315.nrrd", "application/octet-stream"),
+    "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/structure_meshes/{structure_id}.obj": (
+        "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/structure_meshes/1089.obj", "text/plain"),
 }
 
 

@@ -69,6 +69,52 @@ def test_mouse_agea(rma, http, stores):
     assert body["msg"] == expected["msg"] and len(body["msg"]) == 3
 
 
+def test_mouse_agea_ages_and_gene_finder(rma, http, stores):
+    import numpy as np
+
+    from brainmap.search import seed_point_search
+
+    plain = http.get(rma("service::mouse_agea[seed_point$eq7000,3000,3000][num_rows$eq3]")).json()
+    aged = http.get(rma("service::mouse_agea[set$eq'mouse'][seed_point$eq7000,3000,3000][seed_age$eqP56]"
+                        "[map_age$eqP56][num_rows$eq3]")).json()
+    assert aged["msg"] == plain["msg"]
+    wrong = http.get(rma("service::mouse_agea[seed_point$eq7000,3000,3000][seed_age$eqE15.5]"))
+    assert wrong.status_code == 400 and "P56" in wrong.json()["msg"]
+    # The gene finder: fold change between the voxels correlated >= 0.5 and >= 0.2 with the seed, recomputed
+    # here from the decoded matrix and the seed-point map.
+    store = stores["mouse"]
+    body = http.get(rma("service::mouse_agea[seed_point$eq7000,3000,3000][seed_age$eqP56][map_age$eqP56]"
+                        "[correlation_threshold1$eq0.2][correlation_threshold2$eq0.5][num_rows$eq2000]")).json()
+    ranking = seed_point_search(store, [7000.0, 3000.0, 3000.0], num_rows=100000)
+    r = {row.voxel: row.r for row in ranking.rows}
+    columns = {int(v): k for k, v in enumerate(store.columns)}
+    values = store.decode()
+    target = [columns[v] for v, x in r.items() if x is not None and x >= 0.5]
+    contrast = [columns[v] for v, x in r.items() if x is not None and x >= 0.2]
+    assert 0 < len(target) < len(contrast)
+    with np.errstate(invalid="ignore"):
+        fold = np.nanmean(values[:, target], axis=1) / np.nanmean(values[:, contrast], axis=1)
+    expected = dict(zip(store.data_set_ids.tolist(), fold.tolist()))
+    got = {row["data_set_id"]: row["fold_change"] for row in body["msg"]}
+    assert body["total_rows"] == store.n_rows and got
+    for data_set_id, value in got.items():
+        if value is not None and np.isfinite(expected[data_set_id]):
+            assert value == pytest.approx(expected[data_set_id], rel=0.02)
+    half = http.get(rma("service::mouse_agea[seed_point$eq7000,3000,3000][correlation_threshold1$eq0.2]"))
+    assert half.status_code == 400 and "correlation_threshold2" in half.json()["msg"]
+
+
+def test_source_search_injection_domain_is_allens_name(rma, http):
+    given = http.get(rma("service::mouse_connectivity_injection_structure[injection_domain$eqVISp]"
+                         "[primary_structure_only$eqtrue]")).json()
+    same = http.get(rma("service::mouse_connectivity_injection_structure[injection_structures$eqVISp]"
+                        "[primary_structure_only$eqtrue]")).json()
+    assert given["success"] is True and given["msg"] == same["msg"] and given["total_rows"] >= 12
+    both = http.get(rma("service::mouse_connectivity_injection_structure[injection_domain$eqVISp]"
+                        "[injection_structures$eqVISp]"))
+    assert both.status_code == 400 and "give it once" in both.json()["msg"]
+
+
 def _allen(rows: list[dict]) -> list[dict]:
     from brainmap.search.connectivity import ALLEN_FIELD_NAMES
 

@@ -48,3 +48,8 @@ def structures_path() -> Path:
 def structure_sets_path() -> Path:
     """Path of the bundled table of the 33 structure sets."""
     return data_dir() / "structure_sets.csv"
+
+
+def structure_levels_path() -> Path:
+    """Path of the bundled ``atlas_id`` and ``st_level`` of every structure (Allen's structure graph 1)."""
+    return data_dir() / "structure_levels.csv"

@@ -52,9 +52,78 @@ class MouseConnectivityApi(GridDataApi, ReferenceSpaceApi):
         return self.service_query("mouse_connectivity_correlation", num_rows=num_rows, **kwargs)
 
     def get_experiments(self, structure_ids: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """Experiments injected in ``structure_ids`` (ids or acronyms, descendants included): the source search."""
+        """Experiments injected in ``structure_ids`` (ids or acronyms, descendants included): the source search.
+        ``structure_ids=None``: every connectivity SectionDataSet that did not fail (AllenSDK's query)."""
+        if structure_ids is None:
+            products = ",".join(str(p) for p in self.PRODUCT_IDS)
+            return self.model_query("SectionDataSet", criteria=f"[failed$eqfalse],products[id$in{products}]",
+                                    **({"num_rows": "all"} | kwargs))
         ids = structure_ids if isinstance(structure_ids, (list, tuple)) else [structure_ids]
         return self.experiment_source_search(injection_structures=list(ids), **kwargs)
+
+    def get_experiments_api(self) -> list[dict[str, Any]]:
+        """Allen's ``ApiConnectivity`` rows: one per experiment (``data_set_id``, ``structure_id``,
+        ``injection_structures`` "/"-joined, ``injection_x/y/z``, ``transgenic_line`` ...)."""
+        return self.model_query("ApiConnectivity", num_rows="all")
+
+    def get_manual_injection_summary(self, experiment_id: int) -> list[dict[str, Any]]:
+        """An experiment with its specimen, donor (transgenic mouse and lines), injections (structure, age),
+        equalization and products, as AllenSDK asks for them."""
+        include = ["specimen(donor(transgenic_mouse(transgenic_lines)),", "injections(structure,age)),",
+                   "equalization,products"]
+        only = ["id", "failed", "storage_directory", "red_lower", "red_upper", "green_lower", "green_upper",
+                "blue_lower", "blue_upper", "products.id", "specimen_id", "structure_id", "reference_space_id",
+                "primary_injection_structure_id", "registration_point", "coordinates_ap", "coordinates_dv",
+                "coordinates_ml", "angle", "sex", "strain", "injection_materials", "acronym", "structures.name",
+                "days", "transgenic_mice.name", "transgenic_lines.name", "transgenic_lines.description",
+                "transgenic_lines.id", "donors.id"]
+        return self.model_query("SectionDataSet", criteria=f"[id$in{int(experiment_id)}]", include="".join(include),
+                                only=only)
+
+    def get_experiment_detail(self, experiment_id: int) -> list[dict[str, Any]]:
+        """An experiment with its specimen's stereotaxic injections, equalization and section images in order."""
+        include = ("specimen(stereotaxic_injections(primary_injection_structure,structures,"
+                   "stereotaxic_injection_coordinates)),equalization,sub_images")
+        return self.model_query("SectionDataSet", criteria=f"[id$eq{int(experiment_id)}]", include=include,
+                                order=["sub_images.section_number$asc"])
+
+    def get_projection_image_info(self, experiment_id: int, section_number: int) -> list[dict[str, Any]]:
+        """An experiment's equalization and its section image ``section_number``."""
+        return self.model_query("SectionDataSet", criteria=f"[id$eq{int(experiment_id)}]",
+                                include=f"equalization,sub_images[section_number$eq{int(section_number)}]")
+
+    def get_reference_aligned_image_channel_volumes_url(self, data_set_id: int) -> str:
+        """The download URL of a data set's channels resampled into the 25 um CCF
+        (``ImagesResampledTo25MicronARA``), where the server has them (brainmap's pipeline makes none)."""
+        rows = self.model_query("WellKnownFile", criteria="well_known_file_type[name$eq'ImagesResampledTo25MicronARA']"
+                                f"[attachable_id$eq{int(data_set_id)}]")
+        if not rows:
+            from brainmap.sdk.errors import ApiError
+
+            raise ApiError(f"SectionDataSet {data_set_id} has no ImagesResampledTo25MicronARA file on this server",
+                           url=self.build_query_url("model::WellKnownFile"), status=404)
+        return self.http.base_uri + rows[0]["download_link"]
+
+    def download_reference_aligned_image_channel_volumes(self, data_set_id: int,
+                                                         save_file_path: str | None = None) -> DownloadResult:
+        """The channels resampled into the 25 um CCF (a zip), where the server has them."""
+        return self.retrieve_file_over_http(self.get_reference_aligned_image_channel_volumes_url(data_set_id),
+                                            save_file_path or f"{int(data_set_id)}.zip")
+
+    @staticmethod
+    def calculate_injection_centroid(injection_density: Any, injection_fraction: Any, resolution: float = 25
+                                     ) -> Any:
+        """The injection site's centroid (um, AP/DV/LR): voxel positions weighted by density x fraction over the
+        voxels with an injection fraction; None where there is none."""
+        import numpy as np
+
+        fraction = np.asarray(injection_fraction)
+        where = np.nonzero(fraction)
+        weights = np.asarray(injection_density)[where] * fraction[where]
+        total = weights.sum()
+        if total <= 0:
+            return None
+        return np.dot(weights, np.stack(where, axis=1)) / total * resolution
 
     # -- unionizes ----------------------------------------------------------------------------------------------
     def get_structure_unionizes(self, experiment_ids: Any, is_injection: bool | None = None,

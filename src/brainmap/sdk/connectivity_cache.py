@@ -122,6 +122,11 @@ class MouseConnectivityCache(ReferenceSpaceCache):
             return frame
         return experiments
 
+    def filter_experiments(self, experiments: list[dict[str, Any]], cre: Any = None,
+                           injection_structure_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """Experiments (from :meth:`get_experiments`) filtered by Cre line and primary injection structure."""
+        return self._filter_experiments(list(experiments), cre, injection_structure_ids)
+
     def _filter_experiments(self, experiments: list[dict[str, Any]], cre: Any,
                             injection_structure_ids: Iterable[int] | None) -> list[dict[str, Any]]:
         if cre is True:

@@ -63,6 +63,38 @@ class GridDataApi(RmaApi):
         return self.retrieve_file_over_http(self.expression_grid_url(section_data_set_id, include),
                                             path or f"{int(section_data_set_id)}.zip")
 
+    def download_gene_expression_grid_data(self, section_data_set_id: int, volume_type: str,
+                                           path: str | Path) -> DownloadResult:
+        """One ISH grid volume (``energy``, ``density`` or ``intensity``): its grid-data zip, unpacked beside
+        ``path`` (``{volume_type}.mhd`` and ``.raw``), as AllenSDK's."""
+        import zipfile
+
+        target = Path(path)
+        archive = target.with_name(f".{int(section_data_set_id)}_{volume_type}.zip")
+        result = self.download_expression_grid_data(section_data_set_id, include=[volume_type], path=archive)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target.parent)
+        return result
+
+    def download_deformation_field(self, section_data_set_id: int, header_path: str | None = None,
+                                   voxel_path: str | None = None, voxel_type: str = "DeformationFieldVoxels",
+                                   header_type: str = "DeformationFieldHeader") -> None:
+        """A data set's deformation field (Allen's WellKnownFiles ``DeformationFieldHeader/Voxels``), where the
+        server has one. brainmap's registration is affine, so a brainmap server has none: a clear error."""
+        rows = self.model_query("WellKnownFile", criteria=f"[attachable_id$eq{int(section_data_set_id)}],"
+                                f"well_known_file_type[name$in'{header_type}','{voxel_type}']",
+                                include="well_known_file_type", num_rows="all")
+        found = {r["well_known_file_type"]["name"]: r for r in rows}
+        missing = [t for t in (header_type, voxel_type) if t not in found]
+        if missing:
+            raise ApiError(f"SectionDataSet {section_data_set_id} has no {' or '.join(missing)} file on this "
+                           "server (brainmap's registration is affine: it makes no deformation fields)",
+                           url=self.build_query_url("model::WellKnownFile"), status=404)
+        for kind, target in ((header_type, header_path or f"{section_data_set_id}_dfmfld.mhd"),
+                             (voxel_type, voxel_path or f"{section_data_set_id}_dfmfld.raw")):
+            self.retrieve_file_over_http(f"{self.http.base_uri}/api/v2/well_known_file_download/{found[kind]['id']}",
+                                         target)
+
     def download_alignment3d(self, section_data_set_id: int, num_rows: Any = "all", count: bool = False
                              ) -> dict[str, Any]:
         """The Alignment3d row of a data set (``trv_00..11``, ``tvr_00..11``)."""
@@ -95,10 +127,39 @@ class ReferenceSpaceApi(RmaApi):
         return self.volumetric_data_url(self.AVERAGE_TEMPLATE,
                                         f"average_template_{check_resolution(resolution)}.nrrd")
 
+    def download_volumetric_data(self, data_path: str, file_name: str, voxel_resolution: int | None = None,
+                                 save_file_path: str | Path | None = None, release: str | None = None,
+                                 coordinate_framework: str | None = None) -> DownloadResult:
+        """Any file of the CCF archive (``data_path``/``file_name``) to ``save_file_path``."""
+        if release not in (None, "current-release") or coordinate_framework not in (None, "mouse_ccf"):
+            raise SdkError("only the current release of mouse_ccf is served")
+        return self.retrieve_file_over_http(self.volumetric_data_url(data_path, file_name),
+                                            save_file_path or file_name)
+
+    def download_structure_mask(self, structure_id: int, ccf_version: str | None, resolution: int,
+                                file_name: str | Path) -> DownloadResult:
+        """A structure's mask (uint8, with its descendants) on the annotation's grid, to ``file_name``."""
+        version = ccf_version or self.CCF_VERSION_DEFAULT
+        resolution = check_resolution(resolution)
+        return self.retrieve_file_over_http(self.volumetric_data_url(
+            f"{version}/structure_masks/structure_masks_{resolution}", f"structure_{int(structure_id)}.nrrd"),
+            file_name)
+
+    def download_structure_mesh(self, structure_id: int, ccf_version: str | None, file_name: str | Path
+                                ) -> DownloadResult:
+        """A structure's surface mesh (Wavefront OBJ, microns) to ``file_name``."""
+        version = ccf_version or self.CCF_VERSION_DEFAULT
+        return self.retrieve_file_over_http(self.volumetric_data_url(f"{version}/structure_meshes",
+                                                                     f"{int(structure_id)}.obj"), file_name)
+
     def download_annotation_volume(self, ccf_version: str | None, resolution: int, file_name: str | Path
-                                   ) -> DownloadResult:
-        """The annotation volume (uint32 structure ids, PIR) at ``resolution`` um to ``file_name``."""
-        return self.retrieve_file_over_http(self.annotation_url(ccf_version, resolution), file_name)
+                                   ) -> tuple[Any, dict[str, Any]]:
+        """The annotation volume (uint32 structure ids, PIR) at ``resolution`` um to ``file_name``; returns
+        ``(array, header)`` read from it, as AllenSDK's."""
+        from brainmap.io.nrrd import read_nrrd
+
+        self.retrieve_file_over_http(self.annotation_url(ccf_version, resolution), file_name)
+        return read_nrrd(file_name)
 
     def download_template_volume(self, resolution: int, file_name: str | Path) -> DownloadResult:
         """Allen's average template at ``resolution`` um to ``file_name``. brainmap does not ship it: a brainmap

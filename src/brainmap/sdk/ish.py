@@ -15,6 +15,7 @@ Files: ``ish_experiments.json``, ``ish_experiment_{id}/grid_{resolution}.zip`` (
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -148,3 +149,50 @@ class MouseIshCache:
                                            lambda i=i: records_to_columns(self.api.get_structure_unionizes([i]))))
         tables = [t for t in tables if t and len(next(iter(t.values())))]
         return to_dataframe(concat_tables(tables)) if tables else pd.DataFrame()
+
+
+class MouseAtlasApi(MouseIshApi):
+    """AllenSDK's ``MouseAtlasApi``: ISH data sets, genes and the 200 um expression grids."""
+
+    MOUSE_ATLAS_PRODUCTS = (ISH_PRODUCT_ID,)
+    MOUSE_ORGANISM = (2,)
+
+    def get_section_data_sets(self, gene_ids: Any = None, product_ids: Any = None, **kwargs: Any
+                              ) -> list[dict[str, Any]]:
+        """SectionDataSets of the products (default the Mouse Brain atlas, 1), with their genes."""
+        products = ",".join(str(int(p)) for p in (_values(product_ids) or self.MOUSE_ATLAS_PRODUCTS))
+        criteria = f"products[id$in{products}]"
+        if gene_ids is not None:
+            criteria += f",genes[id$in{','.join(str(int(g)) for g in _values(gene_ids))}]"
+        return self.model_query("SectionDataSet", criteria=criteria, include="genes",
+                                order=kwargs.pop("order", ["id"]), num_rows=kwargs.pop("num_rows", "all"),
+                                **kwargs)
+
+    def get_genes(self, organism_ids: Any = None, chromosome_ids: Any = None, **kwargs: Any
+                  ) -> list[dict[str, Any]]:
+        """Genes of the organisms (default mouse, 2), each with its chromosome (null where not held)."""
+        organisms = ",".join(str(int(o)) for o in (_values(organism_ids) or self.MOUSE_ORGANISM))
+        criteria = f"[organism_id$in{organisms}]"
+        if chromosome_ids is not None:
+            criteria += f",[chromosome_id$in{','.join(str(int(c)) for c in _values(chromosome_ids))}]"
+        return self.model_query("Gene", criteria=criteria, include="chromosome",
+                                order=kwargs.pop("order", ["id"]), num_rows=kwargs.pop("num_rows", "all"),
+                                **kwargs)
+
+    def _expression(self, path: str, experiment_id: int, volume: str) -> Any:
+        """Download one grid volume next to ``path`` and read it as AllenSDK does: ``(array (AP, DV, LR),
+        information)``."""
+        from brainmap.io.metaimage import read_metaimage
+
+        self.download_gene_expression_grid_data(experiment_id, volume, path)
+        data, header = read_metaimage(Path(path).with_name(f"{volume}.mhd"))
+        return data, {"spacing": tuple(header.element_spacing), "origin": tuple(header.offset or ())}
+
+    def download_expression_density(self, path: str, experiment_id: int) -> Any:
+        return self._expression(path, experiment_id, self.DENSITY)
+
+    def download_expression_energy(self, path: str, experiment_id: int) -> Any:
+        return self._expression(path, experiment_id, self.ENERGY)
+
+    def download_expression_intensity(self, path: str, experiment_id: int) -> Any:
+        return self._expression(path, experiment_id, self.INTENSITY)

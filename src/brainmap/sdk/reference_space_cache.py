@@ -113,6 +113,34 @@ class ReferenceSpaceCache:
         annotation, _ = self.get_annotation_volume(annotation_file_name)
         return ReferenceSpace(tree, annotation, self.resolution)
 
+    @classmethod
+    def validate_structure_id(cls, structure_id: Any) -> int:
+        """A structure id as an ``int`` (numpy integers and integral strings too); ValueError otherwise."""
+        try:
+            value = int(structure_id)
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid structure_id {structure_id!r}: must be an integer") from None
+        if isinstance(structure_id, float) and not float(structure_id).is_integer():
+            raise ValueError(f"invalid structure_id {structure_id!r}: must be an integer")
+        return value
+
+    @classmethod
+    def validate_structure_ids(cls, structure_ids: Any) -> list[int]:
+        """:meth:`validate_structure_id` of each."""
+        return [cls.validate_structure_id(s) for s in structure_ids]
+
+    def get_structure_mesh(self, structure_id: int, file_name: str | None = None) -> tuple[Any, Any, Any, Any]:
+        """``(vertices, vertex_normals, face_vertices, face_normals)`` of a structure's surface mesh (microns,
+        PIR), read from the server's OBJ file (cached), as AllenSDK's ``read_obj`` gives them."""
+        structure_id = self.validate_structure_id(structure_id)
+        if file_name is None:
+            file_name = str(self.manifest_file.parent / "structure_meshes" / f"{structure_id}.obj")
+        path = Path(file_name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.api.download_structure_mesh(structure_id, self.reference_space_key, path)
+        return _read_obj(path)
+
     def get_structure_mask(self, structure_id: int, file_name: str | None = None,
                            annotation_file_name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """``(mask, header)``: 1 inside ``structure_id`` and its descendants (uint8, PIR, ``resolution`` um).
@@ -129,3 +157,23 @@ class ReferenceSpaceCache:
             record_local_file(path, f"structure mask {structure_id} made from "
                                     f"{self.api.annotation_url(self.reference_space_key, self.resolution)}")
         return read_nrrd(path)
+
+
+def _read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A Wavefront OBJ of triangles (``f a//na b//nb c//nc``): vertices, vertex normals, faces (0-based) and the
+    normal index of each face corner."""
+    vertices, normals, faces, face_normals = [], [], [], []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "v":
+            vertices.append([float(v) for v in parts[1:4]])
+        elif parts[0] == "vn":
+            normals.append([float(v) for v in parts[1:4]])
+        elif parts[0] == "f":
+            corners = [p.split("/") for p in parts[1:4]]
+            faces.append([int(c[0]) - 1 for c in corners])
+            face_normals.append([int(c[-1]) - 1 if c[-1] else -1 for c in corners])
+    return (np.asarray(vertices, float).reshape(-1, 3), np.asarray(normals, float).reshape(-1, 3),
+            np.asarray(faces, np.int64).reshape(-1, 3), np.asarray(face_normals, np.int64).reshape(-1, 3))

@@ -169,6 +169,16 @@ class RmaApi(Api):
             if not rows or (isinstance(total, int) and start_row >= total):
                 return
 
+    def get_schema(self, clazz: str | None = None) -> Any:
+        """The RMA schema: every model's attributes and associations, or one model's (``clazz``)."""
+        if clazz is not None and not str(clazz).replace("_", "").isalnum():
+            raise SdkError(f"clazz must be a model name such as 'Structure', got {clazz!r}")
+        return self.json_msg_query(f"/api/v2/data{'/' + clazz if clazz else ''}.json")
+
+    def load_api_schema(self) -> Any:
+        """The whole RMA schema document (``/api/v2/data/enumerate.json``)."""
+        return self.http.get_json("/api/v2/data/enumerate.json")
+
     def service_query(self, service_name: str, parameters: Iterable[tuple[str, Any]] | None = None,
                       num_rows: int | str | None = None, start_row: int | None = None, **kwargs: Any) -> Any:
         """The ``msg`` of a ``service::`` call. Parameters as a list of ``(name, value)`` and/or keywords.

@@ -46,6 +46,17 @@ class SynchronizationApi(RmaApi):
             params["hemisphere_id"] = int(hemisphere_id)
         return self.json_msg_query(self._url(f"structure_to_image/{int(section_data_set_id)}.json", **params))
 
+    def get_image_to_image_2d(self, section_image_id: int, x: float, y: float, section_image_ids: Any
+                              ) -> list[dict[str, Any]]:
+        """The same in-plane point on other images of the same specimen (2-D alignments only)."""
+        return self.json_msg_query(self._url(f"image_to_image_2d/{int(section_image_id)}.json", x=x, y=y,
+                                             section_image_ids=_ids(section_image_ids)))
+
+    def get_image_to_atlas(self, section_image_id: int, x: float, y: float, atlas_id: int) -> dict[str, Any]:
+        """The nearest plate of an atlas (1 coronal, 2 sagittal) to a pixel of an image, and the pixel on it."""
+        return self.json_msg_query(self._url(f"image_to_atlas/{int(section_image_id)}.json", x=x, y=y,
+                                             atlas_id=int(atlas_id)))
+
     def _url(self, path: str, **params: Any) -> str:
         from urllib.parse import urlencode
 

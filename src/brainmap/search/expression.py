@@ -479,6 +479,39 @@ class ExpressionSearch:
         plan = self.plan_differential(target, contrast, threshold1, threshold2)
         return self.finish_differential(plan, self.differential_sums(plan))
 
+    def differential_columns(self, target_columns: np.ndarray, contrast_columns: np.ndarray, *,
+                             threshold1: Any = None, threshold2: Any = None,
+                             what: str = "differential search") -> Ranking[DifferentialRow]:
+        """Fold change of every data set between two sets of store columns (sorted positions), as
+        :meth:`differential` does between the voxels of two structure sets."""
+        t1 = parse_threshold(threshold1, "threshold1")
+        t2 = parse_threshold(threshold2, "threshold2")
+        for cols, name in ((target_columns, "target"), (contrast_columns, "contrast")):
+            if cols.size == 0:
+                raise SearchInputError(f"the {name} voxels of the {what} are empty")
+        union = np.union1d(target_columns, contrast_columns)
+        plan = DifferentialPlan(_kernels.ColumnPlan.of(union), np.isin(union, target_columns).astype(np.float64),
+                                np.isin(union, contrast_columns).astype(np.float64), t1, t2)
+        return self.finish_differential(plan, self.differential_sums(plan))
+
+    def gene_finder(self, seed_point: Sequence[float], correlation_threshold1: float,
+                    correlation_threshold2: float, *, threshold1: Any = None, threshold2: Any = None,
+                    domain: Any = None) -> Ranking[DifferentialRow]:
+        """AGEA's gene finder: data sets by fold change of mean expression between the voxels whose correlation
+        with the seed voxel is at least ``correlation_threshold2`` (the target, the seed's cluster) and those at
+        least ``correlation_threshold1`` (the contrast), with ``threshold1``/``threshold2`` clamping the means
+        as :meth:`differential` does."""
+        for value, name in ((correlation_threshold1, "correlation_threshold1"),
+                            (correlation_threshold2, "correlation_threshold2")):
+            if not -1.0 <= float(value) <= 1.0:
+                raise SearchInputError(f"{name} must be a correlation in [-1, 1], got {value!r}")
+        ranking = self.seed_point(seed_point, domain)
+        r = np.nan_to_num(ranking.r, nan=-2.0)
+        target = self.store.column_positions(ranking.voxels[r >= float(correlation_threshold2)])
+        contrast = self.store.column_positions(ranking.voxels[r >= float(correlation_threshold1)])
+        return self.differential_columns(target, contrast, threshold1=threshold1, threshold2=threshold2,
+                                         what="gene finder (voxels correlated with the seed)")
+
     # ------------------------------------------------------------------ seed point (AGEA)
     def plan_seed_point(self, seed_point: Sequence[float], domain: Any = None, min_data_sets: int | None = None,
                         sort_order: str = "desc") -> SeedPointPlan:

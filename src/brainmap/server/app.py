@@ -51,7 +51,7 @@ def create_app(data_dir: str | os.PathLike[str], database_url: str | None = None
     a database of another schema version is refused.
     """
     from brainmap import __version__
-    from brainmap.server import routes_data, routes_files, routes_services, routes_sync, viewer
+    from brainmap.server import routes_data, routes_files, routes_images, routes_services, routes_sync, viewer
 
     if settings is None:
         settings = settings_for(data_dir, database_url, **overrides)
@@ -71,7 +71,7 @@ def create_app(data_dir: str | os.PathLike[str], database_url: str | None = None
     app = FastAPI(title="brainmap", version=__version__, description=_DESCRIPTION, lifespan=lifespan)
     app.state.brainmap = state
     install_error_handlers(app)
-    for module in (routes_data, routes_services, routes_files, routes_sync, viewer):
+    for module in (routes_data, routes_services, routes_files, routes_images, routes_sync, viewer):
         app.include_router(module.router)
     viewer.mount_static(app)
     routes_data.install_fast_routes(app)

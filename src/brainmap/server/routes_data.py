@@ -65,13 +65,49 @@ def state_of(request: Request) -> ServerState:
     return request.app.state.brainmap
 
 
-def _compile(state: ServerState, query: RmaQuery) -> CompiledQuery | RmaQuery:
+class PipedQuery:
+    """``model::A,...,pipe::list[var$is'attribute'],model::B,...$var...``: Allen's ``list`` pipe. The first
+    stage runs; ``$var`` in the second is replaced by the values of ``attribute`` in its rows (quoted, comma
+    separated), and the second stage is the answer (AllenSDK's ``ImageDownloadApi.atlas_image_query``)."""
+
+    def __init__(self, state: ServerState, query: RmaQuery) -> None:
+        first, pipe, second = query.stages
+        assert isinstance(first, ModelStage) and isinstance(pipe, PipeCall) and isinstance(second, ModelStage)
+        self.text = query.text
+        self.first = compile_stage(first, query.text, max_rows=state.settings.max_rows)
+        self.variables: list[tuple[str, str]] = []
+        for item in pipe.params:
+            if item.op != "is" or item.value is None or len(item.value.atoms) != 1:
+                raise RmaSyntaxError("a pipe::list parameter [name$is'attribute']", item.position, query.text,
+                                     found=item.name)
+            self.variables.append((item.name, item.value.atoms[0]))
+        self.rest = query.text[second.position:]
+        self.max_rows = state.settings.max_rows
+
+    def execute(self, connection: Any) -> Any:
+        rows = self.first.execute(connection).rows
+        text = self.rest
+        for name, attribute in sorted(self.variables, key=lambda v: -len(v[0])):
+            values = [row.get(attribute) for row in rows if row.get(attribute) is not None]
+            if not values and rows and attribute not in rows[0]:
+                raise RmaSyntaxError(f"an attribute of the first stage's rows for ${name} (they have "
+                                     f"{', '.join(rows[0])})", None, self.text, found=attribute)
+            quoted = ",".join("'" + str(v).replace("'", "") + "'" for v in dict.fromkeys(values)) or "''"
+            text = text.replace("$" + name, quoted)
+        (stage,) = parse_rma(text).stages
+        return compile_stage(stage, text, max_rows=self.max_rows).execute(connection)
+
+
+def _compile(state: ServerState, query: RmaQuery) -> CompiledQuery | RmaQuery | PipedQuery:
     stages = query.stages
     if any(isinstance(s, PipeCall) for s in stages):
         pipe = next(s for s in stages if isinstance(s, PipeCall))
-        raise RmaSyntaxError("a model:: or service:: stage (pipe:: stages are not supported by this server: run "
-                             "the model query and pass its ids to the service)", pipe.position, query.text,
-                             found=f"pipe::{pipe.name}")
+        if (pipe.name == "list" and len(stages) == 3 and isinstance(stages[0], ModelStage)
+                and stages[1] is pipe and isinstance(stages[2], ModelStage)):
+            return PipedQuery(state, query)
+        raise RmaSyntaxError("a model:: or service:: stage (of pipes this server runs pipe::list between two "
+                             "model:: stages; for others run the model query and pass its ids on)",
+                             pipe.position, query.text, found=f"pipe::{pipe.name}")
     if any(isinstance(s, ServiceCall) for s in stages):
         if len(stages) != 1:
             raise RmaSyntaxError("a single service:: stage", stages[1].position, query.text,
@@ -261,3 +297,32 @@ def install_fast_routes(app: FastAPI) -> None:
     app.router.routes[:0] = [_FastRoute("/api/v2/data/query.{fmt}", _fast_query, app.router),
                              _FastRoute("/api/v2/data/{model}/query.{fmt}", _fast_model_query, app.router),
                              _FastRoute("/api/v2/data/{model}/{row_id}.{fmt}", _fast_model_row, app.router)]
+
+
+# -- the schema (AllenSDK's RmaApi.get_schema) ------------------------------------------------------------------
+def _schema_body(models: dict[str, Any]) -> Response:
+    import json
+
+    body = {"success": True, "id": 0, "start_row": 0, "num_rows": len(models), "total_rows": len(models),
+            "msg": list(models.values())}
+    return Response(json.dumps(body), media_type="application/json")
+
+
+@router.get("/api/v2/data.json", summary="The RMA schema: every model's attributes and associations")
+def schema() -> Response:
+    """What ``model::`` may name: each model's attributes (with types), associations and aliases."""
+    from brainmap.store.rma import registry
+
+    return _schema_body(registry().describe())
+
+
+@router.get("/api/v2/data/{model}.json", summary="One model's RMA schema")
+def model_schema(model: str) -> Response:
+    """One model's attributes, associations and aliases (an unknown model is a 400 naming the models);
+    ``enumerate`` is every model (AllenSDK's ``Api.load_api_schema``)."""
+    from brainmap.store.rma import registry
+
+    if model == "enumerate":
+        return _schema_body(registry().describe())
+    info = registry().model(model)
+    return _schema_body({model: info.describe()})

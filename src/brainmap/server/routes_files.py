@@ -32,6 +32,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -240,10 +241,13 @@ def grid_download_file(request: Request, section_data_set_id: int,
     if not _VOLUME_NAME.fullmatch(image):
         raise ApiError(f"image: {image!r} is not a volume name (letters, digits and '_')")
     files = state.run(lambda c: _files_of(c, section_data_set_id))
-    found = _nrrd_resolutions(files, image).get(resolution)
+    at = _nrrd_resolutions(files, image)
+    found = at.get(resolution)
     if found is None:
-        raise NotFound(f"SectionDataSet {section_data_set_id} has no {image} volume at {resolution} um; it has: "
-                       f"{_available(files)}")
+        where = (f"{image} exists at {', '.join(f'{r} um' for r in sorted(at))}" if at
+                 else f"it has no {image} volume at any resolution")
+        raise NotFound(f"SectionDataSet {section_data_set_id} has no {image} volume at {resolution} um: {where} "
+                       f"(its volumes: {_available(files)})")
     return file_response(state, request, found, "application/octet-stream",
                          f"{image}_{resolution}.nrrd")
 
@@ -273,14 +277,15 @@ def structure_graph(connection: Connection) -> list[dict[str, Any]]:
     """The structures as Allen's nested graph: roots with ``children`` lists in graph order."""
     s = m.Structure
     rows = connection.execute(select(s.id, s.acronym, s.name, s.parent_structure_id, s.depth, s.graph_id,
-                                     s.graph_order, s.structure_id_path, s.color_hex_triplet)
+                                     s.graph_order, s.structure_id_path, s.color_hex_triplet, s.atlas_id,
+                                     s.st_level)
                               .order_by(s.graph_order, s.id))
     nodes: dict[int, dict[str, Any]] = {}
     roots: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
     for r in rows:
-        node = {"id": r.id, "atlas_id": None, "ontology_id": 1, "acronym": r.acronym, "name": r.name,
-                "color_hex_triplet": r.color_hex_triplet, "graph_order": r.graph_order, "st_level": None,
+        node = {"id": r.id, "atlas_id": r.atlas_id, "ontology_id": 1, "acronym": r.acronym, "name": r.name,
+                "color_hex_triplet": r.color_hex_triplet, "graph_order": r.graph_order, "st_level": r.st_level,
                 "hemisphere_id": 3, "parent_structure_id": r.parent_structure_id, "graph_id": r.graph_id,
                 "depth": r.depth, "structure_id_path": r.structure_id_path, "children": []}
         nodes[r.id] = node
@@ -369,3 +374,128 @@ def average_template(request: Request, resolution: int) -> Response:
         raise NotFound(f"no average template at {resolution} um on this server (brainmap does not ship Allen's "
                        f"average template; put {name} at {local} to serve it)")
     return _volume_response(request, state.resolve_data_path(local), name)
+
+
+# -- Allen's archive: other annotation versions, structure masks and meshes ------------------------------------
+_ARCHIVE = "/informatics-archive/current-release/mouse_ccf"
+_SERVED_VERSION = "ccf_2017"
+
+
+def _structure(state: ServerState, structure_id: int) -> int:
+    if structure_id not in state.structure_tree:
+        raise NotFound(f"no structure {structure_id} in structure graph 1 (the adult mouse ontology)")
+    return structure_id
+
+
+def _mask_space(state: ServerState, resolution: int) -> Any:
+    from brainmap.atlas.bundled import BUNDLED_RESOLUTIONS
+
+    _check_resolution("structure mask", resolution)
+    local = state.data_dir / "annotation" / "ccf_2017" / f"annotation_{resolution}.nrrd"
+    if resolution not in BUNDLED_RESOLUTIONS:
+        if not local.exists():
+            raise NotFound(f"no structure masks at {resolution} um: the {resolution} um annotation is not bundled; "
+                           f"put it at {local} to serve them (resolutions served: "
+                           f"{', '.join(map(str, BUNDLED_RESOLUTIONS))})")
+        return _local_space(str(state.resolve_data_path(local)))
+    return state.reference_space(resolution)
+
+
+@lru_cache(maxsize=1)
+def _local_space(path: str) -> Any:
+    from brainmap.atlas import ReferenceSpace
+
+    return ReferenceSpace.from_files(path)
+
+
+def _nrrd_bytes(data: Any, header: dict[str, Any]) -> bytes:
+    import tempfile
+
+    from brainmap.io.nrrd import write_nrrd
+
+    with tempfile.TemporaryDirectory(prefix="brainmap-mask-") as folder:
+        path = Path(folder) / "mask.nrrd"
+        write_nrrd(path, data, header)
+        return path.read_bytes()
+
+
+def _bytes_response(request: Request, body: bytes, media_type: str, filename: str) -> Response:
+    checksum = hashlib.sha256(body).hexdigest()
+    etag = f'"{checksum}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(body, media_type=media_type, headers={
+        "ETag": etag, CHECKSUM_HEADER: checksum, "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get(_ARCHIVE + "/annotation/ccf_2017/structure_masks/structure_masks_{resolution}/structure_{structure_id}.nrrd",
+            summary="A structure's mask (with its descendants) at Allen's download path", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def structure_mask(request: Request, resolution: int, structure_id: int) -> Response:
+    """Allen's structure mask: uint8, 1 in the structure and its descendants, on the annotation's grid and
+    header (what AllenSDK's ``ReferenceSpaceCache.get_structure_mask`` downloads)."""
+    import numpy as np
+
+    from brainmap.io.nrrd import read_nrrd_header
+
+    state = state_of(request)
+    _structure(state, structure_id)
+    key = ("mask", resolution, structure_id)
+    body = state.grid_bundles.get(key)
+    if body is None:
+        space = _mask_space(state, resolution)
+        mask = space.make_structure_mask([structure_id]).astype(np.uint8)
+        header = read_nrrd_header(_annotation_file(state, resolution))
+        body = _nrrd_bytes(mask, {k: v for k, v in header.items()
+                                  if k in ("space", "space directions", "space origin", "kinds")})
+        state.grid_bundles.put(key, body)
+    return _bytes_response(request, body, "application/octet-stream", f"structure_{structure_id}.nrrd")
+
+
+def _mesh_obj(space: Any, structure_id: int) -> bytes:
+    """A Wavefront OBJ of the structure's surface (marching cubes on its mask; vertices in microns, PIR)."""
+    import numpy as np
+    from skimage.measure import marching_cubes
+
+    mask = space.make_structure_mask([structure_id])
+    if not mask.any():
+        raise NotFound(f"structure {structure_id} has no voxels in the annotation (no mesh)")
+    spacing = tuple(float(r) for r in np.asarray(space.resolution).ravel()[:3])
+    padded = np.pad(mask, 1).astype(np.float32)
+    verts, faces, normals, _ = marching_cubes(padded, 0.5, spacing=spacing, step_size=2)
+    verts -= np.asarray(spacing)  # undo the padding
+    lines = [f"# brainmap: structure {structure_id}, marching cubes (step 2) on the {spacing[0]:g} um CCF 2017 "
+             "annotation"]
+    lines += [f"v {x:.1f} {y:.1f} {z:.1f}" for x, y, z in verts]
+    lines += [f"vn {x:.4f} {y:.4f} {z:.4f}" for x, y, z in normals]
+    lines += [f"f {a}//{a} {b}//{b} {c}//{c}" for a, b, c in (faces + 1)]
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+@router.get(_ARCHIVE + "/annotation/ccf_2017/structure_meshes/{structure_id}.obj",
+            summary="A structure's surface mesh (OBJ) at Allen's download path", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}})
+def structure_mesh(request: Request, structure_id: int) -> Response:
+    """A triangulated surface of the structure and its descendants, from the 25 um annotation (Allen's are made
+    from the 10 um one), vertices in microns (AP, DV, LR)."""
+    state = state_of(request)
+    _structure(state, structure_id)
+    key = ("mesh", structure_id)
+    body = state.grid_bundles.get(key)
+    if body is None:
+        body = _mesh_obj(state.reference_space(25), structure_id)
+        state.grid_bundles.put(key, body)
+    return _bytes_response(request, body, "text/plain", f"{structure_id}.obj")
+
+
+@router.get(_ARCHIVE + "/annotation/{version}/{file_path:path}", include_in_schema=False, response_class=Response)
+def other_annotation(version: str, file_path: str) -> Response:
+    """brainmap serves the CCF 2017 annotation only; other versions answer 404 naming the one there is."""
+    if version == _SERVED_VERSION:
+        raise NotFound(f"no file {_ARCHIVE}/annotation/{version}/{file_path} on this server; it serves "
+                       f"annotation_{{10,25,50,100}}.nrrd (10 um where the data directory holds it), "
+                       "structure_masks/structure_masks_{resolution}/structure_{id}.nrrd and "
+                       "structure_meshes/{id}.obj")
+    raise NotFound(f"the {version} annotation is not served here: brainmap serves the CCF 2017 annotation "
+                   f"({_ARCHIVE}/annotation/ccf_2017/annotation_{{resolution}}.nrrd); use "
+                   "ccf_version='annotation/ccf_2017' (AllenSDK's ReferenceSpaceApi.CCF_2017, its default)")

@@ -43,6 +43,7 @@ from typing import Any, Callable
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from brainmap.search.results import SearchInputError
 from brainmap.server.searches import EXPRESSION_SETS, search_backends
 from brainmap.server.state import ServerState
 from brainmap.store.rma import RmaLimitError, RmaResult, RmaUnknownNameError, RmaValueError, ServiceCall, render
@@ -171,7 +172,11 @@ class Service:
             if item.op != "eq" or item.value is None:
                 raise RmaValueError(f"service::{self.name}: write parameters as [{item.name}$eqVALUE]",
                                     item.position, text, expected=f"[{item.name}$eqVALUE]")
-            given[self.aliases.get(item.name, item.name)] = item.name
+            real = self.aliases.get(item.name, item.name)
+            if real in given:
+                raise RmaValueError(f"service::{self.name}: {given[real]} and {item.name} are one parameter; "
+                                    "give it once", item.position, text, expected=f"one [{real}$eq...]")
+            given[real] = item.name
         params: dict[str, Any] = {}
         for param in self.params:
             atoms = _atoms(call, given[param.name]) if param.name in given else []
@@ -233,9 +238,30 @@ def _correlation(state: ServerState, p: dict[str, Any], start_row: int, num_rows
                               start_row=start_row, num_rows=num_rows)
 
 
+#: The one age of brainmap's adult mouse ISH data (Allen's ``seed_age`` / ``map_age`` of ``mouse_agea``).
+AGEA_AGES = ("P56",)
+
+
 def _agea(state: ServerState, p: dict[str, Any], start_row: int, num_rows: int) -> Any:
     from brainmap.search import seed_point_search
+    from brainmap.search.expression import ExpressionSearch
 
+    for name in ("seed_age", "map_age"):
+        if p[name] is not None and p[name].upper() not in AGEA_AGES:
+            raise SearchInputError(f"service::mouse_agea: {name} {p[name]!r} is not an age of this server's "
+                                   f"adult mouse data; ages: {', '.join(AGEA_AGES)}")
+    thresholds = (p["correlation_threshold1"], p["correlation_threshold2"])
+    if any(t is not None for t in thresholds):
+        if any(t is None for t in thresholds):
+            raise SearchInputError("service::mouse_agea: the gene finder needs both correlation_threshold1 and "
+                                   "correlation_threshold2")
+        ranking = ExpressionSearch(_expression_store(state, p)).gene_finder(
+            p["seed_point"], *thresholds, threshold1=p["threshold1"], threshold2=p["threshold2"],
+            domain=p["structures"])
+        return ranking.page(start_row, num_rows)
+    if p["threshold1"] is not None or p["threshold2"] is not None:
+        raise SearchInputError("service::mouse_agea: threshold1 and threshold2 clamp the gene finder's means; give "
+                               "them with correlation_threshold1 and correlation_threshold2")
     return seed_point_search(_expression_store(state, p), p["seed_point"], p["structures"],
                              start_row=start_row, num_rows=num_rows)
 
@@ -287,10 +313,18 @@ _register(Service("mouse_agea", (
     Param("set", "str", default="mouse", values=_SETS, doc="'mouse' or 'mouse_coronal'"),
     Param("seed_point", "point", required=True, doc="AP,DV,LR in um"),
     Param("structures", "structures", doc="the domain (default the whole brain)"),
-), _agea, "Voxels by correlation with a seed voxel across data sets (AGEA)."))
+    Param("seed_age", "str", doc="the seed's age: P56 (the only age of this server's data)"),
+    Param("map_age", "str", doc="the map's age: P56"),
+    Param("correlation_threshold1", "float", doc="gene finder: the contrast voxels, correlation >= this"),
+    Param("correlation_threshold2", "float", doc="gene finder: the target voxels, correlation >= this"),
+    Param("threshold1", "pair", doc="gene finder: lo,hi clamp of the target mean"),
+    Param("threshold2", "pair", doc="gene finder: lo,hi clamp of the contrast mean"),
+), _agea, "Voxels by correlation with a seed voxel across data sets (AGEA); with correlation_threshold1/2, the "
+          "gene finder: data sets by fold change between the seed's correlated voxels."))
 
 _register(Service("mouse_connectivity_injection_structure", (
-    Param("injection_structures", "structures", required=True, doc="injection structure ids or acronyms"),
+    Param("injection_structures", "structures", required=True,
+          doc="injection structure ids or acronyms (also as injection_domain, the name of Allen's examples)"),
     Param("target_domain", "structures", doc="target structures (a target search)"),
     Param("injection_hemisphere", "str", values=("left", "right")),
     Param("target_hemisphere", "str", values=("left", "right")),
@@ -298,7 +332,8 @@ _register(Service("mouse_connectivity_injection_structure", (
     Param("primary_structure_only", "bool", default=False),
     Param("product_ids", "ints", doc="Product ids"),
 ), _connectivity("mouse_connectivity_injection_structure"),
-    "Source search (target search with target_domain): experiments by injection structure.", allen_keys=True))
+    "Source search (target search with target_domain): experiments by injection structure.",
+    aliases={"injection_domain": "injection_structures"}, allen_keys=True))
 
 _register(Service("mouse_connectivity_target", (
     Param("target_domain", "structures", required=True, doc="target structures"),

@@ -9,6 +9,11 @@
                                                                                        section_number, x, y}}]``
 ``GET /api/v2/image_to_image/{section_image_id}.json?x=&y=&section_data_set_ids=``      the same, per target data set
 ``GET /api/v2/structure_to_image/{section_data_set_id}.json?structure_ids=``            the same, per structure
+``GET /api/v2/image_to_image_2d/{section_image_id}.json?x=&y=&section_image_ids=``      2-D only (in-plane), per target
+                                                                                       image of the same specimen
+``GET /api/v2/image_to_atlas/{section_image_id}.json?x=&y=&atlas_id=``                  ``msg: {image_sync: {atlas_id,
+                                                                                       section_image_id (the plate),
+                                                                                       section_number, x, y}}``
 =====================================================================================  ===============================
 
 Pixels are ``(x = column, y = row)`` of the full-resolution image; reference points are microns in the CCF's
@@ -200,3 +205,81 @@ def structure_to_image(request: Request, section_data_set_id: int,
         records.append(_sync_record(sync.reference_to_image(data_set, centroid)))
     return _envelope(records, len(records))
 
+
+
+@router.get("/api/v2/image_to_image_2d/{section_image_id}.json",
+            summary="A pixel of an image -> the same in-plane point on other images of its specimen (2-D)")
+def image_to_image_2d(request: Request, section_image_id: int,
+                      x: float = Query(..., description="column, pixels", allow_inf_nan=False),
+                      y: float = Query(..., description="row, pixels", allow_inf_nan=False),
+                      section_image_ids: str = Query(..., description="comma-separated target SectionImage ids")
+                      ) -> dict[str, Any]:
+    """Allen's 2-D synchronization: the source pixel's in-plane specimen position (its ``tsv``), then each target
+    image's ``tvs`` -- no 3-D registration, so only images of the same specimen (the same data set, or data sets
+    of one specimen) are synchronized."""
+    import numpy as np
+
+    state = state_of(request)
+    targets = _ids(section_image_ids, "section_image_ids")
+
+    def load(connection: Connection) -> tuple[Any, dict[int, Any], dict[int, int]]:
+        source = _data_set_of_image(connection, section_image_id)
+        specimen_of = dict(connection.execute(
+            select(m.SectionImage.id, m.SectionDataSet.specimen_id)
+            .join(m.SectionDataSet, m.SectionDataSet.id == m.SectionImage.data_set_id)
+            .where(m.SectionImage.id.in_([section_image_id, *targets]))).all())
+        data_sets = {}
+        for target in targets:
+            if target not in specimen_of:
+                raise NotFound(f"no SectionImage {target}")
+            data_sets[target] = _data_set_of_image(connection, target)
+        return source, data_sets, specimen_of
+
+    source, data_sets, specimen_of = state.run(load)
+    image = next(i for i in source.images if i.id == section_image_id)
+    if image.alignment2d is None:
+        raise ApiError(f"SectionImage {section_image_id} has no Alignment2d (it was not aligned)")
+    sxy = image.alignment2d.tsv.apply(np.array([float(x), float(y)]))
+    records = []
+    for target in targets:
+        if specimen_of[target] != specimen_of[section_image_id]:
+            raise ApiError(f"SectionImage {target} is of another specimen than {section_image_id}: 2-D "
+                           "synchronization maps between images of one specimen (use image_to_image for others)")
+        data_set = data_sets[target]
+        other = next(i for i in data_set.images if i.id == target)
+        if other.alignment2d is None:
+            raise ApiError(f"SectionImage {target} has no Alignment2d (it was not aligned)")
+        px, py = other.alignment2d.tvs.apply(sxy)
+        records.append({"image_sync": {"section_data_set_id": data_set.id, "section_image_id": target,
+                                       "section_number": other.section_number, "x": float(px), "y": float(py)}})
+    return _envelope(records, len(records))
+
+
+@router.get("/api/v2/image_to_atlas/{section_image_id}.json",
+            summary="A pixel of an image -> the nearest plate of an atlas and the pixel on it")
+def image_to_atlas(request: Request, section_image_id: int,
+                   x: float = Query(..., description="column, pixels", allow_inf_nan=False),
+                   y: float = Query(..., description="row, pixels", allow_inf_nan=False),
+                   atlas_id: int = Query(..., description="1 (coronal) or 2 (sagittal)")) -> dict[str, Any]:
+    """The reference point under the pixel, then the atlas plate nearest along the atlas's cutting axis and the
+    pixel on it (:mod:`brainmap.atlas.plates`: plate pixels are 25 um annotation voxels). The sagittal atlas
+    covers the left hemisphere, so a right-hemisphere point maps to its mirror image (as Allen's sagittal plates
+    serve both hemispheres)."""
+    from brainmap.atlas.plates import ATLASES, PLATE_RESOLUTION_UM, atlas_plates
+    from brainmap.specimen import sync
+
+    if atlas_id not in ATLASES:
+        raise NotFound(f"no atlas {atlas_id}; atlases: " + ", ".join(f"{a} ({v['name']})" for a, v in ATLASES.items()))
+    data_set = state_of(request).run(lambda c: _data_set_of_image(c, section_image_id))
+    point = sync.image_to_reference(data_set, section_image_id, x, y)
+    ap, dv, lr = point.x, point.y, point.z
+    plates = [p for p in atlas_plates() if p.atlas_id == atlas_id]
+    if ATLASES[atlas_id]["plane"] == "coronal":
+        along, px = ap, lr / PLATE_RESOLUTION_UM
+    else:
+        lr = lr if lr < 5700.0 else 11400.0 - lr
+        along, px = lr, ap / PLATE_RESOLUTION_UM
+    plate = min(plates, key=lambda p: (abs(p.position_um - along), p.section_number))
+    record = {"atlas_id": atlas_id, "section_image_id": plate.id, "section_number": plate.section_number,
+              "x": float(px), "y": float(dv / PLATE_RESOLUTION_UM)}
+    return _envelope({"image_sync": record}, 1)

@@ -600,9 +600,10 @@ def _load_fixed_rows(writer: _Writer) -> None:
 
 def _load_ontology(writer: _Writer, tree: StructureTree) -> None:
     frame = tree.to_dataframe()
+    levels = _structure_levels()
     rows = []
     for record in frame.to_dict("records"):
-        rows.append({
+        rows.append({**levels.get(int(record["id"]), {"atlas_id": None, "st_level": None}),
             "id": int(record["id"]), "acronym": record["acronym"], "name": record["name"],
             "parent_structure_id": _clean(record["parent_structure_id"]), "depth": int(record["depth"]),
             "graph_id": _clean(record["graph_id"]), "graph_order": int(record["graph_order"]),
@@ -624,6 +625,18 @@ def _load_ontology(writer: _Writer, tree: StructureTree) -> None:
         result = writer.conn.execute(delete(table).where(
             tuple_(table.c.structure_set_id, table.c.structure_id).in_(stale)))
         writer.report.written[table.name] += max(result.rowcount or 0, 0)
+
+
+def _structure_levels() -> dict[int, dict[str, Any]]:
+    """Allen's ``atlas_id`` and ``st_level`` of each bundled structure (``structure_levels.csv``)."""
+    import csv
+
+    from brainmap.atlas.bundled import structure_levels_path
+
+    with open(structure_levels_path(), newline="") as fh:
+        return {int(r["id"]): {"atlas_id": _as_int(r["atlas_id"] or None, "atlas_id", optional=True),
+                               "st_level": _as_int(r["st_level"] or None, "st_level", optional=True)}
+                for r in csv.DictReader(fh)}
 
 
 def _merged(rows: Iterable[dict[str, Any]], key: str) -> list[dict[str, Any]]:

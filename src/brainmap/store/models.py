@@ -65,8 +65,25 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    cast,
+    func,
+    literal,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, foreign, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, foreign, mapped_column, relationship
+
+from brainmap.atlas.plates import ATLAS_STRUCTURES_GROUP, ATLASES, atlas_plates
+from brainmap.store.allen_views import (
+    ALLEN_NULL,
+    ATLAS_IMAGE_TYPE,
+    allen_constant,
+    api_connectivity_select,
+    atlas_images_select,
+    equalization_select,
+    fixed_rows_select,
+    stereotaxic_injection_select,
+    transgenic_mouse_select,
+)
 
 __all__ = [
     "MODELS",
@@ -95,7 +112,10 @@ __all__ = [
 ]
 
 #: Version of the schema below; stored in ``schema_info`` so a later release can migrate.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: Structure.atlas_id, Structure.st_level
+
+#: Allen's organism id of Mus musculus.
+MOUSE_ORGANISM_ID = 2
 
 #: Ids are 64-bit (Allen's exceed 2^31 in places); on SQLite an INTEGER PRIMARY KEY so ids autoincrement.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -210,6 +230,8 @@ class Donor(Base):
     specimens: Mapped[list["Specimen"]] = relationship(viewonly=True, back_populates="donor")
     transgenic_lines: Mapped[list[TransgenicLine]] = relationship(secondary=donors_transgenic_lines, viewonly=True,
                                                                   back_populates="donors")
+    transgenic_mouse: Mapped[Optional["TransgenicMouse"]] = relationship(
+        viewonly=True, uselist=False, primaryjoin="Donor.id == foreign(TransgenicMouse.id)")
 
 
 class Specimen(Base):
@@ -224,6 +246,8 @@ class Specimen(Base):
     injections: Mapped[list["Injection"]] = relationship(viewonly=True, back_populates="specimen",
                                                          order_by="Injection.id")
     section_data_sets: Mapped[list["SectionDataSet"]] = relationship(viewonly=True, back_populates="specimen")
+    stereotaxic_injections: Mapped[list["StereotaxicInjection"]] = relationship(
+        viewonly=True, primaryjoin="Specimen.id == foreign(StereotaxicInjection.specimen_id)")
 
 
 class Injection(Base):
@@ -244,6 +268,12 @@ class Injection(Base):
     structure: Mapped["Structure"] = relationship(viewonly=True, foreign_keys=[structure_id])
     primary_injection_structure: Mapped[Optional["Structure"]] = relationship(
         viewonly=True, foreign_keys=[primary_injection_structure_id])
+    # Allen's attributes brainmap holds no data for (null): named by AllenSDK's get_manual_injection_summary.
+    angle: Mapped[Optional[float]] = column_property(ALLEN_NULL(Float))
+    registration_point: Mapped[Optional[str]] = column_property(ALLEN_NULL(String))
+    injection_materials: Mapped[Optional[str]] = column_property(ALLEN_NULL(String))
+    age: Mapped[Optional["Age"]] = relationship(viewonly=True, uselist=False,
+                                                primaryjoin="Injection.id == foreign(Age.injection_id)")
 
 
 # -- genes ------------------------------------------------------------------------------------------------------
@@ -257,6 +287,11 @@ class Gene(Base):
     acronym: Mapped[str] = mapped_column(String(100), unique=True)
     name: Mapped[Optional[str]] = mapped_column(String(400))
     entrez_id: Mapped[Optional[int]] = mapped_column(Id)
+    #: Allen's organism 2 (Mus musculus): every gene of brainmap's atlases is a mouse gene.
+    organism_id: Mapped[int] = column_property(allen_constant(MOUSE_ORGANISM_ID, Integer))
+    chromosome_id: Mapped[Optional[int]] = column_property(ALLEN_NULL(Integer))
+    chromosome: Mapped[Optional["Chromosome"]] = relationship(
+        viewonly=True, uselist=False, primaryjoin="Gene.id == foreign(Chromosome.gene_id)")
     probes: Mapped[list["Probe"]] = relationship(viewonly=True, back_populates="gene", order_by="Probe.id")
     section_data_sets: Mapped[list["SectionDataSet"]] = relationship(
         secondary=section_data_sets_genes, viewonly=True, back_populates="genes")
@@ -313,6 +348,8 @@ class SectionDataSet(Base):
         viewonly=True, back_populates="section_data_set",
         primaryjoin="and_(SectionDataSet.id == foreign(WellKnownFile.attachable_id), "
                     "WellKnownFile.attachable_type == 'SectionDataSet')")
+    equalization: Mapped[Optional["Equalization"]] = relationship(
+        viewonly=True, uselist=False, primaryjoin="SectionDataSet.id == foreign(Equalization.section_data_set_id)")
 
 
 class SectionImage(Base):
@@ -379,6 +416,15 @@ class Structure(Base):
     graph_order: Mapped[int] = mapped_column(Integer, index=True)
     structure_id_path: Mapped[str] = mapped_column(String(400))
     color_hex_triplet: Mapped[str] = mapped_column(String(6))
+    atlas_id: Mapped[Optional[int]] = mapped_column(Integer)
+    st_level: Mapped[Optional[int]] = mapped_column(Integer)
+    #: Allen's ontology 1 (Mouse) and hemisphere 3 (both) for every structure of graph 1.
+    ontology_id: Mapped[int] = column_property(allen_constant(1, Integer))
+    hemisphere_id: Mapped[int] = column_property(allen_constant(3, Integer))
+    #: The name without commas (Allen's ``safe_name``).
+    safe_name: Mapped[str] = column_property(func.replace(name, ",", ""))
+    graph: Mapped[Optional["StructureGraph"]] = relationship(
+        viewonly=True, uselist=False, primaryjoin="foreign(Structure.graph_id) == StructureGraph.id")
     parent: Mapped[Optional["Structure"]] = relationship(viewonly=True, remote_side=[id],
                                                          back_populates="children")
     children: Mapped[list["Structure"]] = relationship(viewonly=True, back_populates="parent",
@@ -487,6 +533,9 @@ class WellKnownFile(Base):
     path: Mapped[str] = mapped_column(String(1000), unique=True)
     file_size: Mapped[int] = mapped_column(Id)
     sha256: Mapped[str] = mapped_column(String(64))
+    #: Where the file downloads from, relative to the API's host (Allen's ``download_link``).
+    download_link: Mapped[str] = column_property(literal("/api/v2/well_known_file_download/", String)
+                                                 + cast(id, String))
     well_known_file_type: Mapped[WellKnownFileType] = relationship(viewonly=True,
                                                                    back_populates="well_known_files")
     section_data_set: Mapped[Optional[SectionDataSet]] = relationship(
@@ -495,10 +544,201 @@ class WellKnownFile(Base):
                                  WellKnownFile.attachable_type == "SectionDataSet"))
 
 
+# -- views: Allen's models computed from the tables above (brainmap.store.allen_views) ------------------------------
+def _view(selectable, *hidden: str) -> dict:
+    return {"__table__": selectable, "__rma_table__": selectable.name,
+            "__mapper_args__": {"primary_key": [selectable.c.id]},
+            "__rma_hidden__": hidden}
+
+
+_api_connectivity = api_connectivity_select(
+    SectionDataSet.__table__, section_data_sets_products, Injection.__table__, Structure.__table__,
+    Specimen.__table__, Donor.__table__, donors_transgenic_lines, TransgenicLine.__table__)
+_stereotaxic = stereotaxic_injection_select(Injection.__table__)
+
+
+class ApiConnectivity(Base):
+    """Allen's denormalized row per connectivity experiment (what ``MouseConnectivityCache.get_experiments``
+    reads): ``data_set_id``, primary ``structure_id`` / ``structure_abbrev``, ``injection_structures``
+    ("/"-joined ids), ``injection_volume`` (mm3), ``injection_x/y/z`` (um), ``gender``, ``strain``,
+    ``transgenic_line`` (``{"name"}`` or null), ``product_id``, ``specimen_name``, ``storage_directory``."""
+
+    locals().update(_view(_api_connectivity))
+    __rma_name__ = "ApiConnectivity"
+    section_data_set: Mapped[SectionDataSet] = relationship(
+        viewonly=True, primaryjoin="foreign(ApiConnectivity.data_set_id) == SectionDataSet.id")
+    structure: Mapped[Optional[Structure]] = relationship(
+        viewonly=True, primaryjoin="foreign(ApiConnectivity.structure_id) == Structure.id")
+
+
+class StereotaxicInjection(Base):
+    """One injection of a specimen (brainmap's Injection rows of one specimen, one per structure, folded):
+    ``primary_injection_structure``, ``structures``, ``stereotaxic_injection_coordinates``."""
+
+    locals().update(_view(_stereotaxic))
+    __rma_name__ = "StereotaxicInjection"
+    specimen: Mapped[Specimen] = relationship(
+        viewonly=True, primaryjoin="foreign(StereotaxicInjection.specimen_id) == Specimen.id")
+    primary_injection_structure: Mapped[Optional[Structure]] = relationship(
+        viewonly=True, primaryjoin="foreign(StereotaxicInjection.primary_injection_structure_id) == Structure.id")
+    structures: Mapped[list[Structure]] = relationship(
+        viewonly=True, secondary=Injection.__table__,
+        primaryjoin=lambda: StereotaxicInjection.specimen_id == Injection.__table__.c.specimen_id,
+        secondaryjoin=lambda: Injection.__table__.c.structure_id == Structure.id,
+        order_by=lambda: Structure.graph_order)
+    stereotaxic_injection_coordinates: Mapped[list["StereotaxicInjectionCoordinate"]] = relationship(
+        viewonly=True,
+        primaryjoin="StereotaxicInjection.id == foreign(StereotaxicInjectionCoordinate.stereotaxic_injection_id)")
+
+
+_coordinates = select(_stereotaxic.c.id.label("id"), _stereotaxic.c.id.label("stereotaxic_injection_id"),
+                      _stereotaxic.c.coordinates_ap, _stereotaxic.c.coordinates_dv, _stereotaxic.c.coordinates_ml,
+                      ).where(_stereotaxic.c.coordinates_ap.is_not(None)).subquery("stereotaxic_injection_coordinates")
+
+
+class StereotaxicInjectionCoordinate(Base):
+    """An injection's site: ``coordinates_ap/dv/ml`` (um, CCF)."""
+
+    locals().update(_view(_coordinates))
+    __rma_name__ = "StereotaxicInjectionCoordinate"
+
+
+class TransgenicMouse(Base):
+    """A donor's transgenic make-up (id = the donor's): its ``name`` (its lines joined with ';') and lines."""
+
+    locals().update(_view(transgenic_mouse_select(Donor.__table__, donors_transgenic_lines,
+                                                  TransgenicLine.__table__)))
+    __rma_name__ = "TransgenicMouse"
+    transgenic_lines: Mapped[list[TransgenicLine]] = relationship(
+        viewonly=True, secondary=donors_transgenic_lines,
+        primaryjoin=lambda: TransgenicMouse.id == donors_transgenic_lines.c.donor_id,
+        secondaryjoin=lambda: donors_transgenic_lines.c.transgenic_line_id == TransgenicLine.id)
+
+
+class Age(Base):
+    """An injection's age (``days``): brainmap holds no ages, so no rows (``injections(age)`` nests null)."""
+
+    locals().update(_view(fixed_rows_select("ages", {"id": Integer, "name": String, "days": Float,
+                                                     "injection_id": Integer}, []), "injection_id"))
+    __rma_name__ = "Age"
+
+
+class Chromosome(Base):
+    """A gene's chromosome: brainmap holds none (``genes(chromosome)`` nests null)."""
+
+    locals().update(_view(fixed_rows_select("chromosomes", {"id": Integer, "name": String, "organism_id": Integer,
+                                                            "gene_id": Integer}, []), "gene_id"))
+    __rma_name__ = "Chromosome"
+
+
+class Equalization(Base):
+    """The display window of a data set's images per channel (``red_lower`` ... ``blue_upper``)."""
+
+    locals().update(_view(equalization_select(SectionDataSet.__table__, section_data_sets_products)))
+    __rma_name__ = "Equalization"
+    section_data_set: Mapped[SectionDataSet] = relationship(
+        viewonly=True, primaryjoin="foreign(Equalization.section_data_set_id) == SectionDataSet.id")
+
+
+class Ontology(Base):
+    """Allen's ontology 1, "Mouse"."""
+
+    locals().update(_view(fixed_rows_select("ontologies", {"id": Integer, "name": String, "organism_id": Integer},
+                                            [{"id": 1, "name": "Mouse", "organism_id": MOUSE_ORGANISM_ID}])))
+    __rma_name__ = "Ontology"
+
+
+class StructureGraph(Base):
+    """Allen's structure graph 1, "Mouse Brain Atlas" (the adult mouse ontology, CCF 2017 annotation)."""
+
+    locals().update(_view(fixed_rows_select(
+        "structure_graphs", {"id": Integer, "name": String, "description": String, "ontology_id": Integer},
+        [{"id": 1, "name": "Mouse Brain Atlas", "ontology_id": 1,
+          "description": "The adult mouse structure ontology (CCF v3, 2017 annotation)"}])))
+    __rma_name__ = "StructureGraph"
+    ontology: Mapped[Optional[Ontology]] = relationship(
+        viewonly=True, uselist=False, primaryjoin="foreign(StructureGraph.ontology_id) == Ontology.id")
+
+
+class GraphicGroupLabel(Base):
+    """A group of atlas drawings; 28 holds the structure boundaries of the adult mouse atlas plates."""
+
+    locals().update(_view(fixed_rows_select("graphic_group_labels", {"id": Integer, "name": String},
+                                            [{"id": ATLAS_STRUCTURES_GROUP, "name": "Adult Mouse Structures"}])))
+    __rma_name__ = "GraphicGroupLabel"
+
+
+#: The graphic group of the plates' structure boundaries (``svg_download/{id}?groups=28``, as Allen's).
+_atlas_groups = fixed_rows_select("atlases_graphic_group_labels", {"atlas_id": Integer,
+                                                                   "graphic_group_label_id": Integer},
+                                  [{"atlas_id": a, "graphic_group_label_id": ATLAS_STRUCTURES_GROUP}
+                                   for a in ATLASES])
+
+
+_ATLAS_COLUMNS = {"id": Integer, "name": String, "description": String, "image_type": String,
+                  "structure_graph_id": Integer, "public": Boolean}
+
+
+class Atlas(Base):
+    """Allen's adult mouse reference atlases: 1 (coronal) and 2 (sagittal); brainmap cuts their plates from the
+    CCF annotation (:mod:`brainmap.atlas.plates`)."""
+
+    locals().update(_view(fixed_rows_select("atlases", _ATLAS_COLUMNS, [
+        {"id": atlas_id, "name": atlas["name"], "image_type": ATLAS_IMAGE_TYPE, "structure_graph_id": 1,
+         "public": True, "description": f"{atlas['plane']} plates cut every 100 um from the CCF 2017 annotation"}
+        for atlas_id, atlas in ATLASES.items()])))
+    __rma_name__ = "Atlas"
+    structure_graph: Mapped[Optional[StructureGraph]] = relationship(
+        viewonly=True, uselist=False, primaryjoin="foreign(Atlas.structure_graph_id) == StructureGraph.id")
+    graphic_group_labels: Mapped[list[GraphicGroupLabel]] = relationship(
+        viewonly=True, secondary=_atlas_groups,
+        primaryjoin=lambda: Atlas.id == _atlas_groups.c.atlas_id,
+        secondaryjoin=lambda: _atlas_groups.c.graphic_group_label_id == GraphicGroupLabel.id)
+
+
+class AtlasDataSet(Base):
+    """The plates of one atlas (id = the atlas's)."""
+
+    locals().update(_view(fixed_rows_select("atlas_data_sets", {"id": Integer, "atlas_id": Integer,
+                                                                "plane_of_section_id": Integer},
+                                            [{"id": a, "atlas_id": a, "plane_of_section_id": a}
+                                             for a in ATLASES]), "atlas_id"))
+    __rma_name__ = "AtlasDataSet"
+    atlases: Mapped[list[Atlas]] = relationship(viewonly=True,
+                                                primaryjoin="foreign(AtlasDataSet.atlas_id) == Atlas.id")
+    atlas_images: Mapped[list["AtlasImage"]] = relationship(
+        viewonly=True, primaryjoin="AtlasDataSet.id == foreign(AtlasImage.data_set_id)",
+        order_by="AtlasImage.section_number")
+
+
+class AtlasImage(Base):
+    """An atlas plate (Allen's table ``sub_images``): ``section_number``, ``width``, ``height`` (25 um pixels)."""
+
+    locals().update(_view(atlas_images_select([p.to_row() for p in atlas_plates()])))
+    __rma_name__ = "AtlasImage"
+    atlas_data_set: Mapped[Optional[AtlasDataSet]] = relationship(
+        viewonly=True, uselist=False, primaryjoin="foreign(AtlasImage.data_set_id) == AtlasDataSet.id")
+    alternate_images: Mapped[list["AlternateImage"]] = relationship(
+        viewonly=True, primaryjoin="AtlasImage.id == foreign(AlternateImage.sub_image_id)")
+
+
+class AlternateImage(Base):
+    """Another rendering of an atlas plate; each plate has one, of type "Atlas - Adult Mouse"."""
+
+    locals().update(_view(fixed_rows_select("alternate_images", {"id": Integer, "sub_image_id": Integer,
+                                                                 "image_type": String},
+                                            [{"id": p.id, "sub_image_id": p.id, "image_type": ATLAS_IMAGE_TYPE}
+                                             for p in atlas_plates()])))
+    __rma_name__ = "AlternateImage"
+
+
 #: Every model exposed to RMA, by Allen's model name.
 MODELS: dict[str, type[Base]] = {
     cls.__rma_name__: cls  # type: ignore[misc]
     for cls in (Product, PlaneOfSection, ReferenceSpace, TransgenicLine, Donor, Specimen, Injection, Gene, Probe,
                 SectionDataSet, SectionImage, Alignment2d, Alignment3d, Structure, StructureSet, StructureUnionize,
-                ProjectionStructureUnionize, WellKnownFileType, WellKnownFile)
+                ProjectionStructureUnionize, WellKnownFileType, WellKnownFile, ApiConnectivity,
+                StereotaxicInjection, StereotaxicInjectionCoordinate, TransgenicMouse, Age, Chromosome,
+                Equalization, Ontology, StructureGraph, GraphicGroupLabel, Atlas, AtlasDataSet, AtlasImage,
+                AlternateImage)
 }

@@ -180,7 +180,7 @@ class Registry:
         by_class: dict[type, ModelInfo] = {}
         for name, cls in models.items():
             mapper = inspect(cls)
-            info = ModelInfo(name, cls, cls.__tablename__,
+            info = ModelInfo(name, cls, getattr(cls, "__rma_table__", None) or cls.__tablename__,
                              aliases=dict(getattr(cls, "__rma_aliases__", {})),
                              virtual=dict(getattr(cls, "__rma_virtual__", {})))
             hidden = set(getattr(cls, "__rma_hidden__", ()))
@@ -598,7 +598,7 @@ class CompiledQuery:
             total = bind.execute(select(func.count()).select_from(root.cls).where(*self.where)).scalar_one()
             self._check_total(total)
         clauses, joins = self._root_order
-        stmt = select(*root.attributes.values()).select_from(root.cls)
+        stmt = select(*[a.label(n) for n, a in root.attributes.items()]).select_from(root.cls)
         stmt = self._apply_joins(stmt, [(chain, entities) for chain, entities in joins]).where(*self.where)
         stmt = stmt.order_by(*clauses).offset(self.start_row or None)
         limit = self.num_rows if self.num_rows is not None else c.max_rows + 1
@@ -644,7 +644,7 @@ class CompiledQuery:
             order = [a.desc() if desc else a.asc() for a, desc in node.order] + default + [entity.id.asc()]
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start:start + _CHUNK]
-                columns = [getattr(entity, name) for name in target.attributes]
+                columns = [getattr(entity, name).label(name) for name in target.attributes]
                 stmt = (select(parent_alias.id.label("__parent__"), *columns)
                         .select_from(parent_alias)
                         .join(getattr(parent_alias, node.association.name).of_type(entity))
