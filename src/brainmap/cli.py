@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", help="address of a dask.distributed scheduler (default: a local cluster)")
     run.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
     run.add_argument("--grid-resolution", type=int, default=100, choices=[10, 25, 50, 100],
-                     help="connectivity grid in um (ISH uses the 200 um grid)")
+                     help="connectivity grid in um that unionize reads (default 100; ISH uses the 200 um grid)")
+    run.add_argument("--extra-grid-resolution", type=int, nargs="+", default=(), choices=[10, 25, 50, 100],
+                     metavar="UM", help="connectivity grids also written from the same detections, e.g. 25 "
+                                        "(AllenSDK's default resolution; 0.6 GB of memory per quantity)")
     run.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100],
                      help="voxel size in um of the template the sections are registered to (default 25)")
     run.add_argument("--keep-alignment", action="store_true",
@@ -194,7 +197,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     from brainmap.pipeline.run import RunSettings, run_pipeline, summarize_runs
 
     settings = RunSettings(reference_resolution_um=args.reference_resolution,
-                           grid_resolution_um=args.grid_resolution, keep_alignment=args.keep_alignment)
+                           grid_resolution_um=args.grid_resolution, keep_alignment=args.keep_alignment,
+                           extra_grid_resolutions_um=tuple(args.extra_grid_resolution))
     runs = run_pipeline(args.dataset_dirs, settings, scheduler=args.scheduler, workers=args.workers)
     print(summarize_runs(runs))
     return 0

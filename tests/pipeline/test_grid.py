@@ -418,3 +418,32 @@ def test_ish_sagittal_series_has_no_data_in_the_right_hemisphere(space25):
 
     table = unionize_expression(result.volumes, SearchGrid.ish(space25).space)
     assert set(table["hemisphere_id"]) == {1, 3}
+
+
+def test_one_detection_gridded_at_two_resolutions_equals_gridding_each(tmp_path):
+    """``Gridder(..., also_um=(50,))``: each section detected once, gridded at 100 and 50 um; the 50 um volumes
+    equal a 50 um gridding of the same detections, and both resolutions' files are written."""
+    dataset = _dataset("connectivity", numbers=range(60, 63), shift_um=(50.0, 0.0, 0.0))
+    rows, cols = 400, 570
+    tissue = np.zeros((rows, cols), bool)
+    tissue[:, :300] = True
+    mask = np.zeros((rows, cols), np.uint16)
+    mask[::3, ::2] = 40
+    mask[~tissue] = 0
+    counts = np.where(tissue, 300, 50).astype(np.uint16)
+    gridder = Gridder.for_dataset(dataset, 100, also_um=(50, 100))
+    assert [s.resolution_um for s in gridder.extra_specs] == [50]
+    both, alone = gridder.accumulator(), GridAccumulator(GridSpec.allen(50))
+    for image in dataset.images:
+        detection = _detection(mask, tissue, counts, None)
+        gridder.detect = lambda arrays, found=detection: found  # the same detection, whatever the arrays
+        both.add(gridder.process(image, {}))
+        alone.add(grid_projection_section(dataset, image, detection, GridSpec.allen(50)))
+    assert both.sections == 3
+    expected = projection_volumes(alone, dataset.pixel_size_um)
+    paths = gridder.write_all(tmp_path, both)
+    assert {p.name for p in paths} == {f"{n}_{r}.nrrd" for n in PROJECTION_VOLUMES for r in (100, 50)}
+    folder50 = GridFolder(tmp_path, resolution=50)
+    for name in ("projection_density", "injection_fraction", "data_mask"):
+        assert np.array_equal(folder50[name], expected[name])
+    assert folder50["projection_density"].max() > 0

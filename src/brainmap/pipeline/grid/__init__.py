@@ -82,6 +82,8 @@ class Gridder:
         params: detection parameters (default :meth:`DetectionParams.for_dataset`).
         block_px: gridding block side (pixels; default half a voxel or ISH lattice cell).
         lattice: ISH only: the specimen lattice of the per-image grids.
+        extra_specs: connectivity only: further grids the same detections are gridded on (e.g. 25 um beside
+            100 um, as Allen serves every experiment at several resolutions); each section is detected once.
     """
 
     dataset: SectionDataSet
@@ -89,19 +91,23 @@ class Gridder:
     params: DetectionParams
     block_px: int | None = None
     lattice: ExpressionLattice | None = None
+    extra_specs: tuple[GridSpec, ...] = ()
 
     @classmethod
     def for_dataset(cls, dataset: SectionDataSet, resolution_um: float | None = None, *,
                     spec: GridSpec | None = None, params: DetectionParams | None = None,
-                    block_px: int | None = None) -> Gridder:
-        """A gridder on Allen's grid at ``resolution_um`` (default 200 um ISH, 100 um connectivity) or ``spec``."""
+                    block_px: int | None = None, also_um: tuple[float, ...] = ()) -> Gridder:
+        """A gridder on Allen's grid at ``resolution_um`` (default 200 um ISH, 100 um connectivity) or ``spec``;
+        connectivity data sets are gridded at the resolutions ``also_um`` too (from the same detections)."""
         if dataset.alignment3d is None:
             raise ValueError(f"SectionDataSet {dataset.id} has no Alignment3d: align it first")
         if spec is None:
             spec = GridSpec.allen(resolution_um or DEFAULT_RESOLUTION_UM[dataset.product])
         params = params or DetectionParams.for_dataset(dataset)
         lattice = expression_lattice(dataset, spec) if dataset.product == "ish" else None
-        return cls(dataset, spec, params, block_px, lattice)
+        extra = tuple(GridSpec.allen(r) for r in dict.fromkeys(also_um) if GridSpec.allen(r) != spec) \
+            if dataset.product == "connectivity" else ()
+        return cls(dataset, spec, params, block_px, lattice, extra)
 
     def usable_images(self) -> list[SectionImage]:
         """The sections that are gridded: not failed, with an Alignment2d."""
@@ -114,13 +120,30 @@ class Gridder:
         grid = self.lattice if self.lattice is not None else self.spec
         return grid_section(self.dataset, image, detection, grid, block_px=self.block_px)
 
-    def process(self, image: SectionImage, arrays: Mapping[str, np.ndarray]) -> PartialGrid | SectionGrid:
-        """Detection then gridding of one section: the map step."""
-        return self.grid_section(image, self.detect(arrays))
+    def process(self, image: SectionImage, arrays: Mapping[str, np.ndarray]
+                ) -> PartialGrid | SectionGrid | list[PartialGrid]:
+        """Detection then gridding of one section: the map step (one partial per grid with ``extra_specs``)."""
+        detection = self.detect(arrays)
+        first = self.grid_section(image, detection)
+        if not self.extra_specs:
+            return first
+        return [first, *(grid_section(self.dataset, image, detection, spec, block_px=self.block_px)
+                         for spec in self.extra_specs)]
 
-    def accumulator(self) -> GridAccumulator | ExpressionAccumulator:
+    def write_all(self, folder: str | os.PathLike[str], accumulator: Any) -> list[Path]:
+        """The volumes of every grid of the reduced ``accumulator``, written into ``folder``; the paths."""
+        if isinstance(accumulator, GridAccumulators):
+            return [path for part in accumulator.parts
+                    for path in write_projection_grids(folder, self.volumes(part), part.spec)]
+        return self.write(folder, self.volumes(accumulator))
+
+    def accumulator(self) -> GridAccumulator | ExpressionAccumulator | GridAccumulators:
         """An empty accumulator for the reduction (``add`` partials, ``merge`` accumulators)."""
-        return ExpressionAccumulator(self.lattice) if self.lattice is not None else GridAccumulator(self.spec)
+        if self.lattice is not None:
+            return ExpressionAccumulator(self.lattice)
+        if self.extra_specs:
+            return GridAccumulators([GridAccumulator(s) for s in (self.spec, *self.extra_specs)])
+        return GridAccumulator(self.spec)
 
     def volumes(self, accumulator: GridAccumulator | ExpressionAccumulator, **options: Any) -> dict[str, np.ndarray]:
         """The product's volumes from the reduced accumulator (options: see ``expression_volumes`` /
@@ -134,6 +157,28 @@ class Gridder:
         if self.dataset.product == "ish":
             return write_expression_grids(folder, volumes, self.spec)
         return write_projection_grids(folder, volumes, self.spec)
+
+
+@dataclass
+class GridAccumulators:
+    """One :class:`GridAccumulator` per grid of a gridder with ``extra_specs``: ``add`` takes the list of a
+    section's partials (one per grid, in order)."""
+
+    parts: list[GridAccumulator]
+
+    @property
+    def sections(self) -> int:
+        return self.parts[0].sections
+
+    def add(self, partials: list[PartialGrid]) -> GridAccumulators:
+        for part, partial in zip(self.parts, partials, strict=True):
+            part.add(partial)
+        return self
+
+    def merge(self, other: GridAccumulators) -> GridAccumulators:
+        for part, theirs in zip(self.parts, other.parts, strict=True):
+            part.merge(theirs)
+        return self
 
 
 @dataclass

@@ -55,7 +55,10 @@ class RunSettings:
 
     Attributes:
         reference_resolution_um: the template resolution alignment registers to (25, 50 or 100 um).
-        grid_resolution_um: connectivity grid (10, 25, 50 or 100 um); ISH always uses Allen's 200 um grid.
+        grid_resolution_um: connectivity grid (10, 25, 50 or 100 um) that unionize reads; ISH always uses
+            Allen's 200 um grid.
+        extra_grid_resolutions_um: connectivity grids also written (from the same detections), e.g. ``(25,)``
+            beside 100 um, the resolution AllenSDK's ``MouseConnectivityCache`` asks for by default.
         keep_alignment: use the transforms already in ``dataset.json`` when it has them all (data aligned
             elsewhere) instead of aligning again.
     """
@@ -63,6 +66,7 @@ class RunSettings:
     reference_resolution_um: int = 25
     grid_resolution_um: int = 100
     keep_alignment: bool = False
+    extra_grid_resolutions_um: tuple[int, ...] = ()
 
     def grid_resolution(self, product: str) -> int:
         return 200 if product == "ish" else int(self.grid_resolution_um)
@@ -108,7 +112,9 @@ def _align_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSetti
 def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
     return fingerprint([PipelineFolder.of(folder).alignment],
                        {"stage": "grid", "images": _image_signature(folder, dataset),
-                        "grid_resolution_um": settings.grid_resolution(dataset.product)})
+                        "grid_resolution_um": settings.grid_resolution(dataset.product),
+                        **({"also_um": list(settings.extra_grid_resolutions_um)}
+                           if settings.extra_grid_resolutions_um and dataset.product == "connectivity" else {})})
 
 
 def _unionize_fingerprint(folder: Path, dataset: SectionDataSet) -> str:
@@ -198,8 +204,7 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
 
 def _finish_grid(layout: PipelineFolder, gridder, accumulator, expected: str) -> None:
     work = layout.work
-    volumes = gridder.volumes(accumulator)
-    paths = {Path(p).resolve() for p in gridder.write(layout.grids, volumes)}  # every file, data files included
+    paths = {Path(p).resolve() for p in gridder.write_all(layout.grids, accumulator)}  # data files included
     for stale in set(layout.grids.iterdir()) - paths:  # e.g. another resolution's grids
         if stale.is_file():
             stale.unlink()
@@ -288,7 +293,8 @@ def run_pipeline(
             if stage_is_done(PipelineFolder.of(folder).work, "grid", expected):
                 run.stages["grid"] = "skipped"
                 continue
-            gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product))
+            gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product),
+                                                   also_um=settings.extra_grid_resolutions_um)
             expected_grid[folder] = expected
         for folder, accumulator in grid_sections(client, gridders, progress=progress).items():
             _finish_grid(PipelineFolder.of(folder), gridders[folder], accumulator, expected_grid[folder])
