@@ -17,7 +17,12 @@ from brainmap.pipeline.grid import GridAccumulator, Gridder, GridSpec, grid_data
 from brainmap.pipeline.grid.expression import EXPRESSION_VOLUMES
 from brainmap.pipeline.grid.projection import PROJECTION_VOLUMES, grid_projection_section, projection_volumes
 from brainmap.pipeline.grid.resample import block_centres, block_sums, section_affine, splat_slab
-from brainmap.pipeline.unionize import GridFolder, unionize_expression, unionize_projection
+from brainmap.pipeline.unionize import (
+    GridFolder,
+    unionize_expression,
+    unionize_expression_by_hemisphere,
+    unionize_projection,
+)
 from brainmap.specimen import (
     Affine2d,
     Affine3d,
@@ -416,5 +421,7 @@ def test_ish_sagittal_series_has_no_data_in_the_right_hemisphere(space25):
     assert (energy[:, :, :29] >= 0).sum() > 10000
     from brainmap.search.grid import SearchGrid
 
-    table = unionize_expression(result.volumes, SearchGrid.ish(space25).space)
+    table = unionize_expression_by_hemisphere(result.volumes, SearchGrid.ish(space25).space)
     assert set(table["hemisphere_id"]) == {1, 3}
+    allen = unionize_expression(result.volumes, SearchGrid.ish(space25).space)  # Allen's: no hemisphere
+    assert allen.structure_id.is_unique and (allen.sum_pixel_intensity > 0).all()

@@ -9,9 +9,12 @@ import pytest
 from brainmap.errors import FormatError
 from brainmap.io.nrrd import write_nrrd
 from brainmap.pipeline.unionize import (
+    ISH_HEMISPHERE_COLUMNS,
+    ISH_UNIONIZE_COLUMNS,
     PROJECTION_UNIONIZE_COLUMNS,
     GridFolder,
     unionize_expression,
+    unionize_expression_by_hemisphere,
     unionize_projection,
 )
 
@@ -190,13 +193,21 @@ def test_expression_unionize_matches_brute_force(space100, tree):
     sum_pixels = rng.uniform(100, 1000, shape)
     expressing = sum_pixels * rng.random(shape) ** 3
     intensity = expressing * rng.uniform(50, 200, shape)
+    all_intensity = intensity + (sum_pixels - expressing) * rng.uniform(5, 20, shape)
     energy = intensity / sum_pixels
     no_data = rng.random(shape) < 0.1
     energy[no_data] = -1
     sum_pixels[no_data] = 0
-    grids = {"sum_pixels": sum_pixels, "sum_expressing_pixels": expressing,
+    grids = {"sum_pixels": sum_pixels, "sum_expressing_pixels": expressing, "sum_pixel_intensity": all_intensity,
              "sum_expressing_pixel_intensity": intensity, "energy": energy}
-    table = unionize_expression(grids, space100, section_data_set_id=7).set_index(["structure_id", "hemisphere_id"])
+    allen = unionize_expression(grids, space100, section_data_set_id=7)
+    # Allen's StructureUnionize: exactly its columns, one row per structure.
+    assert list(allen.columns) == ISH_UNIONIZE_COLUMNS
+    assert allen.structure_id.is_unique
+    allen = allen.set_index("structure_id")
+    by_hemisphere = unionize_expression_by_hemisphere(grids, space100, section_data_set_id=7)
+    assert list(by_hemisphere.columns) == ISH_HEMISPHERE_COLUMNS
+    by_hemisphere = by_hemisphere.set_index(["structure_id", "hemisphere_id"])
     mid = shape[2] // 2
     for sid in [997, 315, 549, 385] + rng.choice(tree.summary_structure_ids(), 15, replace=False).tolist():
         for hemisphere in (1, 2, 3):
@@ -206,15 +217,18 @@ def test_expression_unionize_matches_brute_force(space100, tree):
             if hemisphere == 2:
                 mask[:, :, :mid] = False
             if not mask.any():
-                assert (sid, hemisphere) not in table.index
+                assert (sid, hemisphere) not in by_hemisphere.index
+                assert hemisphere != 3 or sid not in allen.index
                 continue
-            row = table.loc[(sid, hemisphere)]
-            assert row.sum_pixels == pytest.approx(sum_pixels[mask].sum())
-            assert row.expression_density == pytest.approx(expressing[mask].sum() / sum_pixels[mask].sum())
-            assert row.expression_energy == pytest.approx(intensity[mask].sum() / sum_pixels[mask].sum())
-            assert row.voxel_energy_mean == pytest.approx(energy[mask].mean())
-            assert row.voxel_energy_cv == pytest.approx(energy[mask].std() / energy[mask].mean(), rel=1e-6)
-            assert row.section_data_set_id == 7
+            rows = [by_hemisphere.loc[(sid, hemisphere)]] + ([allen.loc[sid]] if hemisphere == 3 else [])
+            for row in rows:
+                assert row.sum_pixels == pytest.approx(sum_pixels[mask].sum())
+                assert row.sum_pixel_intensity == pytest.approx(all_intensity[mask].sum())
+                assert row.expression_density == pytest.approx(expressing[mask].sum() / sum_pixels[mask].sum())
+                assert row.expression_energy == pytest.approx(intensity[mask].sum() / sum_pixels[mask].sum())
+                assert row.voxel_energy_mean == pytest.approx(energy[mask].mean())
+                assert row.voxel_energy_cv == pytest.approx(energy[mask].std() / energy[mask].mean(), rel=1e-6)
+                assert row.section_data_set_id == 7
 
 
 def test_cli_unionize_writes_the_rows(tmp_path, space100, projection_grids, capsys):

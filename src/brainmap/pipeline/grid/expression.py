@@ -6,7 +6,8 @@ Allen's method ("Expression Gridding"), step by step:
    cells of the specimen's in-plane coordinates ``(sx, sy)`` -- one lattice shared by all sections, so the
    per-image grids stack; cells are half a grid voxel (100 um for Allen's 200 um grid), so resampling (step 4)
    can average every cell under a voxel. Per cell: the tissue pixels, the expressing pixels and their intensity
-   (the mask's values, background-subtracted counts), and all imaged pixels (coverage). Pixels are summed over
+   (the mask's values, background-subtracted counts), all imaged pixels (coverage) and the raw intensity of
+   the tissue pixels (Allen's ``sum_pixel_intensity``). Pixels are summed over
    blocks first (half a cell), and each block goes to the cell of its centroid, shared by area with
    the neighbouring cell when it straddles their boundary.
 2. **Stack** (:class:`ExpressionAccumulator`): each image's grid is the plane of its section in a 3-D specimen
@@ -21,8 +22,8 @@ Allen's method ("Expression Gridding"), step by step:
    voxel's pixels: outside the sectioned range (e.g. the right hemisphere of a sagittal series), beyond the
    first and last sections by more than half a spacing, or in a gap of missing or failed sections, it has none.
 5. **Volumes**: ``density = expressing / pixels``, ``intensity = expressing intensity / expressing pixels``
-   (0 without expressing pixels), ``energy = density x intensity = expressing intensity / pixels``, and the three
-   sums ``sum_pixels``, ``sum_expressing_pixels``, ``sum_expressing_pixel_intensity``; -1 in the three ratios
+   (0 without expressing pixels), ``energy = density x intensity = expressing intensity / pixels``, and the four
+   sums ``sum_pixels``, ``sum_expressing_pixels``, ``sum_expressing_pixel_intensity``, ``sum_pixel_intensity``; -1 in the three ratios
    where there is no data (sums 0), 0 where there is data but no tissue (glass, ventricles).
 
 The grid is Allen's 67 x 41 x 58 at 200 um (:meth:`GridSpec.allen(200) <GridSpec.allen>`). Its voxels are
@@ -72,10 +73,11 @@ __all__ = [
 ]
 
 #: Per-cell sums of one image, in this order along the first axis of :attr:`SectionGrid.sums`.
-EXPRESSION_QUANTITIES = ("sum_pixels", "sum_expressing_pixels", "sum_expressing_pixel_intensity", "covered")
+EXPRESSION_QUANTITIES = ("sum_pixels", "sum_expressing_pixels", "sum_expressing_pixel_intensity", "covered",
+                         "sum_pixel_intensity")
 #: The volumes made, in Allen's names.
 EXPRESSION_VOLUMES = ("energy", "density", "intensity", "sum_pixels", "sum_expressing_pixels",
-                      "sum_expressing_pixel_intensity")
+                      "sum_expressing_pixel_intensity", "sum_pixel_intensity")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def grid_expression_section(dataset: SectionDataSet, image: SectionImage, detect
     mask = detection.mask
     x, y, count = block_centres(tissue.shape, block)
     sums = [block_sums(tissue, block), block_sums(mask > 0, block),
-            block_sums(mask, block), count]
+            block_sums(mask, block), count, block_sums(detection.signal_counts * tissue, block)]
     sxy = image.alignment2d.tsv.apply(np.stack([x.ravel(), y.ravel()], axis=1))
     # each block is a square of block x pixel um, shared by area with the neighbouring cell it spills into
     half = 0.5 * block * dataset.pixel_size_um / lattice.cell_um
@@ -248,6 +250,7 @@ def expression_volumes(accumulator: ExpressionAccumulator, dataset: SectionDataS
         "sum_pixels": np.where(data, pixels, 0.0),
         "sum_expressing_pixels": np.where(data, expressing, 0.0),
         "sum_expressing_pixel_intensity": np.where(data, intensity_sum, 0.0),
+        "sum_pixel_intensity": np.where(data, sampled["sum_pixel_intensity"], 0.0),
     }
     return {name: spec.volume(values, np.float32) for name, values in flat.items()}
 
