@@ -238,13 +238,19 @@ def test_ish_point_signal_lands_in_the_voxel_centred_on_it(tmp_path):
         if dataset.section_position_um(image.section_number) == 5600.0:
             mask[293:297, 311:315] = 500  # pixels (x, y) of 10 um: LR 3110-3150, DV 2930-2970 um
         accumulator.add(gridder.grid_section(image, _detection(mask, tissue, counts)))
-    volumes = gridder.volumes(accumulator)
+    volumes = gridder.volumes(accumulator, smoothing=False)  # the geometry alone
     expressing = volumes["sum_expressing_pixels"]
     assert np.unravel_index(np.argmax(expressing), expressing.shape) == (28, 15, 16)
     assert expressing[28, 15, 16] >= 0.6 * expressing.sum()
     assert expressing[:, 14, :].sum() == 0 and expressing[:, :, 15].sum() == 0  # nothing on the corner voxels
     # AP: the section lies on voxel 28's centre; interpolation between sections spreads a little to 27 and 29
     assert expressing[27].sum() == pytest.approx(expressing[29].sum()) and expressing[27].sum() < expressing[28].sum()
+    # Allen's smoothing (the default) keeps the point's voxel and its total, and spreads some of it to the neighbours.
+    smoothed = gridder.volumes(accumulator)["sum_expressing_pixels"]
+    assert np.unravel_index(np.argmax(smoothed), smoothed.shape) == (28, 15, 16)
+    # (a little goes to the last section, AP 5800, whose voxel is half beyond the sectioned range)
+    assert 0.9 * expressing.sum() <= smoothed.sum() <= expressing.sum() * (1 + 1e-6)
+    assert smoothed[28, 15, 16] < expressing[28, 15, 16] and smoothed[:, 14, :].sum() > 0
     gridder.write(tmp_path, volumes)
     _, header = read_metaimage(tmp_path / "density.mhd")
     assert tuple(header.offset) == (0.0, 0.0, 0.0)
