@@ -208,7 +208,8 @@ def _closed_loop(experiment_id: int, pixel_um: float = 25.0) -> tuple[Any, float
         table = unionize_projection(folder / "grids", space, pixel_size_um=pixel_um)
         elapsed = time.perf_counter() - started
     loop = compare_with_real_npv(table, experiment_id, space, pixel_size_um=pixel_um,
-                                 section_thickness_um=dataset.section_thickness_um)
+                                 section_thickness_um=dataset.section_thickness_um,
+                                 true_scale=dataset.metadata["density_scale"])
     return loop, elapsed, result.sections
 
 
@@ -285,6 +286,10 @@ def run() -> list[Figure]:
                               note=f"{loop.n_signal} of {loop.n} structure-hemispheres (real NPV >= "
                                    f"{loop.floor_npv:.2g}, 10 px); 25 um pixels, {sections} sections, "
                                    f"{elapsed:.0f} s end to end"))
+        error, compared = loop.median_abs_log10_ratio(1e-3)
+        figures.append(Figure(f"closed loop {experiment_id}: median |log10(recovered / true NPV)|, NPV > 1e-3",
+                              error, 0.15, "", better="lower",
+                              note=f"{compared} structure-hemispheres; 0.15 = a factor 1.4 (scale-sensitive)"))
         for pixels in (1.0, 100.0):
             rho, count = loop.spearman_above(loop.floor_npv * pixels / 10.0)
             figures.append(Figure(f"  ... real NPV of >= {pixels:g} px", rho, None, "", better="higher",

@@ -376,11 +376,15 @@ def test_closed_loop_recovers_the_real_projection_volumes(experiment_id, tmp_pat
     table = unionize_projection(folder / "grids", space100, pixel_size_um=CLOSED_LOOP_PIXEL_UM)
 
     loop = compare_with_real_npv(table, experiment_id, space100, pixel_size_um=CLOSED_LOOP_PIXEL_UM,
-                                 section_thickness_um=dataset.section_thickness_um)
+                                 section_thickness_um=dataset.section_thickness_um,
+                                 true_scale=dataset.metadata["density_scale"])
+    error, compared = loop.median_abs_log10_ratio(1e-3)
     print(f"closed loop {experiment_id}: Spearman {loop.spearman:.3f} over {loop.n_signal} structure-hemispheres "
-          f"with signal (real NPV >= {loop.floor_npv:.2g}) of {loop.n}; {result.sections} sections")
+          f"with signal (real NPV >= {loop.floor_npv:.2g}) of {loop.n}; median |log10(recovered / true)| "
+          f"{error:.3f} over {compared} with NPV > 1e-3; {result.sections} sections")
     assert loop.n > 550 and loop.n_signal >= 50
     assert loop.spearman >= 0.9
+    assert compared >= 50 and error <= 0.15  # scale-sensitive: within a factor 1.4 (Spearman is blind to scale)
     injection_mm3 = dataset.metadata["injection_volume_mm3"]
     injection = table[table["is_injection"] & (table["structure_id"] == 997) & (table["hemisphere_id"] == 3)]
     assert injection["projection_volume"].iloc[0] == pytest.approx(injection_mm3, rel=0.6)

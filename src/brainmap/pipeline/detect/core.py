@@ -101,7 +101,9 @@ class DetectionParams:
         noise_samples: pixels per block side that enter the noise fit (a regular subsample).
         threshold_sigmas: a candidate's contrast exceeds the top-hat's noise offset by this many standard
             deviations of the noise.
-        cell_diameter_um: diameter of an expressing cell (um), the window of the local maximum (ISH).
+        cell_diameter_um: diameter of an expressing cell (um), the window of the local maximum (ISH); ``None``
+            (the default): measured from each image (:func:`~brainmap.pipeline.detect.cell_size.
+            estimate_cell_diameter_um`), never taken from metadata.
         peak_fraction: keep pixels at least this fraction of a cell's peak contrast (0.5 = half maximum: the
             cell's disc); 0 disables the rule (connectivity).
         pixel_correction: correct ``peak_fraction`` for pixels that are not small against a cell
@@ -130,7 +132,7 @@ class DetectionParams:
     noise_block_um: float = 200.0
     noise_samples: int = 12
     threshold_sigmas: float = 5.0
-    cell_diameter_um: float = 12.0
+    cell_diameter_um: float | None = None
     peak_fraction: float = 0.0
     pixel_correction: bool = True
     speck_um: float = 3.0
@@ -145,6 +147,8 @@ class DetectionParams:
         for name in ("pixel_size_um", "noise_block_um", "cell_diameter_um", "injection_window_um",
                      "threshold_sigmas", "speck_um"):
             value = getattr(self, name)
+            if name == "cell_diameter_um" and value is None:
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"DetectionParams.{name} must be a positive number, got {value!r}")
         if self.background_window_um is not None and not self.background_window_um > 0:
@@ -174,12 +178,9 @@ class DetectionParams:
 
     @classmethod
     def for_dataset(cls, dataset: Any, **overrides: Any) -> DetectionParams:
-        """:meth:`for_product` for a :class:`~brainmap.specimen.SectionDataSet`: its product and pixel size, and
-        an ISH data set's ``metadata["cell_diameter_um"]`` when present."""
+        """:meth:`for_product` for a :class:`~brainmap.specimen.SectionDataSet`: its product and pixel size.
+        Nothing is read from its metadata (an ISH cell size is measured from each image)."""
         merged: dict[str, Any] = {"pixel_size_um": dataset.pixel_size_um}
-        diameter = dataset.metadata.get("cell_diameter_um") if isinstance(dataset.metadata, Mapping) else None
-        if dataset.product == "ish" and isinstance(diameter, (int, float)) and diameter > 0:
-            merged["cell_diameter_um"] = float(diameter)
         merged.update(overrides)
         return cls.for_product(dataset.product, **merged)
 
@@ -192,11 +193,18 @@ class DetectionParams:
         return max(minimum, int(round(um / self.pixel_size_um)))
 
     @property
+    def diameter_um(self) -> float:
+        """:attr:`cell_diameter_um`, or the fallback size while it is still to be measured."""
+        from brainmap.pipeline.detect.cell_size import FALLBACK_DIAMETER_UM
+
+        return float(self.cell_diameter_um) if self.cell_diameter_um is not None else FALLBACK_DIAMETER_UM
+
+    @property
     def background_window_px(self) -> int:
         """Side of the opening's square (pixels, odd, >= 3)."""
         um = self.background_window_um
         if um is None:
-            um = 3.0 * self.cell_diameter_um if self.product == "ish" else 50.0
+            um = 3.0 * self.diameter_um if self.product == "ish" else 50.0
         size = self._px(um, 3)
         return size + (size + 1) % 2
 
@@ -215,7 +223,7 @@ class DetectionParams:
         alpha = self.peak_fraction
         if alpha <= 0 or not self.pixel_correction:
             return alpha
-        s2 = (self.cell_diameter_um / 2.3548 / self.pixel_size_um) ** 2
+        s2 = (self.diameter_um / 2.3548 / self.pixel_size_um) ** 2
         se2 = s2 + 1.0 / 12.0
         return float(min(alpha ** (s2 / se2) * math.exp(1.0 / (12.0 * se2)), 0.95))
 
@@ -223,7 +231,7 @@ class DetectionParams:
     def cell_window_px(self) -> int:
         """Side of the local-maximum window (pixels, odd, >= 3): one cell diameter rounded up to whole pixels
         (rounded down, a cell of 3.3 pixels would be judged against a 3-pixel window that can miss its peak)."""
-        size = max(3, int(math.ceil(self.cell_diameter_um / self.pixel_size_um - 1e-9)))
+        size = max(3, int(math.ceil(self.diameter_um / self.pixel_size_um - 1e-9)))
         return size + (size + 1) % 2
 
     @property
@@ -626,6 +634,10 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
 
     rows, cols = work.shape
     tissue, threshold = detect_tissue(tissue_counts, params)
+    if params.product == "ish" and params.cell_diameter_um is None:
+        from brainmap.pipeline.detect.cell_size import estimate_cell_diameter_um
+
+        params = params.with_(cell_diameter_um=estimate_cell_diameter_um(work, tissue, params.pixel_size_um))
     background = background_opening(work, params.background_window_px)
     if params.background_excess is not None:
         levels, block = large_scale_background(work, tissue, params)
@@ -645,7 +657,8 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
 
     injection = None
     saturation = None
-    info: dict[str, Any] = {"background_window_px": params.background_window_px}
+    info: dict[str, Any] = {"background_window_px": params.background_window_px,
+                            "cell_diameter_um": params.cell_diameter_um}
     if params.detect_injection and params.product == "connectivity":
         saturation = saturation_level(work, params)
         sub_tissue = _subsample(tissue)
