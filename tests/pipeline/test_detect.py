@@ -172,7 +172,12 @@ def test_injection_site_is_the_saturated_plateau_not_the_axons():
 def test_effective_peak_fraction_corrects_for_coarse_pixels():
     fine = DetectionParams.for_product("ish", 0.5, cell_diameter_um=12)
     coarse = DetectionParams.for_product("ish", 8.0, cell_diameter_um=12)
-    assert fine.effective_peak_fraction == pytest.approx(0.5, abs=0.01)
+    assert fine.with_(peak_smooth_um=0.0).effective_peak_fraction == pytest.approx(0.5, abs=0.01)
+    # averaging a Gaussian cell over 3 um lowers its local maximum; the fraction rises to cut it at half maximum
+    sigma_px = 12 / 2.3548 / 0.5
+    box = fine.peak_smooth_px
+    lowered = np.exp(-((np.arange(box) - box // 2) ** 2) / (2 * sigma_px**2)).mean() ** 2
+    assert fine.effective_peak_fraction == pytest.approx(0.5 / lowered, rel=0.01)
     assert 0.6 < coarse.effective_peak_fraction < 0.75
     assert coarse.with_(pixel_correction=False).effective_peak_fraction == 0.5
     assert DetectionParams.for_product("connectivity", 10.0).effective_peak_fraction == 0.0

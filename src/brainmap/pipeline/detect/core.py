@@ -22,11 +22,14 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    offset in sigmas for the window used is computed once by simulation (:func:`tophat_noise_offset`).
 4. **Adaptive threshold**: a tissue pixel is a candidate where ``F > (offset + threshold_sigmas) * sigma`` of its
    own background (one lookup table from background counts to threshold counts).
-5. **Cells (ISH)**: a candidate is kept where ``F >= peak_fraction * max(F)`` within a square of one cell
-   diameter, rounded up to whole pixels (a grey dilation; :attr:`DetectionParams.cell_window_px`), so each cell
-   is cut at its half maximum whatever its brightness: a cell's disc is its full width at half maximum (the
-   fraction is corrected for pixel integration and sampling when pixels are not small against a cell:
-   :attr:`DetectionParams.effective_peak_fraction`). A binary opening by a square of ``speck_um`` (3 um, in whole
+5. **Cells (ISH)**: the cell diameter is measured from the image (the autocorrelation of the contrast,
+   :mod:`~brainmap.pipeline.detect.cell_size`; never from metadata). A candidate is kept where ``F >=
+   peak_fraction * max(F')`` within a square of one cell diameter, rounded up to whole pixels (a grey dilation;
+   :attr:`DetectionParams.cell_window_px`), ``F'`` being ``F`` averaged over ``peak_smooth_um`` (3 um: a cell's
+   level rather than its brightest granule), so each cell is cut at its half maximum whatever its brightness
+   (the fraction is corrected for pixel integration, sampling and that averaging when pixels are not small
+   against a cell: :attr:`DetectionParams.effective_peak_fraction`). Holes smaller than 0.6 of a cell (a dimmer
+   nucleus) are filled. A binary opening by a square of ``speck_um`` (3 um, in whole
    pixels, rounded down: 2 x 2 at 1.5 um, 3 x 3 at 1 um) then removes specks narrower than that; at coarser
    pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
    opening, so single-pixel cells stay. **Axons (connectivity)**: an axon is about one pixel
@@ -110,6 +113,8 @@ class DetectionParams:
             (:attr:`effective_peak_fraction`).
         speck_um: ISH: side (um) of the square of the binary opening that removes specks narrower than it
             (``floor(speck_um / pixel_size_um)`` pixels; none under 2 pixels: cells of 1-2 pixels are kept).
+        peak_smooth_um: ISH: the local maximum of the cell rule is taken on the contrast averaged over a square of
+            this side (um; in whole odd pixels, none under 2): a cell's level rather than its brightest granule.
         detect_injection: find the injection site (connectivity only).
         saturation_counts: the saturation level (counts); ``None``: the full scale of the smallest bit depth
             (8, 10, 12, 14, 16) holding the image's maximum.
@@ -136,6 +141,7 @@ class DetectionParams:
     peak_fraction: float = 0.0
     pixel_correction: bool = True
     speck_um: float = 3.0
+    peak_smooth_um: float = 0.0
     detect_injection: bool = True
     saturation_counts: float | None = None
     injection_level: float = 0.5
@@ -169,7 +175,8 @@ class DetectionParams:
         """The defaults of ``product`` at ``pixel_size_um`` -- ISH: cells cut at half maximum, no injection;
         connectivity: axons and the injection site. Keyword arguments override any field."""
         if product == "ish":
-            base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0)
+            base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0,
+                                        peak_smooth_um=3.0)
         elif product == "connectivity":
             base = dict(peak_fraction=0.0, detect_injection=True)
         else:
@@ -225,7 +232,19 @@ class DetectionParams:
             return alpha
         s2 = (self.diameter_um / 2.3548 / self.pixel_size_um) ** 2
         se2 = s2 + 1.0 / 12.0
-        return float(min(alpha ** (s2 / se2) * math.exp(1.0 / (12.0 * se2)), 0.95))
+        fraction = alpha ** (s2 / se2) * math.exp(1.0 / (12.0 * se2))
+        w = self.peak_smooth_px
+        if w >= 2:
+            # the local maximum is of the contrast averaged over w x w pixels: a Gaussian's peak drops by g
+            g = (math.sqrt(2.0 * math.pi * se2) / w * math.erf(w / (2.0 * math.sqrt(2.0 * se2)))) ** 2
+            fraction /= g
+        return float(min(fraction, 0.95))
+
+    @property
+    def peak_smooth_px(self) -> int:
+        """Side (pixels, odd) of the averaging before the cell rule's local maximum; < 2: none."""
+        size = int(round(self.peak_smooth_um / self.pixel_size_um))
+        return size | 1 if size >= 2 else 0
 
     @property
     def cell_window_px(self) -> int:
@@ -652,8 +671,13 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     if params.peak_fraction > 0:
         # contrast >= fraction * local maximum, in integers: a lookup table of ceil(fraction * level)
         fraction_table = np.ceil(np.arange(65536) * params.effective_peak_fraction).astype(np.uint16)
-        detected &= contrast >= fraction_table[running_max(contrast, params.cell_window_px)]
+        peak_source = contrast
+        if params.peak_smooth_px >= 2:
+            # the cell's level, not one bright granule: the local maximum of the contrast averaged over a few um
+            peak_source = ndimage.uniform_filter(contrast, params.peak_smooth_px)
+        detected &= contrast >= fraction_table[running_max(peak_source, params.cell_window_px)]
         detected = _binary_opening(detected, params.speck_px)
+        detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
 
     injection = None
     saturation = None
@@ -677,6 +701,20 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     mask = contrast * detected
     return DetectionResult(mask=mask, tissue=tissue, injection=injection, signal_counts=counts, noise=noise,
                            tissue_threshold=threshold, saturation_counts=saturation, info=info)
+
+
+def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
+    """``mask`` with its holes of at most ``max_area_px`` pixels filled (a cell's dimmer nucleus inside its
+    stained soma is part of the cell); larger holes (between cells, regions without expression) stay."""
+    if max_area_px < 1 or not mask.any():
+        return mask
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    labels, n = ndimage.label(holes)
+    if n == 0:
+        return mask
+    small = np.bincount(labels.ravel()) <= max_area_px
+    small[0] = False
+    return mask | small[labels]
 
 
 def _binary_opening(mask: np.ndarray, side: int) -> np.ndarray:
