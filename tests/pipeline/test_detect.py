@@ -11,6 +11,7 @@ from brainmap.pipeline.detect import (
     DetectionParams,
     VirtualSpecimen,
     detect_section,
+    detect_tissue,
     fit_noise_model,
     grey_opening,
     precision_recall,
@@ -254,3 +255,29 @@ def test_ish_density_is_unbiased_at_default_pixels():
           f"{result.signal.sum() / truth.sum():.3f}")
     assert precision > 0.8 and recall > 0.75
     assert result.signal.sum() / truth.sum() == pytest.approx(1.0, abs=0.2)
+
+
+# -- a second render family, drawn to none of the detector's assumptions -------------------------------------------
+@pytest.mark.parametrize("pixel_um, size", [(1.5, 384), (8.0, 160)])
+def test_cell_size_is_measured_from_the_image_on_both_render_families(pixel_um, size):
+    """The ISH cell diameter comes from the image, not from metadata: on the virtual microscope's Gaussian cells
+    it finds the gene's diameter (which :meth:`DetectionParams.for_dataset` no longer reads), and on the second
+    family's textured ellipses of another size (``second_family.CELL_DIAMETER_UM``) it finds theirs."""
+    from brainmap.pipeline.detect.cell_size import estimate_cell_diameter_um
+    from brainmap.specimen.synthetic.second_family import CELL_DIAMETER_UM, crop_second_family
+
+    vs = VirtualSpecimen.make("ish", gene="Gad1", pixel_size_um=pixel_um, truth_resolution_um=100)
+    params = DetectionParams.for_dataset(vs.dataset)
+    assert params.cell_diameter_um is None  # not from the generator's metadata
+    gene_diameter = vs.dataset.metadata["cell_diameter_um"]
+    image = vs.dataset.usable_images()[25]
+    centre = (6000.0, 4000.0, 5700.0)
+    for render, diameter, tolerance in (
+        (lambda: vs.crop(image, size_px=(size, size), centre_reference_um=centre), gene_diameter, 0.12),
+        (lambda: crop_second_family(vs, image, (size, size), centre_reference_um=centre), CELL_DIAMETER_UM, 0.25),
+    ):
+        arrays, truth, _ = render()
+        tissue, _ = detect_tissue(arrays["tissue"], params)
+        estimate = estimate_cell_diameter_um(arrays["signal"], tissue, pixel_um)
+        assert estimate == pytest.approx(diameter, rel=tolerance)
+        assert detect_section(arrays, params).info["cell_diameter_um"] == pytest.approx(estimate)
