@@ -80,13 +80,17 @@ def _pooled(pairs) -> tuple[float, float]:
     return tp / (tp + fp), tp / (tp + fn)
 
 
-def _connectivity_precision_recall() -> tuple[float, float]:
+def _connectivity_precision_recall(family: str = "virtual") -> tuple[float, float]:
+    """Whole sections (virtual microscope) or 3 mm windows of the same sections (second family)."""
     vs = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT)
     params = DetectionParams.for_dataset(vs.dataset)
     images = vs.dataset.usable_images()
     pairs = []
     for image in images[10::len(images) // 6]:
-        arrays, truth = vs.render(image)
+        if family == "second":
+            arrays, truth, _ = _crop(vs, image, 300, CENTRE_CONNECTIVITY, family)
+        else:
+            arrays, truth = vs.render(image)
         pairs.append((detect_section(arrays, params).signal, truth))
     return _pooled(pairs)
 
@@ -126,8 +130,8 @@ def _rebin_centred(volume: np.ndarray, factor: int = 2) -> np.ndarray:
     return _rebin(np.pad(volume, [(factor // 2, 0)] * 3), factor)
 
 
-def _connectivity_pearson(pixel_um: float = 10.0, sections: int = 12, field_um: float = 3000.0
-                          ) -> dict[str, float]:
+def _connectivity_pearson(pixel_um: float = 10.0, sections: int = 12, field_um: float = 3000.0,
+                          family: str = "virtual") -> dict[str, float]:
     from brainmap.specimen.synthetic.render import pixel_reference_um, sample_volume
 
     size = int(round(field_um / pixel_um))
@@ -139,7 +143,7 @@ def _connectivity_pearson(pixel_um: float = 10.0, sections: int = 12, field_um: 
     detected, perfect, expected = gridder.accumulator(), gridder.accumulator(), gridder.accumulator()
     tp = fp = fn = 0
     for image in sorted(chosen[:sections], key=lambda im: im.section_number):
-        arrays, truth, window = vs.crop(image, size_px=(size, size), centre_reference_um=CENTRE_CONNECTIVITY)
+        arrays, truth, window = _crop(vs, image, size, CENTRE_CONNECTIVITY, family)
         detection = gridder.detect(arrays)
         tp += np.count_nonzero(detection.signal & truth)
         fp += np.count_nonzero(detection.signal & ~truth)
@@ -251,9 +255,12 @@ def run() -> list[Figure]:
         figures.append(Figure(f"throughput: {label}", _throughput(product, pixel, res, size, **extra), 30.0,
                               "MP/s", better="higher", note="CPU time of one process"))
 
-    precision, recall = _connectivity_precision_recall()
-    figures += [Figure("connectivity 10 um: pixel precision", precision, 0.9, "", better="higher"),
-                Figure("connectivity 10 um: pixel recall", recall, 0.9, "", better="higher")]
+    for family, name, where in (("virtual", "virtual microscope", "whole sections"),
+                                ("second", "second family", "3 mm windows")):
+        precision, recall = _connectivity_precision_recall(family)
+        figures += [Figure(f"connectivity 10 um, {name}: pixel precision", precision, 0.9, "", better="higher",
+                           note=where),
+                    Figure(f"connectivity 10 um, {name}: pixel recall", recall, 0.9, "", better="higher")]
     for family, name in (("virtual", "virtual microscope"), ("second", "second family")):
         # the default pixels of virtual ISH specimens (8 um: a cell covers 1-2 pixels) carry the target
         precision, recall = _ish_precision_recall(8.0, 640, family)
@@ -266,9 +273,9 @@ def run() -> list[Figure]:
             figures += [Figure(f"ISH {pixel:g} um, {name}: pixel precision", precision, None, "", better="higher"),
                         Figure(f"ISH {pixel:g} um, {name}: pixel recall", recall, None, "", better="higher")]
 
-    for pixel in (10.0, 5.0):
-        r = _connectivity_pearson(pixel)
-        label = f"connectivity {pixel:g} um pixels"
+    for pixel, family in ((10.0, "virtual"), (5.0, "virtual"), (10.0, "second")):
+        r = _connectivity_pearson(pixel, family=family)
+        label = f"connectivity {pixel:g} um pixels" + (", second family" if family == "second" else "")
         note = f"{int(r['voxels'])} voxels with data; 3 mm crops of 12 sections"
         figures += [
             Figure(f"{label}, 100 um: Pearson gridded vs true density", r["truth"], 0.95, "", better="higher",
