@@ -11,7 +11,7 @@
     brainmap load DIR...                            load pipeline outputs into the database
     brainmap search lines GRID_DIR --out F.json     spatial search lines of an experiment
     brainmap serve --data DIR                       the HTTP API (RMA, services, downloads, sync, viewer)
-    brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
+    brainmap unionize GRID_DIR                      per-structure unionize of grid volumes (Allen's rows)
 
 Errors in the input (an unknown structure, a bad file) print one clear line and exit with status 2.
 """
