@@ -281,3 +281,23 @@ def test_cell_size_is_measured_from_the_image_on_both_render_families(pixel_um, 
         estimate = estimate_cell_diameter_um(arrays["signal"], tissue, pixel_um)
         assert estimate == pytest.approx(diameter, rel=tolerance)
         assert detect_section(arrays, params).info["cell_diameter_um"] == pytest.approx(estimate)
+
+
+def test_an_injection_site_that_does_not_saturate_is_found_on_the_second_family():
+    """The virtual microscope draws the injection site saturated, as the detector looks for it; the second family
+    draws it as a bright cloud at 55-75 % of full scale. The site is still found and its pixels are signal."""
+    from brainmap.data import tables
+    from brainmap.specimen.synthetic.second_family import crop_second_family
+
+    vs = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT, truth_resolution_um=100)
+    record = tables.connectivity_experiment(EXPERIMENT)
+    centre = (float(record["injection_x"]), float(record["injection_y"]), float(record["injection_z"]))
+    dataset = vs.dataset
+    sz = dataset.alignment3d.trv.apply(np.array(centre))[2]
+    image = min(dataset.usable_images(), key=lambda im: abs(dataset.section_position_um(im.section_number) - sz))
+    arrays, truth, _ = crop_second_family(vs, image, (200, 200), centre_reference_um=centre)
+    assert np.percentile(arrays["signal"][truth], 99) < 0.9 * 4095  # no saturated plateau
+    result = detect_section(arrays, DetectionParams.for_dataset(dataset))
+    assert result.injection is not None and result.injection.sum() > 0.5 * truth.sum()
+    precision, recall = precision_recall(result.signal, truth)
+    assert recall >= 0.9 and precision >= 0.85
