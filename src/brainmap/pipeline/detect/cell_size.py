@@ -1,7 +1,7 @@
 """The size of an image's expressing cells, measured from the image (never from metadata).
 
 The top-hat contrast of the signal channel (counts over a grey opening of ``ESTIMATE_WINDOW_UM``), less its local
-mean, has its autocorrelation taken over the tissue (FFT, both axes pooled). Cells placed at random
+mean, has its autocorrelation taken over the tissue (both axes pooled, lag by lag), in one window of the image. Cells placed at random
 give an autocorrelation that is the autocorrelation of one cell's profile; white noise adds only a spike at lag 0,
 which is left out. A Gaussian ``exp(-L^2 / (4 s^2))`` is fitted to the lags from 1 pixel to where it has fallen to
 a tenth, and the cell's full width at half maximum, ``2.3548 s`` with the pixel's own width (``1/12`` px^2)
@@ -17,6 +17,8 @@ import numpy as np
 
 #: The opening window of the estimate (um): wider than any cell, narrower than the tissue's features.
 ESTIMATE_WINDOW_UM = 60.0
+#: The estimate looks at one window of at most this many pixels a side, the one with the most tissue.
+WINDOW_PX = 512
 #: The local mean is taken over squares of this side (um).
 MEAN_WINDOW_UM = 150.0
 #: Bounds of the estimate (um); a figure outside is clipped (too few cells, or no cells at all).
@@ -43,6 +45,23 @@ def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size
     from brainmap.pipeline.detect.core import background_opening
 
     counts = np.asarray(counts)
+    tissue = np.asarray(tissue, bool)
+    # One window of at most WINDOW_PX pixels a side, where the tissue is: the estimate's cost does not grow with
+    # the image (a 2048 x 2048 image at 1 um holds tens of thousands of cells; a window holds thousands).
+    rows, cols = counts.shape
+    side = min(WINDOW_PX, rows, cols)
+    if rows > side or cols > side:
+        step = max(1, side // 4)
+        cover = np.add.reduceat(np.add.reduceat(tissue.astype(np.int32), np.arange(0, rows, step), axis=0),
+                                np.arange(0, cols, step), axis=1)
+        k = max(1, side // step)
+        window = np.lib.stride_tricks.sliding_window_view(cover, (min(k, cover.shape[0]), min(k, cover.shape[1])))
+        totals = window.sum(axis=(2, 3))
+        i, j = np.unravel_index(int(np.argmax(totals)), totals.shape)
+        r0, c0 = min(i * step, rows - side), min(j * step, cols - side)
+        counts = counts[r0: r0 + side, c0: c0 + side]
+        tissue = tissue[r0: r0 + side, c0: c0 + side]
+        background = None if background is None else background[r0: r0 + side, c0: c0 + side]
     if background is None:
         size = max(3, int(round(ESTIMATE_WINDOW_UM / pixel_size_um)))
         background = background_opening(counts.astype(np.uint16, copy=False), size + (size + 1) % 2)
@@ -66,17 +85,22 @@ def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size
     weight = ndimage.uniform_filter(inside.astype(np.float64), window, mode="constant")
     local = ndimage.uniform_filter(excess, window, mode="constant") / np.maximum(weight, 1e-9)
     excess = (excess - local) * inside
+    # The autocorrelation along both axes, lag by lag until it has fallen to a tenth (a few cell diameters).
     rows, cols = excess.shape
-    spectrum = np.fft.rfft2(excess, s=(2 * rows, 2 * cols))
-    acf = np.fft.irfft2(np.abs(spectrum) ** 2, s=(2 * rows, 2 * cols))
-    support = np.fft.irfft2(np.abs(np.fft.rfft2(inside.astype(np.float64), s=(2 * rows, 2 * cols))) ** 2,
-                            s=(2 * rows, 2 * cols))
-    max_lag = max(4, min(rows, cols) // 4, int(math.ceil(3 * MAX_DIAMETER_UM / pixel_size_um)))
-    max_lag = min(max_lag, rows - 1, cols - 1)
-    lags = np.arange(1, max_lag + 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        profile = 0.5 * (acf[lags, 0] / support[lags, 0] + acf[0, lags] / support[0, lags])
-    if not np.isfinite(profile[0]) or profile[0] <= 0:
+    max_lag = min(int(math.ceil(3 * MAX_DIAMETER_UM / pixel_size_um)), rows - 1, cols - 1)
+    weight = inside.astype(np.float64)
+    values_at: list[float] = []
+    for lag in range(1, max(max_lag, 2) + 1):
+        pairs = (weight[lag:] * weight[:-lag]).sum() + (weight[:, lag:] * weight[:, :-lag]).sum()
+        if pairs <= 0:
+            break
+        total = (excess[lag:] * excess[:-lag]).sum() + (excess[:, lag:] * excess[:, :-lag]).sum()
+        values_at.append(total / pairs)
+        if len(values_at) >= 3 and values_at[-1] < 0.1 * values_at[0]:
+            break
+    profile = np.asarray(values_at)
+    lags = np.arange(1, len(profile) + 1)
+    if len(profile) < 2 or not np.isfinite(profile[0]) or profile[0] <= 0:
         return FALLBACK_DIAMETER_UM
     below = np.flatnonzero(profile < 0.1 * profile[0])
     stop = int(below[0]) if below.size else len(lags)

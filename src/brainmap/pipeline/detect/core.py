@@ -674,7 +674,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         peak_source = contrast
         if params.peak_smooth_px >= 2:
             # the cell's level, not one bright granule: the local maximum of the contrast averaged over a few um
-            peak_source = ndimage.uniform_filter(contrast, params.peak_smooth_px)
+            peak_source = _box_mean(contrast, params.peak_smooth_px)
         detected &= contrast >= fraction_table[running_max(peak_source, params.cell_window_px)]
         detected = _binary_opening(detected, params.speck_px)
         detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
@@ -703,17 +703,35 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
                            tissue_threshold=threshold, saturation_counts=saturation, info=info)
 
 
+def _box_mean(image: np.ndarray, size: int) -> np.ndarray:
+    """uint16 mean over ``size`` x ``size`` squares (odd ``size``, border replicated), by shifted integer adds
+    (scipy's uniform_filter goes through float64 and costs several times more on a large image)."""
+    half = size // 2
+    padded = np.pad(image, half, mode="edge").astype(np.uint32)
+    rows, cols = image.shape
+    columns = padded[:, 0:cols].copy()
+    for k in range(1, size):
+        columns += padded[:, k: k + cols]
+    total = columns[0:rows].copy()
+    for k in range(1, size):
+        total += columns[k: k + rows]
+    return (total // np.uint32(size * size)).astype(np.uint16)
+
+
 def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
     """``mask`` with its holes of at most ``max_area_px`` pixels filled (a cell's dimmer nucleus inside its
     stained soma is part of the cell); larger holes (between cells, regions without expression) stay."""
-    if max_area_px < 1 or not mask.any():
+    if max_area_px < 4 or not mask.any():  # at coarse pixels a nucleus is under a pixel: no holes
         return mask
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    labels, n = ndimage.label(holes)
+    # The holes are the components of the complement that do not touch the image's border (one labelling pass;
+    # ndimage.binary_fill_holes iterates dilations and costs far more on a large image).
+    labels, n = ndimage.label(~mask)
     if n == 0:
         return mask
-    small = np.bincount(labels.ravel()) <= max_area_px
+    small = np.bincount(labels.ravel(), minlength=n + 1) <= max_area_px
     small[0] = False
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    small[border] = False
     return mask | small[labels]
 
 
