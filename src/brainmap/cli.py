@@ -8,7 +8,7 @@
     brainmap specimen make --product P ... --out DIR  make a virtual specimen with known truth
     brainmap align DIR                              align a data set to the reference
     brainmap run DIR...                             align -> detect -> grid -> unionize (resumable, Dask)
-    brainmap unionize GRID_DIR                      per-structure, per-hemisphere unionize of grid volumes
+    brainmap unionize GRID_DIR                      per-structure unionize of grid volumes (Allen's rows)
     brainmap load DIR... --data-dir D               copy results into a data directory, load its database and
                                                     build its search stores
     brainmap serve --data-dir D                     the HTTP API (RMA, services, downloads, sync, viewer)

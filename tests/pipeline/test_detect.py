@@ -11,6 +11,7 @@ from brainmap.pipeline.detect import (
     DetectionParams,
     VirtualSpecimen,
     detect_section,
+    detect_tissue,
     fit_noise_model,
     grey_opening,
     precision_recall,
@@ -172,7 +173,12 @@ def test_injection_site_is_the_saturated_plateau_not_the_axons():
 def test_effective_peak_fraction_corrects_for_coarse_pixels():
     fine = DetectionParams.for_product("ish", 0.5, cell_diameter_um=12)
     coarse = DetectionParams.for_product("ish", 8.0, cell_diameter_um=12)
-    assert fine.effective_peak_fraction == pytest.approx(0.5, abs=0.01)
+    assert fine.with_(peak_smooth_um=0.0).effective_peak_fraction == pytest.approx(0.5, abs=0.01)
+    # averaging a Gaussian cell over 3 um lowers its local maximum; the fraction rises to cut it at half maximum
+    sigma_px = 12 / 2.3548 / 0.5
+    box = fine.peak_smooth_px
+    lowered = np.exp(-((np.arange(box) - box // 2) ** 2) / (2 * sigma_px**2)).mean() ** 2
+    assert fine.effective_peak_fraction == pytest.approx(0.5 / lowered, rel=0.01)
     assert 0.6 < coarse.effective_peak_fraction < 0.75
     assert coarse.with_(pixel_correction=False).effective_peak_fraction == 0.5
     assert DetectionParams.for_product("connectivity", 10.0).effective_peak_fraction == 0.0
@@ -249,3 +255,49 @@ def test_ish_density_is_unbiased_at_default_pixels():
           f"{result.signal.sum() / truth.sum():.3f}")
     assert precision > 0.8 and recall > 0.75
     assert result.signal.sum() / truth.sum() == pytest.approx(1.0, abs=0.2)
+
+
+# -- a second render family, drawn to none of the detector's assumptions -------------------------------------------
+@pytest.mark.parametrize("pixel_um, size", [(1.5, 384), (8.0, 160)])
+def test_cell_size_is_measured_from_the_image_on_both_render_families(pixel_um, size):
+    """The ISH cell diameter comes from the image, not from metadata: on the virtual microscope's Gaussian cells
+    it finds the gene's diameter (which :meth:`DetectionParams.for_dataset` no longer reads), and on the second
+    family's textured ellipses of another size (``second_family.CELL_DIAMETER_UM``) it finds theirs."""
+    from brainmap.pipeline.detect.cell_size import estimate_cell_diameter_um
+    from brainmap.specimen.synthetic.second_family import CELL_DIAMETER_UM, crop_second_family
+
+    vs = VirtualSpecimen.make("ish", gene="Gad1", pixel_size_um=pixel_um, truth_resolution_um=100)
+    params = DetectionParams.for_dataset(vs.dataset)
+    assert params.cell_diameter_um is None  # not from the generator's metadata
+    gene_diameter = vs.dataset.metadata["cell_diameter_um"]
+    image = vs.dataset.usable_images()[25]
+    centre = (6000.0, 4000.0, 5700.0)
+    for render, diameter, tolerance in (
+        (lambda: vs.crop(image, size_px=(size, size), centre_reference_um=centre), gene_diameter, 0.12),
+        (lambda: crop_second_family(vs, image, (size, size), centre_reference_um=centre), CELL_DIAMETER_UM, 0.25),
+    ):
+        arrays, truth, _ = render()
+        tissue, _ = detect_tissue(arrays["tissue"], params)
+        estimate = estimate_cell_diameter_um(arrays["signal"], tissue, pixel_um)
+        assert estimate == pytest.approx(diameter, rel=tolerance)
+        assert detect_section(arrays, params).info["cell_diameter_um"] == pytest.approx(estimate)
+
+
+def test_an_injection_site_that_does_not_saturate_is_found_on_the_second_family():
+    """The virtual microscope draws the injection site saturated, as the detector looks for it; the second family
+    draws it as a bright cloud at 55-75 % of full scale. The site is still found and its pixels are signal."""
+    from brainmap.data import tables
+    from brainmap.specimen.synthetic.second_family import crop_second_family
+
+    vs = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT, truth_resolution_um=100)
+    record = tables.connectivity_experiment(EXPERIMENT)
+    centre = (float(record["injection_x"]), float(record["injection_y"]), float(record["injection_z"]))
+    dataset = vs.dataset
+    sz = dataset.alignment3d.trv.apply(np.array(centre))[2]
+    image = min(dataset.usable_images(), key=lambda im: abs(dataset.section_position_um(im.section_number) - sz))
+    arrays, truth, _ = crop_second_family(vs, image, (200, 200), centre_reference_um=centre)
+    assert np.percentile(arrays["signal"][truth], 99) < 0.9 * 4095  # no saturated plateau
+    result = detect_section(arrays, DetectionParams.for_dataset(dataset))
+    assert result.injection is not None and result.injection.sum() > 0.5 * truth.sum()
+    precision, recall = precision_recall(result.signal, truth)
+    assert recall >= 0.9 and precision >= 0.85

@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainmap.atlas.expression_grid import expression_grid_space
 from brainmap.pipeline.run import RunSettings, run_pipeline
 from brainmap.pipeline.run.records import StageRecord
 from brainmap.pipeline.run.runner import PIPELINE_DIR, UNIONIZE_FILE
+from brainmap.pipeline.unionize import GridFolder, unionize_expression_by_hemisphere
 from brainmap.specimen.synthetic import make_specimen
 
 SETTINGS = RunSettings(grid_resolution_um=100, keep_alignment=True)
@@ -68,8 +70,11 @@ def test_run_writes_every_stage_then_skips_and_redoes_what_changed(completed):
     expression = pd.read_csv(ish / PIPELINE_DIR / UNIONIZE_FILE)
     assert projection.is_injection.any() and (projection.experiment_id == 112672974).all()
     assert {"expression_energy", "voxel_energy_cv"} <= set(expression.columns)
-    # Sagittal ISH covers the left hemisphere only.
-    by_hemisphere = expression.query("structure_id == 997").set_index("hemisphere_id").sum_pixels
+    # Allen's StructureUnionize: one row per structure; sagittal ISH covers the left hemisphere only.
+    assert "hemisphere_id" not in expression.columns and expression.structure_id.is_unique
+    by_hemisphere = unionize_expression_by_hemisphere(GridFolder(ish / PIPELINE_DIR / "grids", resolution=200),
+                                                      expression_grid_space())
+    by_hemisphere = by_hemisphere.query("structure_id == 997").set_index("hemisphere_id").sum_pixels
     assert by_hemisphere.get(2, 0) < 0.05 * by_hemisphere[1]
     for name in ("projection_density_100.nrrd", "injection_fraction_100.nrrd", "data_mask_100.nrrd"):
         assert (conn / PIPELINE_DIR / "grids" / name).exists()
@@ -123,7 +128,7 @@ def test_run_with_an_existing_dask_cluster(specimens, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         runs = run_pipeline([ish], SETTINGS, scheduler=cluster.scheduler_address, progress=False)
     assert runs[0].stages == {"align": "done", "grid": "done", "unionize": "done"}
-    energy = pd.read_csv(ish / PIPELINE_DIR / UNIONIZE_FILE).query("structure_id == 997 and hemisphere_id == 3")
+    energy = pd.read_csv(ish / PIPELINE_DIR / UNIONIZE_FILE).query("structure_id == 997")
     assert np.isfinite(energy.expression_energy).all() and (energy.sum_pixels > 0).all()
 
 

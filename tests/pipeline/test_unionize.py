@@ -9,9 +9,12 @@ import pytest
 from brainmap.errors import FormatError
 from brainmap.io.nrrd import write_nrrd
 from brainmap.pipeline.unionize import (
+    ISH_HEMISPHERE_COLUMNS,
+    ISH_UNIONIZE_COLUMNS,
     PROJECTION_UNIONIZE_COLUMNS,
     GridFolder,
     unionize_expression,
+    unionize_expression_by_hemisphere,
     unionize_projection,
 )
 
@@ -79,6 +82,8 @@ def test_projection_unionize_matches_brute_force(space100, tree, projection_grid
     sample = [997, 315, 385, 8] + rng.choice(tree.summary_structure_ids(), 20, replace=False).tolist()
     injection_sites = [s for s in tree.node_ids() if (s, 3, True) in indexed.index]
     sample += injection_sites[-5:]
+    # The whole brain's injection volume, brute force, normalizes every row.
+    root_injection = _brute_force_record(space100, tree, projection_grids, 997, 3, True)["sum_projection_pixels"]
     for sid in sample:
         for hemisphere in (1, 2, 3):
             for injection in (True, False):
@@ -88,6 +93,14 @@ def test_projection_unionize_matches_brute_force(space100, tree, projection_grid
                     assert key not in indexed.index
                     continue
                 row = indexed.loc[key]
+                # Allen's ratios and volumes, from the brute-force sums.
+                expected["projection_density"] = expected["sum_projection_pixels"] / expected["sum_pixels"]
+                expected["projection_energy"] = expected["sum_projection_pixel_intensity"] / expected["sum_pixels"]
+                expected["projection_intensity"] = (expected["sum_projection_pixel_intensity"]
+                                                    / expected["sum_projection_pixels"])
+                expected["volume"] = expected["sum_pixels"] * SCALE
+                expected["projection_volume"] = expected["sum_projection_pixels"] * SCALE
+                expected["normalized_projection_volume"] = expected["sum_projection_pixels"] / root_injection
                 for column, value in expected.items():
                     assert row[column] == pytest.approx(value, rel=1e-9, abs=1e-6), (key, column)
 
@@ -106,26 +119,21 @@ def test_projection_unionize_is_the_same_in_any_memory_order_and_dtype(space100,
         np.testing.assert_array_equal(table[column], reference[column], err_msg=column)
 
 
-def test_projection_formulas_hold_on_every_row(space100, projection_grids):
+def test_projection_rows_roll_up_the_ontology(space100, tree, projection_grids):
+    """Every row holds at least as much as each of its children's rows, and both hemispheres add up."""
     table = unionize_projection(projection_grids, space100)
-    assert (table.sum_pixels > 0).all()
-    np.testing.assert_allclose(table.projection_density, table.sum_projection_pixels / table.sum_pixels)
-    np.testing.assert_allclose(table.projection_energy, table.sum_projection_pixel_intensity / table.sum_pixels)
-    signal = table.sum_projection_pixels > 0
-    np.testing.assert_allclose(
-        table.projection_intensity[signal],
-        table.sum_projection_pixel_intensity[signal] / table.sum_projection_pixels[signal],
-    )
-    np.testing.assert_allclose(table.volume, table.sum_pixels * SCALE)
-    np.testing.assert_allclose(table.projection_volume, table.sum_projection_pixels * SCALE)
-    injection_volume = table.query("is_injection and structure_id == 997 and hemisphere_id == 3").projection_volume.item()
-    np.testing.assert_allclose(table.normalized_projection_volume, table.projection_volume / injection_volume)
-    # Hemisphere 3 is the sum of 1 and 2; an ancestor holds at least as much as any descendant.
+    assert (table.sum_pixels > 0).all()  # rows with sum_pixels == 0 are left out
+    parent = {s["id"]: s["structure_id_path"][-2] for s in tree.nodes() if len(s["structure_id_path"]) > 1}
+    children = table.assign(parent_id=table.structure_id.map(parent)).dropna(subset=["parent_id"])
+    pairs = children.merge(table, left_on=["parent_id", "hemisphere_id", "is_injection"],
+                           right_on=["structure_id", "hemisphere_id", "is_injection"], suffixes=("", "_parent"))
+    assert len(pairs) == len(children) > 1000  # every child's parent has a row
+    for column in ("sum_pixels", "sum_projection_pixels", "sum_pixel_intensity", "max_voxel_density"):
+        assert (pairs[f"{column}_parent"] >= pairs[column] * (1 - 1e-12)).all(), column
+    assert (pairs.sum_pixels_parent > pairs.sum_pixels).mean() > 0.5  # parents usually hold more than one child
     pivot = table.pivot_table(index=["structure_id", "is_injection"], columns="hemisphere_id", values="sum_pixels")
     both = pivot.dropna()
     np.testing.assert_allclose(both[3], both[1] + both[2])
-    root = table.query("structure_id == 997 and not is_injection")
-    assert (root.sum_pixels.to_numpy()[:, None] >= 0).all()
     # The max voxel coordinates lie on the 100 um grid, in um (AP, DV, LR).
     for axis in "xyz":
         assert (table[f"max_voxel_{axis}"] % 100 == 0).all()
@@ -190,13 +198,21 @@ def test_expression_unionize_matches_brute_force(space100, tree):
     sum_pixels = rng.uniform(100, 1000, shape)
     expressing = sum_pixels * rng.random(shape) ** 3
     intensity = expressing * rng.uniform(50, 200, shape)
+    all_intensity = intensity + (sum_pixels - expressing) * rng.uniform(5, 20, shape)
     energy = intensity / sum_pixels
     no_data = rng.random(shape) < 0.1
     energy[no_data] = -1
     sum_pixels[no_data] = 0
-    grids = {"sum_pixels": sum_pixels, "sum_expressing_pixels": expressing,
+    grids = {"sum_pixels": sum_pixels, "sum_expressing_pixels": expressing, "sum_pixel_intensity": all_intensity,
              "sum_expressing_pixel_intensity": intensity, "energy": energy}
-    table = unionize_expression(grids, space100, section_data_set_id=7).set_index(["structure_id", "hemisphere_id"])
+    allen = unionize_expression(grids, space100, section_data_set_id=7)
+    # Allen's StructureUnionize: exactly its columns, one row per structure.
+    assert list(allen.columns) == ISH_UNIONIZE_COLUMNS
+    assert allen.structure_id.is_unique
+    allen = allen.set_index("structure_id")
+    by_hemisphere = unionize_expression_by_hemisphere(grids, space100, section_data_set_id=7)
+    assert list(by_hemisphere.columns) == ISH_HEMISPHERE_COLUMNS
+    by_hemisphere = by_hemisphere.set_index(["structure_id", "hemisphere_id"])
     mid = shape[2] // 2
     for sid in [997, 315, 549, 385] + rng.choice(tree.summary_structure_ids(), 15, replace=False).tolist():
         for hemisphere in (1, 2, 3):
@@ -206,15 +222,18 @@ def test_expression_unionize_matches_brute_force(space100, tree):
             if hemisphere == 2:
                 mask[:, :, :mid] = False
             if not mask.any():
-                assert (sid, hemisphere) not in table.index
+                assert (sid, hemisphere) not in by_hemisphere.index
+                assert hemisphere != 3 or sid not in allen.index
                 continue
-            row = table.loc[(sid, hemisphere)]
-            assert row.sum_pixels == pytest.approx(sum_pixels[mask].sum())
-            assert row.expression_density == pytest.approx(expressing[mask].sum() / sum_pixels[mask].sum())
-            assert row.expression_energy == pytest.approx(intensity[mask].sum() / sum_pixels[mask].sum())
-            assert row.voxel_energy_mean == pytest.approx(energy[mask].mean())
-            assert row.voxel_energy_cv == pytest.approx(energy[mask].std() / energy[mask].mean(), rel=1e-6)
-            assert row.section_data_set_id == 7
+            rows = [by_hemisphere.loc[(sid, hemisphere)]] + ([allen.loc[sid]] if hemisphere == 3 else [])
+            for row in rows:
+                assert row.sum_pixels == pytest.approx(sum_pixels[mask].sum())
+                assert row.sum_pixel_intensity == pytest.approx(all_intensity[mask].sum())
+                assert row.expression_density == pytest.approx(expressing[mask].sum() / sum_pixels[mask].sum())
+                assert row.expression_energy == pytest.approx(intensity[mask].sum() / sum_pixels[mask].sum())
+                assert row.voxel_energy_mean == pytest.approx(energy[mask].mean())
+                assert row.voxel_energy_cv == pytest.approx(energy[mask].std() / energy[mask].mean(), rel=1e-6)
+                assert row.section_data_set_id == 7
 
 
 def test_cli_unionize_writes_the_rows(tmp_path, space100, projection_grids, capsys):

@@ -149,7 +149,8 @@ def build_store_data(root: Path, space100: Any) -> StoreData:
     shape = space100.shape
     expression = unionize_expression({
         "sum_pixels": rng.uniform(0, 1e4, shape), "sum_expressing_pixels": rng.uniform(0, 1e3, shape),
-        "sum_expressing_pixel_intensity": rng.uniform(0, 1e5, shape), "energy": rng.random(shape)}, space100)
+        "sum_expressing_pixel_intensity": rng.uniform(0, 1e5, shape),
+        "sum_pixel_intensity": rng.uniform(1e5, 1e6, shape), "energy": rng.random(shape)}, space100)
     expression.to_csv(f200 / "structure_unionizes.csv", index=False)
     grids = f100 / "grids"
     grids.mkdir()

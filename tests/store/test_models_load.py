@@ -154,7 +154,7 @@ def test_volumes_registered_with_checksums(loaded_database, store_data):
 
 # -- idempotence and atomicity ---------------------------------------------------------------------------------
 def test_loading_twice_changes_nothing(loaded_database, store_data, snapshot):
-    assert loaded_database.first_report.total_written > 10_000
+    assert loaded_database.first_report.total_written > 9_000  # ontology, data sets, unionize rows (ISH: one per structure)
     before = snapshot(loaded_database)
     report = load_paths(loaded_database, [store_data.root], data_dir=store_data.root)
     assert report.total_written == 0, report.summary()

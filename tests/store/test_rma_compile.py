@@ -132,11 +132,12 @@ def test_well_known_file_of_a_data_set(loaded_database):
 def test_unionize_tabular_with_structure(loaded_database):
     result = run(loaded_database, "model::StructureUnionize,rma::criteria,section_data_set[id$eq200],"
                                   "structure[acronym$in'VISp','MOp'],rma::include,structure,rma::options"
-                                  "[order$eq'structures.graph_order','hemisphere_id'][tabular$eq'structure.acronym as "
-                                  "acronym','hemisphere_id','expression_energy']")
-    assert result.columns == ["acronym", "hemisphere_id", "expression_energy"]
-    assert [(r["acronym"], r["hemisphere_id"]) for r in result.rows] == [
-        ("MOp", 1), ("MOp", 2), ("MOp", 3), ("VISp", 1), ("VISp", 2), ("VISp", 3)]
+                                  "[order$eq'structures.graph_order'][tabular$eq'structure.acronym as "
+                                  "acronym','sum_pixel_intensity','expression_energy']")
+    assert result.columns == ["acronym", "sum_pixel_intensity", "expression_energy"]
+    # Allen's StructureUnionize: one row per structure and data set, no hemisphere.
+    assert [r["acronym"] for r in result.rows] == ["MOp", "VISp"]
+    assert all(r["sum_pixel_intensity"] > 0 for r in result.rows)
     text, content_type = render(result, "csv")
     assert content_type == "text/csv"
     rows = list(csv.DictReader(io.StringIO(text)))

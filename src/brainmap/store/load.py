@@ -411,7 +411,7 @@ _PROJECTION_VALUES = [c.name for c in m.ProjectionStructureUnionize.__table__.co
                       if c.name not in ("id", "section_data_set_id", "structure_id", "hemisphere_id",
                                         "is_injection")]
 _ISH_VALUES = [c.name for c in m.StructureUnionize.__table__.columns
-               if c.name not in ("id", "section_data_set_id", "structure_id", "hemisphere_id")]
+               if c.name not in ("id", "section_data_set_id", "structure_id")]
 
 
 def _read_table(path: Path) -> Any:
@@ -440,10 +440,13 @@ def _unionize_rows(path: Path, enclosing_id: int | None, tree: StructureTree) ->
     if not projection and "expression_energy" not in columns and "expression_density" not in columns:
         raise LoadError(f"{path}: neither a ProjectionStructureUnionize table (is_injection, projection_density, "
                         "...) nor a StructureUnionize table (expression_density, expression_energy, ...)")
-    required = ["structure_id", "hemisphere_id"] + (["is_injection"] if projection else [])
+    required = ["structure_id", "hemisphere_id", "is_injection"] if projection else ["structure_id"]
     missing = [c for c in required if c not in columns]
     if missing:
         raise LoadError(f"{path}: missing column(s) {', '.join(missing)}")
+    if not projection and "hemisphere_id" in columns:
+        # Allen's StructureUnionize has no hemisphere: per-hemisphere ISH tables give their both-hemisphere rows.
+        frame = frame[frame["hemisphere_id"] == 3].reset_index(drop=True)
     id_column = next((c for c in ("section_data_set_id", "experiment_id") if c in columns), None)
     values = _PROJECTION_VALUES if projection else _ISH_VALUES
     lists = {c: frame[c].tolist() for c in [*required, *values, "id", id_column] if c and c in columns}
@@ -460,12 +463,12 @@ def _unionize_rows(path: Path, enclosing_id: int | None, tree: StructureTree) ->
         structure_id = _as_int(lists["structure_id"][k], f"{where}: structure_id")
         if structure_id not in known:
             raise LoadError(f"{where}: structure_id {structure_id} is not in the ontology")
-        hemisphere = _as_int(lists["hemisphere_id"][k], f"{where}: hemisphere_id")
-        if hemisphere not in (1, 2, 3):
-            raise LoadError(f"{where}: hemisphere_id must be 1, 2 or 3, got {hemisphere}")
-        row: dict[str, Any] = {"section_data_set_id": data_set_id, "structure_id": structure_id,
-                               "hemisphere_id": hemisphere}
+        row: dict[str, Any] = {"section_data_set_id": data_set_id, "structure_id": structure_id}
         if projection:
+            hemisphere = _as_int(lists["hemisphere_id"][k], f"{where}: hemisphere_id")
+            if hemisphere not in (1, 2, 3):
+                raise LoadError(f"{where}: hemisphere_id must be 1, 2 or 3, got {hemisphere}")
+            row["hemisphere_id"] = hemisphere
             row["is_injection"] = _as_bool(lists["is_injection"][k], f"{where}: is_injection")
         for c in values:
             row[c] = _as_float(lists[c][k], f"{where}: {c}") if c in lists else None
@@ -809,14 +812,14 @@ def plan_load(paths: Sequence[str | os.PathLike[str]] = (), *, data_dir: str | o
         for row in rows:
             unionizes[(kind, row["section_data_set_id"])].append(row)
     for (kind, ds_id), rows in unionizes.items():
-        key = ("structure_id", "hemisphere_id", "is_injection") if kind == "projection" else \
-            ("structure_id", "hemisphere_id")
+        key = ("structure_id", "hemisphere_id", "is_injection") if kind == "projection" else ("structure_id",)
         seen: set[tuple] = set()
         for row in rows:
             k = tuple(row[c] for c in key)
             if k in seen:
-                raise LoadError(f"the unionize rows of data set {ds_id} hold structure {k[0]}, hemisphere {k[1]}"
-                                + (f", is_injection {k[2]}" if kind == "projection" else "") + " more than once")
+                raise LoadError(f"the unionize rows of data set {ds_id} hold structure {k[0]}"
+                                + (f", hemisphere {k[1]}, is_injection {k[2]}" if kind == "projection" else "")
+                                + " more than once")
             seen.add(k)
     return LoadPlan(root, tree, data_sets, ids, unionizes, [p for p, _ in found.tables], found.volumes, copies)
 
@@ -889,7 +892,7 @@ def _write_database(database: Database, plan: LoadPlan, report: LoadReport, say:
         for kind, table, key in (
             ("projection", m.ProjectionStructureUnionize.__table__,
              ["section_data_set_id", "structure_id", "hemisphere_id", "is_injection"]),
-            ("ish", m.StructureUnionize.__table__, ["section_data_set_id", "structure_id", "hemisphere_id"]),
+            ("ish", m.StructureUnionize.__table__, ["section_data_set_id", "structure_id"]),
         ):
             scope = sorted(ds_id for k, ds_id in unionizes if k == kind)
             rows = [row for ds_id in scope for row in unionizes[(kind, ds_id)]]

@@ -32,7 +32,7 @@ Structure (structures)             id, acronym, name, parent_structure_id, depth
                                    color_hex_triplet; virtual: structure_set_id           structure_unionizes,
                                                                                           projection_structure_unionizes
 StructureSet (structure_sets)      id, name, description                                  structures
-StructureUnionize                  id, section_data_set_id, structure_id, hemisphere_id,  section_data_set, structure
+StructureUnionize                  id, section_data_set_id, structure_id,                 section_data_set, structure
   (structure_unionizes)            expression_density, expression_energy, sum_pixels, ...
 ProjectionStructureUnionize        Allen's columns (is_injection, projection_density,     section_data_set, structure
   (projection_structure_unionizes) normalized_projection_volume, max_voxel_x, ...)
@@ -452,23 +452,24 @@ class StructureSet(Base):
 
 # -- pipeline results -------------------------------------------------------------------------------------------
 class StructureUnionize(Base):
-    """ISH expression statistics of one structure and hemisphere in one data set (Allen's StructureUnionize)."""
+    """ISH expression statistics of one structure (with its descendants, both hemispheres) in one data set
+    (Allen's StructureUnionize: no hemisphere)."""
 
     __tablename__ = "structure_unionizes"
     __rma_name__ = "StructureUnionize"
     __table_args__ = (
-        UniqueConstraint("section_data_set_id", "structure_id", "hemisphere_id"),
-        Index("ix_structure_unionizes_structure_hemisphere", "structure_id", "hemisphere_id"),
+        UniqueConstraint("section_data_set_id", "structure_id"),
+        Index("ix_structure_unionizes_structure", "structure_id"),
     )
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     section_data_set_id: Mapped[int] = mapped_column(Id, ForeignKey("section_data_sets.id", ondelete="CASCADE"))
     structure_id: Mapped[int] = mapped_column(Id, ForeignKey("structures.id"))
-    hemisphere_id: Mapped[int] = mapped_column(Integer)
-    expression_density: Mapped[Optional[float]] = mapped_column(Float)
-    expression_energy: Mapped[Optional[float]] = mapped_column(Float)
     sum_pixels: Mapped[Optional[float]] = mapped_column(Float)
     sum_expressing_pixels: Mapped[Optional[float]] = mapped_column(Float)
+    sum_pixel_intensity: Mapped[Optional[float]] = mapped_column(Float)
     sum_expressing_pixel_intensity: Mapped[Optional[float]] = mapped_column(Float)
+    expression_density: Mapped[Optional[float]] = mapped_column(Float)
+    expression_energy: Mapped[Optional[float]] = mapped_column(Float)
     voxel_energy_mean: Mapped[Optional[float]] = mapped_column(Float)
     voxel_energy_cv: Mapped[Optional[float]] = mapped_column(Float)
     section_data_set: Mapped[SectionDataSet] = relationship(viewonly=True, back_populates="structure_unionizes")

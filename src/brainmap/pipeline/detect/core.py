@@ -22,11 +22,14 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    offset in sigmas for the window used is computed once by simulation (:func:`tophat_noise_offset`).
 4. **Adaptive threshold**: a tissue pixel is a candidate where ``F > (offset + threshold_sigmas) * sigma`` of its
    own background (one lookup table from background counts to threshold counts).
-5. **Cells (ISH)**: a candidate is kept where ``F >= peak_fraction * max(F)`` within a square of one cell
-   diameter, rounded up to whole pixels (a grey dilation; :attr:`DetectionParams.cell_window_px`), so each cell
-   is cut at its half maximum whatever its brightness: a cell's disc is its full width at half maximum (the
-   fraction is corrected for pixel integration and sampling when pixels are not small against a cell:
-   :attr:`DetectionParams.effective_peak_fraction`). A binary opening by a square of ``speck_um`` (3 um, in whole
+5. **Cells (ISH)**: the cell diameter is measured from the image (the autocorrelation of the contrast,
+   :mod:`~brainmap.pipeline.detect.cell_size`; never from metadata). A candidate is kept where ``F >=
+   peak_fraction * max(F')`` within a square of one cell diameter, rounded up to whole pixels (a grey dilation;
+   :attr:`DetectionParams.cell_window_px`), ``F'`` being ``F`` averaged over ``peak_smooth_um`` (3 um: a cell's
+   level rather than its brightest granule), so each cell is cut at its half maximum whatever its brightness
+   (the fraction is corrected for pixel integration, sampling and that averaging when pixels are not small
+   against a cell: :attr:`DetectionParams.effective_peak_fraction`). Holes smaller than 0.6 of a cell (a dimmer
+   nucleus) are filled. A binary opening by a square of ``speck_um`` (3 um, in whole
    pixels, rounded down: 2 x 2 at 1.5 um, 3 x 3 at 1 um) then removes specks narrower than that; at coarser
    pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
    opening, so single-pixel cells stay. **Axons (connectivity)**: an axon is about one pixel
@@ -101,13 +104,17 @@ class DetectionParams:
         noise_samples: pixels per block side that enter the noise fit (a regular subsample).
         threshold_sigmas: a candidate's contrast exceeds the top-hat's noise offset by this many standard
             deviations of the noise.
-        cell_diameter_um: diameter of an expressing cell (um), the window of the local maximum (ISH).
+        cell_diameter_um: diameter of an expressing cell (um), the window of the local maximum (ISH); ``None``
+            (the default): measured from each image (:func:`~brainmap.pipeline.detect.cell_size.
+            estimate_cell_diameter_um`), never taken from metadata.
         peak_fraction: keep pixels at least this fraction of a cell's peak contrast (0.5 = half maximum: the
             cell's disc); 0 disables the rule (connectivity).
         pixel_correction: correct ``peak_fraction`` for pixels that are not small against a cell
             (:attr:`effective_peak_fraction`).
         speck_um: ISH: side (um) of the square of the binary opening that removes specks narrower than it
             (``floor(speck_um / pixel_size_um)`` pixels; none under 2 pixels: cells of 1-2 pixels are kept).
+        peak_smooth_um: ISH: the local maximum of the cell rule is taken on the contrast averaged over a square of
+            this side (um; in whole odd pixels, none under 2): a cell's level rather than its brightest granule.
         detect_injection: find the injection site (connectivity only).
         saturation_counts: the saturation level (counts); ``None``: the full scale of the smallest bit depth
             (8, 10, 12, 14, 16) holding the image's maximum.
@@ -130,10 +137,11 @@ class DetectionParams:
     noise_block_um: float = 200.0
     noise_samples: int = 12
     threshold_sigmas: float = 5.0
-    cell_diameter_um: float = 12.0
+    cell_diameter_um: float | None = None
     peak_fraction: float = 0.0
     pixel_correction: bool = True
     speck_um: float = 3.0
+    peak_smooth_um: float = 0.0
     detect_injection: bool = True
     saturation_counts: float | None = None
     injection_level: float = 0.5
@@ -145,6 +153,8 @@ class DetectionParams:
         for name in ("pixel_size_um", "noise_block_um", "cell_diameter_um", "injection_window_um",
                      "threshold_sigmas", "speck_um"):
             value = getattr(self, name)
+            if name == "cell_diameter_um" and value is None:
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"DetectionParams.{name} must be a positive number, got {value!r}")
         if self.background_window_um is not None and not self.background_window_um > 0:
@@ -165,7 +175,8 @@ class DetectionParams:
         """The defaults of ``product`` at ``pixel_size_um`` -- ISH: cells cut at half maximum, no injection;
         connectivity: axons and the injection site. Keyword arguments override any field."""
         if product == "ish":
-            base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0)
+            base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0,
+                                        peak_smooth_um=3.0)
         elif product == "connectivity":
             base = dict(peak_fraction=0.0, detect_injection=True)
         else:
@@ -174,12 +185,9 @@ class DetectionParams:
 
     @classmethod
     def for_dataset(cls, dataset: Any, **overrides: Any) -> DetectionParams:
-        """:meth:`for_product` for a :class:`~brainmap.specimen.SectionDataSet`: its product and pixel size, and
-        an ISH data set's ``metadata["cell_diameter_um"]`` when present."""
+        """:meth:`for_product` for a :class:`~brainmap.specimen.SectionDataSet`: its product and pixel size.
+        Nothing is read from its metadata (an ISH cell size is measured from each image)."""
         merged: dict[str, Any] = {"pixel_size_um": dataset.pixel_size_um}
-        diameter = dataset.metadata.get("cell_diameter_um") if isinstance(dataset.metadata, Mapping) else None
-        if dataset.product == "ish" and isinstance(diameter, (int, float)) and diameter > 0:
-            merged["cell_diameter_um"] = float(diameter)
         merged.update(overrides)
         return cls.for_product(dataset.product, **merged)
 
@@ -192,11 +200,18 @@ class DetectionParams:
         return max(minimum, int(round(um / self.pixel_size_um)))
 
     @property
+    def diameter_um(self) -> float:
+        """:attr:`cell_diameter_um`, or the fallback size while it is still to be measured."""
+        from brainmap.pipeline.detect.cell_size import FALLBACK_DIAMETER_UM
+
+        return float(self.cell_diameter_um) if self.cell_diameter_um is not None else FALLBACK_DIAMETER_UM
+
+    @property
     def background_window_px(self) -> int:
         """Side of the opening's square (pixels, odd, >= 3)."""
         um = self.background_window_um
         if um is None:
-            um = 3.0 * self.cell_diameter_um if self.product == "ish" else 50.0
+            um = 3.0 * self.diameter_um if self.product == "ish" else 50.0
         size = self._px(um, 3)
         return size + (size + 1) % 2
 
@@ -215,15 +230,27 @@ class DetectionParams:
         alpha = self.peak_fraction
         if alpha <= 0 or not self.pixel_correction:
             return alpha
-        s2 = (self.cell_diameter_um / 2.3548 / self.pixel_size_um) ** 2
+        s2 = (self.diameter_um / 2.3548 / self.pixel_size_um) ** 2
         se2 = s2 + 1.0 / 12.0
-        return float(min(alpha ** (s2 / se2) * math.exp(1.0 / (12.0 * se2)), 0.95))
+        fraction = alpha ** (s2 / se2) * math.exp(1.0 / (12.0 * se2))
+        w = self.peak_smooth_px
+        if w >= 2:
+            # the local maximum is of the contrast averaged over w x w pixels: a Gaussian's peak drops by g
+            g = (math.sqrt(2.0 * math.pi * se2) / w * math.erf(w / (2.0 * math.sqrt(2.0 * se2)))) ** 2
+            fraction /= g
+        return float(min(fraction, 0.95))
+
+    @property
+    def peak_smooth_px(self) -> int:
+        """Side (pixels, odd) of the averaging before the cell rule's local maximum; < 2: none."""
+        size = int(round(self.peak_smooth_um / self.pixel_size_um))
+        return size | 1 if size >= 2 else 0
 
     @property
     def cell_window_px(self) -> int:
         """Side of the local-maximum window (pixels, odd, >= 3): one cell diameter rounded up to whole pixels
         (rounded down, a cell of 3.3 pixels would be judged against a 3-pixel window that can miss its peak)."""
-        size = max(3, int(math.ceil(self.cell_diameter_um / self.pixel_size_um - 1e-9)))
+        size = max(3, int(math.ceil(self.diameter_um / self.pixel_size_um - 1e-9)))
         return size + (size + 1) % 2
 
     @property
@@ -626,6 +653,10 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
 
     rows, cols = work.shape
     tissue, threshold = detect_tissue(tissue_counts, params)
+    if params.product == "ish" and params.cell_diameter_um is None:
+        from brainmap.pipeline.detect.cell_size import estimate_cell_diameter_um
+
+        params = params.with_(cell_diameter_um=estimate_cell_diameter_um(work, tissue, params.pixel_size_um))
     background = background_opening(work, params.background_window_px)
     if params.background_excess is not None:
         levels, block = large_scale_background(work, tissue, params)
@@ -640,12 +671,18 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     if params.peak_fraction > 0:
         # contrast >= fraction * local maximum, in integers: a lookup table of ceil(fraction * level)
         fraction_table = np.ceil(np.arange(65536) * params.effective_peak_fraction).astype(np.uint16)
-        detected &= contrast >= fraction_table[running_max(contrast, params.cell_window_px)]
+        peak_source = contrast
+        if params.peak_smooth_px >= 2:
+            # the cell's level, not one bright granule: the local maximum of the contrast averaged over a few um
+            peak_source = _box_mean(contrast, params.peak_smooth_px)
+        detected &= contrast >= fraction_table[running_max(peak_source, params.cell_window_px)]
         detected = _binary_opening(detected, params.speck_px)
+        detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
 
     injection = None
     saturation = None
-    info: dict[str, Any] = {"background_window_px": params.background_window_px}
+    info: dict[str, Any] = {"background_window_px": params.background_window_px,
+                            "cell_diameter_um": params.cell_diameter_um}
     if params.detect_injection and params.product == "connectivity":
         saturation = saturation_level(work, params)
         sub_tissue = _subsample(tissue)
@@ -664,6 +701,38 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     mask = contrast * detected
     return DetectionResult(mask=mask, tissue=tissue, injection=injection, signal_counts=counts, noise=noise,
                            tissue_threshold=threshold, saturation_counts=saturation, info=info)
+
+
+def _box_mean(image: np.ndarray, size: int) -> np.ndarray:
+    """uint16 mean over ``size`` x ``size`` squares (odd ``size``, border replicated), by shifted integer adds
+    (scipy's uniform_filter goes through float64 and costs several times more on a large image)."""
+    half = size // 2
+    padded = np.pad(image, half, mode="edge").astype(np.uint32)
+    rows, cols = image.shape
+    columns = padded[:, 0:cols].copy()
+    for k in range(1, size):
+        columns += padded[:, k: k + cols]
+    total = columns[0:rows].copy()
+    for k in range(1, size):
+        total += columns[k: k + rows]
+    return (total // np.uint32(size * size)).astype(np.uint16)
+
+
+def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
+    """``mask`` with its holes of at most ``max_area_px`` pixels filled (a cell's dimmer nucleus inside its
+    stained soma is part of the cell); larger holes (between cells, regions without expression) stay."""
+    if max_area_px < 4 or not mask.any():  # at coarse pixels a nucleus is under a pixel: no holes
+        return mask
+    # The holes are the components of the complement that do not touch the image's border (one labelling pass;
+    # ndimage.binary_fill_holes iterates dilations and costs far more on a large image).
+    labels, n = ndimage.label(~mask)
+    if n == 0:
+        return mask
+    small = np.bincount(labels.ravel(), minlength=n + 1) <= max_area_px
+    small[0] = False
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    small[border] = False
+    return mask | small[labels]
 
 
 def _binary_opening(mask: np.ndarray, side: int) -> np.ndarray:

@@ -1,7 +1,12 @@
 """Structure unionization: per-structure, per-hemisphere sums of gridded signal, rolled up the ontology."""
 
 from brainmap.pipeline.unionize.grids import GridFolder
-from brainmap.pipeline.unionize.ish import ISH_UNIONIZE_COLUMNS, unionize_expression
+from brainmap.pipeline.unionize.ish import (
+    ISH_HEMISPHERE_COLUMNS,
+    ISH_UNIONIZE_COLUMNS,
+    unionize_expression,
+    unionize_expression_by_hemisphere,
+)
 from brainmap.pipeline.unionize.projection import (
     PROJECTION_GRID_NAMES,
     PROJECTION_UNIONIZE_COLUMNS,
@@ -10,9 +15,11 @@ from brainmap.pipeline.unionize.projection import (
 
 __all__ = [
     "GridFolder",
+    "ISH_HEMISPHERE_COLUMNS",
     "ISH_UNIONIZE_COLUMNS",
     "PROJECTION_GRID_NAMES",
     "PROJECTION_UNIONIZE_COLUMNS",
     "unionize_expression",
+    "unionize_expression_by_hemisphere",
     "unionize_projection",
 ]

@@ -29,12 +29,14 @@ class DirectSums:
 
     ``sums`` is (2 records, 4 quantities, 2 hemispheres, n structures) in :data:`SUM_NAMES` order, record 0
     the injection; ``max_value`` and ``max_flat`` are (2 records, 2 hemispheres, n): the largest positive value
-    and the flat (memory-order) index of its first voxel, -1 where there is none.
+    and the flat (memory-order) index of its first voxel, -1 where there is none; ``voxels`` is (2 hemispheres,
+    n): the number of voxels with data labelled directly with each structure.
     """
 
     sums: np.ndarray
     max_value: np.ndarray
     max_flat: np.ndarray
+    voxels: np.ndarray
 
 
 @numba.njit(nogil=True, cache=True)
@@ -45,14 +47,16 @@ def _pass(compact, n, n_outer, n_inner, lr_is_outer, midline, data_mask, sum_pix
     sums = np.zeros((8, bins))
     best = np.zeros((2, bins))
     where = np.full((2, bins), -1, dtype=np.int64)
+    voxels = np.zeros(bins, dtype=np.int64)
     for o in range(n_outer):
         for i in range(n_inner):
             f = o * n_inner + i
             c = compact[f]
-            if c == 0 or not data_mask[f] > 0:
+            if c == 0 or data_mask[f] == 0:  # AllenSDK: annotation[logical_not(data_mask)] = 0
                 continue
             lr = o if lr_is_outer else i
             b = np.int64(c) + (n + 1 if lr >= midline else 0)
+            voxels[b] += 1
             sp = np.float64(sum_pixels[f])
             fraction = np.float64(injection_fraction[f])
             density = np.float64(injection_density[f])
@@ -63,8 +67,9 @@ def _pass(compact, n, n_outer, n_inner, lr_is_outer, midline, data_mask, sum_pix
             if density > best[0, b]:
                 best[0, b] = density
                 where[0, b] = f
-            # Projection: voxels in the injection or not excluded by the artefact mask.
-            if use_exclusion and exclusion[f] > 0 and not fraction > 0:
+            # Projection: voxels in the injection or not excluded by the artefact mask (AllenSDK:
+            # logical_or(injection_fraction, not exclusion > 0)).
+            if use_exclusion and exclusion[f] > 0 and fraction == 0:
                 continue
             projected = np.float64(projection_density[f])
             sums[4, b] += sp
@@ -75,7 +80,7 @@ def _pass(compact, n, n_outer, n_inner, lr_is_outer, midline, data_mask, sum_pix
             if outside > best[1, b]:
                 best[1, b] = outside
                 where[1, b] = f
-    return sums, best, where
+    return sums, best, where, voxels
 
 
 def projection_direct_sums(space: ReferenceSpace, grids, exclusion: np.ndarray | None) -> DirectSums:
@@ -108,7 +113,7 @@ def projection_direct_sums(space: ReferenceSpace, grids, exclusion: np.ndarray |
     n_outer, n_inner = (n_lr, compact.size // n_lr) if fortran else (compact.size // n_lr, n_lr)
     use_exclusion = exclusion is not None
     n = len(index.order)
-    sums, best, where = _pass(
+    sums, best, where, voxels = _pass(
         compact, n, n_outer, n_inner, fortran, midline_index(n_lr), flat("data_mask"), flat("sum_pixels"),
         flat("injection_fraction"), flat("injection_density"), flat("injection_energy"),
         flat("injection_sum_pixel_intensities"), flat("projection_density"), flat("projection_energy"),
@@ -116,4 +121,5 @@ def projection_direct_sums(space: ReferenceSpace, grids, exclusion: np.ndarray |
     )
     # Bin 0 and n + 1 are "outside the brain" of each hemisphere; drop them.
     sums = sums.reshape(2, 4, 2, n + 1)[..., 1:]
-    return DirectSums(sums, best.reshape(2, 2, n + 1)[..., 1:], where.reshape(2, 2, n + 1)[..., 1:])
+    return DirectSums(sums, best.reshape(2, 2, n + 1)[..., 1:], where.reshape(2, 2, n + 1)[..., 1:],
+                      voxels.reshape(2, n + 1)[:, 1:])

@@ -1,16 +1,18 @@
 """ISH structure unionization: Allen's StructureUnionize rows from expression grids.
 
 Inputs per grid voxel (200 um grid for Allen's ISH, any grid here): ``sum_pixels`` (tissue pixels sampled),
-``sum_expressing_pixels``, ``sum_expressing_pixel_intensity`` and ``energy`` (-1 where there is no data).
-For every structure (with its descendants) and hemisphere (1 left, 2 right, 3 both):
+``sum_expressing_pixels``, ``sum_pixel_intensity`` (intensity of all tissue pixels),
+``sum_expressing_pixel_intensity`` and ``energy`` (-1 where there is no data). For every structure, with its
+descendants, over the whole brain (Allen's StructureUnionize has no hemisphere; one row per structure and data set):
 
-* sum_pixels, sum_expressing_pixels, sum_expressing_pixel_intensity: sums over its voxels;
+* sum_pixels, sum_expressing_pixels, sum_pixel_intensity, sum_expressing_pixel_intensity: sums over its voxels;
 * expression_density = sum_expressing_pixels / sum_pixels;
 * expression_energy = sum_expressing_pixel_intensity / sum_pixels;
 * voxel_energy_mean and voxel_energy_cv (population std / mean) of ``energy`` over its voxels with data.
 
 Voxels outside the brain or without data (``sum_pixels`` 0 or ``energy`` -1) count nowhere; rows with
-sum_pixels == 0 are left out.
+sum_pixels == 0 are left out. :func:`unionize_expression_by_hemisphere` gives the same figures per hemisphere
+(hemisphere_id 1 left, 2 right, 3 both) as a separate brainmap table, not Allen's.
 """
 
 from __future__ import annotations
@@ -25,13 +27,53 @@ from brainmap.atlas.reference_space import ReferenceSpace
 from brainmap.pipeline.unionize.grids import GridFolder, require
 from brainmap.pipeline.unionize.reduction import StructureBins
 
-#: Allen's StructureUnionize (ISH) columns.
+#: Allen's StructureUnionize (ISH) columns, in the Allen API's order.
 ISH_UNIONIZE_COLUMNS = [
-    "id", "section_data_set_id", "structure_id", "hemisphere_id", "expression_density", "expression_energy",
-    "sum_pixels", "sum_expressing_pixels", "sum_expressing_pixel_intensity", "voxel_energy_mean", "voxel_energy_cv",
+    "id", "section_data_set_id", "structure_id", "sum_pixels", "sum_expressing_pixels", "sum_pixel_intensity",
+    "sum_expressing_pixel_intensity", "expression_density", "expression_energy", "voxel_energy_mean",
+    "voxel_energy_cv",
 ]
+#: brainmap's per-hemisphere ISH table (not an Allen model): the same figures with ``hemisphere_id``.
+ISH_HEMISPHERE_COLUMNS = ISH_UNIONIZE_COLUMNS[:3] + ["hemisphere_id"] + ISH_UNIONIZE_COLUMNS[3:]
 
-ISH_GRID_NAMES = ["sum_pixels", "sum_expressing_pixels", "sum_expressing_pixel_intensity", "energy"]
+ISH_GRID_NAMES = ["sum_pixels", "sum_expressing_pixels", "sum_pixel_intensity", "sum_expressing_pixel_intensity",
+                  "energy"]
+_SUMS = ISH_GRID_NAMES[:4]
+
+
+def _by_hemisphere(grids, space: ReferenceSpace) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(sums (3, n) per quantity, energy mean (3, n), energy cv (3, n)) for hemispheres 1, 2, 3 (both)."""
+    if isinstance(grids, (str, Path)):
+        grids = GridFolder(grids, resolution=int(round(space.resolution[0])))
+    require(grids, ISH_GRID_NAMES, "expression unionize")
+    energy_volume = np.asarray(grids["energy"])
+    pixels_volume = np.asarray(grids["sum_pixels"])
+    bins = StructureBins(space, selected=(pixels_volume > 0) & (energy_volume >= 0))
+    sums = {name: bins.roll_up(bins.sums(bins.gather(grids[name]))) for name in _SUMS}
+    energy = bins.gather(energy_volume)
+    voxels = bins.roll_up(bins.sums())
+    energy_sum = bins.roll_up(bins.sums(energy))
+    energy_sq = bins.roll_up(bins.sums(energy * energy))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = energy_sum / voxels
+        variance = np.maximum(energy_sq / voxels - mean * mean, 0.0)
+        cv = np.where(mean > 0, np.sqrt(variance) / mean, 0.0)
+    return sums, mean, cv
+
+
+def _table(space: ReferenceSpace, sums, mean, cv, keep: np.ndarray, structure: np.ndarray) -> pd.DataFrame:
+    pixels = sums["sum_pixels"][keep]
+    return pd.DataFrame({
+        "structure_id": structure[keep],
+        "sum_pixels": pixels,
+        "sum_expressing_pixels": sums["sum_expressing_pixels"][keep],
+        "sum_pixel_intensity": sums["sum_pixel_intensity"][keep],
+        "sum_expressing_pixel_intensity": sums["sum_expressing_pixel_intensity"][keep],
+        "expression_density": sums["sum_expressing_pixels"][keep] / pixels,
+        "expression_energy": sums["sum_expressing_pixel_intensity"][keep] / pixels,
+        "voxel_energy_mean": mean[keep],
+        "voxel_energy_cv": cv[keep],
+    })
 
 
 def unionize_expression(
@@ -40,41 +82,34 @@ def unionize_expression(
     *,
     section_data_set_id: int | None = None,
 ) -> pd.DataFrame:
-    """Allen's StructureUnionize rows of one ISH data set (see the module docstring for the formulas).
+    """Allen's StructureUnionize rows of one ISH data set: one per structure (module docstring for the formulas).
 
     ``grids`` maps the names in :data:`ISH_GRID_NAMES` to (AP, DV, LR) volumes on the grid of ``space``,
-    or is a folder of ``{name}_{res}.nrrd`` files.
+    or is a folder of ``{name}_{res}.nrrd`` files. Returns :data:`ISH_UNIONIZE_COLUMNS`; ``id`` is left empty
+    (the store assigns record ids).
     """
-    if isinstance(grids, (str, Path)):
-        grids = GridFolder(grids, resolution=int(round(space.resolution[0])))
-    require(grids, ISH_GRID_NAMES, "expression unionize")
-    energy_volume = np.asarray(grids["energy"])
-    pixels_volume = np.asarray(grids["sum_pixels"])
-    bins = StructureBins(space, selected=(pixels_volume > 0) & (energy_volume >= 0))
-    sums = {name: bins.roll_up(bins.sums(bins.gather(grids[name]))) for name in ISH_GRID_NAMES[:3]}
-    energy = bins.gather(energy_volume)
-    voxels = bins.roll_up(bins.sums())
-    energy_sum = bins.roll_up(bins.sums(energy))
-    energy_sq = bins.roll_up(bins.sums(energy * energy))
-    keep = sums["sum_pixels"] > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = energy_sum / voxels
-        variance = np.maximum(energy_sq / voxels - mean * mean, 0.0)
-        cv = np.where(mean > 0, np.sqrt(variance) / mean, 0.0)
-    n = bins.n
-    hemisphere = np.repeat(np.array([1, 2, 3])[:, None], n, axis=1)
-    structure = np.broadcast_to(space.ontology_order.ids[None, :], (3, n))
-    table = pd.DataFrame({
-        "structure_id": structure[keep],
-        "hemisphere_id": hemisphere[keep],
-        "expression_density": sums["sum_expressing_pixels"][keep] / sums["sum_pixels"][keep],
-        "expression_energy": sums["sum_expressing_pixel_intensity"][keep] / sums["sum_pixels"][keep],
-        "sum_pixels": sums["sum_pixels"][keep],
-        "sum_expressing_pixels": sums["sum_expressing_pixels"][keep],
-        "sum_expressing_pixel_intensity": sums["sum_expressing_pixel_intensity"][keep],
-        "voxel_energy_mean": mean[keep],
-        "voxel_energy_cv": cv[keep],
-    })
+    sums, mean, cv = _by_hemisphere(grids, space)
+    both = {name: values[2] for name, values in sums.items()}
+    table = _table(space, both, mean[2], cv[2], both["sum_pixels"] > 0, space.ontology_order.ids)
     table["section_data_set_id"] = pd.array([section_data_set_id] * len(table), dtype="Int64")
     table["id"] = pd.array([None] * len(table), dtype="Int64")
     return table[ISH_UNIONIZE_COLUMNS]
+
+
+def unionize_expression_by_hemisphere(
+    grids: Mapping[str, np.ndarray] | str | Path,
+    space: ReferenceSpace,
+    *,
+    section_data_set_id: int | None = None,
+) -> pd.DataFrame:
+    """brainmap's per-hemisphere ISH figures (:data:`ISH_HEMISPHERE_COLUMNS`; hemisphere_id 1 left, 2 right,
+    3 both): the rows of :func:`unionize_expression` computed per hemisphere. Not an Allen model; the store does
+    not load it."""
+    sums, mean, cv = _by_hemisphere(grids, space)
+    n = len(space.ontology_order.ids)
+    keep = sums["sum_pixels"] > 0
+    table = _table(space, sums, mean, cv, keep, np.broadcast_to(space.ontology_order.ids[None, :], (3, n)))
+    table["hemisphere_id"] = np.repeat(np.array([1, 2, 3])[:, None], n, axis=1)[keep]
+    table["section_data_set_id"] = pd.array([section_data_set_id] * len(table), dtype="Int64")
+    table["id"] = pd.array([None] * len(table), dtype="Int64")
+    return table[ISH_HEMISPHERE_COLUMNS]

@@ -13,15 +13,27 @@ Inputs per grid voxel: ``sum_pixels`` (image pixels sampled in the voxel), ``inj
   (-> sum_projection_pixel_intensity) and ``injection_sum_pixel_intensities`` (-> sum_pixel_intensity);
   the max voxel is the argmax of ``injection_density``.
 * Projection record: the same sums with ``projection_density``, ``projection_energy`` and
-  ``sum_pixel_intensities`` over the voxels where ``injection_fraction > 0`` or the voxel is not excluded, minus
-  the injection record's sums; the max voxel is the argmax of ``projection_density * (1 - injection_fraction)``
-  there, and ``max_voxel_density`` is that value.
-* Ancestors add their descendants' sums and keep the largest max voxel.
+  ``sum_pixel_intensities`` over the voxels where ``injection_fraction != 0`` or the voxel is not excluded, minus
+  the injection record's sums, per directly annotated structure (before the roll-up, as AllenSDK does).
+* Max voxel: a record has one only when its own ``sum_projection_pixels`` is > 0 (otherwise 0 at (0, 0, 0)):
+  the voxel of the largest ``injection_density`` (injection) or ``projection_density * (1 - injection_fraction)``
+  over the counted voxels (projection).
+* Ancestors add their descendants' sums (exact zeros stay zero) and take the max voxel in AllenSDK's order: their
+  own record first, then the descendants' in ascending signed label order (left labels negated), a later record
+  winning a tie (``ancestor.max <= child.max``); both hemispheres: the side AllenSDK meets first, then the other
+  under the same rule (:func:`~brainmap.pipeline.unionize.reduction.roll_up_allen_maxima`).
 * Ratios: projection_density = sum_projection_pixels / sum_pixels, projection_energy =
   sum_projection_pixel_intensity / sum_pixels, projection_intensity = sum_projection_pixel_intensity /
-  sum_projection_pixels; volume and projection_volume = pixel counts x pixel_size^2 x spacing x 1e-9 mm3;
-  normalized_projection_volume = projection_volume / (the whole brain's injection sum_projection_pixels x the
-  same scale); max_voxel_x/y/z = voxel index x spacing in um (AP, DV, LR). Rows with sum_pixels == 0 are left out.
+  sum_projection_pixels (0 unless > 0); volume and projection_volume = pixel counts x pixel_size^2 x spacing x
+  1e-9 mm3; normalized_projection_volume = projection_volume / (the whole brain's injection sum_projection_pixels x
+  the same scale; 0 without an injection); max_voxel_x/y/z = voxel index x spacing in um (AP, DV, LR).
+* Rows with sum_pixels == 0 are left out.
+
+Equal to AllenSDK 2.16.2's ``TissuecyteUnionizer`` row for row (rtol 1e-9; ``tests/pipeline/
+test_unionize_allensdk.py``) except where AllenSDK's answer hangs on ``np.argsort``'s unstable order: two voxels of
+one structure tied for its largest value (brainmap takes the first in memory order), a record with projection
+pixels but no positive density (AllenSDK then reports its first voxel in sort order, brainmap none), and a max voxel
+at sort position 0 (AllenSDK reports (0, 0, 0)). Sums are float64 (AllenSDK sums float32 grids in float32).
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ import pandas as pd
 from brainmap.atlas.reference_space import ReferenceSpace
 from brainmap.pipeline.unionize.grids import GridFolder, require
 from brainmap.pipeline.unionize._projection_pass import SUM_NAMES, projection_direct_sums
-from brainmap.pipeline.unionize.reduction import roll_up_maxima, roll_up_sums, voxel_coordinates_um
+from brainmap.pipeline.unionize.reduction import roll_up_allen_maxima, roll_up_sums, voxel_coordinates_um
 
 #: Allen's ProjectionStructureUnionize columns, in AllenSDK's order.
 PROJECTION_UNIONIZE_COLUMNS = [
@@ -91,15 +103,25 @@ def unionize_projection(
 
     exclusion = grids["aav_exclusion_fraction"] if "aav_exclusion_fraction" in grids else None
     direct = projection_direct_sums(space, grids, exclusion)
-    rolled = roll_up_sums(space, direct.sums)  # (record, quantity, hemisphere 1/2/3, structure)
+    # Each structure's projection record is its voxels' sums minus its injection record (AllenSDK subtracts
+    # per directly annotated structure, then adds records up the ontology).
+    direct_sums = direct.sums.copy()
+    direct_sums[1] -= direct_sums[0]
+    rolled = roll_up_sums(space, direct_sums)  # (record, quantity, hemisphere 1/2/3, structure)
     injection = dict(zip(SUM_NAMES, rolled[0]))
-    # The projection record counts the injection's voxels too; Allen subtracts the injection record.
-    projection = {name: rolled[1, q] - rolled[0, q] for q, name in enumerate(SUM_NAMES)}
-    injection_max = roll_up_maxima(space, direct.max_value[0], direct.max_flat[0])
-    projection_max = roll_up_maxima(space, direct.max_value[1], direct.max_flat[1])
+    projection = dict(zip(SUM_NAMES, rolled[1]))
+    present = direct.voxels > 0
+    maxima = []
+    for record in range(2):
+        # A record has a max voxel only when its own sum_projection_pixels is > 0.
+        has = direct_sums[record, 1] > 0
+        value = np.where(has, direct.max_value[record], 0.0)
+        flat = np.where(has, direct.max_flat[record], -1)
+        maxima.append(roll_up_allen_maxima(space, value, flat, present))
+    injection_max, projection_max = maxima
 
     # The whole brain's injection volume normalizes every row.
-    injection_volume = injection["sum_projection_pixels"][2, 0] * scale  # preorder position 0 is the root
+    injection_volume = direct_sums[0, 1].sum() * scale
     tables = [
         _records(space, injection, injection_max, True, scale, spacing, injection_volume),
         _records(space, projection, projection_max, False, scale, spacing, injection_volume),
@@ -131,7 +153,7 @@ def _records(
     with np.errstate(divide="ignore", invalid="ignore"):
         projection_intensity = np.where(sum_projection_pixels > 0, sum_intensity / sum_projection_pixels, 0.0)
         projection_volume = sum_projection_pixels * scale
-        normalized = projection_volume / injection_volume if injection_volume > 0 else np.full_like(projection_volume, np.nan)
+        normalized = projection_volume / injection_volume if injection_volume > 0 else np.zeros_like(projection_volume)
     return pd.DataFrame({
         "hemisphere_id": hemisphere[keep],
         "is_injection": is_injection,

@@ -115,10 +115,81 @@ class StructureBins:
 
 def roll_up_sums(space: ReferenceSpace, direct: np.ndarray) -> np.ndarray:
     """(..., 2, n) direct sums per hemisphere (left, right) and preorder structure -> (..., 3, n) sums with
-    descendants for hemispheres 1, 2 and 3 (both)."""
-    direct = np.asarray(direct)
-    rolled = np.moveaxis(space.label_index.roll_up(np.moveaxis(direct, -1, 0)), 0, -1)
+    descendants for hemispheres 1, 2 and 3 (both).
+
+    A product with the ancestor closure, not prefix sums over the preorder: a structure whose descendants all
+    contribute exactly 0 sums to exactly 0 (AllenSDK adds records one by one; a prefix-sum difference would leave
+    a floating-point residue and keep a row AllenSDK leaves out).
+    """
+    direct = np.asarray(direct, dtype=np.float64)
+    closure = space.ontology_order.ancestor_closure().astype(np.float64)
+    rolled = np.einsum("ad,...d->...a", closure, direct)
     return np.concatenate([rolled, rolled.sum(axis=-2, keepdims=True)], axis=-2)
+
+
+def roll_up_allen_maxima(
+    space: ReferenceSpace, direct_value: np.ndarray, direct_flat: np.ndarray, present: np.ndarray
+) -> MaxVoxels:
+    """Max voxels rolled up the ontology and across hemispheres in AllenSDK's ``TissuecyteUnionizer`` order.
+
+    Parameters
+    ----------
+    direct_value, direct_flat : (2 hemispheres, n preorder structures)
+        Each direct record's max voxel density and the flat index of its voxel; 0 and -1 where the record has
+        none (AllenSDK sets a max voxel only when the record's ``sum_projection_pixels`` is > 0).
+    present : (2, n) bool
+        Which structures have directly annotated voxels (with data) in each hemisphere: AllenSDK's records.
+
+    Notes
+    -----
+    AllenSDK starts an ancestor from its own direct record and then visits its descendants' direct records in
+    ascending signed label order (left labels are negated), taking a record's max voxel when
+    ``ancestor.max <= record.max``: the result is the largest value, held by the last record in that order.
+    The bilateral record takes the hemisphere met first in AllenSDK's record order, then the other one under the
+    same ``<=`` rule (see :func:`_left_first`).
+    """
+    n = direct_value.shape[1]
+    closure = space.ontology_order.ancestor_closure()  # [a, d]: d in the subtree of a
+    ids = space.ontology_order.ids.astype(np.float64)
+    value = np.zeros((3, n))
+    flat_index = np.full((3, n), -1, dtype=np.int64)
+    own = np.eye(n, dtype=bool)
+    for h, sign in ((0, -1.0), (1, 1.0)):
+        candidate = closure & present[h][None, :]
+        values = np.where(candidate, direct_value[h][None, :], -np.inf)
+        best = values.max(axis=1)
+        # Among the records holding the largest value, the last visited: the own record is visited first.
+        rank = np.where(candidate & (values == best[:, None]), sign * ids[None, :], -np.inf)
+        rank[own & candidate & (values == best[:, None])] = -np.inf
+        tied_own_only = np.isneginf(rank).all(axis=1)
+        pick = np.where(tied_own_only, np.arange(n), rank.argmax(axis=1))
+        has = np.isfinite(best)
+        value[h] = np.where(has, best, 0.0)
+        flat_index[h] = np.where(has, direct_flat[h][pick], -1)
+    left_first = _left_first(space, present)
+    first = np.where(left_first, 0, 1)
+    second = 1 - first
+    columns = np.arange(n)
+    second_wins = value[first, columns] <= value[second, columns]
+    chosen = np.where(second_wins, second, first)
+    value[2] = value[chosen, columns]
+    flat_index[2] = flat_index[chosen, columns]
+    none = value <= 0
+    value[none], flat_index[none] = 0.0, -1
+    return MaxVoxels(value, flat_index)
+
+
+def _left_first(space: ReferenceSpace, present: np.ndarray) -> np.ndarray:
+    """Whether AllenSDK meets a structure's left record before its right one (per preorder structure).
+
+    Its records are keyed by signed label: first the directly annotated ones in ascending order (all left ones
+    before all right ones), then ancestors as they are created while propagating left descendants before right
+    ones. So the left record comes first when the structure is annotated directly on the left, or, annotated
+    directly on neither side, when it has a directly annotated left descendant.
+    """
+    closure = space.ontology_order.ancestor_closure()
+    left_below = (closure & present[0][None, :]).any(axis=1)
+    return present[0] | (~present[1] & left_below)
 
 
 def roll_up_maxima(space: ReferenceSpace, direct_value: np.ndarray, direct_flat: np.ndarray) -> MaxVoxels:

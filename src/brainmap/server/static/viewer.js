@@ -73,7 +73,7 @@ async function loadUnionizes() {
                      "rma::options[order$eq'projection_density$desc'][num_rows$eq40]");
   } else {
     columns = ["expression_energy", "expression_density"];
-    rows = await rma(`model::StructureUnionize,rma::criteria,[section_data_set_id$eq${id}][hemisphere_id$eq3],` +
+    rows = await rma(`model::StructureUnionize,rma::criteria,[section_data_set_id$eq${id}],` +
                      "rma::include,structure,rma::options[order$eq'expression_energy$desc'][num_rows$eq40]");
   }
   thead.innerHTML = "<tr><th>structure</th>" + columns.map((c) => `<th>${c.replaceAll("_", " ")}</th>`).join("") +

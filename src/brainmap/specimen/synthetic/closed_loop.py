@@ -10,7 +10,9 @@ specimen's images,
     NPV * injection volume / (pixel area * section thickness) >= floor_pixels,
 
 i.e. above the detection floor of the images' pixels (default 10 pixels: the Poisson error of such a count is
-about 30 %). The Spearman correlation over those is the closed loop's figure.
+about 30 %). The Spearman correlation over those is one closed-loop figure; Spearman is blind to scale, so
+:meth:`ClosedLoop.median_abs_log10_ratio` gives the scale-sensitive one: the median ``|log10(recovered / true)|``
+over the structure-hemispheres with NPV > 1e-3.
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ class ClosedLoop:
     floor_npv: float
     table: pd.DataFrame
 
+    #: The factor the specimen's NPVs were drawn at (its ``density_scale``): the truth is real NPV x this.
+    true_scale: float = 1.0
+
+    def median_abs_log10_ratio(self, min_npv: float = 1e-3) -> tuple[float, int]:
+        """Scale-sensitive error: the median of ``|log10(recovered / true NPV)|`` over the structure-hemispheres
+        with a real NPV > ``min_npv`` (true NPV = real x :attr:`true_scale`; a structure recovered as 0 counts
+        as an infinite error), and their count. 0.15 is a factor of 1.4."""
+        keep = self.table["normalized_projection_volume"] > min_npv
+        true = self.table.loc[keep, "normalized_projection_volume"].to_numpy() * self.true_scale
+        recovered = self.table.loc[keep, "recovered"].to_numpy()
+        with np.errstate(divide="ignore"):
+            error = np.abs(np.log10(np.where(recovered > 0, recovered, 0.0) / true))
+        return (float(np.median(error)) if error.size else float("nan")), int(keep.sum())
+
     def spearman_above(self, floor_npv: float) -> tuple[float, int]:
         """Spearman and count over the structure-hemispheres with a real NPV >= ``floor_npv``."""
         keep = self.table["normalized_projection_volume"] >= floor_npv
@@ -72,10 +88,11 @@ class ClosedLoop:
 
 def compare_with_real_npv(unionizes: pd.DataFrame, experiment_id: int, space: ReferenceSpace, *,
                           pixel_size_um: float, section_thickness_um: float,
-                          floor_pixels: float = SIGNAL_FLOOR_PIXELS) -> ClosedLoop:
+                          floor_pixels: float = SIGNAL_FLOOR_PIXELS, true_scale: float = 1.0) -> ClosedLoop:
     """Set the projection rows (``is_injection`` false) of a ProjectionStructureUnionize table beside the real
     Oh 2014 NPVs of ``experiment_id`` (module docstring); ``pixel_size_um`` and ``section_thickness_um`` are the
-    specimen's (they set the detection floor)."""
+    specimen's (they set the detection floor); ``true_scale`` is the specimen's ``density_scale`` (its NPVs are
+    the real ones times it), used by :meth:`ClosedLoop.median_abs_log10_ratio`."""
     if not (pixel_size_um > 0 and section_thickness_um > 0 and floor_pixels >= 0):
         raise ValueError("pixel_size_um and section_thickness_um must be positive and floor_pixels >= 0")
     for column in ("structure_id", "hemisphere_id", "is_injection", "normalized_projection_volume"):
@@ -92,4 +109,4 @@ def compare_with_real_npv(unionizes: pd.DataFrame, experiment_id: int, space: Re
     signal = merged["signal"]
     rho = spearmanr(merged.loc[signal, "normalized_projection_volume"], merged.loc[signal, "recovered"]).correlation
     return ClosedLoop(spearman=float(rho), n_signal=int(signal.sum()), n=int(len(merged)), floor_npv=floor_npv,
-                      table=merged)
+                      table=merged, true_scale=float(true_scale))

@@ -37,10 +37,12 @@ belongs to the deepest table structure containing it (its *territory*; a parent 
 voxels of none of its table descendants, and its NPV minus theirs). The projection density ``d(S, h)`` is
 uniform up to texture and chosen so that
 
-    sum over voxels v of S, h of  [f_v + (1 - f_v) d(S, h)] * voxel volume  /  injection volume  =  NPV(S, h)
+    sum over voxels v of S, h of  (1 - f_v) d(S, h) * voxel volume  /  injection volume  =  NPV(S, h)
 
-(``f`` = injection fraction: the injection site counts as signal, as in Allen's projection volumes), i.e.
-``d = (NPV V_inj - sum f_v V_vox) / sum (1 - f_v) V_vox``, clipped at 0. When any ``d`` exceeds
+(``f`` = injection fraction). The injection site is drawn as signal, but it does not count towards a
+structure's NPV: Allen's projection record is the structure's signal minus its injection record (AllenSDK's
+``TissuecyteProjectionUnionize`` subtracts it, and brainmap's unionizer does the same), so only the signal
+outside the site, ``(1 - f) d`` per voxel, is projection. Hence ``d = NPV V_inj / sum (1 - f_v) V_vox``. When any ``d`` exceeds
 :data:`MAX_PROJECTION_DENSITY` (0.5), all are scaled down by one factor (``density_scale``, recorded); the
 NPVs are then met up to that factor. Voxels in no table structure (fibre tracts, ventricles, structures the
 2014 table lacks) have density 0 outside the injection site. The signal density volume is
@@ -332,13 +334,13 @@ def projection_profile(experiment_id: int, space: ReferenceSpace,
     own_npv = np.maximum(own_npv, 0.0)
     free = (terr_counts - terr_inj) * voxel_mm3
     with np.errstate(divide="ignore", invalid="ignore"):
-        density = np.where(free > 0, (own_npv * volume_mm3 - terr_inj * voxel_mm3) / free, 0.0)
+        density = np.where(free > 0, own_npv * volume_mm3 / free, 0.0)
     density = np.clip(density, 0.0, None)
     top = float(density.max()) if density.size else 0.0
     scale = MAX_PROJECTION_DENSITY / top if top > MAX_PROJECTION_DENSITY else 1.0
     density *= scale
 
-    achieved = (terr_inj * voxel_mm3 + density * free) / volume_mm3
+    achieved = density * free / volume_mm3  # the projection record: the injection record subtracted
     acronyms = tree.get_acronym_map()
     records = []
     for _, r in rows.iterrows():

@@ -48,7 +48,7 @@ Examples that run (Allen's documentation and AllenSDK)::
         rma::options[num_rows$eq'all'][count$eqfalse]
     model::StructureUnionize,rma::criteria,section_data_set[id$eq200],structure[acronym$in'VISp','MOp'],
         rma::include,structure,rma::options[order$eq'structures.graph_order'][tabular$eq'structure.acronym as
-        acronym','hemisphere_id','expression_energy']
+        acronym','sum_pixel_intensity','expression_energy']
     model::Structure,rma::criteria,[graph_id$in1],rma::options[order$eq'structures.graph_order'][num_rows$eq'all']
     model::Structure,rma::criteria,[structure_set_id$in167587189],rma::options[num_rows$eq'all']
     model::Structure,rma::criteria,structure_sets[name$in'Brain - Major Divisions'],rma::options[num_rows$eq'all']

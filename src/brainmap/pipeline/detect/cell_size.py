@@ -1,0 +1,118 @@
+"""The size of an image's expressing cells, measured from the image (never from metadata).
+
+The top-hat contrast of the signal channel (counts over a grey opening of ``ESTIMATE_WINDOW_UM``), less its local
+mean, has its autocorrelation taken over the tissue (both axes pooled, lag by lag), in one window of the image. Cells placed at random
+give an autocorrelation that is the autocorrelation of one cell's profile; white noise adds only a spike at lag 0,
+which is left out. A Gaussian ``exp(-L^2 / (4 s^2))`` is fitted to the lags from 1 pixel to where it has fallen to
+a tenth, and the cell's full width at half maximum, ``2.3548 s`` with the pixel's own width (``1/12`` px^2)
+removed, is its diameter. A flat disc of diameter ``D`` has the autocorrelation width of a Gaussian of FWHM
+~0.9 ``D``, so discs and Gaussians of one size give nearly the same figure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: The opening window of the estimate (um): wider than any cell, narrower than the tissue's features.
+ESTIMATE_WINDOW_UM = 60.0
+#: The estimate looks at one window of at most this many pixels a side, the one with the most tissue.
+WINDOW_PX = 512
+#: The local mean is taken over squares of this side (um).
+MEAN_WINDOW_UM = 150.0
+#: Bounds of the estimate (um); a figure outside is clipped (too few cells, or no cells at all).
+MIN_DIAMETER_UM, MAX_DIAMETER_UM = 4.0, 40.0
+#: The diameter used where the image holds too little signal to measure (um).
+FALLBACK_DIAMETER_UM = 12.0
+
+
+def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size_um: float,
+                              background: np.ndarray | None = None) -> float:
+    """The typical diameter (um) of the bright cells of ``counts`` over ``tissue`` (module docstring).
+
+    Parameters
+    ----------
+    counts : (rows, cols) array
+        The signal channel (counts).
+    tissue : (rows, cols) bool
+        The tissue pixels.
+    pixel_size_um : float
+        The pixel size (um).
+    background : (rows, cols) array, optional
+        A grey opening of ``counts`` wider than the cells (default: one of :data:`ESTIMATE_WINDOW_UM`).
+    """
+    from brainmap.pipeline.detect.core import background_opening
+
+    counts = np.asarray(counts)
+    tissue = np.asarray(tissue, bool)
+    # One window of at most WINDOW_PX pixels a side, where the tissue is: the estimate's cost does not grow with
+    # the image (a 2048 x 2048 image at 1 um holds tens of thousands of cells; a window holds thousands).
+    rows, cols = counts.shape
+    side = min(WINDOW_PX, rows, cols)
+    if rows > side or cols > side:
+        step = max(1, side // 4)
+        cover = np.add.reduceat(np.add.reduceat(tissue.astype(np.int32), np.arange(0, rows, step), axis=0),
+                                np.arange(0, cols, step), axis=1)
+        k = max(1, side // step)
+        window = np.lib.stride_tricks.sliding_window_view(cover, (min(k, cover.shape[0]), min(k, cover.shape[1])))
+        totals = window.sum(axis=(2, 3))
+        i, j = np.unravel_index(int(np.argmax(totals)), totals.shape)
+        r0, c0 = min(i * step, rows - side), min(j * step, cols - side)
+        counts = counts[r0: r0 + side, c0: c0 + side]
+        tissue = tissue[r0: r0 + side, c0: c0 + side]
+        background = None if background is None else background[r0: r0 + side, c0: c0 + side]
+    if background is None:
+        size = max(3, int(round(ESTIMATE_WINDOW_UM / pixel_size_um)))
+        background = background_opening(counts.astype(np.uint16, copy=False), size + (size + 1) % 2)
+    contrast = counts.astype(np.float32) - background.astype(np.float32)
+    inside = np.asarray(tissue, bool)
+    if inside.sum() < 1000:
+        return FALLBACK_DIAMETER_UM
+    values = contrast[inside]
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median))) + 1e-6
+    if np.count_nonzero(values > median + 5.0 * spread) < 50:  # too few bright pixels: no cells to measure
+        return FALLBACK_DIAMETER_UM
+    # Not clipped: at coarse pixels a cell's neighbours are below any threshold, and white noise only adds a
+    # spike at lag 0, which is left out.
+    excess = np.where(inside, contrast, 0.0).astype(np.float64)
+    # Fluctuations about the local mean (cell density varies between structures: a global mean would add
+    # correlations over their scale), over the tissue only.
+    from scipy import ndimage
+
+    window = max(3, int(round(MEAN_WINDOW_UM / pixel_size_um)))
+    weight = ndimage.uniform_filter(inside.astype(np.float64), window, mode="constant")
+    local = ndimage.uniform_filter(excess, window, mode="constant") / np.maximum(weight, 1e-9)
+    excess = (excess - local) * inside
+    # The autocorrelation along both axes, lag by lag until it has fallen to a tenth (a few cell diameters).
+    rows, cols = excess.shape
+    max_lag = min(int(math.ceil(3 * MAX_DIAMETER_UM / pixel_size_um)), rows - 1, cols - 1)
+    weight = inside.astype(np.float64)
+    values_at: list[float] = []
+    for lag in range(1, max(max_lag, 2) + 1):
+        pairs = (weight[lag:] * weight[:-lag]).sum() + (weight[:, lag:] * weight[:, :-lag]).sum()
+        if pairs <= 0:
+            break
+        total = (excess[lag:] * excess[:-lag]).sum() + (excess[:, lag:] * excess[:, :-lag]).sum()
+        values_at.append(total / pairs)
+        if len(values_at) >= 3 and values_at[-1] < 0.1 * values_at[0]:
+            break
+    profile = np.asarray(values_at)
+    lags = np.arange(1, len(profile) + 1)
+    if len(profile) < 2 or not np.isfinite(profile[0]) or profile[0] <= 0:
+        return FALLBACK_DIAMETER_UM
+    below = np.flatnonzero(profile < 0.1 * profile[0])
+    stop = int(below[0]) if below.size else len(lags)
+    if stop < 2:  # fallen to a tenth within one pixel: cells far smaller than a pixel pair
+        s2 = 1.0 / (4.0 * math.log(max(profile[0] / max(profile[1], 1e-12 * profile[0]), 1.0001)))
+    else:
+        x = lags[:stop].astype(np.float64) ** 2
+        y = np.log(profile[:stop])
+        slope = np.polyfit(x, y, 1)[0]
+        s2 = -1.0 / (4.0 * slope) if slope < 0 else float("inf")
+    s2_cell = max(s2 - 1.0 / 12.0, 1e-3)
+    diameter = 2.3548 * math.sqrt(s2_cell) * pixel_size_um
+    if not math.isfinite(diameter):
+        return FALLBACK_DIAMETER_UM
+    return float(min(max(diameter, MIN_DIAMETER_UM), MAX_DIAMETER_UM))
