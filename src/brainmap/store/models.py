@@ -112,7 +112,7 @@ __all__ = [
 ]
 
 #: Version of the schema below; stored in ``schema_info`` so a later release can migrate.
-SCHEMA_VERSION = 2  # 2: Structure.atlas_id, Structure.st_level
+SCHEMA_VERSION = 3  # 2: Structure.atlas_id, Structure.st_level; 3: StructureUnionize without hemisphere_id, with sum_pixel_intensity
 
 #: Allen's organism id of Mus musculus.
 MOUSE_ORGANISM_ID = 2

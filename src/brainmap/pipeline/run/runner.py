@@ -47,6 +47,10 @@ PIPELINE_DIR = PipelineFolder.WORK
 GRID_DIR = PipelineFolder.GRIDS
 ALIGNMENT_FILE = PipelineFolder.ALIGNMENT
 UNIONIZE_FILE = PipelineFolder.UNIONIZE
+#: The version of what the grid and unionize stages write: a change of their outputs' content or columns bumps
+#: it, so folders made by an earlier brainmap are redone, not taken as done (2: Allen's ISH smoothing and
+#: sum_pixel_intensity grids, AllenSDK's unionize rules).
+STAGE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def _align_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSetti
 
 def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
     return fingerprint([PipelineFolder.of(folder).alignment],
-                       {"stage": "grid", "images": _image_signature(folder, dataset),
+                       {"stage": "grid", "format": STAGE_FORMAT, "images": _image_signature(folder, dataset),
                         "grid_resolution_um": settings.grid_resolution(dataset.product),
                         **({"also_um": list(settings.extra_grid_resolutions_um)}
                            if settings.extra_grid_resolutions_um and dataset.product == "connectivity" else {})})
@@ -120,7 +124,7 @@ def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettin
 def _unionize_fingerprint(folder: Path, dataset: SectionDataSet) -> str:
     grid_record = StageRecord.read(PipelineFolder.of(folder).work, "grid")
     outputs = grid_record.outputs if grid_record else {}
-    return fingerprint([], {"stage": "unionize", "grids": outputs, "id": dataset.id,
+    return fingerprint([], {"stage": "unionize", "format": STAGE_FORMAT, "grids": outputs, "id": dataset.id,
                             "pixel_size_um": dataset.pixel_size_um})
 
 
