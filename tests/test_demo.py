@@ -34,3 +34,10 @@ def test_outline_and_picture(space100):
     assert picture[130, 70, 0] == 255  # the bright block, seen from above
     j, k = np.argwhere(~outline)[0]  # no outline and no density there: black
     assert picture[2 * j, 2 * k].sum() == 0 and (picture[np.repeat(np.repeat(outline, 2, 0), 2, 1)] > 200).all()
+
+
+def test_top_structures_of_allens_ish_rows_without_hemispheres(tree):
+    summary = tree.summary_structure_ids()
+    rows = pd.DataFrame({"structure_id": [summary[0], summary[1], 997], "expression_energy": [1.0, 3.0, 9.0]})
+    top = top_structures(rows, tree, "expression_energy", n=5)
+    assert top.structure_id.tolist() == [summary[1], summary[0]] and "hemisphere_id" not in top

@@ -73,12 +73,16 @@ def major_division_volumes(space: ReferenceSpace) -> pd.DataFrame:
 
 def top_structures(unionizes: pd.DataFrame, tree: StructureTree, metric: str, n: int = 10,
                    hemispheres: tuple[int, ...] = (1, 2)) -> pd.DataFrame:
-    """The ``n`` summary structures (per hemisphere) with the largest ``metric``, projection rows only."""
-    rows = unionizes[unionizes.structure_id.isin(tree.summary_structure_ids())
-                     & unionizes.hemisphere_id.isin(hemispheres)]
+    """The ``n`` summary structures (per hemisphere, where the rows have one: Allen's ISH rows do not) with the
+    largest ``metric``, projection rows only."""
+    keep = unionizes.structure_id.isin(tree.summary_structure_ids())
+    by_hemisphere = "hemisphere_id" in unionizes
+    if by_hemisphere:
+        keep &= unionizes.hemisphere_id.isin(hemispheres)
+    rows = unionizes[keep]
     if "is_injection" in rows:
         rows = rows[~rows.is_injection.astype(bool)]
-    top = rows.nlargest(n, metric)[["structure_id", "hemisphere_id", metric]].copy()
+    top = rows.nlargest(n, metric)[["structure_id", *(["hemisphere_id"] if by_hemisphere else []), metric]].copy()
     top.insert(1, "acronym", top.structure_id.map(tree.get_acronym_map()))
     return top.reset_index(drop=True)
 
