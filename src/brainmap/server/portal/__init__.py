@@ -7,7 +7,7 @@ Pages (each view's state is in its URL; every asset is served by brainmap itself
 ``/experiment/{id}``                   an experiment: metadata, previews, structure bar graph, downloads, searches
 ``/search``, ``/search/{service}``     a form and a result table for every search service (CSV download)
 ``/sections/{id}``                     the section image viewer (Deep Zoom tiles, annotation over the image)
-``/reference``                         the reference viewer (annotation, template, grid volumes in three planes)
+``/reference``                         the reference viewer (Neuroglancer: annotation, template, grid volumes)
 ``/docs``, ``/redoc``                  the API documentation, offline (assets from the ``fastapi-offline`` wheel)
 ``/favicon.ico``                       the icon
 =====================================  ===========================================================================
@@ -53,10 +53,10 @@ def install(app: FastAPI) -> None:
     they are replaced here by the same pages pointing at ``/portal/docs-static/``. ``/`` goes to the experiment
     browser (these routes come before ``app.py``'s own ``/``).
     """
-    from brainmap.server.portal import browse, experiment, previews, search_pages, sections
+    from brainmap.server.portal import browse, experiment, precomputed, previews, reference, search_pages, sections
 
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in _DOC_PATHS]
-    for module in (browse, experiment, previews, search_pages, sections):
+    for module in (browse, experiment, precomputed, previews, reference, search_pages, sections):
         app.include_router(module.router)
     app.mount("/portal/static", StaticFiles(directory=STATIC), name="portal-static")
     app.mount("/portal/docs-static", StaticFiles(directory=_docs_static()), name="portal-docs-static")
