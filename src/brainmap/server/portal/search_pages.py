@@ -236,7 +236,8 @@ def search_page(request: Request, slug: str) -> HTMLResponse:
     context: dict[str, Any] = {"nav": "search", "spec": spec, "values": values, "submitted": submitted,
                                "datasets": _dataset_choices(catalog, spec.product), "error": "", "keys": [],
                                "rows": [], "total": 0, "start_row": start_row, "page_rows": PAGE_ROWS,
-                               "csv": "", "paths_svg": "", "seed": None, "agea_map": ""}
+                               "csv": "", "paths_svg": "", "seed": None, "agea_map": "",
+                               "loaded": len(catalog.records), "data_dir": state.data_dir}
     status = 200
     if submitted:
         from brainmap.server.routes_services import service_result
