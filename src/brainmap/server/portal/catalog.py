@@ -154,3 +154,21 @@ def catalog_of(state: Any) -> Catalog:
     if version is not None:
         state._portal_catalog = (version, catalog)
     return catalog
+
+
+def synthetic_note(state: Any, record: DataSetRecord) -> str:
+    """What the data set's folder says of where its images came from, when they are synthetic (the virtual
+    microscope's); empty otherwise."""
+    import json
+
+    if not record.storage_directory:
+        return ""
+    try:
+        path = state.resolve_data_path(f"{record.storage_directory.rstrip('/')}/dataset.json")
+        metadata = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError):
+        return ""
+    if not metadata.get("synthetic"):
+        return ""
+    return (f"synthetic data: images made by the virtual microscope ({metadata.get('generator', 'brainmap')}), "
+            "not Allen's")

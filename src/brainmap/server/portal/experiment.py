@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse
 
 from brainmap.server.portal.bargraph import HEMISPHERES, bar_svg, bars_of
-from brainmap.server.portal.catalog import DataSetRecord, catalog_of
+from brainmap.server.portal.catalog import DataSetRecord, catalog_of, synthetic_note
 from brainmap.server.portal.render import error_page, page
 from brainmap.server.routes_data import state_of
 from brainmap.server.routes_files import _files_of
@@ -84,4 +84,5 @@ def experiment(request: Request, section_data_set_id: int, hemisphere: int = 3) 
     return page("experiment.html", nav="experiments", r=record, injections=injections, svg=bar_svg(bars, label),
                 label=label, top=top, hemisphere=hemisphere, hemispheres=HEMISPHERES, grids=grids, others=others,
                 unionize_csv=_unionize_csv(record), searches=searches_of(record, acronyms),
-                has_preview=has_preview, quote=quote, grid_zip=grid_zip)
+                has_preview=has_preview, quote=quote, grid_zip=grid_zip,
+                synthetic=synthetic_note(state, record))

@@ -30,6 +30,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from brainmap.server.errors import NotFound
+from brainmap.server.portal.previews import grid_corner_um
 from brainmap.server.routes_data import state_of
 from brainmap.server.state import LruCache
 
@@ -40,9 +41,9 @@ router = APIRouter(include_in_schema=False)
 CHUNK = 64
 _ANNOTATION_SCALES = (100, 50, 25)
 _MESH_RESOLUTION = 50
-_CHUNK_NAME = re.compile(r"(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)")
+_CHUNK_NAME = re.compile(r"(-?\d+)-(-?\d+)_(-?\d+)-(-?\d+)_(-?\d+)-(-?\d+)")
 _meshes: LruCache[int, bytes] = LruCache(2048)
-_grids: LruCache[tuple[int, str], tuple[np.ndarray, tuple[float, ...]]] = LruCache(8)
+_grids: LruCache[tuple[int, str], tuple[np.ndarray, tuple[float, ...], tuple[int, int, int]]] = LruCache(8)
 _HEADERS = {"Cache-Control": "max-age=3600"}
 
 
@@ -187,7 +188,8 @@ def template_chunk(request: Request, name: str) -> Response:
 
 
 # -- grid volumes --------------------------------------------------------------------------------------------------
-def _grid(state: Any, data_set_id: int, volume: str) -> tuple[np.ndarray, tuple[float, ...]]:
+def _grid(state: Any, data_set_id: int, volume: str) -> tuple[np.ndarray, tuple[float, ...], tuple[int, int, int]]:
+    """(float32 (AP, DV, LR) data, spacing um, voxel offset) of a data set's grid volume as Neuroglancer draws it."""
     from brainmap.server.routes_files import _files_of
     from brainmap.server.viewer import _NAME, _choose, _volume
 
@@ -199,23 +201,29 @@ def _grid(state: Any, data_set_id: int, volume: str) -> tuple[np.ndarray, tuple[
         files = state.run(lambda c: _files_of(c, data_set_id))
         data, spacing = _volume(state, _choose(files, data_set_id, None if volume == "default" else volume))
         data = np.where(np.isfinite(data) & (data >= 0), data, 0).astype("<f4")
-        found = (data, spacing)
+        corner = grid_corner_um(float(spacing[0]))
+        offset = (0, 0, 0)
+        if corner:  # drawn at twice the resolution, so that the corner is a whole number of voxels
+            data = np.repeat(np.repeat(np.repeat(data, 2, axis=0), 2, axis=1), 2, axis=2)
+            spacing = tuple(float(v) / 2 for v in spacing)
+            offset = (int(round(corner / spacing[0])),) * 3
+        found = (data, spacing, offset)
         _grids.put(key, found)
     return found
 
 
 @router.get("/portal/precomputed/grid/{data_set_id}/{volume}/info")
 def grid_info(request: Request, data_set_id: int, volume: str) -> JSONResponse:
-    data, spacing = _grid(state_of(request), data_set_id, volume)
+    data, spacing, offset = _grid(state_of(request), data_set_id, volume)
     return JSONResponse({"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": "float32",
-                         "num_channels": 1, "scales": [_scale("g", data.shape, float(spacing[0]))]},
+                         "num_channels": 1, "scales": [_scale("g", data.shape, float(spacing[0]), offset)]},
                         headers=_HEADERS)
 
 
 @router.get("/portal/precomputed/grid/{data_set_id}/{volume}/g/{name}")
 def grid_chunk(request: Request, data_set_id: int, volume: str, name: str) -> Response:
-    data, _ = _grid(state_of(request), data_set_id, volume)
-    return Response(_chunk(data, name), media_type="application/octet-stream", headers=_HEADERS)
+    data, _, offset = _grid(state_of(request), data_set_id, volume)
+    return Response(_chunk(data, name, offset), media_type="application/octet-stream", headers=_HEADERS)
 
 
 @lru_cache(maxsize=1)

@@ -41,10 +41,18 @@ _ZOOM_TARGET_UM = 25.0  # each voxel drawn as (resolution / 25) pixels square
 _figures: LruCache[tuple[str, str], bytes] = LruCache(64)
 
 
+def grid_corner_um(spacing: float) -> float:
+    """Where a grid's voxel 0 starts (um): the 200 um expression grid's voxels are centred on multiples of 200 um
+    (corner -100, :mod:`brainmap.atlas.expression_grid`); projection grids start at 0, as the annotation."""
+    from brainmap.atlas.expression_grid import EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM
+
+    return float(EXPRESSION_GRID_ORIGIN_UM) if spacing == EXPRESSION_GRID_RESOLUTION_UM else 0.0
+
+
 def _outline(shape: tuple[int, ...], spacing: tuple[float, ...], axis: int, space100: Any) -> np.ndarray:
     """The brain's silhouette edge seen along ``axis``, on the grid's voxels (bundled 100 um annotation sampled at
     the voxel centres)."""
-    index = [np.clip(np.floor((np.arange(n) + 0.5) * s / 100.0).astype(np.int64), 0, m - 1)
+    index = [np.clip(np.floor(((np.arange(n) + 0.5) * s + grid_corner_um(s)) / 100.0).astype(np.int64), 0, m - 1)
              for n, s, m in zip(shape, spacing, space100.shape)]
     inside = (space100.annotation[np.ix_(*index)] != 0).any(axis=axis)
     edge = np.zeros(inside.shape, dtype=bool)

@@ -115,7 +115,7 @@ def build_view(state: Any, origin: str, query: dict[str, str]) -> View:
         from brainmap.server.portal.precomputed import _grid
 
         try:
-            values, _ = _grid(state, chosen, "default")
+            values, _, _ = _grid(state, chosen, "default")
             positive = values[values > 0]
             grid_range = float(np.quantile(positive, 0.995)) if positive.size else None
         except BrainmapError as exc:

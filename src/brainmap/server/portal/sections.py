@@ -36,7 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from brainmap.errors import BrainmapError
 from brainmap.server.errors import NotFound
-from brainmap.server.portal.catalog import catalog_of
+from brainmap.server.portal.catalog import catalog_of, synthetic_note
 from brainmap.server.portal.render import error_page, page
 from brainmap.server.routes_data import state_of
 from brainmap.server.state import LruCache
@@ -265,4 +265,4 @@ def viewer(request: Request, data_set_id: int, image: int | None = None, x: floa
     others = [r.id for r in catalog.records if r.id != data_set_id and r.aligned and r.sections]
     return page("sections.html", nav="experiments", r=record, images=images, image=chosen,
                 index=images.index(chosen), mark=(x, y) if x is not None and y is not None else None,
-                others=others)
+                others=others, synthetic=synthetic_note(state, record))
