@@ -50,9 +50,9 @@ TILE = 254
 OVERLAP = 1
 _LABEL_CELLS = 200  # the label grid's cells along the image's long side
 _BOUNDARY_MAX = 2048  # the boundary picture's long side at most (px)
-_composites: LruCache[int, np.ndarray] = LruCache(24)
-_levels: LruCache[tuple[int, int], Any] = LruCache(48)
-_tiles: LruCache[tuple[int, int, int, int], bytes] = LruCache(4096)
+_composites: LruCache[int, np.ndarray] = LruCache(24, 384 * 2**20, lambda a: a.nbytes)
+_levels: LruCache[tuple[int, int], Any] = LruCache(48, 256 * 2**20, lambda i: i.width * i.height * 3)
+_tiles: LruCache[tuple[int, int, int, int], bytes] = LruCache(4096, 128 * 2**20, len)
 _labels: LruCache[int, tuple[np.ndarray, int]] = LruCache(64)
 
 
