@@ -8,6 +8,7 @@ bundled 25 um annotation read here; the data set and image a click should open, 
 
 from __future__ import annotations
 
+import io
 import re
 import time
 
@@ -183,6 +184,20 @@ def test_reference_viewer_names_structures_on_hover_and_draws_surfaces(web, port
         time.sleep(0.5)
     assert {int(u.rsplit("/", 1)[1][:-5]) for u in meshes} == expected
     assert set(meshes.values()) == {200}
+    # The 3-D panel draws the data set's projection (maximum-intensity volume rendering, heat colours).
+    from PIL import Image
+
+    x3, y3, w3, h3 = panels[2]
+    hot = 0
+    while time.monotonic() < deadline + 20:
+        shot = Image.open(io.BytesIO(web.page.screenshot(clip={"x": box["x"] + x3, "y": box["y"] + y3,
+                                                              "width": w3, "height": h3}))).convert("RGB")
+        rgb = np.asarray(shot).astype(int)
+        hot = int(((rgb[..., 0] > 150) & (rgb[..., 2] < 90) & (rgb[..., 0] - rgb[..., 1] > 60)).sum())
+        if hot > 200:
+            break
+        time.sleep(1)
+    assert hot > 200, hot
     web.shot("reference")
     web.clean()
 

@@ -57,16 +57,17 @@ def neuroglancer_state(origin: str, state: Any, *, point_um: tuple[float, float,
                    "segmentColors": {str(i): colours.get(i, "#888888") for i in labelled}})
     if data_set is not None:
         layer: dict[str, Any] = {"type": "image", "source": f"{source}/grid/{data_set}/default",
-                                 "name": f"data set {data_set}", "shader": _HEAT_SHADER, "opacity": 0.9}
+                                 "name": f"data set {data_set}", "shader": _HEAT_SHADER, "opacity": 0.9,
+                                 "volumeRendering": "max"}
         if grid_range:
             layer["shaderControls"] = {"normalized": {"range": [0, grid_range]}}
         layers.append(layer)
     ap, dv, lr = point_um
     return {"dimensions": {"x": [1e-6, "m"], "y": [1e-6, "m"], "z": [1e-6, "m"]},
-            "position": [lr, dv, ap], "crossSectionScale": 30, "projectionScale": 16000,
+            "position": [lr, dv, ap], "crossSectionScale": 30, "projectionScale": 24000,
             "projectionOrientation": [-0.25, 0.35, 0.1, 0.9],
             "layers": layers, "selectedLayer": {"layer": "annotation", "visible": False}, "layout": "4panel",
-            "showSlices": True}
+            "showSlices": False}
 
 
 @dataclass
