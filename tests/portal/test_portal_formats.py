@@ -98,3 +98,28 @@ def test_deep_zoom_levels_and_tiles(portal):
     assert full.size == (w, h)
     assert httpx.get(portal + f"/portal/dz/{image['id']}_files/{top + 1}/0_0.jpg").status_code == 404
     assert httpx.get(portal + f"/portal/dz/{image['id']}_files/{top}/9_9.jpg").status_code == 404
+
+
+def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path):
+    """Allen's template is not shipped: a volume put where the file routes look for it is what Neuroglancer gets,
+    and the reference page shows the template layer only then."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from brainmap.io.nrrd import write_nrrd
+    from brainmap.server.app import create_app
+
+    client = TestClient(create_app(tmp_path, warm_up=False))
+    assert client.get("/portal/precomputed/template/info").status_code == 404
+    assert "no average template in this data directory" in client.get("/reference").text
+    shape = ReferenceSpace.bundled(100).shape
+    volume = np.random.default_rng(0).random(shape, dtype=np.float32) * 500
+    (tmp_path / "average_template").mkdir()
+    write_nrrd(tmp_path / "average_template" / "average_template_100.nrrd", volume, spacing_um=100.0)
+    client = TestClient(create_app(tmp_path, warm_up=False))
+    scale = client.get("/portal/precomputed/template/info").json()["scales"][0]
+    assert scale["size"] == [shape[2], shape[1], shape[0]] and scale["resolution"] == [100000.0] * 3
+    raw = np.frombuffer(client.get("/portal/precomputed/template/t/0-64_0-64_0-64").content, dtype="<f4")
+    assert np.array_equal(raw.reshape(64, 64, 64), volume[:64, :64, :64])
+    page = client.get("/reference").text
+    assert "Allen&#39;s average template" in page or "Allen's average template" in page
