@@ -98,7 +98,7 @@ def test_pages_fit_a_laptop_and_a_wide_screen(browser, portal, artefacts):
 def test_the_browser_lists_every_data_set_and_links_to_its_page(web, data_sets):
     web.goto("/experiments")
     assert sorted(_ids(web)) == sorted(data_sets)
-    web.page.click(f"#experiments a[href='/experiment/100141219']")
+    web.page.click("#experiments a[href='/experiment/100141219']")
     web.page.wait_for_load_state("networkidle")
     assert web.page.url.endswith("/experiment/100141219")
     assert "VISp" in web.page.inner_text("#metadata")

@@ -8,7 +8,6 @@ registered files, unionize CSV) and to the data set's searches and section image
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -57,7 +57,6 @@ class SearchPage:
     fields: tuple[Field, ...]
     product: str = "connectivity"  # whose data sets a ``dataset`` field lists
     draws: str = ""  # "paths" or "agea"
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 _SET = Field("set", "Data sets", "select", choices=("mouse", "mouse_coronal"),
@@ -180,14 +179,12 @@ def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]
 
 
 def _dataset_choices(catalog: Any, product: str) -> list[tuple[int, str]]:
-    acronyms: dict[int, str] = {}
     out = []
     for r in catalog.records:
         if product == "connectivity" and r.is_connectivity:
             out.append((r.id, f"{r.id} ({r.line or 'wild type'}, injection {r.primary_injection_id})"))
         elif product == "ish" and not r.is_connectivity:
             out.append((r.id, f"{r.id} ({r.gene}, {r.plane})"))
-    del acronyms
     return out
 
 
@@ -236,7 +233,7 @@ def search_page(request: Request, slug: str) -> HTMLResponse:
     context: dict[str, Any] = {"nav": "search", "spec": spec, "values": values, "submitted": submitted,
                                "datasets": _dataset_choices(catalog, spec.product), "error": "", "keys": [],
                                "rows": [], "total": 0, "start_row": start_row, "page_rows": PAGE_ROWS,
-                               "csv": "", "paths_svg": "", "seed": None, "agea_map": "",
+                               "csv": "", "paths_svg": "", "seed": None,
                                "loaded": len(catalog.records), "data_dir": state.data_dir}
     status = 200
     if submitted:
@@ -262,9 +259,6 @@ def search_page(request: Request, slug: str) -> HTMLResponse:
                 context["seed"] = seed
             if spec.draws == "paths":
                 context["paths_svg"] = _paths_svg(result.rows, context["seed"], state.reference_space(100))
-            if spec.draws == "agea":
-                context["agea_map"] = "/portal/agea/map.png?" + urlencode(
-                    {"set": values["set"], "seed_point": ",".join(f"{v:g}" for v in context["seed"])})
     if spec.draws == "agea":
         space = state.reference_space(100)
         context["slice_ap"] = (context["seed"][0] if context["seed"] else 6600.0)
