@@ -84,8 +84,11 @@ def _images_of(state: Any, data_set_id: int) -> list[ImageRow]:
 
 
 def _stretch(channel: np.ndarray) -> np.ndarray:
+    """The channel over its 99.5th percentile (of every 4th pixel of every 4th row: the same to a few grey
+    levels, 16 times cheaper), clipped to [0, 1]."""
     values = channel.astype(np.float32)
-    top = float(np.percentile(values, 99.5)) if values.size else 1.0
+    sample = values[::4, ::4]
+    top = float(np.percentile(sample, 99.5)) if sample.size else 1.0
     return np.clip(values / (top or 1.0), 0, 1)
 
 
