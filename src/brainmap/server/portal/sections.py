@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,8 @@ _BOUNDARY_MAX = 2048  # the boundary picture's long side at most (px)
 _composites: LruCache[int, np.ndarray] = LruCache(24, 384 * 2**20, lambda a: a.nbytes)
 _levels: LruCache[tuple[int, int], Any] = LruCache(48, 256 * 2**20, lambda i: i.width * i.height * 3)
 _tiles: LruCache[tuple[int, int, int, int], bytes] = LruCache(4096, 128 * 2**20, len)
-_labels: LruCache[int, tuple[np.ndarray, int]] = LruCache(64)
+_making: dict[int, threading.Lock] = {}
+_making_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,24 @@ def _stretch(channel: np.ndarray) -> np.ndarray:
 
 
 def _composite(state: Any, image: ImageRow) -> np.ndarray:
-    """(rows, cols, 3) uint8 false-colour picture of one section image (see the module docstring)."""
+    """(rows, cols, 3) uint8 false-colour picture of one section image (see the module docstring), made once
+    however many tile requests for a new image arrive together."""
     found = _composites.get(image.id)
     if found is not None:
         return found
+    with _making_lock:
+        lock = _making.setdefault(image.id, threading.Lock())
+    with lock:
+        found = _composites.get(image.id)
+        if found is None:
+            found = _make_composite(state, image)
+            _composites.put(image.id, found)
+    with _making_lock:
+        _making.pop(image.id, None)
+    return found
+
+
+def _make_composite(state: Any, image: ImageRow) -> np.ndarray:
     from brainmap.specimen.folder import read_dataset, read_section_image
 
     record = catalog_of(state).by_id(image.data_set_id)
@@ -115,9 +131,7 @@ def _composite(state: Any, image: ImageRow) -> np.ndarray:
     else:  # bright field: light tissue, dark purple-brown stain
         rgb = 1 - np.stack([0.25 * tissue + 0.55 * signal, 0.3 * tissue + 0.8 * signal,
                             0.2 * tissue + 0.45 * signal], axis=-1)
-    picture = np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-    _composites.put(image.id, picture)
-    return picture
+    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
 def _max_level(image: ImageRow) -> int:
