@@ -112,6 +112,14 @@ def _composite(state: Any, image: ImageRow) -> np.ndarray:
     return found
 
 
+def _warm(state: Any, image: ImageRow) -> None:
+    """Make an image's composite ahead of its tiles (a failure is left for the tile request to report)."""
+    try:
+        _composite(state, image)
+    except (BrainmapError, OSError, ValueError):
+        pass
+
+
 def _make_composite(state: Any, image: ImageRow) -> np.ndarray:
     from brainmap.specimen.folder import read_dataset, read_section_image
 
@@ -279,6 +287,8 @@ def viewer(request: Request, data_set_id: int, image: int | None = None, x: floa
     if not images:
         return error_page(404, "No section images", f"Data set {data_set_id} has no section images.")
     chosen = next((i for i in images if i.id == image), images[len(images) // 2])
+    # Start compositing the image now: the browser asks for its tiles once the page and the viewer's script are in.
+    threading.Thread(target=_warm, args=(state, chosen), name="brainmap-section-warm", daemon=True).start()
     others = [r.id for r in catalog.records if r.id != data_set_id and r.aligned and r.sections]
     return page("sections.html", nav="experiments", r=record, images=images, image=chosen,
                 index=images.index(chosen), mark=(x, y) if x is not None and y is not None else None,
