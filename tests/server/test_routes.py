@@ -110,8 +110,10 @@ def test_docs_and_openapi(http):
 def test_viewer_page_and_pictures(http, server_data):
     from PIL import Image
 
-    page = http.get("/", follow_redirects=True)
+    page = http.get("/viewer")
     assert page.status_code == 200 and "<title>brainmap viewer</title>" in page.text
+    home = http.get("/", follow_redirects=True)  # the portal's experiment browser (tests/portal)
+    assert home.status_code == 200 and str(home.url).endswith("/experiments")
     assert http.get("/static/viewer.js").status_code == 200
     assert http.get("/static/viewer.css").status_code == 200
     annotation = Image.open(io.BytesIO(http.get("/viewer/slice/annotation.png?position=9200").content))

@@ -74,6 +74,7 @@ def create_app(data_dir: str | os.PathLike[str], database_url: str | None = None
     for module in (routes_data, routes_services, routes_files, routes_images, routes_sync, viewer):
         app.include_router(module.router)
     viewer.mount_static(app)
+    __import__("brainmap.server.portal", fromlist=["install"]).install(app)  # pages, /docs, /redoc, /
     routes_data.install_fast_routes(app)
 
     @app.get("/health", tags=["server"], summary="Liveness")

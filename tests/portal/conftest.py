@@ -1,0 +1,196 @@
+"""The portal's browser suite: a real ``brainmap serve`` of the demo's data, driven by Debian's Chromium.
+
+The data: the demo's specimens as CI's first command leaves them (``./brainmap-demo/specimens``), loaded with
+``brainmap load`` into a fresh data directory; where they are absent or incomplete the demo runs first, in a
+temporary folder. The server is ``brainmap serve`` on a free loopback port (one worker). The browser is
+Playwright for Python driving ``/usr/bin/chromium`` (installed by ``.ci/run`` from Debian; Playwright's own
+browser download is never used): the suite skips, saying why, where either is missing.
+
+Screenshots go to ``test-artefacts/portal/`` in the project (git-ignored), or ``$BRAINMAP_ARTEFACTS``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CHROMIUM = Path(os.environ.get("BRAINMAP_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+DEMO_FOLDERS = 6
+ARTEFACTS = Path(os.environ.get("BRAINMAP_ARTEFACTS", ROOT / "test-artefacts")) / "portal"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args: list[str], cwd: Path) -> None:
+    done = subprocess.run([str(BIN / "brainmap"), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"brainmap {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+
+def _complete(specimens: Path) -> bool:
+    folders = [f for f in specimens.glob("*") if (f / "dataset.json").is_file()]
+    return len(folders) >= DEMO_FOLDERS and all((f / "pipeline").is_dir() for f in folders)
+
+
+def _serve(data_dir: Path, cwd: Path) -> tuple[subprocess.Popen, str, Any]:
+    port = _free_port()
+    log = open(cwd / f"serve_{port}.log", "w")
+    server = subprocess.Popen([str(BIN / "brainmap"), "serve", "--data-dir", str(data_dir), "--port", str(port),
+                               "--workers", "1"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return server, base, log
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            _stop(server, log)
+            raise AssertionError("the server did not answer /health within 60 s:\n"
+                                 + Path(log.name).read_text()[-3000:])
+        time.sleep(0.3)
+
+
+def _stop(server: subprocess.Popen, log: Any) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def empty_portal(tmp_path_factory) -> Iterator[str]:
+    """A ``brainmap serve`` of an empty data directory."""
+    if not (BIN / "brainmap").exists():
+        pytest.skip(f"no brainmap command beside {sys.executable} (pip install -e . makes it)")
+    here = tmp_path_factory.mktemp("empty")
+    (here / "data").mkdir()
+    server, base, log = _serve(here / "data", here)
+    try:
+        yield base
+    finally:
+        _stop(server, log)
+
+
+@pytest.fixture(scope="session")
+def portal(tmp_path_factory) -> Iterator[str]:
+    """The base URL of a ``brainmap serve`` of the demo's data (stopped at the end of the session)."""
+    if not (BIN / "brainmap").exists():
+        pytest.skip(f"no brainmap command beside {sys.executable} (pip install -e . makes it)")
+    here = tmp_path_factory.mktemp("portal")
+    specimens = ROOT / "brainmap-demo" / "specimens"
+    if not _complete(specimens):
+        _run(["demo"], here)
+        specimens = here / "brainmap-demo" / "specimens"
+    _run(["load", str(specimens), "--data-dir", str(here / "data")], here)
+    server, base, log = _serve(here / "data", here)
+    try:
+        yield base
+    finally:
+        _stop(server, log)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium under Playwright (skips, saying why, where either is missing)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser suite needs playwright (pip, test "
+                                                                 "extras)")
+    if not CHROMIUM.exists():
+        pytest.skip(f"the browser suite needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Watched:
+    """A page whose console errors, failed requests and 4xx/5xx answers are recorded (``problems``), and which
+    refuses any request to another host."""
+
+    def __init__(self, page, base: str):
+        self.page = page
+        self.base = base
+        self.problems: list[str] = []
+        self.allowed_errors: set[int] = set()
+        page.on("console", lambda m: m.type == "error" and not self._allowed(m.text)
+                and self.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        #: URL parts whose requests may be cancelled by the page itself (Neuroglancer drops chunks it no longer
+        #: needs and reopens its event stream).
+        self.may_abort: tuple[str, ...] = ()
+        page.on("requestfailed", lambda r: not (r.failure == "net::ERR_ABORTED" and any(
+            part in r.url for part in self.may_abort)) and self.problems.append(f"failed: {r.url} {r.failure}"))
+        page.on("response", lambda r: r.status >= 400 and r.status not in self.allowed_errors
+                and self.problems.append(f"{r.status}: {r.url}"))
+
+        def route(request_route):
+            if request_route.request.url.startswith(base) or request_route.request.url.startswith("data:"):
+                request_route.continue_()
+            else:
+                self.problems.append(f"request to another host: {request_route.request.url}")
+                request_route.abort()
+
+        page.route("**/*", route)
+
+    def _allowed(self, text: str) -> bool:
+        """A console line about an answer whose status the test expects (a page saying what was wrong)."""
+        return any(f"status of {code}" in text for code in self.allowed_errors)
+
+    def goto(self, path: str) -> None:
+        self.page.goto(self.base + path)
+        self.page.wait_for_load_state("networkidle")
+
+    def shot(self, name: str) -> Path:
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTEFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def clean(self) -> None:
+        problems, self.problems = self.problems, []
+        assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def web(browser, portal, artefacts) -> Iterator[Watched]:
+    """A fresh page at a laptop's size (1366 x 900) on the served portal."""
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    watched = Watched(page, portal)
+    try:
+        yield watched
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def artefacts() -> Path:
+    """The folder of the suite's screenshots (emptied at the start of the session)."""
+    shutil.rmtree(ARTEFACTS, ignore_errors=True)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTEFACTS

@@ -1,0 +1,125 @@
+"""The portal's data routes, byte for byte: Neuroglancer's precomputed chunks and meshes, Deep Zoom tiles.
+
+Expected values are read here from the bundled annotation, the grid files registered for download and the DZI
+layout (Microsoft's Deep Zoom: level L of an image W x H px is ceil(W / 2^(max - L)) px wide, max = ceil(log2
+max(W, H)); tiles of 254 px plus a 1 px overlap on inner edges).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from brainmap.atlas import ReferenceSpace
+
+httpx = pytest.importorskip("httpx")
+
+
+def _get(base: str, path: str, **params) -> httpx.Response:
+    answer = httpx.get(base + path, params=params, timeout=60)
+    assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
+    return answer
+
+
+def test_annotation_chunks_are_the_bundled_annotation(portal):
+    info = _get(portal, "/portal/precomputed/annotation/info").json()
+    assert info["type"] == "segmentation" and info["data_type"] == "uint32"
+    space = ReferenceSpace.bundled(100)
+    scale = next(s for s in info["scales"] if s["key"] == "100um")
+    ap, dv, lr = space.shape
+    assert scale["size"] == [lr, dv, ap] and scale["resolution"] == [100000.0] * 3
+    name = f"64-{min(128, lr)}_0-64_64-128"
+    raw = np.frombuffer(_get(portal, f"/portal/precomputed/annotation/100um/{name}").content, dtype="<u4")
+    block = raw.reshape((64, 64, min(128, lr) - 64), order="C")  # z (AP), y (DV), x (LR): x fastest
+    assert np.array_equal(block, space.annotation[64:128, 0:64, 64:min(128, lr)])
+    properties = _get(portal, "/portal/precomputed/annotation/props/info").json()["inline"]
+    labels = dict(zip(properties["ids"], properties["properties"][0]["values"]))
+    assert labels["385"] == "VISp" if "385" in labels else labels["593"] == "VISp1"
+
+
+def test_a_mesh_is_the_structures_surface(portal):
+    space = ReferenceSpace.bundled(50)
+    body = _get(portal, "/portal/precomputed/annotation/mesh/593.frag").content  # VISp1
+    count = struct.unpack("<I", body[:4])[0]
+    vertices = np.frombuffer(body[4:4 + 12 * count], dtype="<f4").reshape(-1, 3)
+    faces = np.frombuffer(body[4 + 12 * count:], dtype="<u4").reshape(-1, 3)
+    assert count > 100 and faces.max() < count
+    where = np.argwhere(space.annotation == 593) * 50.0 + 25.0  # voxel centres, um (AP, DV, LR)
+    lo, hi = where.min(axis=0) - 50, where.max(axis=0) + 50
+    um = vertices[:, ::-1] / 1000.0  # (x = LR, y = DV, z = AP) nm -> (AP, DV, LR) um
+    assert np.all(um >= lo) and np.all(um <= hi)
+    assert _get(portal, "/portal/precomputed/annotation/mesh/593:0").json() == {"fragments": ["593.frag"]}
+
+
+def test_an_expression_grid_is_served_where_its_voxels_are(portal):
+    rows = _get(portal, "/api/v2/data/query.json", criteria="model::SectionDataSet,rma::include,genes,"
+                                                           "rma::options[num_rows$eqall]").json()["msg"]
+    ish = next(r["id"] for r in rows if r["genes"])
+    info = _get(portal, f"/portal/precomputed/grid/{ish}/energy/info").json()
+    scale = info["scales"][0]
+    # The 200 um grid's voxel i is centred at 200 i um: corner -100 um, i.e. voxel -1 at 100 um.
+    assert scale["resolution"] == [100000.0] * 3 and scale["voxel_offset"] == [-1, -1, -1]
+    import zipfile
+
+    from brainmap.io.metaimage import read_metaimage
+
+    bundle = zipfile.ZipFile(io.BytesIO(_get(portal, f"/grid_data/download/{ish}", include="energy").content))
+    folder = __import__("tempfile").mkdtemp()
+    bundle.extractall(folder)
+    energy, _ = read_metaimage(next(p for p in __import__("pathlib").Path(folder).glob("energy.mhd")))
+    energy = np.where(energy > 0, energy, 0).astype("<f4")
+    raw = np.frombuffer(_get(portal, f"/portal/precomputed/grid/{ish}/energy/g/-1-63_-1-63_-1-63").content,
+                        dtype="<f4").reshape(64, 64, 64)
+    # Grid voxel i spans [200 i - 100, 200 i + 100] um: served voxels 2i - 1 and 2i, the chunk's rows 2i, 2i + 1.
+    assert np.array_equal(raw[::2, ::2, ::2], energy[:32, :32, :32])
+    assert np.array_equal(raw[1::2, 1::2, 1::2], energy[:32, :32, :32])
+    assert np.any(energy[:32, :32, :32] > 0)
+
+
+def test_deep_zoom_levels_and_tiles(portal):
+    from PIL import Image
+
+    images = _get(portal, "/portal/sections/100141219/images.json").json()["msg"]
+    image = images[len(images) // 2]
+    w, h = image["width"], image["height"]
+    top = math.ceil(math.log2(max(w, h)))
+    dzi = _get(portal, image["tiles"]).text
+    assert f'Width="{w}"' in dzi and f'Height="{h}"' in dzi and 'TileSize="254"' in dzi
+    for level in (top, top - 1, 0):
+        scale = 2 ** (top - level)
+        lw, lh = math.ceil(w / scale), math.ceil(h / scale)
+        tile = Image.open(io.BytesIO(_get(portal, f"/portal/dz/{image['id']}_files/{level}/0_0.jpg").content))
+        assert tile.size == (min(lw, 255), min(lh, 255))
+    full = Image.open(io.BytesIO(_get(portal, f"/portal/sections/image/{image['id']}.png").content))
+    assert full.size == (w, h)
+    assert httpx.get(portal + f"/portal/dz/{image['id']}_files/{top + 1}/0_0.jpg").status_code == 404
+    assert httpx.get(portal + f"/portal/dz/{image['id']}_files/{top}/9_9.jpg").status_code == 404
+
+
+def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path):
+    """Allen's template is not shipped: a volume put where the file routes look for it is what Neuroglancer gets,
+    and the reference page shows the template layer only then."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from brainmap.io.nrrd import write_nrrd
+    from brainmap.server.app import create_app
+
+    client = TestClient(create_app(tmp_path, warm_up=False))
+    assert client.get("/portal/precomputed/template/info").status_code == 404
+    assert "no average template in this data directory" in client.get("/reference").text
+    shape = ReferenceSpace.bundled(100).shape
+    volume = np.random.default_rng(0).random(shape, dtype=np.float32) * 500
+    (tmp_path / "average_template").mkdir()
+    write_nrrd(tmp_path / "average_template" / "average_template_100.nrrd", volume, spacing_um=100.0)
+    client = TestClient(create_app(tmp_path, warm_up=False))
+    scale = client.get("/portal/precomputed/template/info").json()["scales"][0]
+    assert scale["size"] == [shape[2], shape[1], shape[0]] and scale["resolution"] == [100000.0] * 3
+    raw = np.frombuffer(client.get("/portal/precomputed/template/t/0-64_0-64_0-64").content, dtype="<f4")
+    assert np.array_equal(raw.reshape(64, 64, 64), volume[:64, :64, :64])
+    page = client.get("/reference").text
+    assert "Allen&#39;s average template" in page or "Allen's average template" in page
