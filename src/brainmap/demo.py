@@ -239,6 +239,6 @@ def next_steps(out: str | Path) -> str:
     return "\n".join([
         "\nnext: load the results into a data directory (with its database and search stores), then serve and search:",
         f"  brainmap load {specimens} --data-dir brainmap-data",
-        "  brainmap serve --data-dir brainmap-data          # http://127.0.0.1:8000/viewer and the Allen API",
+        "  brainmap serve --data-dir brainmap-data          # the portal at http://127.0.0.1:8000/ and the Allen API",
         "  brainmap search source --injection-structures VISp --data-dir brainmap-data",
     ])
