@@ -1,8 +1,9 @@
 """Request limits, checked before a request reaches a route (one ASGI middleware, no per-request task):
 
 * the URL (path + query) at most :data:`MAX_URL_BYTES`, at most :data:`MAX_PARAMS` query parameters;
-* no request body (no route takes one): a ``Content-Length`` above 0 or any ``Transfer-Encoding`` is answered 413
-  at once and the connection closed, without reading the body;
+* no request body (no route takes one but the portal's Neuroglancer state posts, which may carry up to 256 KiB
+  with a declared length): a ``Content-Length`` above 0 or any ``Transfer-Encoding`` is answered 413 at once and
+  the connection closed, without reading the body;
 * numbers: an integer of 19 digits or more (an id >= 2^63 cannot be stored) or ``inf``/``nan`` in the path or in
   a parameter other than an RMA query text is a 400;
 * the optional read-only token (``brainmap serve --token`` / ``$BRAINMAP_TOKEN``): every route but ``/health``
@@ -92,7 +93,17 @@ def check_request(scope: Scope) -> ApiError | None:
     return None
 
 
+#: The one kind of request that carries a body: the portal's Neuroglancer client posting its view state (JSON)
+#: to ``/portal/ng/...``; a POST there with a declared length up to this many bytes is let through.
+_BODY_PREFIX = "/portal/ng/"
+_MAX_BODY = 256 * 1024
+
+
 def _has_body(scope: Scope) -> bool:
+    if scope.get("method") == "POST" and str(scope.get("path", "")).startswith(_BODY_PREFIX):
+        headers = dict(scope.get("headers", ()))
+        length = headers.get(b"content-length", b"").strip()
+        return b"transfer-encoding" in headers or not length.isdigit() or int(length) > _MAX_BODY
     for name, value in scope.get("headers", ()):
         if name == b"content-length" and value.strip() not in (b"0", b""):
             return True

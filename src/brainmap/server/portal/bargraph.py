@@ -3,7 +3,8 @@
 Drawn here as SVG (no script): bars are ``<rect>`` elements whose ``fill`` is the structure's ontology colour and
 whose ``<title>`` names the structure and its value; the largest bars are labelled. Connectivity data sets show
 ``projection_volume`` (mm3) of their projection (not injection) records; ISH data sets show
-``expression_energy``; per hemisphere (1 left, 2 right, 3 both), as Allen's unionizes store them.
+``expression_energy``. Projection rows are per hemisphere (1 left, 2 right, 3 both); Allen's ISH
+StructureUnionize rows have no hemisphere, so an ISH graph is of the whole data set whatever the choice.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def bars_of(connection: Connection, tree: Any, data_set_id: int, connectivity: b
         label = "projection volume (mm³)"
     else:
         u = m.StructureUnionize
-        rows = connection.execute(select(u.structure_id, u.expression_energy).where(and_(
-            u.section_data_set_id == data_set_id, u.hemisphere_id == hemisphere)))
-        label = "expression energy (intensity × fraction)"
+        rows = connection.execute(select(u.structure_id, u.expression_energy).where(
+            u.section_data_set_id == data_set_id))
+        label = "expression energy (intensity × fraction; ISH rows have no hemisphere)"
     values = {int(s): float(v) for s, v in rows if v is not None}
     summary = tree.get_structures_by_id(tree.summary_structure_ids())
     summary = sorted(summary, key=lambda n: n.get("graph_order", 0))
