@@ -176,7 +176,7 @@ def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, sour
     grow = nbytes > _PREALLOCATE and not plausible
     buffer: Any = bytearray() if grow else np.empty(nbytes, dtype=np.uint8)
     view = None if grow else memoryview(buffer)
-    decompressor = _decompressor(codec)
+    decompressor = _fast_gzip_decompressor(codec)
     pending = b""
     got = 0  # decompressed bytes so far, skipped ones included
     try:
@@ -187,7 +187,7 @@ def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, sour
                     rest = read(CHUNK)
                 if codec == "lzma" or not rest.startswith(_MAGIC[codec]):
                     break
-                decompressor, pending = _decompressor(codec), rest  # another member / stream follows
+                decompressor, pending = _fast_gzip_decompressor(codec), rest  # another member / stream follows
             chunk, pending = _step(decompressor, pending, min(total - got, CHUNK))
             if chunk:
                 if got + len(chunk) > skip:
@@ -263,6 +263,10 @@ if _isal_zlib is not None:
     _ERRORS = _ERRORS + (_isal_zlib.error,)
 
 
+#: Compressed bytes read per step when streaming: small, so that ten volumes read side by side hold little.
+_STREAM_READ = 1 << 20
+
+
 def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, source: str, *, skip: int = 0,
                       piece: int = CHUNK) -> Iterator[np.ndarray]:
     """Decompress a stream that must expand to exactly ``skip + nbytes`` bytes, giving the last ``nbytes`` in
@@ -290,7 +294,7 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
             if decompressor.eof:
                 rest = decompressor.unused_data + pending
                 if not rest:
-                    rest = read(CHUNK)
+                    rest = read(_STREAM_READ)
                 if codec == "lzma" or not rest.startswith(_MAGIC[codec]):
                     break
                 decompressor, pending = _fast_gzip_decompressor(codec), rest  # another member / stream follows
@@ -312,7 +316,7 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
                 continue
             if decompressor.eof:
                 continue
-            more = read(CHUNK)
+            more = read(_STREAM_READ)
             if not more:
                 break
             pending = pending + more if pending else more
@@ -330,7 +334,7 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
                                   f"{total:,} bytes after decompression, {ended})")
             if decompressor.eof:
                 break
-            more = read(CHUNK)
+            more = read(_STREAM_READ)
             if not more:
                 raise FormatError(f"{source}: {label} data is truncated (all {total:,} bytes are present but the "
                                   "end of the stream and its CRC / check sum are missing)")

@@ -34,7 +34,7 @@ __all__ = ["NrrdSlabs", "iter_volume_slabs", "SLAB_BYTES"]
 PathLike = str | os.PathLike[str]
 
 #: Target bytes of one slab of one volume (rounded to whole planes, at least one plane).
-SLAB_BYTES = 1 << 24
+SLAB_BYTES = 1 << 23
 
 
 class NrrdSlabs:
