@@ -15,6 +15,7 @@ import pytest
 import brainmap.io.nrrd as nrrd_module
 from brainmap.errors import FormatError
 from brainmap.io import read_nrrd, read_nrrd_header, write_nrrd
+from brainmap.io.nrrd_stream import NrrdSlabs
 
 CCF = Path(str(resources.files("brainmap") / "data" / "ccf2017"))
 ALLEN_SHA256 = {
@@ -258,14 +259,21 @@ def data_start(raw: bytes) -> int:
     return raw.index(b"\n\n") + 2
 
 
+def _read_by_slabs(path: Path) -> None:
+    """Every slab of the streaming reader (issue 18): it must refuse what read_nrrd refuses, with the same words."""
+    for _ in NrrdSlabs(path).slabs(1):
+        pass
+
+
 def assert_format_error(path: Path, *fragments: str) -> FormatError:
-    with pytest.raises(FormatError) as caught:
-        read_nrrd(path)
-    message = str(caught.value)
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert isinstance(caught.value, ValueError)
+    for read in (read_nrrd, _read_by_slabs):
+        with pytest.raises(FormatError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert str(path) in message
+        for fragment in fragments:
+            assert fragment in message, message
+        assert isinstance(caught.value, ValueError)
     return caught.value
 
 

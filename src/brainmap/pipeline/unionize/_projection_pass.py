@@ -10,6 +10,8 @@ tests, as the reference).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numba
@@ -17,6 +19,8 @@ import numpy as np
 
 from brainmap.atlas.label_index import flat_view
 from brainmap.atlas.reference_space import ReferenceSpace, midline_index
+from brainmap.errors import FormatError
+from brainmap.io.nrrd_stream import SLAB_BYTES, iter_volume_slabs
 
 #: Rows of :attr:`DirectSums.sums`: the injection record's four sums, then the projection record's four
 #: (before the injection record is subtracted).
@@ -39,48 +43,53 @@ class DirectSums:
     voxels: np.ndarray
 
 
-@numba.njit(nogil=True, cache=True)
-def _pass(compact, n, n_outer, n_inner, lr_is_outer, midline, data_mask, sum_pixels, injection_fraction,
-          injection_density, injection_energy, injection_intensities, projection_density, projection_energy,
-          intensities, exclusion, use_exclusion):  # pragma: no cover - compiled
+def _accumulators(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Empty (sums, best, where, voxels) for :func:`_pass` over ``2 * (n + 1)`` bins."""
     bins = 2 * (n + 1)
-    sums = np.zeros((8, bins))
-    best = np.zeros((2, bins))
-    where = np.full((2, bins), -1, dtype=np.int64)
-    voxels = np.zeros(bins, dtype=np.int64)
+    return (np.zeros((8, bins)), np.zeros((2, bins)), np.full((2, bins), -1, dtype=np.int64),
+            np.zeros(bins, dtype=np.int64))
+
+
+@numba.njit(nogil=True, cache=True)
+def _pass(sums, best, where, voxels, first_outer, compact, n, n_outer, n_inner, lr_is_outer, midline, data_mask,
+          sum_pixels, injection_fraction, injection_density, injection_energy, injection_intensities,
+          projection_density, projection_energy, intensities, exclusion, use_exclusion):  # pragma: no cover - compiled
+    """Add the voxels of outer rows ``first_outer .. first_outer + n_outer`` (the arrays hold just those rows) to
+    the accumulators. Called once over the whole volume or once per slab in order: the same additions in the
+    same order, so the same bits."""
     for o in range(n_outer):
         for i in range(n_inner):
-            f = o * n_inner + i
-            c = compact[f]
-            if c == 0 or data_mask[f] == 0:  # AllenSDK: annotation[logical_not(data_mask)] = 0
+            k = o * n_inner + i
+            f = (first_outer + o) * n_inner + i  # flat index in the whole volume
+            c = compact[k]
+            if c == 0 or data_mask[k] == 0:  # AllenSDK: annotation[logical_not(data_mask)] = 0
                 continue
-            lr = o if lr_is_outer else i
+            lr = first_outer + o if lr_is_outer else i
             b = np.int64(c) + (n + 1 if lr >= midline else 0)
             voxels[b] += 1
-            sp = np.float64(sum_pixels[f])
-            fraction = np.float64(injection_fraction[f])
-            density = np.float64(injection_density[f])
+            sp = np.float64(sum_pixels[k])
+            fraction = np.float64(injection_fraction[k])
+            density = np.float64(injection_density[k])
             sums[0, b] += sp * fraction
             sums[1, b] += sp * density
-            sums[2, b] += sp * np.float64(injection_energy[f])
-            sums[3, b] += np.float64(injection_intensities[f])
+            sums[2, b] += sp * np.float64(injection_energy[k])
+            sums[3, b] += np.float64(injection_intensities[k])
             if density > best[0, b]:
                 best[0, b] = density
                 where[0, b] = f
             # Projection: voxels in the injection or not excluded by the artefact mask (AllenSDK:
             # logical_or(injection_fraction, not exclusion > 0)).
-            if use_exclusion and exclusion[f] > 0 and fraction == 0:
+            if use_exclusion and exclusion[k] > 0 and fraction == 0:
                 continue
-            projected = np.float64(projection_density[f])
+            projected = np.float64(projection_density[k])
             sums[4, b] += sp
             sums[5, b] += sp * projected
-            sums[6, b] += sp * np.float64(projection_energy[f])
-            sums[7, b] += np.float64(intensities[f])
+            sums[6, b] += sp * np.float64(projection_energy[k])
+            sums[7, b] += np.float64(intensities[k])
             outside = projected * (1.0 - fraction)
             if outside > best[1, b]:
                 best[1, b] = outside
                 where[1, b] = f
-    return sums, best, where, voxels
 
 
 def projection_direct_sums(space: ReferenceSpace, grids, exclusion: np.ndarray | None) -> DirectSums:
@@ -113,12 +122,71 @@ def projection_direct_sums(space: ReferenceSpace, grids, exclusion: np.ndarray |
     n_outer, n_inner = (n_lr, compact.size // n_lr) if fortran else (compact.size // n_lr, n_lr)
     use_exclusion = exclusion is not None
     n = len(index.order)
-    sums, best, where, voxels = _pass(
-        compact, n, n_outer, n_inner, fortran, midline_index(n_lr), flat("data_mask"), flat("sum_pixels"),
-        flat("injection_fraction"), flat("injection_density"), flat("injection_energy"),
+    sums, best, where, voxels = _accumulators(n)
+    _pass(
+        sums, best, where, voxels, 0, compact, n, n_outer, n_inner, fortran, midline_index(n_lr), flat("data_mask"),
+        flat("sum_pixels"), flat("injection_fraction"), flat("injection_density"), flat("injection_energy"),
         flat("injection_sum_pixel_intensities"), flat("projection_density"), flat("projection_energy"),
         flat("sum_pixel_intensities"), flat(exclusion) if use_exclusion else np.zeros(1, np.uint8), use_exclusion,
     )
+    return _direct(sums, best, where, voxels, n)
+
+
+#: The volumes :func:`projection_direct_sums_streamed` reads, in the kernel's argument order.
+_STREAMED = ("data_mask", "sum_pixels", "injection_fraction", "injection_density", "injection_energy",
+             "injection_sum_pixel_intensities", "projection_density", "projection_energy", "sum_pixel_intensities")
+
+
+def projection_direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, str | os.PathLike[str]], *,
+                                    slab_bytes: int = SLAB_BYTES, threads: int | None = None) -> DirectSums:
+    """:func:`projection_direct_sums` over NRRD files read slab by slab (ranges of LR planes), bit for bit equal.
+
+    Parameters
+    ----------
+    space : ReferenceSpace
+        The annotation on the grid of the files; its label index must be in file (Fortran) order, as
+        :func:`~brainmap.io.nrrd.read_nrrd` gives it. Its compact labels are read where they lie.
+    paths : mapping name -> NRRD path
+        The volumes of :data:`_STREAMED`, and ``aav_exclusion_fraction`` if present.
+    slab_bytes : int
+        About how many bytes a slab of one volume takes; memory is about 2 x 10 slabs, whatever the volume size.
+    threads : int, optional
+        Decoding threads (default: the CPUs available).
+    """
+    index = space.label_index
+    if not index.compact.flags.f_contiguous:
+        raise ValueError("projection_direct_sums_streamed needs a label index in file (Fortran) order")
+    names = list(_STREAMED) + (["aav_exclusion_fraction"] if "aav_exclusion_fraction" in paths else [])
+    use_exclusion = "aav_exclusion_fraction" in paths
+    n = len(index.order)
+    n_lr = space.shape[2]
+    plane = space.shape[0] * space.shape[1]
+    compact = index.flat
+    accumulators = _accumulators(n)
+    midline = midline_index(n_lr)
+    no_exclusion = np.zeros(1, np.uint8)
+    end = 0
+    for start, slabs in iter_volume_slabs({name: paths[name] for name in names}, slab_bytes=slab_bytes,
+                                          threads=threads):
+        first = slabs[names[0]]
+        if first.shape[:2] != space.shape[:2] or start + first.shape[2] > n_lr:
+            raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
+        k = first.shape[2]
+        end = start + k
+
+        def flat(name: str) -> np.ndarray:
+            volume = slabs[name]
+            return flat_view(volume.view(np.uint8) if volume.dtype == bool else volume)
+
+        _pass(*accumulators, start, compact[start * plane : (start + k) * plane], n, k, plane, True, midline,
+              *(flat(name) for name in _STREAMED),
+              flat("aav_exclusion_fraction") if use_exclusion else no_exclusion, use_exclusion)
+    if end != n_lr:
+        raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
+    return _direct(*accumulators, n)
+
+
+def _direct(sums: np.ndarray, best: np.ndarray, where: np.ndarray, voxels: np.ndarray, n: int) -> DirectSums:
     # Bin 0 and n + 1 are "outside the brain" of each hemisphere; drop them.
     sums = sums.reshape(2, 4, 2, n + 1)[..., 1:]
     return DirectSums(sums, best.reshape(2, 2, n + 1)[..., 1:], where.reshape(2, 2, n + 1)[..., 1:],

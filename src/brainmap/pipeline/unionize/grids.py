@@ -60,6 +60,10 @@ class GridFolder(Mapping):
         volume, _ = read_nrrd(self.paths[name])
         return volume
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default would read the volume (``__getitem__``) just to answer whether it exists.
+        return name in self.paths
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.paths)
 

@@ -46,7 +46,9 @@ import pandas as pd
 
 from brainmap.atlas.reference_space import ReferenceSpace
 from brainmap.pipeline.unionize.grids import GridFolder, require
-from brainmap.pipeline.unionize._projection_pass import SUM_NAMES, projection_direct_sums
+from brainmap.pipeline.unionize._projection_pass import (
+    SUM_NAMES, projection_direct_sums, projection_direct_sums_streamed,
+)
 from brainmap.pipeline.unionize.reduction import roll_up_allen_maxima, roll_up_sums, voxel_coordinates_um
 
 #: Allen's ProjectionStructureUnionize columns, in AllenSDK's order.
@@ -81,7 +83,8 @@ def unionize_projection(
     ----------
     grids : mapping name -> (AP, DV, LR) volume, or a folder of ``{name}_{res}.nrrd`` files
         The volumes named in :data:`PROJECTION_GRID_NAMES` (and optionally ``aav_exclusion_fraction``), on the
-        grid of ``space``, any real dtype. They are reduced in one compiled pass over the volume.
+        grid of ``space``, any real dtype. They are reduced in one compiled pass over the volume; files are read
+        slab by slab (ranges of LR planes, decoded in parallel threads) when the annotation is in file order.
     space : ReferenceSpace
         The annotation on the same grid.
     experiment_id : int, optional
@@ -101,8 +104,12 @@ def unionize_projection(
     spacing = float(space.resolution[0] if spacing_um is None else spacing_um)
     scale = pixel_size_um**2 * spacing * 1e-9  # mm3 per pixel
 
-    exclusion = grids["aav_exclusion_fraction"] if "aav_exclusion_fraction" in grids else None
-    direct = projection_direct_sums(space, grids, exclusion)
+    if isinstance(grids, GridFolder) and space.label_index.compact.flags.f_contiguous:
+        # Files in file order: read slab by slab, several volumes in parallel (memory independent of the size).
+        direct = projection_direct_sums_streamed(space, grids.paths)
+    else:
+        exclusion = grids["aav_exclusion_fraction"] if "aav_exclusion_fraction" in grids else None
+        direct = projection_direct_sums(space, grids, exclusion)
     # Each structure's projection record is its voxels' sums minus its injection record (AllenSDK subtracts
     # per directly annotated structure, then adds records up the ontology).
     direct_sums = direct.sums.copy()

@@ -1,0 +1,103 @@
+"""`brainmap unionize GRID_DIR` as a user runs it: ten gzip-double NRRDs at 25 um, whole process, wall and peak RSS.
+
+Targets (issue 18, 2-core machine, nothing else running): <= 5 s and <= 1.5 GB at 25 um; <= 60 s and <= 2 GB at
+10 um (run with ``BRAINMAP_BENCH_10UM=1``; writing its ten files once takes many minutes and ~10 GB of disk).
+The files are written once and cached (benchmarks/grid_files.py). The command runs as a child process; its wall
+time is measured around it and its peak RSS is the kernel's ``ru_maxrss`` for that child (``os.wait4``), i.e. what
+``/usr/bin/time -v`` reports as "Maximum resident set size".
+
+Also printed, for scale: single-thread inflate of one 25 um volume with zlib, python-isal and zlib-ng (the reader
+uses isal when installed), and the same command with ``BRAINMAP_INFLATE=zlib``.
+
+Before issue 18 (the issue's measurement on this machine, with Allen-like files): 23-27 s / 6.2 GB; AllenSDK
+2.16.2's unionizer process on the same work: 41 s / 11.8 GB (the issue's figures; not re-measured here). Measured
+once on these cached files, machine loaded (load average 5-10 on 2 cores), ``/usr/bin/time -v``: main before the
+streaming reader (2bf2d72) 116.6 s wall, 30.7 s user + 18.3 s system, 6.42 GiB peak RSS; with it 14.5 s wall,
+8.0 s user, 1.06 GiB; the two CSVs are byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+from benchmarks.grid_files import grid_folder
+from benchmarks.report import Figure
+
+TARGETS = {25: (5.0, 1.5), 10: (60.0, 2.0)}
+
+
+def run_command(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in GB, CPU seconds user + system) of one child process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed with status {process.returncode}")
+    return wall, usage.ru_maxrss * 1024 / 2**30, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB on Linux
+
+
+def unionize_command(folder: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "brainmap.cli", "unionize", str(folder), "--experiment-id", "1", "--out", str(out)]
+
+
+def _inflate_seconds(path: Path) -> list[tuple[str, float]]:
+    """Single-thread time to inflate one gzip NRRD's data with each available library."""
+    raw = path.read_bytes()
+    data = raw[raw.index(b"\n\n") + 2 :]
+    libraries = [("zlib", zlib)]
+    try:
+        from isal import isal_zlib
+
+        libraries.append(("isal", isal_zlib))
+    except ImportError:
+        pass
+    try:
+        from zlib_ng import zlib_ng
+
+        libraries.append(("zlib-ng", zlib_ng))
+    except ImportError:
+        pass
+    out = []
+    for name, library in libraries:
+        best = float("inf")
+        for _ in range(2):
+            started = time.perf_counter()
+            library.decompressobj(zlib.MAX_WBITS | 16).decompress(data)
+            best = min(best, time.perf_counter() - started)
+        out.append((name, best))
+    return out
+
+
+def run() -> list[Figure]:
+    figures = []
+    resolutions = [25] + ([10] if os.environ.get("BRAINMAP_BENCH_10UM") else [])
+    for resolution in resolutions:
+        folder = grid_folder(resolution)
+        size = sum(p.stat().st_size for p in folder.glob("*.nrrd")) / 2**30
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "unionize.csv"
+            run_command(unionize_command(folder, out))  # warm-up: numba cache, page cache
+            wall, rss, cpu = min(run_command(unionize_command(folder, out)) for _ in range(2))
+            figures += [
+                Figure(f"brainmap unionize, ten {resolution} um gzip doubles: wall", wall, TARGETS[resolution][0],
+                       "s", note=f"files {size:.2f} GB; noisy on a shared machine"),
+                Figure(f"brainmap unionize, {resolution} um: peak RSS", rss, TARGETS[resolution][1], "GB"),
+                Figure(f"  its CPU time, user + system (less load-sensitive than wall)", cpu, None, "s",
+                       note="on 2 quiet cores wall is about half of it plus the serial start-up"),
+            ]
+            if resolution == 25:
+                wall_z, rss_z, cpu_z = run_command(unionize_command(folder, out), {"BRAINMAP_INFLATE": "zlib"})
+                figures.append(Figure("  the same with zlib's inflate (BRAINMAP_INFLATE=zlib)", wall_z, None, "s",
+                                      note=f"peak RSS {rss_z:.2f} GB, CPU {cpu_z:.1f} s"))
+                for name, seconds in _inflate_seconds(folder / "sum_pixel_intensities_25.nrrd"):
+                    figures.append(Figure(f"  inflate one 25 um volume (616 MB), one thread, {name}", seconds, None,
+                                          "s"))
+    return figures

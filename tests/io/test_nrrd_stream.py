@@ -1,0 +1,132 @@
+"""The streaming NRRD reader (issue 18): slabs put together equal read_nrrd bit for bit, on Allen's real files and
+on written gzip / raw / bzip2 doubles; hostile files are refused as read_nrrd refuses them (tests/io/test_nrrd.py's
+damaged files run through both readers; the bombs here)."""
+
+from __future__ import annotations
+
+import bz2
+import importlib.util
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import brainmap.io.limits as limits
+from brainmap.errors import FormatError
+from brainmap.io import read_nrrd, write_nrrd
+from brainmap.io.nrrd_stream import NrrdSlabs, iter_volume_slabs
+
+CCF = Path(str(resources.files("brainmap") / "data" / "ccf2017"))
+
+_spec = importlib.util.spec_from_file_location("brainmap_tests_hostile_files", Path(__file__).with_name(
+    "hostile_files.py"))
+hostile = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+sys.modules.setdefault("brainmap_tests_hostile_files", hostile)
+_spec.loader.exec_module(hostile)  # type: ignore[union-attr]
+
+
+def joined(path: Path, planes: int) -> np.ndarray:
+    slabs = list(NrrdSlabs(path).slabs(planes))
+    assert all(s.flags.f_contiguous for s in slabs)
+    assert all(s.shape[-1] == planes for s in slabs[:-1])
+    return np.concatenate(slabs, axis=-1)
+
+
+def assert_bit_equal(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert a.tobytes(order="F") == b.tobytes(order="F")
+
+
+@pytest.mark.parametrize("resolution, planes", [(100, 1), (100, 7), (50, 16), (25, 64)])
+def test_allen_annotation_slabs_equal_read_nrrd(resolution, planes):
+    path = CCF / f"annotation_{resolution}.nrrd"
+    whole, _ = read_nrrd(path)
+    assert_bit_equal(joined(path, planes), whole)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "raw"])
+@pytest.mark.parametrize("dtype", ["<f8", ">f8", "<f4", "u1"])
+def test_written_doubles_slab_by_slab(tmp_path, encoding, dtype):
+    rng = np.random.default_rng(18)
+    volume = (rng.random((13, 11, 9)) * 1e3).astype(dtype)
+    volume[rng.random(volume.shape) < 0.5] = 0
+    path = tmp_path / f"v.nrrd"
+    write_nrrd(path, volume, spacing_um=25, encoding=encoding)
+    whole, _ = read_nrrd(path)
+    for planes in (1, 2, 4, 9, 50):
+        got = joined(path, planes)
+        assert_bit_equal(got, whole)
+        assert got.dtype.isnative
+
+
+def test_bzip2_and_byte_skip_and_detached(tmp_path):
+    volume = np.arange(5 * 4 * 6, dtype="<f8").reshape(5, 4, 6) / 7
+    payload = b"SKIPME" + np.asfortranarray(volume).tobytes(order="F")
+    (tmp_path / "v.raw.bz2").write_bytes(bz2.compress(payload))
+    (tmp_path / "v.nhdr").write_text("NRRD0004\ntype: double\ndimension: 3\nsizes: 5 4 6\nendian: little\n"
+                                      "encoding: bzip2\nbyte skip: 6\ndata file: v.raw.bz2\n\n")
+    assert_bit_equal(joined(tmp_path / "v.nhdr", 4), volume)
+    assert_bit_equal(read_nrrd(tmp_path / "v.nhdr")[0], volume)
+
+
+def test_zlib_fallback_gives_the_same(tmp_path, monkeypatch):
+    """Without python-isal (or with BRAINMAP_INFLATE=zlib) the slabs come from zlib, bit for bit the same."""
+    path = CCF / "annotation_100.nrrd"
+    fast = joined(path, 5)
+    monkeypatch.setattr(limits, "_isal_zlib", None)
+    assert_bit_equal(joined(path, 5), fast)
+
+
+def test_volume_set_slabs_in_parallel(tmp_path):
+    rng = np.random.default_rng(1)
+    volumes = {name: rng.random((20, 10, 33)) for name in ("a", "b", "c")}
+    for name, volume in volumes.items():
+        write_nrrd(tmp_path / f"{name}.nrrd", volume, spacing_um=25, encoding="gzip" if name != "b" else "raw")
+    paths = {name: tmp_path / f"{name}.nrrd" for name in volumes}
+    starts, pieces = [], {name: [] for name in volumes}
+    for start, slabs in iter_volume_slabs(paths, slab_bytes=20 * 10 * 8 * 4, threads=2):
+        starts.append(start)
+        assert len({s.shape for s in slabs.values()}) == 1
+        for name, slab in slabs.items():
+            pieces[name].append(slab)
+    assert starts == list(range(0, 33, 4))
+    for name, volume in volumes.items():
+        assert_bit_equal(np.concatenate(pieces[name], axis=-1), volume)
+
+
+def test_volume_set_refuses_different_sizes(tmp_path):
+    write_nrrd(tmp_path / "a.nrrd", np.zeros((4, 4, 4)), spacing_um=25)
+    write_nrrd(tmp_path / "b.nrrd", np.zeros((4, 4, 5)), spacing_um=25)
+    with pytest.raises(FormatError, match="b.nrrd: sizes 4 4 5 differ"):
+        list(iter_volume_slabs({"a": tmp_path / "a.nrrd", "b": tmp_path / "b.nrrd"}))
+
+
+def test_volume_set_reports_a_damaged_volume(tmp_path):
+    write_nrrd(tmp_path / "a.nrrd", np.ones((8, 8, 8)), spacing_um=25)
+    write_nrrd(tmp_path / "b.nrrd", np.ones((8, 8, 8)), spacing_um=25)
+    bad = tmp_path / "b.nrrd"
+    bad.write_bytes(bad.read_bytes()[:-4])  # the CRC trailer is missing: found only after the last slab
+    with pytest.raises(FormatError, match="b.nrrd: gzip data is truncated.*CRC"):
+        list(iter_volume_slabs({"a": tmp_path / "a.nrrd", "b": bad}, slab_bytes=8 * 8 * 8))
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bzip2"])
+def test_bombs_stop_at_the_header_size(tmp_path, codec):
+    path = tmp_path / "bomb.nrrd"
+    fields = {"type": "unsigned char", "dimension": "1", "sizes": "1000", "encoding": codec}
+    data = hostile.deflate_bomb(1 << 30, 31) if codec == "gzip" else hostile.BZIP2_1GIB_OF_ZEROS
+    path.write_bytes(hostile.nrrd_bytes(fields, data))
+    with pytest.raises(FormatError, match="more bytes than the header says"):
+        list(NrrdSlabs(path).slabs(1))
+
+
+def test_lying_header_costs_one_slab(tmp_path):
+    """A header asking for 256 GB over 4 MB of gzip: one 64 MB slab at a time, then the data run out."""
+    path = tmp_path / "liar.nrrd"
+    fields = {"type": "float", "dimension": "3", "sizes": "4000 4000 4000", "endian": "little", "encoding": "gzip"}
+    path.write_bytes(hostile.nrrd_bytes(fields, hostile.deflate_bomb(4 << 20, 31)))
+    with pytest.raises(FormatError, match=f"{path}: gzip data"):
+        for _ in NrrdSlabs(path).slabs(1):
+            pass

@@ -1,0 +1,84 @@
+"""Projection unionize over files read slab by slab (issue 18): the CSV `brainmap unionize` writes is byte for byte
+the one the in-memory pass writes, and the rows still equal AllenSDK 2.16.2's (the oracle of
+test_unionize_allensdk.py), whatever the slab size."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainmap.atlas import ReferenceSpace, bundled
+from brainmap.cli import main
+from brainmap.io import read_nrrd, write_nrrd
+from brainmap.pipeline.unionize import GridFolder, unionize_projection
+from brainmap.pipeline.unionize import _projection_pass
+from brainmap.pipeline.unionize._projection_pass import projection_direct_sums, projection_direct_sums_streamed
+
+HERE = Path(__file__).resolve().parent
+ORACLE = HERE.parent / "data" / "allensdk_unionize"
+_spec = importlib.util.spec_from_file_location("unionize_recipe_stream", HERE / "allensdk_unionize" / "recipe.py")
+recipe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(recipe)
+_oracle_spec = importlib.util.spec_from_file_location("unionize_oracle_test", HERE / "test_unionize_allensdk.py")
+oracle_test = importlib.util.module_from_spec(_oracle_spec)
+_oracle_spec.loader.exec_module(oracle_test)
+
+
+@pytest.fixture(scope="module")
+def grid_folder(tmp_path_factory, tree):
+    """The oracle's 100 um grids written as Allen writes them (gzip doubles, {name}_100.nrrd)."""
+    annotation, _ = read_nrrd(bundled.annotation_path(100))
+    grids = recipe.make_grids(np.ascontiguousarray(annotation), 100)
+    folder = tmp_path_factory.mktemp("grids")
+    for name, volume in grids.items():
+        write_nrrd(folder / f"{name}_100.nrrd", volume, spacing_um=100)
+    return folder, grids
+
+
+def test_streamed_sums_equal_the_in_memory_pass_bit_for_bit(grid_folder):
+    folder, _ = grid_folder
+    space = ReferenceSpace.bundled(100)
+    files = GridFolder(folder)
+    whole = projection_direct_sums(space, files, files["aav_exclusion_fraction"])
+    for slab_bytes in (1, 132 * 80 * 8 * 7, 1 << 30):  # one LR plane, 7 planes, the whole volume
+        streamed = projection_direct_sums_streamed(space, files.paths, slab_bytes=slab_bytes, threads=2)
+        for field in ("sums", "max_value", "max_flat", "voxels"):
+            assert getattr(streamed, field).tobytes() == getattr(whole, field).tobytes(), field
+
+
+def test_unionize_command_csv_is_byte_for_byte_todays(grid_folder, tmp_path, monkeypatch):
+    folder, _ = grid_folder
+    out_streamed, out_memory = tmp_path / "streamed.csv", tmp_path / "memory.csv"
+    assert main(["unionize", str(folder), "--experiment-id", "7", "--out", str(out_streamed)]) == 0
+    # Today's path: every volume read whole, one pass over them in memory.
+    monkeypatch.setattr("brainmap.pipeline.unionize.projection.projection_direct_sums_streamed",
+                        lambda space, paths: pytest.fail("the in-memory run must not stream"))
+    space = ReferenceSpace.bundled(100)
+    files = GridFolder(folder)
+    in_memory = {name: files[name] for name in files}  # a plain dict: the in-memory pass
+    unionize_projection(in_memory, space, experiment_id=7).to_csv(out_memory, index=False)
+    assert out_streamed.read_bytes() == out_memory.read_bytes()
+
+
+def test_streamed_rows_equal_allensdk(grid_folder, tree):
+    folder, _ = grid_folder
+    space = ReferenceSpace(tree, read_nrrd(bundled.annotation_path(100))[0], 100)  # file (Fortran) order
+    assert space.label_index.compact.flags.f_contiguous
+    ours = unionize_projection(folder, space, experiment_id=1)
+    oracle = pd.read_csv(ORACLE / "rows_100um.csv.gz", comment="#")
+    differing = oracle_test._differing_rows(ours, oracle)
+    assert len(differing) == 0, f"{len(differing)} of {len(oracle)} rows differ:\n{differing.head(10).T}"
+
+
+def test_volume_of_another_shape_is_named(grid_folder, tmp_path):
+    folder, grids = grid_folder
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, volume in grids.items():
+        write_nrrd(bad / f"{name}_100.nrrd", volume[:, :, :-1] if name == "sum_pixels" else volume, spacing_um=100)
+    with pytest.raises(Exception, match="sum_pixels_100.nrrd: sizes 132 80 113 differ"):
+        unionize_projection(bad, ReferenceSpace.bundled(100))
