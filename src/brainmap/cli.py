@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--alignment", choices=["none", "2d", "all"], default="none",
                       help="true transforms to store in dataset.json: none (default; for the aligner), 2d, or all")
     make.add_argument("--overwrite", action="store_true", help="replace an existing data set folder")
+    make.add_argument("--appearance", choices=["nissl", "fluorescence", "brightfield", "rgb"], default="nissl",
+                      help="tissue channel look: nissl (the aligner's template; default) or one sharing nothing "
+                           "with it")
+    make.add_argument("--warp", action="store_true", help="a smooth non-linear deformation (100-300 um) on top "
+                      "of the affine, and folds")
     make.add_argument("--out", type=Path, required=True, help="data set folder to write")
     make.set_defaults(run=_run_specimen_make)
 
@@ -147,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _damage(args: argparse.Namespace):
+    from brainmap.specimen.synthetic import DamageRates
+
+    if args.no_damage:
+        return False
+    return DamageRates(fold=0.05) if args.warp else True
+
+
 def _run_specimen_make(args: argparse.Namespace) -> int:
     from brainmap.specimen.synthetic import make_specimen
 
@@ -157,7 +170,8 @@ def _run_specimen_make(args: argparse.Namespace) -> int:
     dataset = make_specimen(
         args.product, args.out, experiment_id=args.experiment, gene=args.gene, plane=args.plane,
         pixel_size_um=args.pixel_size, seed=args.seed, truth_resolution_um=args.truth_resolution,
-        damage=not args.no_damage, alignment=args.alignment, overwrite=args.overwrite,
+        damage=_damage(args), alignment=args.alignment, overwrite=args.overwrite,
+        appearance=args.appearance, warp=bool(args.warp),
     )
     usable = sum(not image.failed for image in dataset.images)
     print(f"wrote {args.out}: data set {dataset.id}, {dataset.product} {dataset.plane}, "

@@ -234,8 +234,8 @@ class ReferenceTemplate:
 @functools.lru_cache(maxsize=1)
 def reference_template(resolution_um: int = 25) -> ReferenceTemplate:
     """The bundled reference space's Nissl-like template at ``resolution_um`` (25, 50 or 100), made once per
-    process (:func:`brainmap.specimen.synthetic.template.make_template`, seed 0, ~5 s at 25 um)."""
-    from brainmap.specimen.synthetic.template import make_template
+    process (:func:`brainmap.atlas.template.make_template`, seed 0, ~5 s at 25 um)."""
+    from brainmap.atlas.template import make_template
 
     space = ReferenceSpace.bundled(resolution_um)
     volume = np.ascontiguousarray(make_template(space, seed=0), dtype=np.float32)
