@@ -13,8 +13,8 @@ annotation's geometry: no template value, jitter, texture field, layer rule or b
   and the outside hold no tissue.
 * **Texture**: two smooth 3-D random fields (correlation ~150 um and ~700 um, amplitudes 0.08 and 0.15),
   multiplicative, on a 100 um grid.
-* **At render time** (:func:`form_image`): a blur of 10..40 um, a strong smooth bias field (+-30 % over ~2 mm
-  plus a linear ramp), structured noise (line stripes and a 1/f-like field), and the image formation:
+* **At render time** (:func:`form_image`): a blur of 10..40 um, a smooth bias field (+-10 % over ~3 mm plus a
+  linear ramp of up to +-15 % across the image), structured noise (line stripes and a 1/f-like field), and the image formation:
 
   - ``"fluorescence"``: tissue bright on a dark slide (counts = offset + gain x stain);
   - ``"brightfield"``: tissue dark on a bright slide (Beer-Lambert: white x exp(-k x stain), one channel);
@@ -147,22 +147,22 @@ def form_image(rng: np.random.Generator, stain: np.ndarray, counterstain: np.nda
     stain = ndimage.gaussian_filter(stain, blur) if blur > 0.3 else stain
     stain = np.maximum(stain * (1.0 + _structured_noise(rng, shape, pixel_um)), 0.0)
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
-    ramp = rng.uniform(-0.25, 0.25, 2) / np.array(shape, dtype=np.float32)
-    bias = (1.0 + 0.3 * _smooth2d(rng, shape, pixel_um, 2000.0) + ramp[0] * (rows - shape[0] / 2)
+    ramp = rng.uniform(-0.15, 0.15, 2) / np.array(shape, dtype=np.float32)
+    bias = (1.0 + 0.1 * _smooth2d(rng, shape, pixel_um, 3000.0) + ramp[0] * (rows - shape[0] / 2)
             + ramp[1] * (cols - shape[1] / 2))
-    bias = np.clip(bias, 0.3, 2.0).astype(np.float32)
+    bias = np.clip(bias, 0.6, 1.4).astype(np.float32)
     read = 0.01 * max_count
     if appearance == "fluorescence":
         expected = max_count * (0.03 + 0.5 * stain * bias)
         images = [expected]
     elif appearance == "brightfield":
         k = rng.uniform(0.8, 1.6)
-        images = [max_count * 0.85 * bias * np.exp(-k * stain)]
+        images = [max_count * 0.65 * bias * np.exp(-k * stain)]
     elif appearance == "rgb":
         dab = np.array([0.27, 0.57, 0.78]) * rng.uniform(0.8, 1.2, 3)
         haem = np.array([0.65, 0.70, 0.29]) * rng.uniform(0.8, 1.2, 3)
         amount = rng.uniform(0.2, 0.6)
-        white = rng.uniform(0.8, 0.95, 3)
+        white = rng.uniform(0.6, 0.7, 3)
         images = [max_count * white[c] * bias * np.exp(-(2.0 * dab[c] * stain + amount * haem[c] * counterstain))
                   for c in range(3)]
     else:
