@@ -49,9 +49,11 @@ from tqdm import tqdm
 from brainmap.atlas import ReferenceSpace
 from brainmap.specimen.folder import read_dataset, update_alignment
 from brainmap.specimen.model import SPECIMEN_AXES, SectionDataSet, nominal_tvr
+from brainmap.specimen.deformation import DeformationField
 from brainmap.specimen.transforms import Affine2d, Affine3d, Alignment2d, Alignment3d
 
 from brainmap.pipeline.align.contrast import intensity_model_volume, shape_register
+from brainmap.pipeline.align.nonlinear import register_deformation
 from brainmap.pipeline.align.reconstruct import (
     AlignmentError,
     SectionStack,
@@ -124,6 +126,8 @@ class AlignSettings:
         contrast: ``"model"`` (default; contrast-agnostic, :mod:`.contrast`: a shape stage with flips and
             hemispheres, then registration to the specimen's own per-structure intensity model, re-estimated in
             turn) or ``"template"`` (the template's values as they are, correlation; the earlier aligner).
+        nonlinear: after the affine rounds, a smooth free-form deformation of the reference space
+            (:mod:`.nonlinear`), stored beside the Alignment3d.
     """
 
     reference_resolution_um: int = 25
@@ -140,6 +144,7 @@ class AlignSettings:
     sigmas_um: tuple[float, ...] = (0.0,)
     channel: str | None = None
     contrast: str = "model"
+    nonlinear: bool = True
 
     @property
     def section_working_um(self) -> float:
@@ -163,6 +168,8 @@ class AlignResult:
         rejected: image ids whose last 2-D refinement found nothing better than their current transform.
         seconds: wall time of the alignment.
         warnings: what looks wrong with the result (an implausible 3-D scale, a poor volume correlation).
+        doubtful_below: the section correlation under which a section is doubtful.
+        deformation: the non-linear deformation after the affine (``W o tvr``), or None.
     """
 
     alignment2d: dict[int, Alignment2d]
@@ -173,6 +180,7 @@ class AlignResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     doubtful_below: float = 0.6
+    deformation: DeformationField | None = None
 
     @property
     def doubtful(self) -> list[int]:
@@ -240,12 +248,13 @@ class ReferenceTemplate:
             self._sitk["brain"] = TemplatePyramid(self.brain.astype(np.float32), self.resolution_um)
         return self._sitk["brain"]
 
-    def modelled(self, volume: SpecimenVolume, tvr: Affine3d) -> ReferenceTemplate:
+    def modelled(self, volume: SpecimenVolume, tvr: Affine3d, deformation: DeformationField | None = None
+                 ) -> ReferenceTemplate:
         """A template whose values are the specimen's own mean intensity per annotated structure at ``tvr``
         (:func:`.contrast.intensity_model_volume`), same brain and labels."""
         if self.labels is None:
             raise AlignmentError("the contrast-agnostic intensity model needs the annotation's labels")
-        model = intensity_model_volume(self.labels, self.resolution_um, volume, tvr)
+        model = intensity_model_volume(self.labels, self.resolution_um, volume, tvr, deformation=deformation)
         return ReferenceTemplate(model, self.resolution_um, self.brain, self.labels)
 
     def sitk_image(self, voxel_um: float):
@@ -629,6 +638,13 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         log.info("round %d/%d, 2-D at %g um: %.1f s", round_, rounds, (coarse if first else stack).working_um,
                  time.perf_counter() - started)
     assert tvr is not None
+    deformation = None
+    if settings.nonlinear:
+        volume = build_volume(coarse, transforms, grid)
+        target = template.modelled(volume, tvr) if settings.contrast == "model" else template
+        deformation, before, after = register_deformation(volume, tvr, target.pyramid)
+        log.info("non-linear stage (correlation %.3f -> %.3f%s): %.1f s", before, after,
+                 "" if deformation is not None else ", refused", time.perf_counter() - started)
     transforms = _fill_empty_sections(stack, transforms)
     warnings = _check_result(tvr, volume_correlation)
     for warning in warnings:
@@ -641,7 +657,8 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         section_correlation={image.id: float(c) for image, c in zip(stack.section_images, correlation)},
         volume_correlation=float(volume_correlation),
         rejected=[stack.section_images[k].id for k in rejected],
-        seconds=time.perf_counter() - started, warnings=warnings, doubtful_below=FALLBACK_BELOW * expected)
+        seconds=time.perf_counter() - started, warnings=warnings, doubtful_below=FALLBACK_BELOW * expected,
+        deformation=deformation)
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,
@@ -663,7 +680,7 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
     """
     result = align_sections(folder, settings=AlignSettings(reference_resolution_um=reference_resolution_um),
                             progress=progress)
-    update_alignment(folder, result.alignment2d, result.alignment3d)
+    update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
     return result.alignment2d, result.alignment3d
 
 
@@ -674,6 +691,6 @@ def run_align_cli(folder: str | os.PathLike[str], reference_resolution_um: int =
     dataset = read_dataset(folder)
     result = align_sections(folder, dataset, AlignSettings(reference_resolution_um=reference_resolution_um),
                             progress=True)
-    update_alignment(folder, result.alignment2d, result.alignment3d)
+    update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
     print(f"aligned data set {dataset.id} ({dataset.product}, {dataset.plane}) in {folder}: {result.summary()}")
     return result

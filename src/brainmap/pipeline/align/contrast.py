@@ -117,7 +117,7 @@ def _plausible(transform: Affine3d) -> bool:
 
 
 def intensity_model_volume(labels: np.ndarray, resolution_um: float, volume: SpecimenVolume, tvr: Affine3d,
-                           *, shrink: float = SHRINK_VOXELS) -> np.ndarray:
+                           *, shrink: float = SHRINK_VOXELS, deformation=None) -> np.ndarray:
     """The model template: every compact label's mean specimen intensity (see the module docstring), float32
     in ``labels``' shape (C order), not yet blurred.
 
@@ -126,12 +126,16 @@ def intensity_model_volume(labels: np.ndarray, resolution_um: float, volume: Spe
         resolution_um: their voxel size.
         volume: the specimen volume (values over its mask are used).
         tvr: the current specimen -> reference transform.
+        deformation: the current non-linear deformation after ``tvr`` (a DeformationField), or None.
     """
     slots, rows, cols = np.nonzero(volume.mask)
     values = volume.volume[slots, rows, cols].astype(np.float64)
     spacing = np.asarray(volume.spacing_um, dtype=np.float64)
     points = np.asarray(volume.origin_um)[None, :] + np.stack([cols, rows, slots], axis=1) * spacing[None, :]
-    index = np.floor(tvr.apply(points) / resolution_um).astype(np.int64)
+    reference = tvr.apply(points)
+    if deformation is not None:
+        reference = deformation.apply(reference)
+    index = np.floor(reference / resolution_um).astype(np.int64)
     inside = np.all((index >= 0) & (index < np.array(labels.shape)), axis=1)
     lab = np.zeros(values.size, dtype=np.int64)
     i = index[inside]
