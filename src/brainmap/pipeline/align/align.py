@@ -266,13 +266,54 @@ class ReferenceTemplate:
 
 
 @functools.lru_cache(maxsize=1)
-def reference_template(resolution_um: int = 25) -> ReferenceTemplate:
-    """The bundled reference space's Nissl-like template at ``resolution_um`` (25, 50 or 100), made once per
-    process (:func:`brainmap.atlas.template.make_template`, seed 0, ~5 s at 25 um)."""
+def reference_template(resolution_um: int = 25, *, use_cache: bool = True) -> ReferenceTemplate:
+    """The reference template at ``resolution_um`` (25, 50 or 100), made once per process: a cached average
+    template if there is one (:func:`cached_template_path`), else the bundled reference space's
+    annotation-derived Nissl-like one (:func:`brainmap.atlas.template.make_template`, seed 0, ~5 s at 25 um)."""
     from brainmap.atlas.template import make_template
+
+    cached = cached_template_path(resolution_um) if use_cache else None
+    if cached is not None:
+        log.info("reference template: %s", cached)
+        return template_from_file(cached, resolution_um)
 
     space = ReferenceSpace.bundled(resolution_um)
     volume = np.ascontiguousarray(make_template(space, seed=0), dtype=np.float32)
+    return ReferenceTemplate(volume, float(space.resolution[0]), np.ascontiguousarray(space.annotation > 0),
+                             np.ascontiguousarray(space.label_index.compact))
+
+
+#: Where a cached average template is looked for (``average_template_{resolution}.nrrd``, e.g. Allen's, which
+#: ``ReferenceSpaceCache.get_template_volume`` fetches): ``$BRAINMAP_TEMPLATE_DIR``, else ``~/.cache/brainmap``.
+TEMPLATE_DIR_ENV = "BRAINMAP_TEMPLATE_DIR"
+
+
+def cached_template_path(resolution_um: int) -> Path | None:
+    """The cached average template file for ``resolution_um``, if there is one (see :data:`TEMPLATE_DIR_ENV`)."""
+    folder = Path(os.environ.get(TEMPLATE_DIR_ENV) or Path.home() / ".cache" / "brainmap")
+    path = folder / f"average_template_{int(resolution_um)}.nrrd"
+    return path if path.is_file() else None
+
+
+def template_from_file(path: str | os.PathLike[str], resolution_um: int = 25) -> ReferenceTemplate:
+    """A reference template from a volume file in the CCF (NRRD, ``(AP, DV, LR)`` at ``resolution_um``, e.g.
+    Allen's ``average_template_25.nrrd``), scaled to 0..1 (its 99.9th percentile), with the bundled brain mask
+    and labels.
+
+    Raises:
+        AlignmentError: the file does not have the reference volume's shape at ``resolution_um``.
+        FormatError / MissingFileError: from the NRRD reader.
+    """
+    from brainmap.io.nrrd import read_nrrd
+
+    space = ReferenceSpace.bundled(resolution_um)
+    volume, _ = read_nrrd(path)
+    if tuple(volume.shape) != tuple(space.shape):
+        raise AlignmentError(f"{path}: a template of shape {tuple(volume.shape)}; the reference volume at "
+                             f"{resolution_um} um is {tuple(space.shape)} (AP, DV, LR)")
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    top = float(np.percentile(volume[::4, ::4, ::4], 99.9)) or 1.0
+    volume = np.clip(volume / top, 0.0, 1.0)
     return ReferenceTemplate(volume, float(space.resolution[0]), np.ascontiguousarray(space.annotation > 0),
                              np.ascontiguousarray(space.label_index.compact))
 
@@ -684,13 +725,23 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
     return result.alignment2d, result.alignment3d
 
 
-def run_align_cli(folder: str | os.PathLike[str], reference_resolution_um: int = 25) -> AlignResult:
-    """``brainmap align DIR``: align the data set in ``folder``, write the transforms into its
-    ``dataset.json`` and print a one-line summary (progress bars on stderr). Returns the result."""
+def run_align_cli(folder: str | os.PathLike[str], reference_resolution_um: int = 25, *,
+                  template: str | os.PathLike[str] | None = None, contrast: str = "model",
+                  nonlinear: bool = True) -> AlignResult:
+    """``brainmap align DIR [--template FILE] [--contrast model|template] [--affine-only]``: align the data set
+    in ``folder``, write the transforms into its ``dataset.json`` (and ``deformation.nrrd``) and print a
+    one-line summary (progress bars on stderr). Returns the result.
+
+    ``template``: a volume in the CCF at ``reference_resolution_um`` (e.g. Allen's average template) instead of
+    the default (a cached average template, else the annotation-derived one). With ``contrast="model"`` only
+    its brain and labels matter (the specimen's own intensity model is registered to); with ``"template"`` its
+    values are registered to directly (a specimen of the same contrast)."""
     folder = Path(folder)
     dataset = read_dataset(folder)
-    result = align_sections(folder, dataset, AlignSettings(reference_resolution_um=reference_resolution_um),
-                            progress=True)
+    reference = template_from_file(template, reference_resolution_um) if template is not None else None
+    result = align_sections(folder, dataset, AlignSettings(reference_resolution_um=reference_resolution_um,
+                                                           contrast=contrast, nonlinear=nonlinear),
+                            template=reference, progress=True)
     update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
     print(f"aligned data set {dataset.id} ({dataset.product}, {dataset.plane}) in {folder}: {result.summary()}")
     return result

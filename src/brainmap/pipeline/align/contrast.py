@@ -99,7 +99,10 @@ def shape_register(volume: SpecimenVolume, brain: TemplatePyramid, plane: str, c
         log.debug("shape start %s: correlation %.3f", label, -outcome.metric)
         tries.append((outcome.metric, label, outcome.transform))
     if not tries:
-        raise ValueError("no start of the shape registration gave a plausible transform")
+        from brainmap.pipeline.align.reconstruct import AlignmentError
+
+        raise AlignmentError("no start of the shape registration gave a plausible transform (scales within "
+                             "0.6..1.6): check the data set's pixel size, section thickness and plane")
     tries.sort(key=lambda t: t[0])
     _, label, best = tries[0]
     outcome = register_affine_3d(tissue, region, volume.origin_um, volume.spacing_um, brain, best,
