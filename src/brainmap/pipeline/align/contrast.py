@@ -47,6 +47,8 @@ SHAPE_BAND_UM = 400.0
 #: Smoothing levels (um) of the multi-start's coarse fits, and of the refinement of the best start.
 SHAPE_START_SIGMAS_UM = (800.0, 400.0)
 SHAPE_REFINE_SIGMAS_UM = (400.0, 200.0, 100.0)
+#: Starts whose coarse correlation is within this of the best one are all refined.
+CLOSE_STARTS = 0.03
 
 
 def _shape_values(volume: SpecimenVolume, spacing_um: float) -> tuple[np.ndarray, np.ndarray]:
@@ -104,13 +106,24 @@ def shape_register(volume: SpecimenVolume, brain: TemplatePyramid, plane: str, c
         raise AlignmentError("no start of the shape registration gave a plausible transform (scales within "
                              "0.6..1.6): check the data set's pixel size, section thickness and plane")
     tries.sort(key=lambda t: t[0])
-    _, label, best = tries[0]
-    outcome = register_affine_3d(tissue, region, volume.origin_um, volume.spacing_um, brain, best,
-                                 sigmas_um=SHAPE_REFINE_SIGMAS_UM, template_um=100.0, max_points=max_points,
-                                 iterations=15)
-    log.info("shape stage: best start %s (of %d), correlation %.3f (runner-up %.3f)", label, len(tries),
-             -outcome.metric, -tries[1][0] if len(tries) > 1 else float("nan"))
-    return outcome.transform, -outcome.metric, label
+    # every start whose coarse fit comes close to the best is refined; the best refined fit wins (half a brain
+    # fits its own and the other hemisphere almost equally well at 400-800 um)
+    finals = []
+    for metric, label, transform in tries:
+        if metric > tries[0][0] + CLOSE_STARTS:
+            break
+        outcome = register_affine_3d(tissue, region, volume.origin_um, volume.spacing_um, brain, transform,
+                                     sigmas_um=SHAPE_REFINE_SIGMAS_UM, template_um=100.0, max_points=max_points,
+                                     iterations=15)
+        if _plausible(outcome.transform):
+            finals.append((outcome.metric, label, outcome.transform))
+    if not finals:
+        finals = [tries[0]]
+    finals.sort(key=lambda t: t[0])
+    metric, label, best = finals[0]
+    log.info("shape stage: best start %s (of %d, %d refined), correlation %.3f (runner-up %.3f)", label,
+             len(tries), len(finals), -metric, -finals[1][0] if len(finals) > 1 else float("nan"))
+    return best, -metric, label
 
 
 def _plausible(transform: Affine3d) -> bool:
