@@ -102,13 +102,49 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--alignment", choices=["none", "2d", "all"], default="none",
                       help="true transforms to store in dataset.json: none (default; for the aligner), 2d, or all")
     make.add_argument("--overwrite", action="store_true", help="replace an existing data set folder")
+    make.add_argument("--appearance", choices=["nissl", "fluorescence", "brightfield", "rgb"], default="nissl",
+                      help="tissue channel look: nissl (the aligner's template; default) or one sharing nothing "
+                           "with it")
+    make.add_argument("--warp", action="store_true", help="a smooth non-linear deformation (100-300 um) on top "
+                      "of the affine, and folds")
     make.add_argument("--out", type=Path, required=True, help="data set folder to write")
     make.set_defaults(run=_run_specimen_make)
+
+    imp = specimen_commands.add_parser("import", help="a data set folder from your own section images or a 3-D "
+                                       "stack")
+    imp.add_argument("sources", nargs="+", type=Path, help="image files and/or folders (TIFF, PNG, JPEG); with "
+                     "--stack one multi-page TIFF, folder of planes, NRRD or NIfTI")
+    imp.add_argument("--out", type=Path, required=True, help="data set folder to write")
+    imp.add_argument("--stack", action="store_true", help="the source is one 3-D stack")
+    imp.add_argument("--orientation", help="stack: brainglobe's three letters, where each axis starts (e.g. psl)")
+    imp.add_argument("--voxel-size", type=float, nargs="+", help="stack: voxel size(s) in um (1 or 3 values); "
+                     "default from the file's header")
+    imp.add_argument("--pixel-size", type=float, help="2-D images: pixel size in um")
+    imp.add_argument("--section-thickness", type=float, help="2-D images: physical section thickness in um "
+                     "(section n lies at n x thickness)")
+    imp.add_argument("--sampling", type=float, help="2-D images: distance between imaged sections in um "
+                     "(default from the section numbers)")
+    imp.add_argument("--plane", choices=["coronal", "sagittal"], default="coronal")
+    imp.add_argument("--product", choices=["ish", "connectivity"], default="ish")
+    imp.add_argument("--stain", choices=["brightfield", "fluorescence"], help="default: detected")
+    imp.add_argument("--numbers", choices=["auto", "name", "order"], default="auto",
+                     help="section numbers from the file names or their order (auto: names when all have one)")
+    imp.add_argument("--id", type=int, help="data set id (default: from the file names)")
+    imp.add_argument("--pad", action="store_true", help="put images of different sizes on one canvas")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing data set folder")
+    imp.set_defaults(run=_run_specimen_import)
 
     align = commands.add_parser("align", help="align a section data set to the reference (Alignment2d, Alignment3d)")
     align.add_argument("dataset_dir", type=Path, help="data set folder (dataset.json + images/)")
     align.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100],
                        help="voxel size in um of the template the sections are registered to (default 25)")
+    align.add_argument("--template", type=Path, help="a template volume in the CCF (NRRD at the reference "
+                       "resolution, e.g. Allen's average_template_25.nrrd); default: a cached average template "
+                       "($BRAINMAP_TEMPLATE_DIR or ~/.cache/brainmap), else the annotation-derived one")
+    align.add_argument("--contrast", choices=["model", "template"], default="model",
+                       help="model (default): the specimen's own per-structure intensity model, any stain; "
+                            "template: the template's values (a specimen of the same contrast)")
+    align.add_argument("--affine-only", action="store_true", help="no non-linear stage after the affine")
     align.set_defaults(run=_run_align)
 
     run = commands.add_parser("run", help="take data sets through align -> detect -> grid -> unionize")
@@ -168,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _damage(args: argparse.Namespace):
+    from brainmap.specimen.synthetic import DamageRates
+
+    if args.no_damage:
+        return False
+    return DamageRates(fold=0.05) if args.warp else True
+
+
 def _run_specimen_make(args: argparse.Namespace) -> int:
     from brainmap.specimen.synthetic import make_specimen
 
@@ -178,7 +222,8 @@ def _run_specimen_make(args: argparse.Namespace) -> int:
     dataset = make_specimen(
         args.product, args.out, experiment_id=args.experiment, gene=args.gene, plane=args.plane,
         pixel_size_um=args.pixel_size, seed=args.seed, truth_resolution_um=args.truth_resolution,
-        damage=not args.no_damage, alignment=args.alignment, overwrite=args.overwrite,
+        damage=_damage(args), alignment=args.alignment, overwrite=args.overwrite,
+        appearance=args.appearance, warp=bool(args.warp),
     )
     usable = sum(not image.failed for image in dataset.images)
     print(f"wrote {args.out}: data set {dataset.id}, {dataset.product} {dataset.plane}, "
@@ -186,10 +231,33 @@ def _run_specimen_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_specimen_import(args: argparse.Namespace) -> int:
+    from brainmap.specimen.importer import import_sections, import_stack
+
+    if args.stack:
+        if len(args.sources) != 1:
+            raise ValueError("--stack takes one source (a multi-page TIFF, a folder of planes, NRRD or NIfTI)")
+        if not args.orientation:
+            raise ValueError("--stack needs --orientation (brainglobe's three letters, e.g. psl)")
+        dataset = import_stack(args.sources[0], args.out, orientation=args.orientation, voxel_um=args.voxel_size,
+                               plane=args.plane, product=args.product, stain=args.stain, dataset_id=args.id,
+                               overwrite=args.overwrite)
+    else:
+        dataset = import_sections(args.sources, args.out, pixel_size_um=args.pixel_size,
+                                  section_thickness_um=args.section_thickness, plane=args.plane,
+                                  product=args.product, stain=args.stain, sampling_um=args.sampling,
+                                  numbers=args.numbers, dataset_id=args.id, pad=args.pad, overwrite=args.overwrite)
+    print(f"wrote {args.out}: data set {dataset.id}, {dataset.product} {dataset.plane}, {len(dataset.images)} "
+          f"sections, {dataset.pixel_size_um:g} um pixels, {dataset.metadata['stain']} "
+          f"({dataset.metadata['stain_source']}); align it with: brainmap align {args.out}")
+    return 0
+
+
 def _run_align(args: argparse.Namespace) -> int:
     from brainmap.pipeline.align import run_align_cli
 
-    run_align_cli(args.dataset_dir, reference_resolution_um=args.reference_resolution)
+    run_align_cli(args.dataset_dir, reference_resolution_um=args.reference_resolution, template=args.template,
+                  contrast=args.contrast, nonlinear=not args.affine_only)
     return 0
 
 

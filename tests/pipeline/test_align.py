@@ -1,5 +1,9 @@
 """The alignment module on small virtual specimens: accuracy against the truth, damage, write-back, errors.
 
+The specimens are drawn with appearances that share nothing with the aligner's template (fluorescence,
+brightfield, RGB: :mod:`brainmap.specimen.synthetic.appearance`), never the template-derived "nissl" one: no
+test compares the aligner with the template it was built from.
+
 The specimens are made by the virtual microscope with its truth at 100 um (the template and densities the
 images sample) and 50 um pixels, and aligned to the 100 um reference (the same resolution: the bundled coarse
 annotations are subsamples of the 25 um one, ``annotation_25[::4, ::4, ::4]``, so their voxel i holds the
@@ -48,6 +52,7 @@ from brainmap.specimen import (
     read_dataset,
     write_dataset,
 )
+from brainmap.specimen import pixels_to_reference, reference_to_pixels
 from brainmap.specimen.synthetic import read_truth
 from brainmap.specimen.synthetic.geometry import DamageRates
 from brainmap.specimen.synthetic.make import make_specimen
@@ -65,7 +70,7 @@ def connectivity(tmp_path_factory) -> Path:
     """A damaged coronal connectivity specimen (~130 sections), aligned in place with align_dataset."""
     folder = tmp_path_factory.mktemp("align") / "connectivity"
     make_specimen("connectivity", folder, experiment_id=112672974, seed=7, pixel_size_um=50.0,
-                  truth_resolution_um=RESOLUTION, damage=DAMAGE, progress=False)
+                  truth_resolution_um=RESOLUTION, damage=DAMAGE, progress=False, appearance="fluorescence")
     return folder
 
 
@@ -80,7 +85,7 @@ def sagittal(tmp_path_factory) -> Path:
     """A sagittal ISH specimen of the left hemisphere (~25 sections every 200 um)."""
     folder = tmp_path_factory.mktemp("align") / "sagittal"
     make_specimen("ish", folder, gene="Pvalb", plane="sagittal", seed=11, pixel_size_um=50.0,
-                  truth_resolution_um=RESOLUTION, damage=True, progress=False)
+                  truth_resolution_um=RESOLUTION, damage=True, progress=False, appearance="brightfield")
     return folder
 
 
@@ -126,6 +131,38 @@ def test_sagittal_half_brain_lands_on_its_hemisphere_and_is_accurate(sagittal, c
     sxy = image.alignment2d.tsv.apply(centre)
     point = dataset.alignment3d.tvr.apply(np.r_[sxy, dataset.section_position_um(image.section_number)])
     assert point[2] < 5700.0
+
+
+def test_non_linear_stage_recovers_a_warp_and_every_mapping_goes_through_it(tmp_path):
+    folder = tmp_path / "warped"
+    make_specimen("ish", folder, gene="Pvalb", seed=3, pixel_size_um=50.0, truth_resolution_um=RESOLUTION,
+                  damage=DamageRates(fold=0.05), progress=False, appearance="rgb", warp=(250.0, 300.0))
+    dataset = read_dataset(folder)
+    truth = read_truth(folder)
+    affine = align_sections(folder, dataset, AlignSettings(reference_resolution_um=RESOLUTION, nonlinear=False))
+    alignment2d, alignment3d = align_dataset(folder, reference_resolution_um=RESOLUTION, progress=False)
+    stored = read_dataset(folder)
+    assert stored.deformation is not None and (folder / "deformation.nrrd").exists()
+    both = dict(true_deformation=truth.deformation)
+    before = alignment_error(folder, dataset, affine.alignment2d, affine.alignment3d, truth.alignment2d,
+                             truth.alignment3d, **both)
+    after = alignment_error(folder, dataset, alignment2d, alignment3d, truth.alignment2d, truth.alignment3d,
+                            estimated_deformation=stored.deformation, **both)
+    assert after.median_um < before.median_um, (before.summary(), after.summary())
+    # image -> reference goes through the deformation, and reference -> image undoes it
+    image = stored.usable_images()[len(stored.usable_images()) // 2]
+    xy = np.array([[image.width / 2, image.height / 2], [image.width / 3, image.height / 2]])
+    affine_only = alignment3d.tvr.apply(np.c_[image.alignment2d.tsv.apply(xy),
+                                              np.full(2, stored.section_position_um(image.section_number))])
+    points = pixels_to_reference(stored, image, xy)
+    assert np.allclose(points, stored.deformation.apply(affine_only))
+    back = reference_to_pixels(stored, points)
+    assert np.all(back.section_image_id == image.id) and np.allclose(back.xy, xy, atol=0.05)
+    # aligning again without the non-linear stage removes the stale field
+    from brainmap.specimen import update_alignment
+
+    update_alignment(folder, affine.alignment2d, affine.alignment3d, None)
+    assert not (folder / "deformation.nrrd").exists() and read_dataset(folder).deformation is None
 
 
 # -- dataset.json ------------------------------------------------------------------------------------------------

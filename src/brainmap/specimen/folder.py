@@ -196,6 +196,10 @@ def _transform(fields: _Fields, where: str, kind: type[Alignment2d] | type[Align
 
 
 # -- files ----------------------------------------------------------------------------------------------------
+#: The non-linear part of a data set's alignment, beside ``dataset.json``.
+DEFORMATION_FILE = "deformation.nrrd"
+
+
 def _tifffile() -> Any:
     """tifffile, imported when first needed (so that the data model imports without it)."""
     try:
@@ -374,12 +378,18 @@ def _check_tiff(path: Path, image: SectionImage, channel: str, read_pixels: bool
 def read_dataset(folder: str | os.PathLike[str], *, check_files: bool = True) -> SectionDataSet:
     """Read a data set folder's ``dataset.json``.
 
-    With ``check_files`` (the default) every image file must exist and its TIFF header must say uint16 and the
+    A ``deformation.nrrd`` beside ``dataset.json`` (the non-linear part of the alignment) is read into
+    ``dataset.deformation``. With ``check_files`` (the default) every image file must exist and its TIFF header
+    must say uint16 and the
     size ``dataset.json`` gives (headers only, no pixels are read). Errors name the folder or file and the
     problem: :class:`MissingFileError` (also a ``FileNotFoundError``) or :class:`FormatError`.
     """
     folder = Path(folder)
     dataset = dataset_from_dict(_read_json(folder), str(folder / DATASET_FILE))
+    if (folder / DEFORMATION_FILE).exists():
+        from brainmap.specimen.deformation import DeformationField
+
+        dataset.deformation = DeformationField.read(folder / DEFORMATION_FILE)
     if check_files:
         for image, channel, _ in iter_image_files(dataset):
             _check_tiff(image_path(folder, image, channel), image, channel, read_pixels=False)
@@ -395,13 +405,15 @@ def read_section_image(folder: str | os.PathLike[str], image: SectionImage, chan
 
 def update_alignment(folder: str | os.PathLike[str],
                      alignment2d: Mapping[int, Alignment2d | None] | None = None,
-                     alignment3d: Alignment3d | None = None) -> SectionDataSet:
+                     alignment3d: Alignment3d | None = None, deformation: Any = None) -> SectionDataSet:
     """Store new alignments in a data set folder, rewriting ``dataset.json`` atomically (images untouched).
 
     Args:
         alignment2d: ``{image id: Alignment2d}`` for the images to change (``None`` as a value clears that
             image's alignment); images not named keep theirs.
         alignment3d: the data set's new Alignment3d; ``None`` keeps the current one.
+        deformation: with a new ``alignment3d``, its non-linear part (a DeformationField written to
+            ``deformation.nrrd``), or ``None``: a stale ``deformation.nrrd`` is then removed.
 
     Returns:
         The updated data set, as now stored.
@@ -419,6 +431,13 @@ def update_alignment(folder: str | os.PathLike[str],
             raise InvalidDataSetError(f"alignment3d must be an Alignment3d, got {type(alignment3d).__name__}")
         dataset.alignment3d = alignment3d
     text = _dataset_json_text(dataset)
+    if alignment3d is not None:
+        # the deformation first (each file is written atomically): never a new affine beside a stale field
+        if deformation is not None:
+            deformation.write(folder / DEFORMATION_FILE)
+        else:
+            (folder / DEFORMATION_FILE).unlink(missing_ok=True)
+        dataset.deformation = deformation
     with atomic_write(folder / DATASET_FILE, "w", encoding="utf-8") as fh:
         fh.write(text)
     return dataset

@@ -210,7 +210,10 @@ class SectionDataSet:
             connectivity, 200 for ISH); at least ``section_thickness_um``.
         pixel_size_um: image pixel size, microns (e.g. 0.35 for connectivity, ~1 for ISH).
         images: the sections, any order; ids and section numbers unique, file names unique.
-        alignment3d: specimen volume <-> reference; ``None`` before alignment.
+        alignment3d: specimen volume <-> reference; ``None`` before alignment (the affine part).
+        deformation: the non-linear part after ``alignment3d``
+            (:class:`~brainmap.specimen.deformation.DeformationField`, stored as ``deformation.nrrd`` beside
+            ``dataset.json``), or ``None``: specimen -> reference is ``W o tvr``.
         metadata: free JSON-serializable information: gene, probe, experiment id, injection structures and
             coordinates, ...
     """
@@ -224,6 +227,7 @@ class SectionDataSet:
     images: list[SectionImage] = field(default_factory=list)
     alignment3d: Alignment3d | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    deformation: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.id = _check_int("SectionDataSet.id", self.id, 0)
@@ -346,14 +350,21 @@ def image_to_specimen(dataset: SectionDataSet, image: SectionImage | int, xy_pix
 
 def specimen_to_reference(dataset: SectionDataSet, specimen_um: Any) -> np.ndarray:
     """Specimen volume ``(..., 3)`` ``(sx, sy, sz)`` microns -> reference ``(..., 3)`` ``(AP, DV, LR)`` microns
-    (``alignment3d.tvr``)."""
-    return _alignment3d(dataset).tvr.apply(_points(specimen_um, 3, "specimen_um"))
+    (``alignment3d.tvr``, then the data set's deformation if it has one)."""
+    points = _alignment3d(dataset).tvr.apply(_points(specimen_um, 3, "specimen_um"))
+    if dataset.deformation is not None:
+        points = dataset.deformation.apply(points.reshape(-1, 3)).reshape(points.shape)
+    return points
 
 
 def reference_to_specimen(dataset: SectionDataSet, reference_um: Any) -> np.ndarray:
     """Reference ``(..., 3)`` ``(AP, DV, LR)`` microns -> specimen volume ``(..., 3)`` ``(sx, sy, sz)`` microns
-    (``alignment3d.trv``)."""
-    return _alignment3d(dataset).trv.apply(_points(reference_um, 3, "reference_um"))
+    (the inverse of the data set's deformation if it has one, then ``alignment3d.trv``)."""
+    points = _points(reference_um, 3, "reference_um")
+    alignment = _alignment3d(dataset)
+    if dataset.deformation is not None:
+        points = dataset.deformation.inverse_apply(points.reshape(-1, 3)).reshape(points.shape)
+    return alignment.trv.apply(points)
 
 
 def pixels_to_reference(dataset: SectionDataSet, image: SectionImage | int, xy_pixels: Any) -> np.ndarray:
@@ -409,7 +420,7 @@ def reference_to_pixels(dataset: SectionDataSet, reference_um: Any) -> PixelLoca
     on it: ``(sx, sy, sz) = trv(point)``; ``sz`` picks the section (:func:`nearest_section_images`), its
     ``tvs(sx, sy)`` gives ``(x, y)``. Vectorized; the exact inverse of :func:`pixels_to_reference` for points
     that lie on a usable section."""
-    specimen = reference_to_specimen(dataset, reference_um)
+    specimen = reference_to_specimen(dataset, reference_um)  # through the deformation, if any
     image_index = nearest_section_images(dataset, specimen[..., 2])
     images = dataset.images
     matrices = np.stack([_tvs_matrix(image) for image in images])

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brainmap.specimen.folder import read_section_image
+from brainmap.specimen.deformation import DeformationField
 from brainmap.specimen.model import SectionDataSet
 from brainmap.specimen.transforms import Alignment2d, Alignment3d
 
-from brainmap.pipeline.align.reconstruct import choose_channel, normalize_section
+from brainmap.pipeline.align.reconstruct import choose_channel, normalize_section, read_alignment_image
 from brainmap.pipeline.align.register import block_mean
 
 __all__ = ["AlignmentErrorStats", "alignment_error", "reference_points", "tissue_pixels"]
@@ -98,18 +98,21 @@ def tissue_pixels(pixels: np.ndarray, pixel_size_um: float, count: int, rng: np.
 
 
 def reference_points(dataset: SectionDataSet, section_number: int, xy: np.ndarray, alignment2d: Alignment2d,
-                     alignment3d: Alignment3d) -> np.ndarray:
+                     alignment3d: Alignment3d, deformation: DeformationField | None = None) -> np.ndarray:
     """Pixels ``(n, 2)`` of the section at ``section_number`` -> reference ``(n, 3)`` (AP, DV, LR) um through
-    the given transforms."""
+    the given transforms (and the non-linear ``deformation`` after the affine, if any)."""
     sxy = alignment2d.tsv.apply(xy)
     sz = np.full((xy.shape[0], 1), dataset.section_position_um(section_number))
-    return alignment3d.tvr.apply(np.concatenate([sxy, sz], axis=1))
+    points = alignment3d.tvr.apply(np.concatenate([sxy, sz], axis=1))
+    return deformation.apply(points) if deformation is not None else points
 
 
 def alignment_error(folder: str | os.PathLike[str], dataset: SectionDataSet,
                     estimated2d: Mapping[int, Alignment2d], estimated3d: Alignment3d,
                     true2d: Mapping[int, Alignment2d], true3d: Alignment3d, *, points_per_section: int = 200,
-                    channel: str | None = None, seed: int = 0) -> AlignmentErrorStats:
+                    channel: str | None = None, seed: int = 0,
+                    true_deformation: DeformationField | None = None,
+                    estimated_deformation: DeformationField | None = None) -> AlignmentErrorStats:
     """The error of estimated alignments against true ones over tissue pixels of every usable section.
 
     Args:
@@ -121,6 +124,7 @@ def alignment_error(folder: str | os.PathLike[str], dataset: SectionDataSet,
         points_per_section: tissue points sampled per section.
         channel: the channel that shows tissue (default as the aligner).
         seed: the sampling seed.
+        true_deformation, estimated_deformation: non-linear warps after the affines (None: none).
 
     Raises:
         KeyError: a usable section has a true Alignment2d but no estimated one.
@@ -137,13 +141,14 @@ def alignment_error(folder: str | os.PathLike[str], dataset: SectionDataSet,
             continue
         if image.id not in estimated2d:
             raise KeyError(f"image {image.id} (section {image.section_number}) has no estimated Alignment2d")
-        xy = tissue_pixels(read_section_image(folder, image, channel), dataset.pixel_size_um, points_per_section,
+        xy = tissue_pixels(read_alignment_image(folder, image, channel), dataset.pixel_size_um, points_per_section,
                            rng)
         if xy.shape[0] == 0:
             continue
         n_sections += 1
-        truth = reference_points(dataset, image.section_number, xy, true2d[image.id], true3d)
-        estimate = reference_points(dataset, image.section_number, xy, estimated2d[image.id], estimated3d)
+        truth = reference_points(dataset, image.section_number, xy, true2d[image.id], true3d, true_deformation)
+        estimate = reference_points(dataset, image.section_number, xy, estimated2d[image.id], estimated3d,
+                                    estimated_deformation)
         errors.append(np.linalg.norm(estimate - truth, axis=1))
         normal_errors.append(np.abs(np.einsum("ij,j->i", estimate - truth, normal)))
         sections.append(np.full(xy.shape[0], image.section_number))

@@ -49,9 +49,13 @@ from tqdm import tqdm
 from brainmap.atlas import ReferenceSpace
 from brainmap.specimen.folder import read_dataset, update_alignment
 from brainmap.specimen.model import SPECIMEN_AXES, SectionDataSet, nominal_tvr
+from brainmap.specimen.deformation import DeformationField
 from brainmap.specimen.transforms import Affine2d, Affine3d, Alignment2d, Alignment3d
 
+from brainmap.pipeline.align.contrast import intensity_model_volume, shape_register
+from brainmap.pipeline.align.nonlinear import register_deformation
 from brainmap.pipeline.align.reconstruct import (
+    AlignmentError,
     SectionStack,
     SpecimenGrid,
     SpecimenVolume,
@@ -119,6 +123,11 @@ class AlignSettings:
             be off by a few hundred microns).
         sigmas_um: smoothing levels of the later 2-D refinements.
         channel: the image channel to align on (None: "tissue" or the first common channel).
+        contrast: ``"model"`` (default; contrast-agnostic, :mod:`.contrast`: a shape stage with flips and
+            hemispheres, then registration to the specimen's own per-structure intensity model, re-estimated in
+            turn) or ``"template"`` (the template's values as they are, correlation; the earlier aligner).
+        nonlinear: after the affine rounds, a smooth free-form deformation of the reference space
+            (:mod:`.nonlinear`), stored beside the Alignment3d.
     """
 
     reference_resolution_um: int = 25
@@ -134,6 +143,8 @@ class AlignSettings:
     first_sigmas_um: tuple[float, ...] = (200.0, 100.0, 50.0, 0.0)
     sigmas_um: tuple[float, ...] = (0.0,)
     channel: str | None = None
+    contrast: str = "model"
+    nonlinear: bool = True
 
     @property
     def section_working_um(self) -> float:
@@ -157,6 +168,8 @@ class AlignResult:
         rejected: image ids whose last 2-D refinement found nothing better than their current transform.
         seconds: wall time of the alignment.
         warnings: what looks wrong with the result (an implausible 3-D scale, a poor volume correlation).
+        doubtful_below: the section correlation under which a section is doubtful.
+        deformation: the non-linear deformation after the affine (``W o tvr``), or None.
     """
 
     alignment2d: dict[int, Alignment2d]
@@ -166,13 +179,16 @@ class AlignResult:
     rejected: list[int] = field(default_factory=list)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    doubtful_below: float = 0.6
+    deformation: DeformationField | None = None
 
     @property
     def doubtful(self) -> list[int]:
-        """Image ids whose final correlation with their template slice is below :data:`FALLBACK_BELOW`, or
+        """Image ids whose final correlation with their template slice is below ``doubtful_below``
+        (:data:`FALLBACK_BELOW`, scaled by what the data set's volume reaches with its target), or
         that show no tissue: their Alignment2d is the aligner's best guess but may be wrong (a section at the
         edge of the reference volume, one with almost no tissue, a failed one)."""
-        return [i for i, c in self.section_correlation.items() if not (c >= FALLBACK_BELOW)]
+        return [i for i, c in self.section_correlation.items() if not (c >= self.doubtful_below)]
 
     def summary(self) -> str:
         """One line: sections, correlations, doubtful sections, time."""
@@ -195,6 +211,8 @@ class ReferenceTemplate:
         volume: float32 (AP, DV, LR), values 0..1.
         resolution_um: voxel size, microns.
         brain: bool (AP, DV, LR), annotation > 0.
+        labels: compact annotation labels (AP, DV, LR; 0 outside the brain) for the contrast-agnostic intensity
+            model (:mod:`.contrast`), or None (then only the template's own values can be registered to).
         pyramid: coarser/smoothed versions with gradients, made on demand (the 3-D registration's moving images).
         sampler: trilinear values of ``volume`` at reference points (template slices).
     """
@@ -202,6 +220,7 @@ class ReferenceTemplate:
     volume: np.ndarray
     resolution_um: float
     brain: np.ndarray
+    labels: np.ndarray | None = field(default=None, repr=False, compare=False)
     pyramid: TemplatePyramid = field(init=False, repr=False, compare=False)
     sampler: Sampler = field(init=False, repr=False, compare=False)
     _sitk: dict = field(init=False, repr=False, compare=False, default_factory=dict)
@@ -223,6 +242,21 @@ class ReferenceTemplate:
             out[name] = (idx + 0.5) * res
         return out
 
+    def brain_pyramid(self) -> TemplatePyramid:
+        """The brain mask (0/1) as a pyramid: the shape stage's moving image."""
+        if "brain" not in self._sitk:
+            self._sitk["brain"] = TemplatePyramid(self.brain.astype(np.float32), self.resolution_um)
+        return self._sitk["brain"]
+
+    def modelled(self, volume: SpecimenVolume, tvr: Affine3d, deformation: DeformationField | None = None
+                 ) -> ReferenceTemplate:
+        """A template whose values are the specimen's own mean intensity per annotated structure at ``tvr``
+        (:func:`.contrast.intensity_model_volume`), same brain and labels."""
+        if self.labels is None:
+            raise AlignmentError("the contrast-agnostic intensity model needs the annotation's labels")
+        model = intensity_model_volume(self.labels, self.resolution_um, volume, tvr, deformation=deformation)
+        return ReferenceTemplate(model, self.resolution_um, self.brain, self.labels)
+
     def sitk_image(self, voxel_um: float):
         """The template block-averaged to about ``voxel_um`` as a SimpleITK image (physical AP, DV, LR um)."""
         factor = max(1, int(round(voxel_um / self.resolution_um)))
@@ -232,14 +266,56 @@ class ReferenceTemplate:
 
 
 @functools.lru_cache(maxsize=1)
-def reference_template(resolution_um: int = 25) -> ReferenceTemplate:
-    """The bundled reference space's Nissl-like template at ``resolution_um`` (25, 50 or 100), made once per
-    process (:func:`brainmap.specimen.synthetic.template.make_template`, seed 0, ~5 s at 25 um)."""
-    from brainmap.specimen.synthetic.template import make_template
+def reference_template(resolution_um: int = 25, *, use_cache: bool = True) -> ReferenceTemplate:
+    """The reference template at ``resolution_um`` (25, 50 or 100), made once per process: a cached average
+    template if there is one (:func:`cached_template_path`), else the bundled reference space's
+    annotation-derived Nissl-like one (:func:`brainmap.atlas.template.make_template`, seed 0, ~5 s at 25 um)."""
+    from brainmap.atlas.template import make_template
+
+    cached = cached_template_path(resolution_um) if use_cache else None
+    if cached is not None:
+        log.info("reference template: %s", cached)
+        return template_from_file(cached, resolution_um)
 
     space = ReferenceSpace.bundled(resolution_um)
     volume = np.ascontiguousarray(make_template(space, seed=0), dtype=np.float32)
-    return ReferenceTemplate(volume, float(space.resolution[0]), np.ascontiguousarray(space.annotation > 0))
+    return ReferenceTemplate(volume, float(space.resolution[0]), np.ascontiguousarray(space.annotation > 0),
+                             np.ascontiguousarray(space.label_index.compact))
+
+
+#: Where a cached average template is looked for (``average_template_{resolution}.nrrd``, e.g. Allen's, which
+#: ``ReferenceSpaceCache.get_template_volume`` fetches): ``$BRAINMAP_TEMPLATE_DIR``, else ``~/.cache/brainmap``.
+TEMPLATE_DIR_ENV = "BRAINMAP_TEMPLATE_DIR"
+
+
+def cached_template_path(resolution_um: int) -> Path | None:
+    """The cached average template file for ``resolution_um``, if there is one (see :data:`TEMPLATE_DIR_ENV`)."""
+    folder = Path(os.environ.get(TEMPLATE_DIR_ENV) or Path.home() / ".cache" / "brainmap")
+    path = folder / f"average_template_{int(resolution_um)}.nrrd"
+    return path if path.is_file() else None
+
+
+def template_from_file(path: str | os.PathLike[str], resolution_um: int = 25) -> ReferenceTemplate:
+    """A reference template from a volume file in the CCF (NRRD, ``(AP, DV, LR)`` at ``resolution_um``, e.g.
+    Allen's ``average_template_25.nrrd``), scaled to 0..1 (its 99.9th percentile), with the bundled brain mask
+    and labels.
+
+    Raises:
+        AlignmentError: the file does not have the reference volume's shape at ``resolution_um``.
+        FormatError / MissingFileError: from the NRRD reader.
+    """
+    from brainmap.io.nrrd import read_nrrd
+
+    space = ReferenceSpace.bundled(resolution_um)
+    volume, _ = read_nrrd(path)
+    if tuple(volume.shape) != tuple(space.shape):
+        raise AlignmentError(f"{path}: a template of shape {tuple(volume.shape)}; the reference volume at "
+                             f"{resolution_um} um is {tuple(space.shape)} (AP, DV, LR)")
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    top = float(np.percentile(volume[::4, ::4, ::4], 99.9)) or 1.0
+    volume = np.clip(volume / top, 0.0, 1.0)
+    return ReferenceTemplate(volume, float(space.resolution[0]), np.ascontiguousarray(space.annotation > 0),
+                             np.ascontiguousarray(space.label_index.compact))
 
 
 # -- 3-D ----------------------------------------------------------------------------------------------------------
@@ -278,6 +354,14 @@ def _lr_extent_ratio(volume: SpecimenVolume, template: ReferenceTemplate, plane:
     brain_lo, brain_hi = np.percentile(np.repeat(lr, np.count_nonzero(template.brain, axis=(0, 1))[lr]),
                                        [1, 99]) * template.resolution_um
     return float((hi - lo) / max(brain_hi - brain_lo, 1.0))
+
+
+def _start_names(volume: SpecimenVolume, template: ReferenceTemplate, plane: str) -> list[str]:
+    """Where the specimen may sit: the whole brain (it spans more than 3/4 of the brain's width), a hemisphere
+    (less than 0.6), or any of the three."""
+    ratio = _lr_extent_ratio(volume, template, plane)
+    return ["brain"] if ratio > WHOLE_BRAIN_ABOVE else ["left", "right"] if ratio < HEMISPHERE_BELOW \
+        else ["brain", "left", "right"]
 
 
 def choose_start(volume: SpecimenVolume, template: ReferenceTemplate, plane: str, *,
@@ -401,14 +485,18 @@ WIDE_SIGMAS_UM = (200.0, 100.0, 50.0, 0.0)
 def refine_sections(stack: SectionStack, transforms: list[Affine2d], template: ReferenceTemplate, tvr: Affine3d,
                     *, sigmas_um: tuple[float, ...] = (100.0, 50.0, 0.0), max_points: int = 20000,
                     centroid_start: bool = True, progress: bool = False,
-                    description: str = "refining sections") -> tuple[list[Affine2d], np.ndarray, list[int]]:
+                    description: str = "refining sections", expected: float = 1.0
+                    ) -> tuple[list[Affine2d], np.ndarray, list[int]]:
     """2-D affine registration of every section (fixed) to the template resampled into its plane (moving),
     :func:`.register.register_affine_2d`.
 
     Each section is registered from its current transform; with ``centroid_start``, or when that gives a
     correlation below :data:`RETRY_BELOW`, also from the centroid start (the current transform moved so that
     the section's tissue centroid lands on the template slice's tissue centroid; it rescues a section placed
-    far off). Of the starts and the results that are plausible (:func:`_plausible`), the one with the highest
+    far off). ``expected`` (0..1) scales :data:`RETRY_BELOW` and :data:`FALLBACK_BELOW`: the correlation a
+    well-aligned section reaches with its target relative to a template made like it (the contrast-agnostic
+    intensity model is piecewise constant, and real sections correlate less with it). Of the starts and the
+    results that are plausible (:func:`_plausible`), the one with the highest
     correlation wins (all are measured on the same pixels and slice). The template slice is sampled at the
     coarser of the section's working pixel and the template voxel, over the brain's extent in the plane.
 
@@ -436,7 +524,7 @@ def refine_sections(stack: SectionStack, transforms: list[Affine2d], template: R
         candidates = [(first.start_metric, 0, transforms[k])]
         if _plausible(first.transform):
             candidates.append((first.metric, 1, first.transform))
-        if centroid_start or -min(candidates)[0] < RETRY_BELOW:
+        if centroid_start or -min(candidates)[0] < RETRY_BELOW * expected:
             if not centroid_start:
                 grid = _section_grid(stack, k, transforms[k], plane_box, spacing)
                 slice_ = template_slice(template, tvr, float(stack.sz_um[k]), grid)
@@ -454,8 +542,8 @@ def refine_sections(stack: SectionStack, transforms: list[Affine2d], template: R
         correlation[k] = -metric
         if which == 0:
             kept.append(k)
-    for k in np.flatnonzero(correlation < FALLBACK_BELOW):
-        placed = place_by_neighbour(stack, int(k), refined, correlation)
+    for k in np.flatnonzero(correlation < FALLBACK_BELOW * expected):
+        placed = place_by_neighbour(stack, int(k), refined, correlation, good=RETRY_BELOW * expected)
         if placed is not None:
             log.debug("section %d: correlation %.3f with the template; placed by its neighbour",
                       stack.section_images[k].section_number, correlation[k])
@@ -525,6 +613,12 @@ def _fill_empty_sections(stack: SectionStack, transforms: list[Affine2d]) -> lis
             for k, t in enumerate(transforms)]
 
 
+#: The non-linear stage runs only on data sets with at least this many usable sections: on a 23-section sagittal
+#: hemisphere (200 um apart) it overfitted (95th percentile error 104 -> 357 um, measured), while it helped on
+#: 34 real coronal sections and on 64-131-section virtual specimens.
+NONLINEAR_MIN_SECTIONS = 30
+
+
 # -- the whole module -----------------------------------------------------------------------------------------------
 def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | None = None,
                    settings: AlignSettings = AlignSettings(), *, template: ReferenceTemplate | None = None,
@@ -558,17 +652,32 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
     grid = covering_grid(coarse, transforms, coarse.working_um)  # the volume's in-plane grid, kept
     tvr: Affine3d | None = None
     rounds = max(1, settings.rounds)
+    if settings.contrast not in ("model", "template"):
+        raise ValueError(f"contrast must be 'model' or 'template', got {settings.contrast!r}")
     for round_ in range(1, rounds + 1):
         first = round_ == 1
         volume = build_volume(coarse, transforms, grid)
+        target = template
+        if settings.contrast == "model":
+            if first:
+                tvr, shape_correlation, start = shape_register(
+                    volume, template.brain_pyramid(), dataset.plane, template.centroids_um(),
+                    _start_names(volume, template, dataset.plane))
+                log.info("shape stage (start %s, correlation %.3f): %.1f s", start, shape_correlation,
+                         time.perf_counter() - started)
+            target = template.modelled(volume, tvr)
         tvr, volume_correlation = register_to_template(
-            volume, template, dataset.plane, initial=tvr, max_points=settings.volume_points,
+            volume, target, dataset.plane, initial=tvr, max_points=settings.volume_points,
             sigmas_um=settings.first_volume_sigmas_um if first else settings.volume_sigmas_um)
         log.info("round %d/%d, 3-D (correlation %.3f): %.1f s", round_, rounds, volume_correlation,
                  time.perf_counter() - started)
+        if settings.contrast == "model":
+            target = template.modelled(volume, tvr)
+        # what a well-aligned section reaches: the volume's correlation relative to the template's typical 0.9
+        expected = 1.0 if settings.contrast == "template" else float(np.clip(volume_correlation / 0.9, 0.3, 1.0))
         # the first round refines at the volume's (coarse) pixel, later rounds at the section working pixel
         transforms, correlation, rejected = refine_sections(
-            coarse if first else stack, transforms, template, tvr, progress=progress,
+            coarse if first else stack, transforms, target, tvr, progress=progress, expected=expected,
             centroid_start=first and settings.first_centroid_start,
             max_points=settings.section_points,
             sigmas_um=settings.first_sigmas_um if first else settings.sigmas_um,
@@ -576,6 +685,16 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         log.info("round %d/%d, 2-D at %g um: %.1f s", round_, rounds, (coarse if first else stack).working_um,
                  time.perf_counter() - started)
     assert tvr is not None
+    deformation = None
+    usable = int(sum(stack.has_tissue(k) and not stack.failed[k] for k in range(len(stack))))
+    if settings.nonlinear and usable < NONLINEAR_MIN_SECTIONS:
+        log.info("non-linear stage skipped: %d usable sections (fewer than %d)", usable, NONLINEAR_MIN_SECTIONS)
+    elif settings.nonlinear:
+        volume = build_volume(coarse, transforms, grid)
+        target = template.modelled(volume, tvr) if settings.contrast == "model" else template
+        deformation, before, after = register_deformation(volume, tvr, target.pyramid)
+        log.info("non-linear stage (correlation %.3f -> %.3f%s): %.1f s", before, after,
+                 "" if deformation is not None else ", refused", time.perf_counter() - started)
     transforms = _fill_empty_sections(stack, transforms)
     warnings = _check_result(tvr, volume_correlation)
     for warning in warnings:
@@ -588,7 +707,8 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         section_correlation={image.id: float(c) for image, c in zip(stack.section_images, correlation)},
         volume_correlation=float(volume_correlation),
         rejected=[stack.section_images[k].id for k in rejected],
-        seconds=time.perf_counter() - started, warnings=warnings)
+        seconds=time.perf_counter() - started, warnings=warnings, doubtful_below=FALLBACK_BELOW * expected,
+        deformation=deformation)
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,
@@ -610,17 +730,27 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
     """
     result = align_sections(folder, settings=AlignSettings(reference_resolution_um=reference_resolution_um),
                             progress=progress)
-    update_alignment(folder, result.alignment2d, result.alignment3d)
+    update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
     return result.alignment2d, result.alignment3d
 
 
-def run_align_cli(folder: str | os.PathLike[str], reference_resolution_um: int = 25) -> AlignResult:
-    """``brainmap align DIR``: align the data set in ``folder``, write the transforms into its
-    ``dataset.json`` and print a one-line summary (progress bars on stderr). Returns the result."""
+def run_align_cli(folder: str | os.PathLike[str], reference_resolution_um: int = 25, *,
+                  template: str | os.PathLike[str] | None = None, contrast: str = "model",
+                  nonlinear: bool = True) -> AlignResult:
+    """``brainmap align DIR [--template FILE] [--contrast model|template] [--affine-only]``: align the data set
+    in ``folder``, write the transforms into its ``dataset.json`` (and ``deformation.nrrd``) and print a
+    one-line summary (progress bars on stderr). Returns the result.
+
+    ``template``: a volume in the CCF at ``reference_resolution_um`` (e.g. Allen's average template) instead of
+    the default (a cached average template, else the annotation-derived one). With ``contrast="model"`` only
+    its brain and labels matter (the specimen's own intensity model is registered to); with ``"template"`` its
+    values are registered to directly (a specimen of the same contrast)."""
     folder = Path(folder)
     dataset = read_dataset(folder)
-    result = align_sections(folder, dataset, AlignSettings(reference_resolution_um=reference_resolution_um),
-                            progress=True)
-    update_alignment(folder, result.alignment2d, result.alignment3d)
+    reference = template_from_file(template, reference_resolution_um) if template is not None else None
+    result = align_sections(folder, dataset, AlignSettings(reference_resolution_um=reference_resolution_um,
+                                                           contrast=contrast, nonlinear=nonlinear),
+                            template=reference, progress=True)
+    update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
     print(f"aligned data set {dataset.id} ({dataset.product}, {dataset.plane}) in {folder}: {result.summary()}")
     return result

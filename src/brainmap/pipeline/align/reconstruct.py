@@ -131,16 +131,25 @@ class SectionStack:
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
+#: The pseudo-channel of a colour image stored as channels ``red``, ``green``, ``blue``: their sum.
+RGB = "rgb"
+RGB_CHANNELS = ("red", "green", "blue")
+
+
 def choose_channel(dataset: SectionDataSet, channel: str | None = None) -> str:
-    """The channel to align on: ``channel`` if given (every image must have it), else the first of
-    :data:`PREFERRED_CHANNELS` that every image has, else the first channel of the first image."""
+    """The channel to align on: ``channel`` if given (every image must have it; ``"rgb"``: the sum of the
+    ``red``, ``green`` and ``blue`` channels), else the first of :data:`PREFERRED_CHANNELS` that every image
+    has -- with ``"rgb"`` before ``"red"`` when all three colours are there -- else the first channel of the first
+    image."""
     common = set.intersection(*(set(image.channels) for image in dataset.images)) if dataset.images else set()
+    if set(RGB_CHANNELS) <= common:
+        common.add(RGB)
     if channel is not None:
         if channel not in common:
             raise AlignmentError(f"SectionDataSet {dataset.id}: not every image has channel {channel!r} "
                                  f"(channels common to all images: {sorted(common)})")
         return channel
-    for name in PREFERRED_CHANNELS:
+    for name in PREFERRED_CHANNELS[:2] + (RGB,) + PREFERRED_CHANNELS[2:]:
         if name in common:
             return name
     if not common:
@@ -148,30 +157,78 @@ def choose_channel(dataset: SectionDataSet, channel: str | None = None) -> str:
     return next(name for name in dataset.images[0].channels if name in common)
 
 
+def _flatten_border(a: np.ndarray) -> np.ndarray:
+    """The image less a quadratic surface fitted (robustly: twice, without the points beyond 3 median absolute
+    deviations) to its border strips (1/16 of each side, taken as bare slide), plus the surface's median: an
+    uneven illumination of the slide evened out. Images under 16 pixels a side are returned as they are."""
+    rows, cols = a.shape
+    if min(rows, cols) < 16:
+        return a
+    br, bc = max(1, rows // 16), max(1, cols // 16)
+    strip = np.zeros(a.shape, dtype=bool)
+    strip[:br] = strip[-br:] = True
+    strip[:, :bc] = strip[:, -bc:] = True
+    r, c = np.nonzero(strip)
+    r, c = r[::3], c[::3]
+    y, x = r / rows - 0.5, c / cols - 0.5
+    design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+    values = a[r, c].astype(np.float64)
+    keep = np.ones(values.size, dtype=bool)
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        residual = values - design @ coef
+        mad = 1.4826 * np.median(np.abs(residual[keep])) + 1e-9
+        keep = np.abs(residual) < 3 * mad
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    yy, xx = yy / rows - 0.5, xx / cols - 0.5
+    surface = (coef[0] + coef[1] * xx + coef[2] * yy + coef[3] * xx * xx + coef[4] * xx * yy
+               + coef[5] * yy * yy).astype(np.float32)
+    return a - surface + np.float32(np.median(surface))
+
+
 def normalize_section(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A working image made tissue-positive on a zero background, and its tissue mask.
 
-    The background level is the median of the image border (1/16 of each side); if the image centre is darker
-    than that (bright-field: dark tissue on a bright slide), the image is inverted. The mask is an Otsu-based
-    threshold of the lightly smoothed image (:func:`tissue_mask`); the values are then divided by their median
-    in the mask, so every section has tissue ~1 whatever its staining or exposure, and set to 0 farther than
-    3 pixels from the mask (dust, labels, glare on bare glass).
+    Nothing is assumed about the stain. A quadratic surface fitted to the image border (1/16 of each side) is
+    evened out (:func:`_flatten_border`); the background level is then the border's median; the tissue lies on the side of it with the longer tail (the 0.5th and 99.5th percentiles: dark
+    tissue on a bright slide -- brightfield -- is inverted; bright on dark -- fluorescence -- is kept). The mask
+    is an Otsu-based threshold of the lightly smoothed image (:func:`tissue_mask`). Then the background is
+    re-estimated as a smooth surface from the pixels away from the tissue (normalized Gaussian convolution over
+    about 1/6 of the image; a bias field or uneven illumination of the slide), subtracted, and the mask found
+    again. The values are divided by their median in the mask, so every section has tissue ~1 whatever its
+    staining or exposure, and set to 0 farther than 3 pixels from the mask (dust, labels, glare on bare glass).
 
     Returns:
         ``(values float32, mask bool)``; an image without tissue gets an empty mask and zeros.
     """
-    a = np.asarray(image, dtype=np.float32)
+    a = _flatten_border(np.asarray(image, dtype=np.float32))
     rows, cols = a.shape
     br, bc = max(1, rows // 16), max(1, cols // 16)
     border = np.concatenate([a[:br:2].ravel(), a[-br::2].ravel(), a[::2, :bc].ravel(), a[::2, -bc:].ravel()])
     background = float(np.median(border))
-    centre = a[rows // 4: rows - rows // 4 or None: 2, cols // 4: cols - cols // 4 or None: 2]
-    sign = 1.0 if float(np.percentile(centre, 75)) >= background else -1.0
-    values = a - np.float32(background)
-    if sign < 0:
-        values = -values
+    low, high = np.percentile(a[::2, ::2], [0.5, 99.5])
+    sign = 1.0 if high - background >= background - low else -1.0
+    values = (a - np.float32(background)) * np.float32(sign)
     smooth = ndimage.gaussian_filter(values, 1.0)
     mask = tissue_mask(smooth, noise=_border_noise(smooth))
+    if 10 <= mask.sum() < mask.size * 0.9:
+        # the slide's own level as a smooth surface from the pixels well away from the tissue
+        away = ~ndimage.binary_dilation(mask, iterations=3)
+        # on a grid of ~48 cells across (the surface is smooth), then interpolated back
+        f = max(1, int(max(rows, cols) // 48))
+        weight = block_mean(away.astype(np.float32), f)
+        surface = block_mean(np.where(away, smooth, 0.0).astype(np.float32), f)
+        sigma = max(weight.shape) / 6.0
+        weight = ndimage.gaussian_filter(weight, sigma, mode="nearest")
+        surface = ndimage.gaussian_filter(surface, sigma, mode="nearest")
+        fallback = float(np.median(smooth[away])) if away.any() else 0.0
+        surface = np.where(weight > 0.02, surface / np.maximum(weight, 1e-6), fallback).astype(np.float32)
+        if f > 1:
+            surface = ndimage.zoom(surface, (rows / surface.shape[0], cols / surface.shape[1]), order=1,
+                                   mode="nearest", grid_mode=True)[:rows, :cols]
+        values -= surface
+        smooth = ndimage.gaussian_filter(values, 1.0)
+        mask = tissue_mask(smooth, noise=_border_noise(smooth))
     if mask.sum() < 10:
         return np.zeros_like(values), np.zeros(values.shape, dtype=bool)
     scale = float(np.median(values[mask][::4]))
@@ -196,13 +253,14 @@ def _otsu(values: np.ndarray) -> float:
 
 
 def _border_noise(image: np.ndarray) -> float:
-    """Standard deviation of the background noise, from the median absolute deviation of the image border
-    (1/16 of each side)."""
+    """Standard deviation of the background noise: the median absolute difference of neighbouring pixels
+    along the image border (1/16 of each side), which a smooth bias field or uneven illumination does not
+    inflate."""
     rows, cols = image.shape
-    br, bc = max(1, rows // 16), max(1, cols // 16)
-    border = np.concatenate([image[:br].ravel(), image[-br:].ravel(), image[:, :bc].ravel(),
-                             image[:, -bc:].ravel()])
-    return float(1.4826 * np.median(np.abs(border - np.median(border))))
+    br, bc = max(2, rows // 16), max(2, cols // 16)
+    diffs = np.concatenate([np.diff(image[:br], axis=1).ravel(), np.diff(image[-br:], axis=1).ravel(),
+                            np.diff(image[:, :bc], axis=0).ravel(), np.diff(image[:, -bc:], axis=0).ravel()])
+    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2.0))
 
 
 def tissue_mask(smooth: np.ndarray, noise: float = 0.0) -> np.ndarray:
@@ -234,9 +292,17 @@ def tissue_mask(smooth: np.ndarray, noise: float = 0.0) -> np.ndarray:
     return mask
 
 
+def read_alignment_image(folder: str | os.PathLike[str], image: SectionImage, channel: str) -> np.ndarray:
+    """One image's alignment channel: a stored channel's pixels, or for ``"rgb"`` the sum of its colours
+    (float32)."""
+    if channel == RGB:
+        return sum(read_section_image(folder, image, c).astype(np.float32) for c in RGB_CHANNELS)
+    return read_section_image(folder, image, channel)
+
+
 def _read_working(folder: str | os.PathLike[str], image: SectionImage, channel: str, factor: int
                   ) -> tuple[np.ndarray, np.ndarray]:
-    pixels = read_section_image(folder, image, channel)
+    pixels = read_alignment_image(folder, image, channel)
     return normalize_section(block_mean(pixels, factor))
 
 
@@ -396,6 +462,8 @@ class SpecimenVolume:
         origin_um: ``(sx, sy, sz)`` of voxel ``[0, 0, 0]``'s centre.
         spacing_um: ``(sx, sy, sz)`` voxel spacing.
         slot_of_section: the slot of every section of the stack (-1 if off the grid).
+        tissue: float32, same shape: each usable section's tissue mask placed on the grid (0..1, undilated);
+            the shape the contrast-agnostic stage registers.
     """
 
     volume: np.ndarray
@@ -403,6 +471,7 @@ class SpecimenVolume:
     origin_um: tuple[float, float, float]
     spacing_um: tuple[float, float, float]
     slot_of_section: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    tissue: np.ndarray | None = None
 
     def centroid_um(self) -> np.ndarray:
         """Specimen ``(sx, sy, sz)`` um of the centre of mass of the mask."""
@@ -430,13 +499,15 @@ def build_volume(stack: SectionStack, transforms: Sequence[Affine2d], grid: Spec
     n_slots = int(slots.max()) + 1
     volume = np.zeros((n_slots,) + grid.shape, dtype=np.float32)
     mask = np.zeros((n_slots,) + grid.shape, dtype=np.uint8)
+    tissue = np.zeros((n_slots,) + grid.shape, dtype=np.float32)
     filled = np.zeros(n_slots, dtype=bool)
     for k in range(len(stack)):
         if stack.failed[k] or not stack.has_tissue(k):
             continue
         s = slots[k]
         volume[s] = place_section(stack, k, transforms[k], grid)
-        placed_mask = place_section(stack, k, transforms[k], grid, mask=True) >= 0.5
+        tissue[s] = place_section(stack, k, transforms[k], grid, mask=True)
+        placed_mask = tissue[s] >= 0.5
         if dilate_px:
             placed_mask = ndimage.binary_dilation(placed_mask, iterations=dilate_px)
         mask[s] = placed_mask
@@ -449,4 +520,4 @@ def build_volume(stack: SectionStack, transforms: Sequence[Affine2d], grid: Spec
         neighbours = ([below[-1]] if below.size else []) + ([above[0]] if above.size else [])
         volume[s] = np.mean([volume[j] for j in neighbours], axis=0)
     return SpecimenVolume(volume, mask, (grid.origin[0], grid.origin[1], sz0), (grid.spacing, grid.spacing, dz),
-                          slots)
+                          slots, tissue)

@@ -58,7 +58,7 @@ from brainmap.io.metaimage import write_metaimage
 from brainmap.io.nrrd import write_nrrd
 from brainmap.pipeline.detect.core import DetectionResult
 from brainmap.pipeline.grid.resample import GridSpec, _footprint_shares, block_centres, block_sums
-from brainmap.specimen.model import SectionDataSet, SectionImage
+from brainmap.specimen.model import SectionDataSet, SectionImage, reference_to_specimen
 
 __all__ = [
     "EXPRESSION_QUANTITIES",
@@ -119,7 +119,7 @@ def expression_lattice(dataset: SectionDataSet, spec: GridSpec, cell_um: float |
     lo = np.asarray(spec.origin_um)
     hi = lo + np.asarray(spec.shape) * spec.resolution_um
     corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-    specimen = dataset.alignment3d.trv.apply(corners)
+    specimen = reference_to_specimen(dataset, corners)  # through the deformation, if any
     sx0 = math.floor(specimen[:, 0].min() / cell) * cell - cell
     sy0 = math.floor(specimen[:, 1].min() / cell) * cell - cell
     nx = int(math.ceil((specimen[:, 0].max() - sx0) / cell)) + 1
@@ -236,7 +236,7 @@ def expression_volumes(accumulator: ExpressionAccumulator, dataset: SectionDataS
         for dy in offsets:
             for dx in offsets:
                 points = centres + spec.resolution_um * np.array([dz, dy, dx])
-                specimen = dataset.alignment3d.trv.apply(points)
+                specimen = reference_to_specimen(dataset, points)  # through the deformation, if any
                 coords = np.stack([
                     (specimen[:, 2] - lattice.z0_um) / lattice.dz_um,
                     (specimen[:, 1] - lattice.origin_um[1]) / lattice.cell_um - 0.5,

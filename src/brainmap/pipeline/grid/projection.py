@@ -118,6 +118,8 @@ def grid_projection_section(dataset: SectionDataSet, image: SectionImage, detect
     matrix, offset = section_affine(dataset, image)
     xs, ys = x.ravel(), y.ravel()
     points = np.stack([matrix[a, 0] * xs + matrix[a, 1] * ys + offset[a] for a in range(3)], axis=1)
+    if dataset.deformation is not None:  # the non-linear part of the alignment, after the affine
+        points = dataset.deformation.apply(points)
     direction = dataset.alignment3d.tvr.matrix[:, 2]
     normal = np.cross(matrix[:, 0], matrix[:, 1])
     pixel_um = float(np.sqrt(abs(np.linalg.det(image.alignment2d.tsv.matrix))))

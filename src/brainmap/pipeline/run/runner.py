@@ -149,7 +149,7 @@ def _restore_alignment(layout: PipelineFolder) -> None:
     dataset = read_dataset(folder, check_files=False)
     current = {i.id: i.alignment2d for i in dataset.images}
     if dataset.alignment3d != alignment3d or any(current.get(k) != v for k, v in alignment2d.items()):
-        update_alignment(folder, alignment2d, alignment3d)
+        update_alignment(folder, alignment2d, alignment3d, dataset.deformation)
 
 
 def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:

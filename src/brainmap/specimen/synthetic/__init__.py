@@ -1,7 +1,9 @@
 """The virtual microscope: realistic synthetic section data sets that know their ground truth.
 
-- :mod:`~brainmap.specimen.synthetic.template` -- :func:`make_template`, a Nissl-like reference template made
-  from the annotation (also the aligner's target image).
+- :mod:`~brainmap.specimen.synthetic.template` -- :func:`make_template`, re-exported from
+  :mod:`brainmap.atlas.template` (the aligner's target image; the default "nissl" appearance draws from it).
+- :mod:`~brainmap.specimen.synthetic.appearance` -- appearances that share nothing with the template
+  (fluorescence, brightfield, RGB stains; bias fields, structured noise) and the smooth non-linear warp.
 - :mod:`~brainmap.specimen.synthetic.geometry` -- the true specimen pose (:func:`random_specimen_transform`),
   section sampling, per-section 2-D jitter and damage (:func:`plan_specimen`).
 - :mod:`~brainmap.specimen.synthetic.signal` -- the truth signal density per reference voxel: ISH expression
@@ -36,7 +38,7 @@ __all__ = [
 
 def __getattr__(name: str):
     """The heavier modules load on first use, so ``from brainmap.specimen.synthetic import make_template`` stays
-    light (the aligner imports it)."""
+    light."""
     if name in ("DamageRates", "plan_specimen", "random_specimen_transform"):
         from brainmap.specimen.synthetic import geometry
 

@@ -60,6 +60,8 @@ class DamageRates:
         failed: the section is badly damaged (a large part of the tissue lost) and flagged ``failed``.
         tear: a thin crack without tissue along a random curve.
         bubble: an air bubble: an ellipse with less tissue, a bright haze and a bright rim.
+        fold: a fold: a band of tissue (100-400 um) lies folded over its neighbour band (doubled there, bare
+            glass where it came from); drawn only when above 0, so specimens without folds keep their draws.
         at_least_one: when no section drew any damage, give one (not the first or last) a tear, so that a
             damaged data set always shows damage.
     """
@@ -69,6 +71,7 @@ class DamageRates:
     tear: float = 0.08
     bubble: float = 0.05
     at_least_one: bool = True
+    fold: float = 0.0
 
     @classmethod
     def none(cls) -> DamageRates:
@@ -270,6 +273,16 @@ def _draw_bubble(rng: np.random.Generator, center: np.ndarray, size_px: np.ndarr
             "axes": axes.round(2).tolist(), "angle_deg": float(rng.uniform(0, 180))}
 
 
+def _draw_fold(rng: np.random.Generator, center: np.ndarray, size_px: np.ndarray, pixel_um: float) -> dict:
+    """A fold: a straight line across the tissue; the band of 100-400 um behind it lies folded over the band in
+    front of it."""
+    angle = rng.uniform(0, 2 * np.pi)
+    normal = np.array([np.cos(angle), np.sin(angle)])
+    point = center + normal * rng.uniform(0.15, 0.4) * float(np.min(size_px))
+    return {"kind": "fold", "point": point.round(2).tolist(), "normal": normal.round(6).tolist(),
+            "width_px": float(rng.uniform(100.0, 400.0) / pixel_um)}
+
+
 def _draw_loss(rng: np.random.Generator, center: np.ndarray, size_px: np.ndarray) -> dict:
     """A failed section's loss: the tissue beyond a random straight line (20-45 % of the canvas) is gone."""
     angle = rng.uniform(0, 2 * np.pi)
@@ -367,6 +380,8 @@ def plan_specimen(space: ReferenceSpace, product: str, plane: str, pixel_size_um
             records.append(_draw_tear(rng, tissue_px, size_px, pixel_size_um))
         if draws[3] < damage.bubble:
             records.append(_draw_bubble(rng, tissue_px, size_px, pixel_size_um))
+        if damage.fold > 0 and rng.random() < damage.fold:
+            records.append(_draw_fold(rng, tissue_px, size_px, pixel_size_um))
         if is_missing:
             missing.append(n)
             continue

@@ -40,7 +40,14 @@ from brainmap.io.nrrd import read_nrrd, write_nrrd
 from brainmap.specimen.folder import DATASET_FILE, write_dataset
 from brainmap.specimen.model import PLANES, SectionDataSet, SectionImage
 from brainmap.specimen.synthetic.geometry import DamageRates, SpecimenPlan, plan_specimen, plan_to_dict
-from brainmap.specimen.synthetic.render import CHANNELS, RenderSources, render_section, tissue_volume
+from brainmap.specimen.deformation import DeformationField
+from brainmap.specimen.synthetic.appearance import (
+    appearance_channels,
+    appearance_volume,
+    check_appearance,
+    random_warp,
+)
+from brainmap.specimen.synthetic.render import RenderSources, render_section, tissue_volume
 from brainmap.specimen.synthetic.signal import TruthVolumes, truth_density
 from brainmap.specimen.synthetic.template import make_template
 from brainmap.specimen.transforms import Alignment2d, Alignment3d
@@ -122,8 +129,13 @@ def _resolve_inputs(product: str, experiment_id: int | None, gene: str | None, p
     raise ValueError(f"product must be 'connectivity' or 'ish', got {product!r}")
 
 
-def _dataset(plan: SpecimenPlan, dataset_id: int, metadata: dict[str, Any], alignment: str) -> SectionDataSet:
-    images = [SectionImage(id=s.image_id, section_number=s.section_number, channels=list(CHANNELS),
+#: The truth's deformation field file (specimens made with a warp).
+TRUTH_DEFORMATION = "deformation.nrrd"
+
+
+def _dataset(plan: SpecimenPlan, dataset_id: int, metadata: dict[str, Any], alignment: str,
+             channels: tuple[str, ...]) -> SectionDataSet:
+    images = [SectionImage(id=s.image_id, section_number=s.section_number, channels=list(channels),
                            width=plan.width, height=plan.height, failed=s.failed,
                            alignment2d=s.alignment2d if alignment in ("2d", "all") else None)
               for s in plan.sections]
@@ -153,7 +165,8 @@ def _write_truth(folder: Path, plan: SpecimenPlan, truth: TruthVolumes, info: di
 def make_specimen(product: str, out: str | os.PathLike[str], *, experiment_id: int | None = None,
                   gene: str | None = None, plane: str | None = None, pixel_size_um: float | None = None,
                   seed: int = 0, truth_resolution_um: int = 25, damage: bool | DamageRates = True,
-                  progress: bool = True, alignment: str = "none", overwrite: bool = False) -> SectionDataSet:
+                  progress: bool = True, alignment: str = "none", overwrite: bool = False,
+                  appearance: str = "nissl", warp: bool | tuple[float, float] = False) -> SectionDataSet:
     """Make a synthetic specimen folder with known ground truth.
 
     Args:
@@ -177,11 +190,19 @@ def make_specimen(product: str, out: str | os.PathLike[str], *, experiment_id: i
             aligner must find), ``"2d"`` (the true Alignment2d of every image, alignment3d null), or ``"all"``
             (both true: for testing detection, gridding and unionization without alignment).
         overwrite: replace a data set already in ``out``.
+        appearance: the tissue channel's look (:mod:`.appearance`): ``"nissl"`` (default; drawn from the
+            aligner's template), or ``"fluorescence"``, ``"brightfield"``, ``"rgb"`` (channels red, green,
+            blue): random per-tissue-class contrasts, bias fields and structured noise sharing nothing with the
+            template.
+        warp: ``True`` for a smooth non-linear deformation of 100-300 um (largest displacement) on top of the
+            affine, or a ``(low, high)`` range of its largest displacement in microns; written to
+            ``truth/deformation.nrrd`` (the true map is ``W o tvr``).
 
     Returns:
         The SectionDataSet as written (read it back with :func:`~brainmap.specimen.folder.read_dataset`; the
         truth with :func:`read_truth`).
     """
+    check_appearance(appearance)
     if alignment not in ALIGNMENT_CHOICES:
         raise ValueError(f"alignment must be one of {ALIGNMENT_CHOICES}, got {alignment!r}")
     if plane is not None and plane not in PLANES:
@@ -212,9 +233,15 @@ def make_specimen(product: str, out: str | os.PathLike[str], *, experiment_id: i
     if truth.expression is not None:
         metadata["cell_diameter_um"] = truth.expression.cell_diameter_um
     metadata.update({"synthetic": True, "generator": "brainmap.specimen.synthetic", "seed": int(seed),
-                     "truth": TRUTH_DIR, "channels": {"tissue": _channel_doc(product, "tissue"),
-                                                      "signal": _channel_doc(product, "signal")}})
-    dataset = _dataset(plan, dataset_id, metadata, alignment)
+                     "truth": TRUTH_DIR})
+    channels = appearance_channels(appearance) + ("signal",)
+    metadata["channels"] = {name: _channel_doc(product, name, appearance) for name in channels}
+    metadata["appearance"] = appearance
+    deformation = None
+    if warp:
+        deformation = random_warp(space, seed, (100.0, 300.0) if warp is True else tuple(warp))
+        metadata["warp_max_um"] = round(float(deformation.magnitude_um().max()), 1)
+    dataset = _dataset(plan, dataset_id, metadata, alignment, channels)
 
     info = {"dataset_id": dataset_id, "seed": int(seed), "metadata": metadata}
     if truth.projection is not None:
@@ -223,9 +250,15 @@ def make_specimen(product: str, out: str | os.PathLike[str], *, experiment_id: i
     if truth.expression is not None:
         info["expression"] = truth.expression.info
     _write_truth(folder / TRUTH_DIR, plan, truth, info)
+    if deformation is not None:
+        deformation.write(folder / TRUTH_DIR / TRUTH_DEFORMATION)
+    elif (folder / TRUTH_DIR / TRUTH_DEFORMATION).exists():
+        (folder / TRUTH_DIR / TRUTH_DEFORMATION).unlink()
 
+    tissue = (tissue_volume(make_template(space, seed), space) if appearance == "nissl"
+              else appearance_volume(space, seed, appearance))
     sources = RenderSources(
-        resolution_um=truth.resolution_um, tissue=tissue_volume(make_template(space, seed), space),
+        resolution_um=truth.resolution_um, tissue=tissue, appearance=appearance, warp=deformation,
         signal_density=truth.signal_density, injection_fraction=truth.injection_fraction,
         expression_intensity=truth.expression_intensity,
         cell_diameter_um=truth.expression.cell_diameter_um if truth.expression is not None else 12.0)
@@ -241,7 +274,7 @@ def make_specimen(product: str, out: str | os.PathLike[str], *, experiment_id: i
                 images = pending.result()
                 if k + 1 < len(sections):
                     pending = pool.submit(render_section, plan, sections[k + 1], sources, seed)
-                for channel in CHANNELS:
+                for channel in channels:
                     yield images[channel]
                 del images
 
@@ -249,7 +282,9 @@ def make_specimen(product: str, out: str | os.PathLike[str], *, experiment_id: i
     return dataset
 
 
-def _channel_doc(product: str, channel: str) -> str:
+def _channel_doc(product: str, channel: str, appearance: str = "nissl") -> str:
+    if channel != "signal" and appearance != "nissl":
+        return f"{appearance} tissue appearance, {channel} (a model the aligner's template shares nothing with)"
     return {
         ("connectivity", "tissue"): "red channel: tissue background (two-photon)",
         ("connectivity", "signal"): "green channel: GFP-labelled axons and injection site (two-photon)",
@@ -269,6 +304,7 @@ class Truth:
         injection_fraction: float32 ``(AP, DV, LR)`` (connectivity) or ``None``.
         resolution_um: voxel size of the volumes.
         profile: ``truth/profile.csv``.
+        deformation: the true non-linear warp after the affine (``W o tvr``), or None.
         info: the rest of ``truth/transforms.json`` (specimen draws, missing sections, each image's jitter,
             damage and ``failed`` flag under ``info["images"]``).
     """
@@ -280,6 +316,7 @@ class Truth:
     resolution_um: float
     profile: pd.DataFrame
     info: dict[str, Any]
+    deformation: DeformationField | None = None
 
 
 def read_truth(folder: str | os.PathLike[str]) -> Truth:
@@ -297,4 +334,6 @@ def read_truth(folder: str | os.PathLike[str]) -> Truth:
     return Truth(alignment3d=Alignment3d.from_allen(info["alignment3d"]),
                  alignment2d={int(i["id"]): Alignment2d.from_allen(i["alignment2d"]) for i in info["images"]},
                  signal_density=density, injection_fraction=injection, resolution_um=float(info["truth_resolution_um"]),
-                 profile=pd.read_csv(truth_dir / "profile.csv"), info=info)
+                 profile=pd.read_csv(truth_dir / "profile.csv"), info=info,
+                 deformation=(DeformationField.read(truth_dir / TRUTH_DEFORMATION)
+                              if (truth_dir / TRUTH_DEFORMATION).exists() else None))

@@ -47,8 +47,10 @@ import scipy.fft
 from scipy import ndimage
 from scipy.special import ndtr
 
+from brainmap.atlas.template import upsample_linear
+from brainmap.specimen.deformation import DeformationField
+from brainmap.specimen.synthetic.appearance import appearance_channels, check_appearance, form_image
 from brainmap.specimen.synthetic.geometry import SectionPlan, SpecimenPlan
-from brainmap.specimen.synthetic.template import upsample_linear
 
 __all__ = [
     "CHANNELS",
@@ -148,6 +150,9 @@ class RenderSources:
         cell_diameter_um: ISH cell diameter, microns.
         injection_box_um: ``(lo, hi)`` reference corners (um) of the voxels with injection fraction > 0; a section
             that misses this box does not sample the injection volume.
+        appearance: the tissue channel's appearance model (:mod:`.appearance`): ``"nissl"`` (``tissue`` is the
+            template's) or one that shares nothing with the template (``tissue`` is its stain amount).
+        warp: a smooth non-linear deformation applied after the specimen's affine (None: none).
     """
 
     resolution_um: float
@@ -157,8 +162,11 @@ class RenderSources:
     expression_intensity: np.ndarray | None = None
     cell_diameter_um: float = 12.0
     injection_box_um: tuple[np.ndarray, np.ndarray] | None = None
+    appearance: str = "nissl"
+    warp: DeformationField | None = None
 
     def __post_init__(self) -> None:
+        check_appearance(self.appearance)
         if self.injection_fraction is not None and self.injection_box_um is None:
             where = np.nonzero(self.injection_fraction > 0)
             if where[0].size:
@@ -238,6 +246,14 @@ def damage_masks(shape: tuple[int, int], damage: list[dict]) -> tuple[np.ndarray
                 half = record["width_px"] / 2.0
                 distance = ndimage.distance_transform_edt(~crack)
                 keep *= np.clip(distance - half + 0.5, 0.0, 1.0).astype(np.float32)
+        elif kind == "fold":
+            # the tissue in the band behind the fold line lies folded over the band in front of it
+            px, py = record["point"]
+            nx, ny = record["normal"]
+            distance = (x - px) * nx + (y - py) * ny
+            width = record["width_px"]
+            keep *= np.where((distance >= 0) & (distance < width), 2.0,
+                             np.where((distance < 0) & (distance >= -width), 0.0, 1.0)).astype(np.float32)
         elif kind == "bubble":
             cx, cy = record["center"]
             a, b = record["axes"]
@@ -491,6 +507,8 @@ def _render(plan: SpecimenPlan, section: SectionPlan, sources: RenderSources, se
     shape = (plan.height, plan.width)
     pixel_um = plan.pixel_size_um
     ref = pixel_reference_um(plan, section)
+    if sources.warp is not None:
+        ref = sources.warp.apply(ref.reshape(3, -1).T).T.reshape(ref.shape).astype(np.float32)
     res = sources.resolution_um
     tissue_here = sample_volume(sources.tissue, res, ref)
     density = np.clip(sample_volume(sources.signal_density, res, ref), 0.0, 1.0)
@@ -521,11 +539,18 @@ def _render(plan: SpecimenPlan, section: SectionPlan, sources: RenderSources, se
     tissue_left = tissue_here * keep
 
     out = {}
-    for name, offset, value in (
-        ("tissue", optics.tissue_offset, optics.tissue_gain * (tissue + glare)),
-        ("signal", optics.signal_offset,
-         optics.background * tissue_left + optics.signal_gain * signal + 0.5 * optics.background * glare),
-    ):
+    channels = [("tissue", optics.tissue_offset, optics.tissue_gain * (tissue + glare)),
+                ("signal", optics.signal_offset,
+                 optics.background * tissue_left + optics.signal_gain * signal + 0.5 * optics.background * glare)]
+    if sources.appearance != "nissl":
+        # an appearance the aligner's template knows nothing of, from its own random draws
+        look = np.random.default_rng([int(seed), int(section.section_number), 0xA99E])
+        presence = np.clip(tissue_here * 8.0, 0.0, 1.0) * keep
+        images = form_image(look, tissue_here * keep + 0.3 * glare, presence, sources.appearance, pixel_um,
+                            optics.max_count)
+        out.update(zip(appearance_channels(sources.appearance), images))
+        channels = channels[1:]
+    for name, offset, value in channels:
         brightness = np.float32(np.exp(rng.normal(0.0, optics.brightness_jitter)))
         expected = offset + value * _illumination(rng, shape, pixel_um, optics) * brightness
         out[name] = _to_counts(rng, expected.astype(np.float32), optics)
