@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import Figure
-from brainmap.pipeline.detect import DetectionParams, VirtualSpecimen, detect_section
+from brainmap.pipeline.detect import DetectionParams, detect_section
+from brainmap.specimen.synthetic.replay import VirtualSpecimen
 from brainmap.pipeline.grid import Gridder, GridSpec
 from brainmap.pipeline.unionize import unionize_projection
 

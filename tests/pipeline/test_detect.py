@@ -9,17 +9,16 @@ from scipy import ndimage
 
 from brainmap.pipeline.detect import (
     DetectionParams,
-    VirtualSpecimen,
     detect_section,
     detect_tissue,
     fit_noise_model,
     grey_opening,
-    precision_recall,
     running_max,
     running_min,
     tissue_threshold,
 )
 from brainmap.pipeline.detect.core import tophat_noise_offset
+from brainmap.specimen.synthetic.replay import VirtualSpecimen, precision_recall
 
 EXPERIMENT = 112672974  # ENTm injection: projections into the hippocampal formation and visual cortex
 GENE = "Pvalb"

@@ -12,7 +12,8 @@ from scipy.stats import spearmanr
 from brainmap.io.metaimage import read_metaimage
 from brainmap.io.grid_bundle import read_grid_bundle
 from brainmap.io.nrrd import read_nrrd_header
-from brainmap.pipeline.detect import DetectionResult, NoiseModel, VirtualSpecimen
+from brainmap.pipeline.detect import DetectionResult, NoiseModel
+from brainmap.specimen.synthetic.replay import VirtualSpecimen
 from brainmap.pipeline.grid import GridAccumulator, Gridder, GridSpec, grid_dataset
 from brainmap.pipeline.grid.expression import EXPRESSION_VOLUMES
 from brainmap.pipeline.grid.projection import PROJECTION_VOLUMES, grid_projection_section, projection_volumes

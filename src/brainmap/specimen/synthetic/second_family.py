@@ -294,7 +294,7 @@ def render_connectivity_second_family(plan, section, sources, seed: int = 0
 
 
 def crop_second_family(specimen, image, size_px: tuple[int, int], *, centre_reference_um):
-    """As :meth:`VirtualSpecimen.crop <brainmap.pipeline.detect.truth.VirtualSpecimen.crop>`, drawn by this
+    """As :meth:`VirtualSpecimen.crop <brainmap.specimen.synthetic.replay.VirtualSpecimen.crop>`, drawn by this
     family: ``(images, truth, the window's SectionImage with its true Alignment2d)``."""
     from brainmap.specimen.model import SectionImage
     from brainmap.specimen.transforms import Affine2d, Alignment2d
