@@ -712,13 +712,14 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,
-                  progress: bool = True) -> tuple[dict[int, Alignment2d], Alignment3d]:
+                  progress: bool = True, nonlinear: bool = True) -> tuple[dict[int, Alignment2d], Alignment3d]:
     """Align a data set folder to the reference and store the result in its ``dataset.json``.
 
     Args:
         folder: a data set folder (``dataset.json`` + ``images/``); its images need not be aligned.
         reference_resolution_um: the reference template's voxel size: 25 (most accurate), 50 or 100 um.
         progress: show progress bars.
+        nonlinear: run the non-linear stage after the affine (:class:`AlignSettings`).
 
     Returns:
         ``(alignment2d by image id, alignment3d)``: every image's pixel ``(x, y)`` <-> specimen ``(sx, sy)``
@@ -728,8 +729,8 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
         MissingFileError: the folder, ``dataset.json`` or an image file is missing.
         AlignmentError: the images show no tissue.
     """
-    result = align_sections(folder, settings=AlignSettings(reference_resolution_um=reference_resolution_um),
-                            progress=progress)
+    result = align_sections(folder, settings=AlignSettings(reference_resolution_um=reference_resolution_um,
+                                                           nonlinear=nonlinear), progress=progress)
     update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
     return result.alignment2d, result.alignment3d
 
