@@ -155,6 +155,32 @@ def _drain(decompressor: Any, pending: bytes, read: Callable[[int], bytes], limi
     return total
 
 
+def _check_stream_end(decompressor: Any, pending: bytes, read: Callable[[int], bytes], read_size: int, codec: str,
+                      total: int, source: str, label: str) -> None:
+    """After exactly ``total`` bytes came out: the stream must end there (its check sum read) and nothing but
+    zero padding may follow it; else a :class:`FormatError` saying which."""
+    while not decompressor.eof:
+        extra, pending = _step(decompressor, pending, 1)
+        if extra:
+            more_bytes = _drain(decompressor, pending, read, max(total, CHUNK))
+            ended = "got " + f"{total + 1 + more_bytes:,}" if decompressor.eof else "there are more"
+            raise FormatError(f"{source}: {label} data holds more bytes than the header says (it is longer: expected "
+                              f"{total:,} bytes after decompression, {ended})")
+        if decompressor.eof:
+            break
+        more = read(read_size)
+        if not more:
+            raise FormatError(f"{source}: {label} data is truncated (all {total:,} bytes are present but the "
+                              "end of the stream and its CRC / check sum are missing)")
+        pending = more
+    rest = decompressor.unused_data + pending + read(1 << 16)
+    if rest.startswith(_MAGIC[codec]) and codec != "lzma" and _decompressor(codec).decompress(rest, 1):
+        raise FormatError(f"{source}: {label} data holds more bytes than the header says (it is longer: expected "
+                          f"{total:,} bytes after decompression, another stream follows)")
+    if rest.strip(b"\x00"):
+        raise FormatError(f"{source}: unexpected bytes follow the end of the {label} data")
+
+
 def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, source: str, *, skip: int = 0,
                      compressed_size: int | None = None) -> np.ndarray:
     """Decompress a stream that must expand to exactly ``skip + nbytes`` bytes; return the last ``nbytes``.
@@ -211,26 +237,7 @@ def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, sour
             raise FormatError(f"{source}: {label} data {problem} (expected {total:,} bytes after decompression, "
                               f"got {got:,})")
         # Exactly enough: the stream must end here (its check sum read), with nothing more in it.
-        while not decompressor.eof:
-            extra, pending = _step(decompressor, pending, 1)
-            if extra:
-                more_bytes = _drain(decompressor, pending, read, max(total, CHUNK))
-                ended = "got " + f"{total + 1 + more_bytes:,}" if decompressor.eof else "there are more"
-                raise FormatError(f"{source}: {label} data holds more bytes than the header says (it is longer: expected "
-                                  f"{total:,} bytes after decompression, {ended})")
-            if decompressor.eof:
-                break
-            more = read(CHUNK)
-            if not more:
-                raise FormatError(f"{source}: {label} data is truncated (all {total:,} bytes are present but the "
-                                  "end of the stream and its CRC / check sum are missing)")
-            pending = more
-        rest = decompressor.unused_data + pending + read(1 << 16)
-        if rest.startswith(_MAGIC[codec]) and codec != "lzma" and _decompressor(codec).decompress(rest, 1):
-            raise FormatError(f"{source}: {label} data holds more bytes than the header says (it is longer: expected "
-                              f"{total:,} bytes after decompression, another stream follows)")
-        if rest.strip(b"\x00"):
-            raise FormatError(f"{source}: unexpected bytes follow the end of the {label} data")
+        _check_stream_end(decompressor, pending, read, CHUNK, codec, total, source, label)
     except _ERRORS as exc:
         if isinstance(exc, FormatError):
             raise
@@ -327,26 +334,7 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
                        else "is truncated")
             raise FormatError(f"{source}: {label} data {problem} (expected {total:,} bytes after decompression, "
                               f"got {got:,})")
-        while not decompressor.eof:
-            extra, pending = _step(decompressor, pending, 1)
-            if extra:
-                more_bytes = _drain(decompressor, pending, read, max(total, CHUNK))
-                ended = "got " + f"{total + 1 + more_bytes:,}" if decompressor.eof else "there are more"
-                raise FormatError(f"{source}: {label} data holds more bytes than the header says (it is longer: expected "
-                                  f"{total:,} bytes after decompression, {ended})")
-            if decompressor.eof:
-                break
-            more = read(_STREAM_READ)
-            if not more:
-                raise FormatError(f"{source}: {label} data is truncated (all {total:,} bytes are present but the "
-                                  "end of the stream and its CRC / check sum are missing)")
-            pending = more
-        rest = decompressor.unused_data + pending + read(1 << 16)
-        if rest.startswith(_MAGIC[codec]) and codec != "lzma" and _decompressor(codec).decompress(rest, 1):
-            raise FormatError(f"{source}: {label} data holds more bytes than the header says (it is longer: expected "
-                              f"{total:,} bytes after decompression, another stream follows)")
-        if rest.strip(b"\x00"):
-            raise FormatError(f"{source}: unexpected bytes follow the end of the {label} data")
+        _check_stream_end(decompressor, pending, read, _STREAM_READ, codec, total, source, label)
     except _ERRORS as exc:
         if isinstance(exc, FormatError):
             raise
