@@ -45,7 +45,10 @@ def _reference_space(args: argparse.Namespace):
     return ReferenceSpace.bundled(args.resolution)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(services: bool = True) -> argparse.ArgumentParser:
+    """The ``brainmap`` parser; ``services=False`` leaves out the ``search`` services' sub-commands, whose options
+    come from the server's service table (importing the server costs about 2 s, which other commands need not
+    pay)."""
     from brainmap import __version__
 
     parser = argparse.ArgumentParser(prog="brainmap", description="Spatially mapped mouse brain data (Allen CCF v3).")
@@ -124,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(section n lies at n x thickness)")
     imp.add_argument("--sampling", type=float, help="2-D images: distance between imaged sections in um "
                      "(default from the section numbers)")
-    imp.add_argument("--plane", choices=["coronal", "sagittal"], default="coronal")
-    imp.add_argument("--product", choices=["ish", "connectivity"], default="ish")
+    imp.add_argument("--plane", choices=["coronal", "sagittal"], default="coronal",
+                     help="plane of section (default coronal)")
+    imp.add_argument("--product", choices=["ish", "connectivity"], default="ish",
+                     help="ish (default) or connectivity")
     imp.add_argument("--stain", choices=["brightfield", "fluorescence"], help="default: detected")
     imp.add_argument("--numbers", choices=["auto", "name", "order"], default="auto",
                      help="section numbers from the file names or their order (auto: names when all have one)")
@@ -164,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="search services on a data directory, and spatial search lines")
     search_commands = search.add_subparsers(dest="search_command", required=True, metavar="SEARCH_COMMAND")
-    from brainmap.server.local_search import add_search_commands
+    if services:
+        from brainmap.server.local_search import add_search_commands
 
-    add_search_commands(search_commands)
+        add_search_commands(search_commands)
     search.set_defaults(run=_run_search)
     lines = search_commands.add_parser("lines", help="spatial search lines from an injection site to dense voxels")
     lines.add_argument("grid_dir", type=Path, help="folder with projection_density_N.nrrd and injection_fraction_N.nrrd")
@@ -185,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_run_serve)
 
     load = commands.add_parser("load", help="load pipeline outputs and the bundled ontology into the database")
-    from brainmap.store.load import add_load_arguments
+    from brainmap.store.options import add_load_arguments
 
     add_load_arguments(load)
     load.set_defaults(run=_run_load)
@@ -369,7 +375,8 @@ def _run_mask(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``brainmap`` command; returns the exit status."""
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(services=not words or "search" in words or any(w in ("-h", "--help") for w in words[:1]))
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

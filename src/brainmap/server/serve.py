@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from brainmap.errors import BrainmapError
-from brainmap.server.state import ENV_SETTINGS, ServerState, settings_for
 
 __all__ = ["ENV_LOG_FILE", "ENV_TOKEN", "add_serve_arguments", "is_loopback", "main", "run_serve_command",
            "run_server"]
@@ -52,6 +51,7 @@ def run_server(data_dir: str | os.PathLike[str], database_url: str | None = None
     import uvicorn
 
     from brainmap.server.limits import http_protocol
+    from brainmap.server.state import ENV_SETTINGS, ServerState, settings_for
 
     chosen = settings_for(data_dir, database_url, **settings)
     ServerState(chosen).close()  # fail here, with a clear message, rather than in every worker
@@ -76,7 +76,7 @@ def worker_app() -> Any:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``brainmap serve``."""
-    from brainmap.store.database import add_data_arguments
+    from brainmap.store.options import add_data_arguments
 
     add_data_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

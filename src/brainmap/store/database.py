@@ -165,12 +165,4 @@ def open_database(url: str | None = None, data_dir: str | os.PathLike[str] | Non
     return database
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir`` and ``--database-url``: the same two options, with the same names, on every command that
-    reads or writes a data directory (``load``, ``serve``, ``search``)."""
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="data directory (default $BRAINMAP_DATA_DIR, else ./brainmap-data)")
-    parser.add_argument("--data", dest="data_dir", type=Path, help=argparse.SUPPRESS)  # the old name
-    parser.add_argument("--database-url", default=None,
-                        help="database URL (default $BRAINMAP_DATABASE_URL, else SQLite in the data directory)")
-    parser.add_argument("--database", dest="database_url", help=argparse.SUPPRESS)  # the old name
+from brainmap.store.options import add_data_arguments  # noqa: E402  (kept importable from here)

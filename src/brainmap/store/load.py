@@ -55,7 +55,8 @@ from brainmap.atlas import StructureTree
 from brainmap.errors import BrainmapError, FormatError
 from brainmap.store import models as m
 from brainmap.store.data_dir import EXCLUDED_FOLDERS, FolderImport, dataset_target, is_inside
-from brainmap.store.database import Database, add_data_arguments, data_directory, open_database
+from brainmap.store.database import Database, data_directory, open_database
+from brainmap.store.options import add_load_arguments
 from brainmap.store.validate import check_csv_table, load_lock
 
 __all__ = [
@@ -950,13 +951,6 @@ def run_load_command(dirs: Sequence[str | os.PathLike[str]], *, database_url: st
         database.dispose()
     out(f"serve it with: brainmap serve --data-dir {data_dir if data_dir is not None else plan.root}")
     return 0
-
-
-def add_load_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``brainmap load``."""
-    parser.add_argument("dirs", nargs="*", type=Path,
-                        help="data set folders, folders holding them, unionize tables or volumes")
-    add_data_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
