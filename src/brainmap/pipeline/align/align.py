@@ -712,7 +712,8 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,
-                  progress: bool = True, nonlinear: bool = True) -> tuple[dict[int, Alignment2d], Alignment3d]:
+                  progress: bool = True, nonlinear: bool = True, contrast: str = "model"
+                  ) -> tuple[dict[int, Alignment2d], Alignment3d]:
     """Align a data set folder to the reference and store the result in its ``dataset.json``.
 
     Args:
@@ -720,6 +721,8 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
         reference_resolution_um: the reference template's voxel size: 25 (most accurate), 50 or 100 um.
         progress: show progress bars.
         nonlinear: run the non-linear stage after the affine (:class:`AlignSettings`).
+        contrast: ``"model"`` (any stain) or ``"template"`` (a specimen with the template's contrast)
+            (:class:`AlignSettings`).
 
     Returns:
         ``(alignment2d by image id, alignment3d)``: every image's pixel ``(x, y)`` <-> specimen ``(sx, sy)``
@@ -730,7 +733,8 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
         AlignmentError: the images show no tissue.
     """
     result = align_sections(folder, settings=AlignSettings(reference_resolution_um=reference_resolution_um,
-                                                           nonlinear=nonlinear), progress=progress)
+                                                           nonlinear=nonlinear, contrast=contrast),
+                            progress=progress)
     update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
     return result.alignment2d, result.alignment3d
 

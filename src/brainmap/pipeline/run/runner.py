@@ -62,6 +62,8 @@ class RunSettings:
         grid_resolution_um: connectivity grid (10, 25, 50 or 100 um) that unionize reads; ISH always uses
             Allen's 200 um grid.
         nonlinear: align with the non-linear stage after the affine (the default).
+        contrast: the aligner's similarity: ``"model"`` (the default; any stain) or ``"template"`` (specimens
+            with the annotation-derived template's Nissl-like contrast).
         extra_grid_resolutions_um: connectivity grids also written (from the same detections), e.g. ``(25,)``
             beside 100 um, the resolution AllenSDK's ``MouseConnectivityCache`` asks for by default.
         keep_alignment: use the transforms already in ``dataset.json`` when it has them all (data aligned
@@ -73,6 +75,7 @@ class RunSettings:
     keep_alignment: bool = False
     extra_grid_resolutions_um: tuple[int, ...] = ()
     nonlinear: bool = True
+    contrast: str = "model"
 
     def grid_resolution(self, product: str) -> int:
         return 200 if product == "ish" else int(self.grid_resolution_um)
@@ -113,7 +116,8 @@ def _align_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSetti
     return fingerprint([], {"stage": "align", "dataset": _identity(dataset), "images": _image_signature(folder, dataset),
                             "reference_resolution_um": settings.reference_resolution_um,
                             "keep_alignment": settings.keep_alignment,
-                            **({} if settings.nonlinear else {"nonlinear": False})})
+                            **({} if settings.nonlinear else {"nonlinear": False}),
+                            **({} if settings.contrast == "model" else {"contrast": settings.contrast})})
 
 
 def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
@@ -170,7 +174,7 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
     aligned = dataset.alignment3d is not None and all(i.alignment2d is not None for i in dataset.images if not i.failed)
     if not (settings.keep_alignment and aligned):
         align_dataset(folder, reference_resolution_um=settings.reference_resolution_um, progress=False,
-                      nonlinear=settings.nonlinear)
+                      nonlinear=settings.nonlinear, contrast=settings.contrast)
         dataset = read_dataset(folder)
     path = _write_alignment(layout, dataset)
     StageRecord("align", expected, StageRecord.describe_outputs(work, [path])).write(work)
