@@ -21,9 +21,10 @@ from brainmap.atlas.label_index import LabelIndex
 from brainmap.io.nrrd import read_nrrd
 
 #: AllenSDK 2.16.2's ``ReferenceSpace(tree, annotation_25, [25] * 3).total_voxel_counts()`` on the bundled 25 um
-#: annotation, best of 3, in a Python 3.11 venv with ``pip install allensdk==2.16.2``, this machine, quiet:
-#: ``benchmarks/allensdk_counts.py`` (run with that venv's python) prints it.
-ALLENSDK_TOTAL_COUNTS_S = 5.5
+#: annotation, each on a new ReferenceSpace, best of 3, in a Python 3.11 venv with ``pip install
+#: allensdk==2.16.2``, this machine, quiet, 2026-12-05: 12.59 s (13.19, 12.59, 12.69).
+#: ``benchmarks/allensdk_counts.py`` (run with that venv's python) prints it. (Issue 18 quoted 5.5 s.)
+ALLENSDK_TOTAL_COUNTS_S = 12.59
 
 
 def run() -> list[Figure]:
