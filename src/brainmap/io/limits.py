@@ -155,6 +155,25 @@ def _drain(decompressor: Any, pending: bytes, read: Callable[[int], bytes], limi
     return total
 
 
+def _next_member(decompressor: Any, pending: bytes, read: Callable[[int], bytes], read_size: int, codec: str
+                 ) -> tuple[Any, bytes] | None:
+    """At the end of a gzip member / bzip2 stream: a fresh decompressor and its input if another one follows
+    (concatenated members are one file's data), else None."""
+    rest = decompressor.unused_data + pending
+    if not rest:
+        rest = read(read_size)
+    if codec == "lzma" or not rest.startswith(_MAGIC[codec]):
+        return None
+    return _fast_gzip_decompressor(codec), rest
+
+
+def _too_short(decompressor: Any, got: int, total: int, source: str, label: str) -> None:
+    """The data ended (or the file did) before ``total`` bytes came out: a :class:`FormatError` saying which."""
+    problem = "holds fewer bytes than the header says" if decompressor.eof else "is truncated"
+    raise FormatError(f"{source}: {label} data {problem} (expected {total:,} bytes after decompression, "
+                      f"got {got:,})")
+
+
 def _check_stream_end(decompressor: Any, pending: bytes, read: Callable[[int], bytes], read_size: int, codec: str,
                       total: int, source: str, label: str) -> None:
     """After exactly ``total`` bytes came out: the stream must end there (its check sum read) and nothing but
@@ -208,12 +227,10 @@ def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, sour
     try:
         while got < total:
             if decompressor.eof:
-                rest = decompressor.unused_data + pending
-                if not rest:
-                    rest = read(CHUNK)
-                if codec == "lzma" or not rest.startswith(_MAGIC[codec]):
+                following = _next_member(decompressor, pending, read, CHUNK, codec)
+                if following is None:
                     break
-                decompressor, pending = _fast_gzip_decompressor(codec), rest  # another member / stream follows
+                decompressor, pending = following
             chunk, pending = _step(decompressor, pending, min(total - got, CHUNK))
             if chunk:
                 if got + len(chunk) > skip:
@@ -232,10 +249,7 @@ def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, sour
                 break
             pending = pending + more if pending else more
         if got < total:
-            problem = ("holds fewer bytes than the header says" if decompressor.eof
-                       else "is truncated")
-            raise FormatError(f"{source}: {label} data {problem} (expected {total:,} bytes after decompression, "
-                              f"got {got:,})")
+            _too_short(decompressor, got, total, source, label)
         # Exactly enough: the stream must end here (its check sum read), with nothing more in it.
         _check_stream_end(decompressor, pending, read, CHUNK, codec, total, source, label)
     except _ERRORS as exc:
@@ -301,12 +315,10 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
     try:
         while got < total:
             if decompressor.eof:
-                rest = decompressor.unused_data + pending
-                if not rest:
-                    rest = read(_STREAM_READ)
-                if codec == "lzma" or not rest.startswith(_MAGIC[codec]):
+                following = _next_member(decompressor, pending, read, _STREAM_READ, codec)
+                if following is None:
                     break
-                decompressor, pending = _fast_gzip_decompressor(codec), rest  # another member / stream follows
+                decompressor, pending = following
             # Ask no more than fits in the current piece (or what is left to skip), so no copy is kept aside.
             want = (skip - got) if got < skip else (len(buffer) - filled)
             chunk, pending = _step(decompressor, pending, min(want, CHUNK))
@@ -330,10 +342,7 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
                 break
             pending = pending + more if pending else more
         if got < total:
-            problem = ("holds fewer bytes than the header says" if decompressor.eof
-                       else "is truncated")
-            raise FormatError(f"{source}: {label} data {problem} (expected {total:,} bytes after decompression, "
-                              f"got {got:,})")
+            _too_short(decompressor, got, total, source, label)
         _check_stream_end(decompressor, pending, read, _STREAM_READ, codec, total, source, label)
     except _ERRORS as exc:
         if isinstance(exc, FormatError):
