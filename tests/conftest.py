@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import pytest
 
@@ -45,3 +53,55 @@ def space50() -> ReferenceSpace:
 @pytest.fixture(scope="session")
 def space100() -> ReferenceSpace:
     return ReferenceSpace.bundled(100)
+
+
+#: The ``brainmap`` command installed beside this interpreter (as the README's ``.venv/bin/brainmap``).
+BRAINMAP = Path(sys.executable).parent / "brainmap"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_process(serve_args: Sequence[str], cwd: Path, timeout_s: float = 60.0) -> Iterator[str]:
+    """``brainmap serve_args... --port P --workers 1`` started in ``cwd`` on a free loopback port; yields its base
+    URL once ``/health`` answers (bounded), stops it (and its workers) at the end."""
+    import httpx
+
+    port = _free_port()
+    log_path = cwd / f"serve_{port}.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([str(BRAINMAP), *serve_args, "--port", str(port), "--workers", "1"], cwd=cwd,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    if httpx.get(base + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the server did not answer /health within {timeout_s:.0f} s:\n"
+                                         + log_path.read_text()[-3000:])
+                time.sleep(0.3)
+            yield base
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def brainmap_serve():
+    """``with brainmap_serve(["serve", "--data-dir", D], cwd) as base:`` a real server of the installed command."""
+    if not BRAINMAP.exists():
+        pytest.skip(f"no brainmap command beside {sys.executable} (pip install -e . makes it)")
+    return serve_process

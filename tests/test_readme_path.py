@@ -18,11 +18,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -62,17 +59,9 @@ def _run(words: list[str], cwd: Path, timeout: float = 900) -> subprocess.Comple
     return done
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def walked(tmp_path_factory):
+def walked(tmp_path_factory, brainmap_serve):
     """The README's commands run in a fresh folder; yields (folder, base URL, outputs) while the server runs."""
-    if not (BIN / "brainmap").exists():
-        pytest.skip(f"no brainmap command beside {sys.executable} (pip install -e . makes it)")
     commands = readme_commands()
     here = tmp_path_factory.mktemp("newcomer")
     earlier = ROOT / "brainmap-demo" / "specimens"
@@ -81,31 +70,9 @@ def walked(tmp_path_factory):
                         ignore=shutil.ignore_patterns("*.tmp", ".*"))
     outputs = {"demo": _run(commands["demo"], here).stdout}
     outputs["load"] = _run(commands["load"], here).stdout
-    port = _free_port()
-    log = open(here / "serve.log", "w")
-    server = subprocess.Popen([str(BIN / "brainmap"), *commands["serve"][1:], "--port", str(port), "--workers", "1"],
-                              cwd=here, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, (here / "serve.log").read_text()
-            assert time.monotonic() < deadline, "the server did not answer /health within 60 s"
-            time.sleep(0.3)
+    with brainmap_serve(commands["serve"][1:], here) as base:  # the README's serve, on a free port
         outputs["search"] = _run(commands["search"], here).stdout
         yield here, base, outputs
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 def _query(base: str, criteria: str, **params: str) -> list[dict]:

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -34,12 +31,6 @@ DEMO_FOLDERS = 6
 ARTEFACTS = Path(os.environ.get("BRAINMAP_ARTEFACTS", ROOT / "test-artefacts")) / "portal"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(args: list[str], cwd: Path) -> None:
     done = subprocess.run([str(BIN / "brainmap"), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"brainmap {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
@@ -50,67 +41,26 @@ def _complete(specimens: Path) -> bool:
     return len(folders) >= DEMO_FOLDERS and all((f / "pipeline").is_dir() for f in folders)
 
 
-def _serve(data_dir: Path, cwd: Path) -> tuple[subprocess.Popen, str, Any]:
-    port = _free_port()
-    log = open(cwd / f"serve_{port}.log", "w")
-    server = subprocess.Popen([str(BIN / "brainmap"), "serve", "--data-dir", str(data_dir), "--port", str(port),
-                               "--workers", "1"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return server, base, log
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            _stop(server, log)
-            raise AssertionError("the server did not answer /health within 60 s:\n"
-                                 + Path(log.name).read_text()[-3000:])
-        time.sleep(0.3)
-
-
-def _stop(server: subprocess.Popen, log: Any) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-    log.close()
-
-
 @pytest.fixture(scope="session")
-def empty_portal(tmp_path_factory) -> Iterator[str]:
+def empty_portal(tmp_path_factory, brainmap_serve) -> Iterator[str]:
     """A ``brainmap serve`` of an empty data directory."""
-    if not (BIN / "brainmap").exists():
-        pytest.skip(f"no brainmap command beside {sys.executable} (pip install -e . makes it)")
     here = tmp_path_factory.mktemp("empty")
     (here / "data").mkdir()
-    server, base, log = _serve(here / "data", here)
-    try:
+    with brainmap_serve(["serve", "--data-dir", str(here / "data")], here) as base:
         yield base
-    finally:
-        _stop(server, log)
 
 
 @pytest.fixture(scope="session")
-def portal(tmp_path_factory) -> Iterator[str]:
+def portal(tmp_path_factory, brainmap_serve) -> Iterator[str]:
     """The base URL of a ``brainmap serve`` of the demo's data (stopped at the end of the session)."""
-    if not (BIN / "brainmap").exists():
-        pytest.skip(f"no brainmap command beside {sys.executable} (pip install -e . makes it)")
     here = tmp_path_factory.mktemp("portal")
     specimens = ROOT / "brainmap-demo" / "specimens"
     if not _complete(specimens):
         _run(["demo"], here)
         specimens = here / "brainmap-demo" / "specimens"
     _run(["load", str(specimens), "--data-dir", str(here / "data")], here)
-    server, base, log = _serve(here / "data", here)
-    try:
+    with brainmap_serve(["serve", "--data-dir", str(here / "data")], here) as base:
         yield base
-    finally:
-        _stop(server, log)
 
 
 @pytest.fixture(scope="session")
