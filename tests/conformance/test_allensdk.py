@@ -624,6 +624,9 @@ def _(r, t):
 def _(r, t):
     assert sorted(g["acronym"] for g in r) == sorted(t.meta[i]["gene"] for i in t.ish)
     assert all(g["organism_id"] == 2 and "chromosome" in g for g in r)
+    given = {d["acronym"]: d for i in t.ish for d in t.meta[i].get("genes", [])}
+    assert given and all((g["name"], g["entrez_id"]) == (given[g["acronym"]].get("name"),
+                                                         given[g["acronym"]].get("entrez_id")) for g in r)
 
 
 def _expression_check(name: str) -> Callable[[Any, Truth], None]:

@@ -122,12 +122,23 @@ def _resolve_inputs(product: str, experiment_id: int | None, gene: str | None, p
             row = rows.iloc[0]
             dataset_id, source = _synthetic_ish_id(canonical, plane), "synthetic (no experiment of this plane)"
         metadata = {"gene": canonical, "experiment_id": dataset_id, "experiment_id_source": source,
+                    "genes": [{"acronym": canonical, **GENE_NAMES.get(canonical, {})}],
                     "table_experiment_ids": [int(e) for e in rows["experiment_id"]],
                     "probe_orientation": str(row["probe_orientation"]), "plane_of_section": plane,
                     "hemisphere": "left" if plane == "sagittal" else "both"}
         return dataset_id, plane, metadata, canonical
     raise ValueError(f"product must be 'connectivity' or 'ish', got {product!r}")
 
+
+#: Official full names and Entrez Gene ids of the demo's genes, as NCBI Gene lists them for Mus musculus
+#: (https://www.ncbi.nlm.nih.gov/gene/, public domain); a lab's own metadata would carry these for every gene.
+GENE_NAMES: dict[str, dict[str, Any]] = {
+    "Pvalb": {"name": "parvalbumin", "entrez_id": 19293},
+    "Calb1": {"name": "calbindin 1", "entrez_id": 12307},
+    "Gad1": {"name": "glutamate decarboxylase 1", "entrez_id": 14415},
+    "Slc17a7": {"name": "solute carrier family 17 (sodium-dependent inorganic phosphate cotransporter), member 7",
+                "entrez_id": 72961},
+}
 
 #: The truth's deformation field file (specimens made with a warp).
 TRUTH_DEFORMATION = "deformation.nrrd"
