@@ -161,10 +161,16 @@ def build_parser(services: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--extra-grid-resolution", type=int, nargs="+", default=(), choices=[10, 25, 50, 100],
                      metavar="UM", help="connectivity grids also written from the same detections, e.g. 25 "
                                         "(AllenSDK's default resolution; 0.6 GB of memory per quantity)")
+    run.add_argument("--channel-volumes", action="store_true",
+                     help="also resample connectivity images into the 25 um CCF (Allen's "
+                          "ImagesResampledTo25MicronARA.zip, for download_reference_aligned_image_channel_volumes)")
     run.add_argument("--reference-resolution", type=int, default=25, choices=[25, 50, 100],
                      help="voxel size in um of the template the sections are registered to (default 25)")
     run.add_argument("--keep-alignment", action="store_true",
                      help="use the transforms already in dataset.json instead of aligning again")
+    run.add_argument("--contrast", choices=["model", "template"], default="model",
+                     help="the aligner's similarity, as for brainmap align (default model: any stain)")
+    run.add_argument("--affine-only", action="store_true", help="align with no non-linear stage after the affine")
     run.set_defaults(run=_run_pipeline)
 
     search = commands.add_parser("search", help="search services on a data directory, and spatial search lines")
@@ -272,7 +278,9 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
     settings = RunSettings(reference_resolution_um=args.reference_resolution,
                            grid_resolution_um=args.grid_resolution, keep_alignment=args.keep_alignment,
-                           extra_grid_resolutions_um=tuple(args.extra_grid_resolution))
+                           extra_grid_resolutions_um=tuple(args.extra_grid_resolution),
+                           channel_volumes=args.channel_volumes, contrast=args.contrast,
+                           nonlinear=not args.affine_only)
     runs = run_pipeline(args.dataset_dirs, settings, scheduler=args.scheduler, workers=args.workers)
     print(summarize_runs(runs))
     return 0

@@ -137,3 +137,29 @@ def test_malformed_folder_fails_before_anything_runs(tmp_path):
     (tmp_path / "bad" / "dataset.json").write_text('{"schema_version": 99}')
     with pytest.raises(Exception, match="schema"):
         run_pipeline([tmp_path / "bad"], SETTINGS, progress=False)
+
+
+def test_channel_volumes_stage_from_the_command_line(completed, tmp_path):
+    """``brainmap run --channel-volumes`` on a finished data set adds only Allen's ImagesResampledTo25MicronARA
+    zip; the tissue channel lands on the brain of the real annotation, and a second run skips it."""
+    from skimage.filters import threshold_otsu
+
+    from brainmap.atlas import ReferenceSpace
+    from brainmap.io.grid_bundle import read_grid_bundle
+    from brainmap.pipeline.grid.channels import CHANNEL_VOLUMES_FILE
+
+    conn = tmp_path / "conn"
+    shutil.copytree(completed[0], conn)
+    command = [sys.executable, "-m", "brainmap.cli", "run", "conn", "--keep-alignment", "--workers", "1",
+               "--channel-volumes"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "grid skipped" in result.stdout and "channels done" in result.stdout
+    red, header = read_grid_bundle(conn / PIPELINE_DIR / CHANNEL_VOLUMES_FILE)["red"]
+    assert red.shape == (528, 320, 456) and tuple(header.element_spacing) == (25.0, 25.0, 25.0)
+    brain = ReferenceSpace.bundled(25).annotation > 0
+    tissue = red > threshold_otsu(red[red > 0])  # fluorescence: tissue brighter than the slide
+    dice = 2 * (tissue & brain).sum() / (tissue.sum() + brain.sum())
+    assert dice > 0.8, dice  # 0.90 through the true alignment
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0 and "channels skipped" in again.stdout, again.stderr[-2000:]
