@@ -81,6 +81,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _add_channel_volumes(specimens: Path) -> None:
+    """``brainmap run --channel-volumes`` on the copied connectivity data sets, as a user adds Allen's
+    ImagesResampledTo25MicronARA to finished data: the alignment is kept and the grids are asked for at the
+    resolutions the demo wrote, so only the channels stage runs."""
+    folders = [f for f in sorted(specimens.iterdir())
+               if (f / "dataset.json").exists() and json.loads((f / "dataset.json").read_text())["product"]
+               == "connectivity"]
+    grid = json.loads((folders[0] / "pipeline" / "grid.record.json").read_text())
+    main = int(round(grid["summary"]["resolution_um"]))
+    extra = sorted({int(name.rsplit("_", 1)[1].split(".")[0]) for name in grid["outputs"]
+                    if name.startswith("grids/projection_density_")} - {main})
+    command = _command("brainmap") + ["run", *map(str, folders), "--keep-alignment", "--channel-volumes",
+                                      "--grid-resolution", str(main), "--workers", "2"]
+    done = _run(command + (["--extra-grid-resolution", *map(str, extra)] if extra else []), 1800)
+    assert done.stdout.count("grid skipped") == len(folders), done.stdout  # only the channels stage ran
+
+
 @pytest.fixture(scope="session")
 def served(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     import httpx
@@ -88,6 +105,7 @@ def served(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     data_dir = tmp_path_factory.mktemp("conformance") / "data"
     data_dir.mkdir()
     shutil.copytree(demo_dir / "specimens", data_dir / "specimens")
+    _add_channel_volumes(data_dir / "specimens")
     _run(_command("brainmap") + ["load", str(data_dir / "specimens"), "--data-dir", str(data_dir)], 900)
     port = _free_port()
     log = open(data_dir.parent / "serve.log", "w")

@@ -39,9 +39,9 @@ SCENARIOS = _scenarios_module().SCENARIOS
 CANNOT = {
     "MouseConnectivityApi.download_reference_aligned_image_channel_volumes": (
         ("IndexError", "no ImagesResampledTo25MicronARA"),
-        "the data set has no channel volumes resampled into the 25 um CCF (brainmap.pipeline.grid.channels makes "
-        "them as pipeline/ImagesResampledTo25MicronARA.zip; the demo's runner does not yet): the WellKnownFile "
-        "query answers no rows"),
+        "the data set has no channel volumes resampled into the 25 um CCF (brainmap run --channel-volumes "
+        "makes them as pipeline/ImagesResampledTo25MicronARA.zip; conftest adds them to the demo's copy): the "
+        "WellKnownFile query answers no rows"),
     "GridDataApi.download_deformation_field": (
         "DeformationFieldHeader", "brainmap's registration is affine (Alignment3d); there is no deformation field "
                                   "(WellKnownFile types DeformationFieldHeader/Voxels); the query answers no rows"),

@@ -174,11 +174,11 @@ def _check_name(volume: str) -> None:
         raise ValueError(f"grid bundle: {volume!r} is not a valid volume name (a plain file name is needed)")
 
 
-def _add(archive: zipfile.ZipFile, member: str, payload: bytes) -> None:
+def _add(archive: zipfile.ZipFile, member: str, payload: bytes, compresslevel: int | None = None) -> None:
     info = zipfile.ZipInfo(member, date_time=_FIXED_TIME)
     info.compress_type = zipfile.ZIP_DEFLATED
     info.external_attr = 0o644 << 16
-    archive.writestr(info, payload)
+    archive.writestr(info, payload, compresslevel=compresslevel)
 
 
 def grid_bundle_bytes(
@@ -186,11 +186,13 @@ def grid_bundle_bytes(
     spacing: float | Sequence[float] = (200, 200, 200),
     *,
     offset: float | Sequence[float] = 0.0,
+    compresslevel: int | None = None,
 ) -> bytes:
     """The bytes of a grid-data zip holding ``{name}.mhd`` + ``{name}.raw`` for each array in ``volumes``.
 
     Arrays are indexed [x, y, z] (Allen grids: [AP, DV, LR]); ``spacing`` and ``offset`` are in microns.
     Each volume keeps its dtype (float32 for expression grids). Deterministic: same input, same bytes.
+    ``compresslevel`` is deflate's level (1-9; None: zlib's default, 6).
     """
     if not volumes:
         raise ValueError("grid bundle: no volumes to write")
@@ -199,8 +201,8 @@ def grid_bundle_bytes(
         for volume, data in volumes.items():
             _check_name(volume)
             header, payload = encode_metaimage(data, spacing, offset=offset, data_file=f"{volume}.raw")
-            _add(archive, f"{volume}.mhd", header)
-            _add(archive, f"{volume}.raw", payload)
+            _add(archive, f"{volume}.mhd", header, compresslevel)
+            _add(archive, f"{volume}.raw", payload, compresslevel)
     return buffer.getvalue()
 
 
@@ -210,11 +212,12 @@ def write_grid_bundle(
     spacing: float | Sequence[float] = (200, 200, 200),
     *,
     offset: float | Sequence[float] = 0.0,
+    compresslevel: int | None = None,
 ) -> None:
     """Write ``volumes`` (name -> array indexed [x, y, z]) as an Allen-style grid-data zip, atomically.
 
     See :func:`grid_bundle_bytes`; ``spacing`` (default 200 um, the ISH grid) and ``offset`` are in microns.
     """
-    payload = grid_bundle_bytes(volumes, spacing, offset=offset)
+    payload = grid_bundle_bytes(volumes, spacing, offset=offset, compresslevel=compresslevel)
     with atomic_write(path) as fh:
         fh.write(payload)

@@ -45,9 +45,12 @@ def resample_channels(dataset: SectionDataSet, read_images: Callable[[SectionIma
     spec = GridSpec.allen(resolution_um)
     block = block_px or max(1, int(resolution_um / dataset.pixel_size_um / 2))
     direction = dataset.alignment3d.tvr.matrix[:, 2]
-    # Sparse partials, summed once per quantity with bincount at the end: a dense float64 accumulator per
-    # quantity is 0.6 GB at 25 um (GridAccumulator); the partials of a whole data set are a few MB.
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    # One dense float32 sum per quantity (0.3 GB each at 25 um); each section's partial is summed with bincount
+    # over the slab of planes it touches along the cutting axis and added there. Keeping every section's sparse
+    # partials and summing them at the end held 6.5 GB at 25 um (140 sections); np.add.at into the whole volume
+    # took twice as long.
+    axis = int(np.argmax(np.abs(direction)))
+    sums: dict[str, np.ndarray] = {}
     for image in dataset.usable_images():
         arrays = read_images(image)
         shape = next(iter(arrays.values())).shape
@@ -66,24 +69,43 @@ def resample_channels(dataset: SectionDataSet, read_images: Callable[[SectionIma
         partial = splat_slab(points, {k: v.ravel() for k, v in quantities.items()}, direction,
                              float(dataset.sampling_um), spec, weight="covered", footprint_um=block * pixel_um,
                              plane=(normal, offset))
-        for name, values in partial.values.items():
-            parts.setdefault(name, []).append((partial.index, values))
+        if partial.index.size:
+            _add_partial(sums, partial, axis, [n for n in ("pixels", *_COLOURS) if n in partial.values])
 
-    def total(name: str) -> np.ndarray:
-        if name not in parts:
-            return np.zeros(spec.n_voxels)
-        index = np.concatenate([i for i, _ in parts[name]])
-        values = np.concatenate([v for _, v in parts[name]])
-        return np.bincount(index, weights=values, minlength=spec.n_voxels)
-
-    pixels = total("pixels")
+    empty = np.zeros(spec.shape, dtype=np.float32, order="F")
+    pixels = sums.pop("pixels", empty)
     reached = pixels > 0
-    safe = np.where(reached, pixels, 1.0)
-    del pixels
+    np.copyto(pixels, 1.0, where=~reached)  # a safe divisor: unreached voxels hold 0 in every sum
     out = {}
     for colour in _COLOURS:
-        out[colour] = spec.volume(np.where(reached, total(colour) / safe, 0.0).astype(np.float32))
+        total = sums.pop(colour, None)
+        if total is None:
+            out[colour] = empty
+        else:
+            np.divide(total, pixels, out=total)
+            out[colour] = total
     return out
+
+
+def _add_partial(sums: dict[str, np.ndarray], partial, axis: int, names: list[str]) -> None:
+    """Add a section's partial sums into the (AP, DV, LR) float32 volumes of ``sums``, one bincount over the
+    planes it touches along ``axis``."""
+    shape = partial.spec.shape
+    coords = list(np.unravel_index(partial.index, shape, order="F"))
+    lo, hi = int(coords[axis].min()), int(coords[axis].max()) + 1
+    local_shape = list(shape)
+    local_shape[axis] = hi - lo
+    coords[axis] = coords[axis] - lo
+    local = np.ravel_multi_index(coords, local_shape, order="F")
+    size = int(np.prod(local_shape))
+    where = [slice(None)] * 3
+    where[axis] = slice(lo, hi)
+    for name in names:
+        total = sums.get(name)
+        if total is None:
+            total = sums[name] = np.zeros(shape, dtype=np.float32, order="F")
+        part = np.bincount(local, weights=partial.values[name], minlength=size)
+        total[tuple(where)] += part.reshape(local_shape, order="F")
 
 
 def write_channel_volumes(folder: str | os.PathLike[str], volumes: Mapping[str, np.ndarray],
@@ -93,5 +115,7 @@ def write_channel_volumes(folder: str | os.PathLike[str], volumes: Mapping[str, 
     from brainmap.io.grid_bundle import write_grid_bundle
 
     path = Path(folder) / CHANNEL_VOLUMES_FILE
-    write_grid_bundle(path, dict(volumes), (float(resolution_um),) * 3)
+    # Deflate level 1: a fifth of level 6's time on these mostly empty 25 um volumes (8 s against 37 s for the
+    # red volume of a demo experiment, loaded machine) for a file 16 % larger.
+    write_grid_bundle(path, dict(volumes), (float(resolution_um),) * 3, compresslevel=1)
     return path

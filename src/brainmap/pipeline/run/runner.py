@@ -69,7 +69,7 @@ class RunSettings:
         keep_alignment: use the transforms already in ``dataset.json`` when it has them all (data aligned
             elsewhere) instead of aligning again.
         channel_volumes: also resample connectivity data sets' image channels into the 25 um CCF (Allen's
-            ``ImagesResampledTo25MicronARA.zip``, about 10 s and 1 GB of memory per data set).
+            ``ImagesResampledTo25MicronARA.zip``; at most 1.6 GB of memory per data set at a time).
     """
 
     reference_resolution_um: int = 25
