@@ -94,7 +94,7 @@ class MouseConnectivityApi(GridDataApi, ReferenceSpaceApi):
 
     def get_reference_aligned_image_channel_volumes_url(self, data_set_id: int) -> str:
         """The download URL of a data set's channels resampled into the 25 um CCF
-        (``ImagesResampledTo25MicronARA``), where the server has them (``brainmap run --channel-volumes`` makes them)."""
+        (``ImagesResampledTo25MicronARA``), where the server has them (``brainmap run --channel-volumes``)."""
         rows = self.model_query("WellKnownFile", criteria="well_known_file_type[name$eq'ImagesResampledTo25MicronARA']"
                                 f"[attachable_id$eq{int(data_set_id)}]")
         if not rows:
