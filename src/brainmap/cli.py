@@ -165,6 +165,9 @@ def build_parser(services: bool = True) -> argparse.ArgumentParser:
                      help="voxel size in um of the template the sections are registered to (default 25)")
     run.add_argument("--keep-alignment", action="store_true",
                      help="use the transforms already in dataset.json instead of aligning again")
+    run.add_argument("--no-ish-smoothing", action="store_true",
+                     help="ISH: write the expression grids without Allen's in-plane and between-section smoothing "
+                          "(on by default)")
     run.set_defaults(run=_run_pipeline)
 
     search = commands.add_parser("search", help="search services on a data directory, and spatial search lines")
@@ -272,7 +275,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
     settings = RunSettings(reference_resolution_um=args.reference_resolution,
                            grid_resolution_um=args.grid_resolution, keep_alignment=args.keep_alignment,
-                           extra_grid_resolutions_um=tuple(args.extra_grid_resolution))
+                           extra_grid_resolutions_um=tuple(args.extra_grid_resolution),
+                           ish_smoothing=not args.no_ish_smoothing)
     runs = run_pipeline(args.dataset_dirs, settings, scheduler=args.scheduler, workers=args.workers)
     print(summarize_runs(runs))
     return 0
