@@ -33,7 +33,11 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    pixels, rounded down: 2 x 2 at 1.5 um, 3 x 3 at 1 um) then removes specks narrower than that; at coarser
    pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
    opening, so single-pixel cells stay. **Axons (connectivity)**: an axon is about one pixel
-   wide at the virtual microscope's pixels; the candidates are the signal.
+   wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to the length of
+   fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is kept where
+   ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
+   and a varicosity brightens a pixel by about half, so a pixel crossed over most of its width stays; one clipped
+   over under ~0.5 pixel goes).
 6. **Injection site (connectivity)**: a bright plateau, near saturation. The pixels at least ``injection_level``
    of the way from the typical tissue background to the saturation level, opened by a square of
    ``injection_window_um`` (axons, however bright, are far narrower and vanish), holes filled
@@ -115,6 +119,9 @@ class DetectionParams:
             (``floor(speck_um / pixel_size_um)`` pixels; none under 2 pixels: cells of 1-2 pixels are kept).
         peak_smooth_um: ISH: the local maximum of the cell rule is taken on the contrast averaged over a square of
             this side (um; in whole odd pixels, none under 2): a cell's level rather than its brightest granule.
+        axon_fraction: connectivity: keep a candidate whose contrast is at least this fraction of the largest in
+            its 3 x 3 neighbourhood (a pixel an axon only clips is dimmer than those it crosses); 0 disables the
+            rule. Connectivity default 0.4.
         detect_injection: find the injection site (connectivity only).
         saturation_counts: the saturation level (counts); ``None``: the full scale of the smallest bit depth
             (8, 10, 12, 14, 16) holding the image's maximum.
@@ -142,6 +149,7 @@ class DetectionParams:
     pixel_correction: bool = True
     speck_um: float = 3.0
     peak_smooth_um: float = 0.0
+    axon_fraction: float = 0.0
     detect_injection: bool = True
     saturation_counts: float | None = None
     injection_level: float = 0.5
@@ -159,7 +167,7 @@ class DetectionParams:
                 raise ValueError(f"DetectionParams.{name} must be a positive number, got {value!r}")
         if self.background_window_um is not None and not self.background_window_um > 0:
             raise ValueError(f"DetectionParams.background_window_um must be positive, got {self.background_window_um!r}")
-        for name in ("tissue_level_fraction", "peak_fraction", "injection_level"):
+        for name in ("tissue_level_fraction", "peak_fraction", "injection_level", "axon_fraction"):
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ValueError(f"DetectionParams.{name} must be in [0, 1), got {value!r}")
@@ -178,7 +186,7 @@ class DetectionParams:
             base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0,
                                         peak_smooth_um=3.0)
         elif product == "connectivity":
-            base = dict(peak_fraction=0.0, detect_injection=True)
+            base = dict(peak_fraction=0.0, detect_injection=True, axon_fraction=0.4)
         else:
             raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
         return cls(product=product, pixel_size_um=float(pixel_size_um), **{**base, **overrides})
@@ -678,6 +686,10 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         detected &= contrast >= fraction_table[running_max(peak_source, params.cell_window_px)]
         detected = _binary_opening(detected, params.speck_px)
         detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
+    if params.axon_fraction > 0 and params.product == "connectivity":
+        # a pixel an axon only clips holds a fraction of the light of the pixels it crosses
+        axon_table = np.ceil(np.arange(65536) * params.axon_fraction).astype(np.uint16)
+        detected &= contrast >= axon_table[running_max(contrast, 3)]
 
     injection = None
     saturation = None
