@@ -119,6 +119,9 @@ class DetectionParams:
             (``floor(speck_um / pixel_size_um)`` pixels; none under 2 pixels: cells of 1-2 pixels are kept).
         peak_smooth_um: ISH: the local maximum of the cell rule is taken on the contrast averaged over a square of
             this side (um; in whole odd pixels, none under 2): a cell's level rather than its brightest granule.
+        subpixel_cells: ISH: where a cell spans 1-3 pixels (:attr:`cell_window_px` 3), cut each cell at the
+            fraction of its sub-pixel peak that its edge holds, from the spot width measured at the image's peaks
+            (:func:`_subpixel_cell_rule`); ``False``: the half-maximum rule of finer pixels.
         axon_fraction: connectivity: keep a candidate whose contrast is at least this fraction of the largest in
             its 3 x 3 neighbourhood (a pixel an axon only clips is dimmer than those it crosses); 0 disables the
             rule. Connectivity default 0.4.
@@ -150,6 +153,7 @@ class DetectionParams:
     speck_um: float = 3.0
     peak_smooth_um: float = 0.0
     axon_fraction: float = 0.0
+    subpixel_cells: bool = True
     detect_injection: bool = True
     saturation_counts: float | None = None
     injection_level: float = 0.5
@@ -676,7 +680,11 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     detected = work > table[background]
     detected &= tissue
     contrast = work - background  # the opening never exceeds the image: no wrap-around
-    if params.peak_fraction > 0:
+    subpixel: dict[str, float] = {}
+    if params.peak_fraction > 0 and params.subpixel_cells and params.cell_window_px <= 3:
+        # cells of 1-3 pixels: the sub-pixel peak and the spot's measured width set the cut (module docstring)
+        detected &= _subpixel_cell_rule(contrast, detected, params, subpixel)
+    elif params.peak_fraction > 0:
         # contrast >= fraction * local maximum, in integers: a lookup table of ceil(fraction * level)
         fraction_table = np.ceil(np.arange(65536) * params.effective_peak_fraction).astype(np.uint16)
         peak_source = contrast
@@ -684,6 +692,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
             # the cell's level, not one bright granule: the local maximum of the contrast averaged over a few um
             peak_source = _box_mean(contrast, params.peak_smooth_px)
         detected &= contrast >= fraction_table[running_max(peak_source, params.cell_window_px)]
+    if params.peak_fraction > 0:
         detected = _binary_opening(detected, params.speck_px)
         detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
     if params.axon_fraction > 0 and params.product == "connectivity":
@@ -694,7 +703,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     injection = None
     saturation = None
     info: dict[str, Any] = {"background_window_px": params.background_window_px,
-                            "cell_diameter_um": params.cell_diameter_um}
+                            "cell_diameter_um": params.cell_diameter_um, **subpixel}
     if params.detect_injection and params.product == "connectivity":
         saturation = saturation_level(work, params)
         sub_tissue = _subsample(tissue)
@@ -713,6 +722,50 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     mask = contrast * detected
     return DetectionResult(mask=mask, tissue=tissue, injection=injection, signal_counts=counts, noise=noise,
                            tissue_threshold=threshold, saturation_counts=saturation, info=info)
+
+
+def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: DetectionParams,
+                        info: dict[str, float]) -> np.ndarray:
+    """The cell rule where a cell spans 1-3 pixels (bool, the pixels kept among ``candidates``).
+
+    The pixels are too coarse to show a cell's outline, and the brightest pixel is not its peak (the cell's centre
+    lies anywhere in it). Each local maximum (3 x 3) of the candidates' contrast ``F`` gets a log-parabola through
+    it and its 4 neighbours, per axis: its sub-pixel peak ``P``, and a curvature ``2 ln F0 - ln F- - ln F+`` that
+    is ``1 / w`` for a spot of variance ``w`` px^2 as the pixels record it (blur, pixel integration and the cell's
+    own profile together). ``w`` is the median over the image's peaks. A pixel at the cell's edge, ``R =
+    diameter / 2`` from its centre (the diameter measured from the image's autocorrelation), holds ``exp(-R^2 /
+    (2 w))`` of the peak: a pixel is kept where ``F`` reaches that fraction of the largest of ``P`` and ``F``
+    over its 3 x 3 neighbourhood. Flat cells (a plateau, a steep edge) have a small curvature for their size, so
+    their cut is lower than peaked ones': the size says how far the edge is, the curvature how fast the light
+    falls to it.
+    """
+    rows, cols = contrast.shape
+    level = np.maximum(contrast, 1).astype(np.float32)
+    peaks = candidates & (level >= running_max(level, 3))
+    peaks[[0, -1], :] = False
+    peaks[:, [0, -1]] = False
+    ys, xs = np.nonzero(peaks)
+    if ys.size < 10:
+        fraction = params.effective_peak_fraction
+        reference = running_max(level, 3)
+        info.update(cut_fraction=float(fraction))
+        return contrast >= fraction * reference
+    logs = np.log(level)
+    centre = logs[ys, xs]
+    left, right, up, down = logs[ys, xs - 1], logs[ys, xs + 1], logs[ys - 1, xs], logs[ys + 1, xs]
+    curve_x = np.maximum(2 * centre - left - right, 1e-3)
+    curve_y = np.maximum(2 * centre - up - down, 1e-3)
+    width = float(1.0 / np.median(np.concatenate([curve_x, curve_y])))  # px^2
+    # the vertex of each axis' parabola lies at most half a pixel away: its rise is at most curve / 8
+    rise = np.minimum((right - left) ** 2 / (8 * curve_x), curve_x / 8) + np.minimum((down - up) ** 2 / (8 * curve_y),
+                                                                                      curve_y / 8)
+    peak = np.zeros((rows, cols), np.float32)
+    peak[ys, xs] = np.exp(centre + rise)
+    reference = np.maximum(running_max(peak, 3), running_max(level, 3))
+    radius = params.diameter_um / 2.0 / params.pixel_size_um
+    fraction = float(np.clip(math.exp(-radius * radius / (2.0 * width)), 0.2, 0.9))
+    info.update(cut_fraction=fraction, spot_variance_px2=width, cells=float(ys.size))
+    return contrast >= fraction * reference
 
 
 def _box_mean(image: np.ndarray, size: int) -> np.ndarray:
