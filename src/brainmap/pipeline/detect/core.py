@@ -32,7 +32,12 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    nucleus) are filled. A binary opening by a square of ``speck_um`` (3 um, in whole
    pixels, rounded down: 2 x 2 at 1.5 um, 3 x 3 at 1 um) then removes specks narrower than that; at coarser
    pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
-   opening, so single-pixel cells stay. **Axons (connectivity)**: an axon is about one pixel
+   opening, so single-pixel cells stay. Where a cell spans only 1-3 pixels (the virtual microscope's 8 um) its
+   outline is not in the image and the brightest pixel is not its peak: each local maximum gets its sub-pixel
+   peak from a log-parabola through its neighbours, the image's spot width ``w`` (px^2) is the median curvature of
+   those parabolas, and a pixel is kept at ``exp(-R^2 / (2 w))`` of the nearby sub-pixel peak, ``R`` the measured
+   radius: the cut follows the cells' profile, lower for flat cells with a steep edge than for peaked ones
+   (:func:`_subpixel_cell_rule`). **Axons (connectivity)**: an axon is about one pixel
    wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to the length of
    fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is kept where
    ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
