@@ -745,19 +745,29 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
     falls to it.
     """
     rows, cols = contrast.shape
-    level = np.maximum(contrast, 1).astype(np.float32)
-    peaks = candidates & (level >= running_max(level, 3))
-    peaks[[0, -1], :] = False
-    peaks[:, [0, -1]] = False
-    ys, xs = np.nonzero(peaks)
+    # Only the candidates are looked at (a few percent of the pixels): their 3 x 3 neighbourhoods are gathered.
+    cy, cx = np.nonzero(candidates)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    rows_at = {d: np.clip(cy + d, 0, rows - 1) for d in (-1, 0, 1)}  # the border replicated
+    cols_at = {d: np.clip(cx + d, 0, cols - 1) for d in (-1, 0, 1)}
+    local = np.zeros(cy.size, np.uint16)
+    for dy, dx in offsets:
+        np.maximum(local, contrast[rows_at[dy], cols_at[dx]], out=local)
+    value = contrast[cy, cx]
+    inner = (cy > 0) & (cy < rows - 1) & (cx > 0) & (cx < cols - 1)
+    is_peak = (value >= local) & inner
+    ys, xs = cy[is_peak], cx[is_peak]
+    keep = np.zeros((rows, cols), bool)
     if ys.size < 10:
         fraction = params.effective_peak_fraction
-        reference = running_max(level, 3)
         info.update(cut_fraction=float(fraction))
-        return contrast >= fraction * reference
-    logs = np.log(level)
-    centre = logs[ys, xs]
-    left, right, up, down = logs[ys, xs - 1], logs[ys, xs + 1], logs[ys - 1, xs], logs[ys + 1, xs]
+        keep[cy, cx] = value >= np.ceil(local * fraction)
+        return keep
+
+    def logs(dy: int, dx: int) -> np.ndarray:
+        return np.log(np.maximum(contrast[ys + dy, xs + dx], 1).astype(np.float64))
+
+    centre, left, right, up, down = logs(0, 0), logs(0, -1), logs(0, 1), logs(-1, 0), logs(1, 0)
     curve_x = np.maximum(2 * centre - left - right, 1e-3)
     curve_y = np.maximum(2 * centre - up - down, 1e-3)
     width = float(1.0 / np.median(np.concatenate([curve_x, curve_y])))  # px^2
@@ -766,11 +776,14 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
                                                                                       curve_y / 8)
     peak = np.zeros((rows, cols), np.float32)
     peak[ys, xs] = np.exp(centre + rise)
-    reference = np.maximum(running_max(peak, 3), running_max(level, 3))
+    reference = local.astype(np.float32)
+    for dy, dx in offsets:
+        np.maximum(reference, peak[rows_at[dy], cols_at[dx]], out=reference)
     radius = params.diameter_um / 2.0 / params.pixel_size_um
     fraction = float(np.clip(math.exp(-radius * radius / (2.0 * width)), 0.2, 0.9))
     info.update(cut_fraction=fraction, spot_variance_px2=width, cells=float(ys.size))
-    return contrast >= fraction * reference
+    keep[cy, cx] = value >= fraction * reference
+    return keep
 
 
 def _box_mean(image: np.ndarray, size: int) -> np.ndarray:
