@@ -171,6 +171,9 @@ def build_parser(services: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--contrast", choices=["model", "template"], default="model",
                      help="the aligner's similarity, as for brainmap align (default model: any stain)")
     run.add_argument("--affine-only", action="store_true", help="align with no non-linear stage after the affine")
+    run.add_argument("--no-ish-smoothing", action="store_true",
+                     help="ISH: write the expression grids without Allen's in-plane and between-section smoothing "
+                          "(on by default)")
     run.set_defaults(run=_run_pipeline)
 
     search = commands.add_parser("search", help="search services on a data directory, and spatial search lines")
@@ -280,7 +283,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
                            grid_resolution_um=args.grid_resolution, keep_alignment=args.keep_alignment,
                            extra_grid_resolutions_um=tuple(args.extra_grid_resolution),
                            channel_volumes=args.channel_volumes, contrast=args.contrast,
-                           nonlinear=not args.affine_only)
+                           nonlinear=not args.affine_only, ish_smoothing=not args.no_ish_smoothing)
     runs = run_pipeline(args.dataset_dirs, settings, scheduler=args.scheduler, workers=args.workers)
     print(summarize_runs(runs))
     return 0

@@ -163,3 +163,34 @@ def test_channel_volumes_stage_from_the_command_line(completed, tmp_path):
     assert dice > 0.8, dice  # 0.90 through the true alignment
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "channels skipped" in again.stdout, again.stderr[-2000:]
+
+
+def test_no_ish_smoothing_switch_regrids_without_allens_smoothing(completed, tmp_path):
+    """``brainmap run --no-ish-smoothing`` (the command a user types) redoes the ISH grid stage and writes the
+    expression grids Allen's smoothing was left out of: those of ``grid_folder(smoothing=False)``, not the
+    default run's."""
+    from brainmap.pipeline.grid import grid_folder
+
+    ish = tmp_path / "ish"
+    shutil.copytree(completed[1], ish)
+    grids = GridFolder(ish / PIPELINE_DIR / "grids", resolution=200)
+    smoothed = grids["density"]
+    command = [sys.executable, "-m", "brainmap.cli", "run", str(ish), "--keep-alignment", "--workers", "1",
+               "--no-ish-smoothing"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "grid done" in result.stdout and "unionize done" in result.stdout
+    written = GridFolder(ish / PIPELINE_DIR / "grids", resolution=200)["density"]
+    unsmoothed = grid_folder(ish, smoothing=False).volumes["density"]
+    assert np.array_equal(written, unsmoothed)
+    data = (written >= 0) & (smoothed >= 0)
+    assert not np.allclose(written[data], smoothed[data])
+    # smoothing lowers the voxel-to-voxel differences along every axis
+    for axis in range(3):
+        rough = np.abs(np.diff(np.where(data, written, 0), axis=axis))[np.diff(data, axis=axis) == 0].mean()
+        smooth = np.abs(np.diff(np.where(data, smoothed, 0), axis=axis))[np.diff(data, axis=axis) == 0].mean()
+        assert smooth < rough
+    # the default run again: the stage is redone and the smoothed grids are back, byte for byte
+    result = subprocess.run(command[:-1], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "grid done" in result.stdout, result.stderr[-2000:]
+    assert _outputs(ish) == completed[3]["ish"]

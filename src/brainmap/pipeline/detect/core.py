@@ -32,8 +32,17 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    nucleus) are filled. A binary opening by a square of ``speck_um`` (3 um, in whole
    pixels, rounded down: 2 x 2 at 1.5 um, 3 x 3 at 1 um) then removes specks narrower than that; at coarser
    pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
-   opening, so single-pixel cells stay. **Axons (connectivity)**: an axon is about one pixel
-   wide at the virtual microscope's pixels; the candidates are the signal.
+   opening, so single-pixel cells stay. Where a cell spans only 1-3 pixels (the virtual microscope's 8 um) its
+   outline is not in the image and the brightest pixel is not its peak: each local maximum gets its sub-pixel
+   peak from a log-parabola through its neighbours, the image's spot width ``w`` (px^2) is the median curvature of
+   those parabolas, and a pixel is kept at ``exp(-R^2 / (2 w))`` of the nearby sub-pixel peak, ``R`` the measured
+   radius: the cut follows the cells' profile, lower for flat cells with a steep edge than for peaked ones
+   (:func:`_subpixel_cell_rule`). **Axons (connectivity)**: an axon is about one pixel
+   wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to the length of
+   fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is kept where
+   ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
+   and a varicosity brightens a pixel by about half, so a pixel crossed over most of its width stays; one clipped
+   over under ~0.5 pixel goes).
 6. **Injection site (connectivity)**: a bright plateau, near saturation. The pixels at least ``injection_level``
    of the way from the typical tissue background to the saturation level, opened by a square of
    ``injection_window_um`` (axons, however bright, are far narrower and vanish), holes filled
@@ -115,6 +124,12 @@ class DetectionParams:
             (``floor(speck_um / pixel_size_um)`` pixels; none under 2 pixels: cells of 1-2 pixels are kept).
         peak_smooth_um: ISH: the local maximum of the cell rule is taken on the contrast averaged over a square of
             this side (um; in whole odd pixels, none under 2): a cell's level rather than its brightest granule.
+        subpixel_cells: ISH: where a cell spans 1-3 pixels (:attr:`cell_window_px` 3), cut each cell at the
+            fraction of its sub-pixel peak that its edge holds, from the spot width measured at the image's peaks
+            (:func:`_subpixel_cell_rule`); ``False``: the half-maximum rule of finer pixels.
+        axon_fraction: connectivity: keep a candidate whose contrast is at least this fraction of the largest in
+            its 3 x 3 neighbourhood (a pixel an axon only clips is dimmer than those it crosses); 0 disables the
+            rule. Connectivity default 0.4.
         detect_injection: find the injection site (connectivity only).
         saturation_counts: the saturation level (counts); ``None``: the full scale of the smallest bit depth
             (8, 10, 12, 14, 16) holding the image's maximum.
@@ -142,6 +157,8 @@ class DetectionParams:
     pixel_correction: bool = True
     speck_um: float = 3.0
     peak_smooth_um: float = 0.0
+    axon_fraction: float = 0.0
+    subpixel_cells: bool = True
     detect_injection: bool = True
     saturation_counts: float | None = None
     injection_level: float = 0.5
@@ -159,7 +176,7 @@ class DetectionParams:
                 raise ValueError(f"DetectionParams.{name} must be a positive number, got {value!r}")
         if self.background_window_um is not None and not self.background_window_um > 0:
             raise ValueError(f"DetectionParams.background_window_um must be positive, got {self.background_window_um!r}")
-        for name in ("tissue_level_fraction", "peak_fraction", "injection_level"):
+        for name in ("tissue_level_fraction", "peak_fraction", "injection_level", "axon_fraction"):
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ValueError(f"DetectionParams.{name} must be in [0, 1), got {value!r}")
@@ -178,7 +195,7 @@ class DetectionParams:
             base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0,
                                         peak_smooth_um=3.0)
         elif product == "connectivity":
-            base = dict(peak_fraction=0.0, detect_injection=True)
+            base = dict(peak_fraction=0.0, detect_injection=True, axon_fraction=0.4)
         else:
             raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
         return cls(product=product, pixel_size_um=float(pixel_size_um), **{**base, **overrides})
@@ -668,7 +685,11 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     detected = work > table[background]
     detected &= tissue
     contrast = work - background  # the opening never exceeds the image: no wrap-around
-    if params.peak_fraction > 0:
+    subpixel: dict[str, float] = {}
+    if params.peak_fraction > 0 and params.subpixel_cells and params.cell_window_px <= 3:
+        # cells of 1-3 pixels: the sub-pixel peak and the spot's measured width set the cut (module docstring)
+        detected &= _subpixel_cell_rule(contrast, detected, params, subpixel)
+    elif params.peak_fraction > 0:
         # contrast >= fraction * local maximum, in integers: a lookup table of ceil(fraction * level)
         fraction_table = np.ceil(np.arange(65536) * params.effective_peak_fraction).astype(np.uint16)
         peak_source = contrast
@@ -676,13 +697,18 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
             # the cell's level, not one bright granule: the local maximum of the contrast averaged over a few um
             peak_source = _box_mean(contrast, params.peak_smooth_px)
         detected &= contrast >= fraction_table[running_max(peak_source, params.cell_window_px)]
+    if params.peak_fraction > 0:
         detected = _binary_opening(detected, params.speck_px)
         detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
+    if params.axon_fraction > 0 and params.product == "connectivity":
+        # a pixel an axon only clips holds a fraction of the light of the pixels it crosses
+        axon_table = np.ceil(np.arange(65536) * params.axon_fraction).astype(np.uint16)
+        detected &= contrast >= axon_table[running_max(contrast, 3)]
 
     injection = None
     saturation = None
     info: dict[str, Any] = {"background_window_px": params.background_window_px,
-                            "cell_diameter_um": params.cell_diameter_um}
+                            "cell_diameter_um": params.cell_diameter_um, **subpixel}
     if params.detect_injection and params.product == "connectivity":
         saturation = saturation_level(work, params)
         sub_tissue = _subsample(tissue)
@@ -701,6 +727,63 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     mask = contrast * detected
     return DetectionResult(mask=mask, tissue=tissue, injection=injection, signal_counts=counts, noise=noise,
                            tissue_threshold=threshold, saturation_counts=saturation, info=info)
+
+
+def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: DetectionParams,
+                        info: dict[str, float]) -> np.ndarray:
+    """The cell rule where a cell spans 1-3 pixels (bool, the pixels kept among ``candidates``).
+
+    The pixels are too coarse to show a cell's outline, and the brightest pixel is not its peak (the cell's centre
+    lies anywhere in it). Each local maximum (3 x 3) of the candidates' contrast ``F`` gets a log-parabola through
+    it and its 4 neighbours, per axis: its sub-pixel peak ``P``, and a curvature ``2 ln F0 - ln F- - ln F+`` that
+    is ``1 / w`` for a spot of variance ``w`` px^2 as the pixels record it (blur, pixel integration and the cell's
+    own profile together). ``w`` is the median over the image's peaks. A pixel at the cell's edge, ``R =
+    diameter / 2`` from its centre (the diameter measured from the image's autocorrelation), holds ``exp(-R^2 /
+    (2 w))`` of the peak: a pixel is kept where ``F`` reaches that fraction of the largest of ``P`` and ``F``
+    over its 3 x 3 neighbourhood. Flat cells (a plateau, a steep edge) have a small curvature for their size, so
+    their cut is lower than peaked ones': the size says how far the edge is, the curvature how fast the light
+    falls to it.
+    """
+    rows, cols = contrast.shape
+    # Only the candidates are looked at (a few percent of the pixels): their 3 x 3 neighbourhoods are gathered.
+    cy, cx = np.nonzero(candidates)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    rows_at = {d: np.clip(cy + d, 0, rows - 1) for d in (-1, 0, 1)}  # the border replicated
+    cols_at = {d: np.clip(cx + d, 0, cols - 1) for d in (-1, 0, 1)}
+    local = np.zeros(cy.size, np.uint16)
+    for dy, dx in offsets:
+        np.maximum(local, contrast[rows_at[dy], cols_at[dx]], out=local)
+    value = contrast[cy, cx]
+    inner = (cy > 0) & (cy < rows - 1) & (cx > 0) & (cx < cols - 1)
+    is_peak = (value >= local) & inner
+    ys, xs = cy[is_peak], cx[is_peak]
+    keep = np.zeros((rows, cols), bool)
+    if ys.size < 10:
+        fraction = params.effective_peak_fraction
+        info.update(cut_fraction=float(fraction))
+        keep[cy, cx] = value >= np.ceil(local * fraction)
+        return keep
+
+    def logs(dy: int, dx: int) -> np.ndarray:
+        return np.log(np.maximum(contrast[ys + dy, xs + dx], 1).astype(np.float64))
+
+    centre, left, right, up, down = logs(0, 0), logs(0, -1), logs(0, 1), logs(-1, 0), logs(1, 0)
+    curve_x = np.maximum(2 * centre - left - right, 1e-3)
+    curve_y = np.maximum(2 * centre - up - down, 1e-3)
+    width = float(1.0 / np.median(np.concatenate([curve_x, curve_y])))  # px^2
+    # the vertex of each axis' parabola lies at most half a pixel away: its rise is at most curve / 8
+    rise = np.minimum((right - left) ** 2 / (8 * curve_x), curve_x / 8) + np.minimum((down - up) ** 2 / (8 * curve_y),
+                                                                                      curve_y / 8)
+    peak = np.zeros((rows, cols), np.float32)
+    peak[ys, xs] = np.exp(centre + rise)
+    reference = local.astype(np.float32)
+    for dy, dx in offsets:
+        np.maximum(reference, peak[rows_at[dy], cols_at[dx]], out=reference)
+    radius = params.diameter_um / 2.0 / params.pixel_size_um
+    fraction = float(np.clip(math.exp(-radius * radius / (2.0 * width)), 0.2, 0.9))
+    info.update(cut_fraction=fraction, spot_variance_px2=width, cells=float(ys.size))
+    keep[cy, cx] = value >= fraction * reference
+    return keep
 
 
 def _box_mean(image: np.ndarray, size: int) -> np.ndarray:

@@ -84,6 +84,8 @@ class Gridder:
         lattice: ISH only: the specimen lattice of the per-image grids.
         extra_specs: connectivity only: further grids the same detections are gridded on (e.g. 25 um beside
             100 um, as Allen serves every experiment at several resolutions); each section is detected once.
+        smoothing: ISH only: Allen's smoothing of the expression grids (on by default; ``False`` turns it off,
+            ``brainmap run --no-ish-smoothing``); an explicit ``smoothing=`` to :meth:`volumes` wins.
     """
 
     dataset: SectionDataSet
@@ -92,11 +94,13 @@ class Gridder:
     block_px: int | None = None
     lattice: ExpressionLattice | None = None
     extra_specs: tuple[GridSpec, ...] = ()
+    smoothing: bool = True
 
     @classmethod
     def for_dataset(cls, dataset: SectionDataSet, resolution_um: float | None = None, *,
                     spec: GridSpec | None = None, params: DetectionParams | None = None,
-                    block_px: int | None = None, also_um: tuple[float, ...] = ()) -> Gridder:
+                    block_px: int | None = None, also_um: tuple[float, ...] = (), smoothing: bool = True
+                    ) -> Gridder:
         """A gridder on Allen's grid at ``resolution_um`` (default 200 um ISH, 100 um connectivity) or ``spec``;
         connectivity data sets are gridded at the resolutions ``also_um`` too (from the same detections)."""
         if dataset.alignment3d is None:
@@ -107,7 +111,7 @@ class Gridder:
         lattice = expression_lattice(dataset, spec) if dataset.product == "ish" else None
         extra = tuple(GridSpec.allen(r) for r in dict.fromkeys(also_um) if GridSpec.allen(r) != spec) \
             if dataset.product == "connectivity" else ()
-        return cls(dataset, spec, params, block_px, lattice, extra)
+        return cls(dataset, spec, params, block_px, lattice, extra, smoothing)
 
     def usable_images(self) -> list[SectionImage]:
         """The sections that are gridded: not failed, with an Alignment2d."""
@@ -149,7 +153,7 @@ class Gridder:
         """The product's volumes from the reduced accumulator (options: see ``expression_volumes`` /
         ``projection_volumes``)."""
         if isinstance(accumulator, ExpressionAccumulator):
-            return expression_volumes(accumulator, self.dataset, self.spec, **options)
+            return expression_volumes(accumulator, self.dataset, self.spec, **{"smoothing": self.smoothing, **options})
         return projection_volumes(accumulator, self.dataset.pixel_size_um, **options)
 
     def write(self, folder: str | os.PathLike[str], volumes: dict[str, np.ndarray]) -> list[Path]:

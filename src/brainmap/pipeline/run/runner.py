@@ -70,6 +70,8 @@ class RunSettings:
             elsewhere) instead of aligning again.
         channel_volumes: also resample connectivity data sets' image channels into the 25 um CCF (Allen's
             ``ImagesResampledTo25MicronARA.zip``; at most 1.6 GB of memory per data set at a time).
+        ish_smoothing: Allen's smoothing of ISH expression grids (the default); ``False`` writes them unsmoothed
+            (``brainmap run --no-ish-smoothing``).
     """
 
     reference_resolution_um: int = 25
@@ -79,6 +81,7 @@ class RunSettings:
     nonlinear: bool = True
     contrast: str = "model"
     channel_volumes: bool = False
+    ish_smoothing: bool = True
 
     def grid_resolution(self, product: str) -> int:
         return 200 if product == "ish" else int(self.grid_resolution_um)
@@ -128,7 +131,9 @@ def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettin
                        {"stage": "grid", "format": STAGE_FORMAT, "images": image_signature(folder, dataset),
                         "grid_resolution_um": settings.grid_resolution(dataset.product),
                         **({"also_um": list(settings.extra_grid_resolutions_um)}
-                           if settings.extra_grid_resolutions_um and dataset.product == "connectivity" else {})})
+                           if settings.extra_grid_resolutions_um and dataset.product == "connectivity" else {}),
+                        **({"ish_smoothing": False}
+                           if not settings.ish_smoothing and dataset.product == "ish" else {})})
 
 
 def _unionize_fingerprint(folder: Path, dataset: SectionDataSet) -> str:
@@ -309,7 +314,8 @@ def run_pipeline(
                 run.stages["grid"] = "skipped"
                 continue
             gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product),
-                                                   also_um=settings.extra_grid_resolutions_um)
+                                                   also_um=settings.extra_grid_resolutions_um,
+                                                   smoothing=settings.ish_smoothing)
             expected_grid[folder] = expected
         for folder, accumulator in grid_sections(client, gridders, progress=progress).items():
             _finish_grid(PipelineFolder.of(folder), gridders[folder], accumulator, expected_grid[folder])
