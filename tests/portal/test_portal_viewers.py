@@ -216,5 +216,16 @@ def test_an_empty_data_directory_says_what_to_do(browser, empty_portal, artefact
     page.goto(empty_portal + "/search/source?injection_structures=VISp")
     page.wait_for_load_state("networkidle")
     assert "brainmap load" in page.inner_text("main")
+    # The old viewer: the atlas slice drawn, the empty state said (it was "TypeError: (body.msg || []).map ...").
+    failures: list[str] = []
+    page.on("pageerror", lambda e: failures.append(str(e)))
+    page.goto(empty_portal + "/viewer")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_function("document.getElementById('annotation').naturalWidth > 0")
+    assert "No data sets loaded" in page.inner_text("#summary") and "brainmap load" in page.inner_text("#summary")
+    assert page.inner_text("#status") == ""
+    assert page.is_disabled("#dataset") and page.is_hidden("#signal")
+    assert not failures, failures
+    page.screenshot(path=str(artefacts / "viewer-empty.png"), full_page=True)
     assert not errors or all("status of 4" in e for e in errors), errors
     context.close()
