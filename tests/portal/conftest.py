@@ -51,9 +51,15 @@ def empty_portal(tmp_path_factory, brainmap_serve) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def portal(tmp_path_factory, brainmap_serve) -> Iterator[str]:
+def portal_dir(tmp_path_factory) -> Path:
+    """The folder of the served portal: its data directory is ``data/``."""
+    return tmp_path_factory.mktemp("portal")
+
+
+@pytest.fixture(scope="session")
+def portal(portal_dir, brainmap_serve) -> Iterator[str]:
     """The base URL of a ``brainmap serve`` of the demo's data (stopped at the end of the session)."""
-    here = tmp_path_factory.mktemp("portal")
+    here = portal_dir
     specimens = ROOT / "brainmap-demo" / "specimens"
     if not _complete(specimens):
         _run(["demo"], here)

@@ -8,6 +8,7 @@ max(W, H)); tiles of 254 px plus a 1 px overlap on inner edges).
 from __future__ import annotations
 
 import io
+import json
 import math
 import struct
 
@@ -98,6 +99,40 @@ def test_deep_zoom_levels_and_tiles(portal):
     assert full.size == (w, h)
     assert httpx.get(portal + f"/portal/dz/{image['id']}_files/{top + 1}/0_0.jpg").status_code == 404
     assert httpx.get(portal + f"/portal/dz/{image['id']}_files/{top}/9_9.jpg").status_code == 404
+
+
+def test_tiles_come_from_the_pyramids_made_at_load_and_follow_a_changed_image(portal, portal_dir):
+    import tifffile
+
+    data = portal_dir / "data"
+    folder = next(p.parent for p in data.glob("*/*/dataset.json")
+                  if json.loads(p.read_text())["id"] == 100141219)
+    images = _get(portal, "/portal/sections/100141219/images.json").json()["msg"]
+    # brainmap load made one pyramid per image.
+    for image in images:
+        assert len(list((data / "tiles" / str(image["id"])).iterdir())) == 1, image["id"]
+    image = images[1]
+    top = math.ceil(math.log2(max(image["width"], image["height"])))
+    url = f"/portal/dz/{image['id']}_files/{top}/0_0.jpg"
+    (pyramid,) = (data / "tiles" / str(image["id"])).iterdir()
+    before = _get(portal, url).content
+    assert before == (pyramid / str(top) / "0_0.jpg").read_bytes()
+
+    # A changed image file: the next tile is made from the new pixels; then the old file back, the old tile back.
+    entry = next(i for i in json.loads((folder / "dataset.json").read_text())["images"] if i["id"] == image["id"])
+    path = folder / "images" / entry["channels"][sorted(entry["channels"])[0]]
+    original = path.read_bytes()
+    try:
+        pixels = tifffile.imread(path)
+        pixels[:, : pixels.shape[1] // 2] = 0
+        tifffile.imwrite(path, pixels)
+        changed = _get(portal, url).content
+        assert changed != before
+        (newer,) = (data / "tiles" / str(image["id"])).iterdir()
+        assert newer != pyramid and changed == (newer / str(top) / "0_0.jpg").read_bytes()
+    finally:
+        path.write_bytes(original)
+    assert _get(portal, url).content == before
 
 
 def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path):
