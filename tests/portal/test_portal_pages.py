@@ -228,6 +228,12 @@ def _service_ids(portal: str, criteria: str) -> list[int]:
     ("injection_coordinate", {"seed_point": "8800,910,8070"},
      "service::mouse_connectivity_injection_coordinate[seed_point$eq8800,910,8070]"),
     ("connectivity_correlation", {"row": "100141219"}, "service::mouse_connectivity_correlation[row$eq100141219]"),
+    # Optional parameters, under "more options".
+    ("source", {"injection_structures": "Isocortex", "target_domain": "Thalamus", "product_ids": "5"},
+     "service::mouse_connectivity_injection_structure[injection_structures$eqIsocortex][target_domain$eqTH]"
+     "[product_ids$eq5]"),
+    ("connectivity_correlation", {"row": "100141219", "sort_order": "asc"},
+     "service::mouse_connectivity_correlation[row$eq100141219][sort_order$eqasc]"),
     ("differential", {"set": "mouse_coronal", "structures1": "Hippocampal formation", "structures2": "Isocortex"},
      "service::mouse_differential[set$eqmouse_coronal][structures1$eqHPF][structures2$eqIsocortex]"),
 ])
@@ -235,6 +241,8 @@ def test_each_search_form_answers_like_the_service(web, portal, slug, fill, crit
     web.goto(f"/search/{slug}")
     for name, value in fill.items():
         field = web.page.locator(f"#search-form [name={name}]")
+        if not field.is_visible():
+            web.page.click("#more-options summary")
         if field.evaluate("e => e.tagName") == "SELECT":
             field.select_option(value)
         else:

@@ -37,8 +37,8 @@ PAGE_ROWS = 50
 
 @dataclass(frozen=True)
 class Field:
-    """A form field: Allen's parameter name, its label, kind (structures, point, int, float, select, bool,
-    text, dataset) and choices."""
+    """A form field: Allen's parameter name, its label, kind (structures, point, pair, ints, int, float, select,
+    bool, text, dataset) and choices; ``more``: under the form's "more options"."""
 
     name: str
     label: str
@@ -46,6 +46,7 @@ class Field:
     required: bool = False
     choices: tuple[str, ...] = ()
     hint: str = ""
+    more: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,21 @@ _SET = Field("set", "Data sets", "select", choices=("mouse", "mouse_coronal"),
              hint="mouse: sagittal genome-wide set; mouse_coronal: coronal set")
 _HEMI = ("", "left", "right")
 _FILTERS = (Field("transgenic_lines", "Transgenic lines", "text", hint="names or ids; 0 = wild type only"),
-            Field("primary_structure_only", "Primary injection structure only", "bool"))
+            Field("primary_structure_only", "Primary injection structure only", "bool"),
+            Field("product_ids", "Product ids", "ints", hint="e.g. 5 (connectivity)", more=True))
+_SORT = Field("sort_order", "Sort order", "select", choices=("", "desc", "asc"), hint="by r (default desc)",
+              more=True)
+_THRESHOLDS = (Field("threshold1", "Target mean clamp", "pair", hint="lo,hi", more=True),
+               Field("threshold2", "Contrast mean clamp", "pair", hint="lo,hi", more=True))
 
 PAGES: dict[str, SearchPage] = {p.slug: p for p in (
     SearchPage("source", "mouse_connectivity_injection_structure", "Source search",
                "Experiments whose injection is in the given structures (or their descendants).",
                (Field("injection_structures", "Injection structures", "structures", True),
-                Field("injection_hemisphere", "Injection hemisphere", "select", choices=_HEMI), *_FILTERS)),
+                Field("injection_hemisphere", "Injection hemisphere", "select", choices=_HEMI), *_FILTERS,
+                Field("target_domain", "Target structures", "structures", hint="ranks by projection volume there",
+                      more=True),
+                Field("target_hemisphere", "Target hemisphere", "select", choices=_HEMI, more=True))),
     SearchPage("target", "mouse_connectivity_target", "Target search",
                "Experiments ranked by the projection volume they send to the target structures.",
                (Field("target_domain", "Target structures", "structures", True),
@@ -80,7 +89,9 @@ PAGES: dict[str, SearchPage] = {p.slug: p for p in (
                "Experiments with projection density at a point, each with the path from the point back to its "
                "injection site (drawn).",
                (Field("seed_point", "Seed point (AP, DV, LR um)", "point", True),
-                Field("injection_structures", "Injection structures", "structures"), *_FILTERS), draws="paths"),
+                Field("injection_structures", "Injection structures", "structures"), *_FILTERS,
+                Field("section_data_set", "Only data sets", "ints", hint="ids, comma-separated", more=True)),
+               draws="paths"),
     SearchPage("injection_coordinate", "mouse_connectivity_injection_coordinate", "Injection coordinate search",
                "Experiments ranked by the distance of their injection site to a point.",
                (Field("seed_point", "Point (AP, DV, LR um)", "point", True),
@@ -91,22 +102,27 @@ PAGES: dict[str, SearchPage] = {p.slug: p for p in (
                (Field("row", "Seed experiment", "dataset", True),
                 Field("structures", "Domain structures", "structures", hint="default: the whole brain"),
                 Field("hemisphere", "Hemisphere", "select", choices=_HEMI),
-                Field("injection_structures", "Injection structures", "structures"), *_FILTERS)),
+                Field("injection_structures", "Injection structures", "structures"), *_FILTERS, _SORT)),
     SearchPage("differential", "mouse_differential", "Differential search",
                "Genes (ISH data sets) by fold change of mean expression energy in the target structures over "
                "the contrast structures.",
                (_SET, Field("structures1", "Target structures", "structures", True),
-                Field("structures2", "Contrast structures", "structures", True)), product="ish"),
+                Field("structures2", "Contrast structures", "structures", True), *_THRESHOLDS), product="ish"),
     SearchPage("correlation", "mouse_correlation", "Gene correlation search",
                "Genes (ISH data sets) ranked by Pearson's r of expression energy with a seed data set.",
                (_SET, Field("row", "Seed data set", "dataset", True),
-                Field("structures", "Domain structures", "structures", hint="default: the whole brain")),
+                Field("structures", "Domain structures", "structures", hint="default: the whole brain"), _SORT),
                product="ish"),
     SearchPage("agea", "mouse_agea", "AGEA: anatomic gene expression atlas",
                "Voxels by the correlation of their expression, across data sets, with a seed voxel's. Click the "
                "slice to choose the seed.",
                (_SET, Field("seed_point", "Seed point (AP, DV, LR um)", "point", True),
-                Field("structures", "Domain structures", "structures", hint="default: the whole brain")),
+                Field("structures", "Domain structures", "structures", hint="default: the whole brain"),
+                Field("seed_age", "Seed age", "select", choices=("", "P56"), more=True),
+                Field("map_age", "Map age", "select", choices=("", "P56"), more=True),
+                Field("correlation_threshold1", "Gene finder: contrast voxels, r >=", "float", more=True),
+                Field("correlation_threshold2", "Gene finder: target voxels, r >=", "float", more=True),
+                *_THRESHOLDS),
                product="ish", draws="agea"),
 )}
 
@@ -130,14 +146,25 @@ def criteria_of(spec: SearchPage, values: dict[str, str], tree: Any) -> str:
             continue
         if f.kind == "structures":
             value = _resolve_structures(tree, value)
-        elif f.kind == "point":
+        elif f.kind in ("point", "pair"):
+            n, what = (3, "three numbers (AP, DV, LR in um)") if f.kind == "point" else (2, "two numbers (lo,hi)")
             numbers = [v for v in value.replace(";", ",").split(",") if v.strip()]
             try:
                 value = ",".join(f"{float(v):g}" for v in numbers)
             except ValueError:
-                raise _MissingField(f"{f.label}: {value!r} is not three numbers") from None
-            if len(numbers) != 3:
-                raise _MissingField(f"{f.label}: give three numbers (AP, DV, LR in um), got {len(numbers)}")
+                raise _MissingField(f"{f.label}: {value!r} is not {what}") from None
+            if len(numbers) != n:
+                raise _MissingField(f"{f.label}: give {what}, got {len(numbers)}")
+        elif f.kind == "ints":
+            numbers = [v.strip() for v in value.split(",") if v.strip()]
+            if not all(v.isdigit() for v in numbers):
+                raise _MissingField(f"{f.label}: {value!r} is not comma-separated ids")
+            value = ",".join(numbers)
+        elif f.kind == "float":
+            try:
+                value = f"{float(value):g}"
+            except ValueError:
+                raise _MissingField(f"{f.label}: {value!r} is not a number") from None
         elif f.kind == "bool":
             value = "true" if value.lower() in ("1", "true", "on", "yes") else "false"
         elif f.kind in ("int", "dataset") and not value.lstrip("-").isdigit():
