@@ -158,3 +158,26 @@ def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path
     assert np.array_equal(raw.reshape(64, 64, 64), volume[:64, :64, :64])
     page = client.get("/reference").text
     assert "Allen&#39;s average template" in page or "Allen's average template" in page
+
+
+def test_agea_sagittal_and_coronal_maps_agree_where_they_cross(portal):
+    """The two slices through the seed share its DV line: the sagittal map's column at the seed's AP is the
+    coronal map's column at the seed's LR (an axis mixed up or transposed would differ)."""
+    from PIL import Image
+
+    seed = (6650.0, 4050.0, 5050.0)
+    maps = {plane: np.asarray(Image.open(io.BytesIO(_get(
+        portal, "/portal/agea/map.png", set="mouse_coronal", plane=plane,
+        seed_point=",".join(f"{v:g}" for v in seed)).content))) for plane in ("coronal", "sagittal")}
+    coronal, sagittal = maps["coronal"], maps["sagittal"]
+    assert coronal.shape == (80, 114, 4) and sagittal.shape == (80, 132, 4)
+    line = coronal[:, int(seed[2] // 100)]
+    assert np.array_equal(line, sagittal[:, int(seed[0] // 100)])
+    assert (line[:, 3] > 0).sum() > 10  # the line crosses the brain: values drawn
+    # The seed correlates with itself: red (r = 1) at the seed in both.
+    for picture, col in ((coronal, seed[2]), (sagittal, seed[0])):
+        assert tuple(picture[int(seed[1] // 100), int(col // 100), :3]) == (255, 0, 0)
+    # The sagittal map is not a copy of the coronal one: it spans AP.
+    assert (sagittal[..., 3] > 0).any(axis=0).sum() > (coronal[..., 3] > 0).any(axis=0).sum()
+    assert httpx.get(portal + "/portal/agea/map.png", params={"seed_point": "1,2,3", "plane": "axial"}).status_code \
+        == 400

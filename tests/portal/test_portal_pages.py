@@ -310,3 +310,34 @@ def test_agea_click_sets_the_seed_and_draws_its_correlation_map(web):
     assert colours["red"] > 20  # voxels correlated with the seed drawn red over the atlas
     web.shot("agea_clicked")
     web.clean()
+
+
+def test_agea_on_a_sagittal_slice(web):
+    web.goto("/search/agea?set=mouse_coronal")
+    web.page.wait_for_function("document.getElementById('agea-atlas').dataset.drawn")
+    web.page.select_option("#agea-plane", "sagittal")
+    web.page.wait_for_url(re.compile(r"plane=sagittal"))
+    web.page.wait_for_function("document.getElementById('agea-atlas').dataset.drawn")
+    canvas = web.page.locator("#agea-atlas")
+    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("132", "80")  # AP x DV
+    web.page.fill("#slice-position", "4050")
+    web.page.dispatch_event("#slice-position", "change")
+    box = canvas.bounding_box()
+    # A voxel of the left hemisphere's sagittal slice at LR 4050 um: pixel (AP 66, DV 40).
+    web.page.mouse.click(box["x"] + (66 + 0.5) * box["width"] / 132, box["y"] + (40 + 0.5) * box["height"] / 80)
+    web.page.wait_for_url(re.compile(r"seed_point="))
+    web.page.wait_for_function("document.getElementById('agea-atlas').dataset.drawn")
+    web.page.wait_for_load_state("networkidle")
+    query = parse_qs(urlparse(web.page.url).query)
+    assert query["seed_point"][0] == "6650,4050,4050" and query["plane"][0] == "sagittal"
+    assert len(_rows(web)) == 50
+    colours = web.page.evaluate("""() => {
+        const c = document.getElementById('agea-atlas'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let red = 0;
+        for (let i = 0; i < d.length; i += 4) { if (d[i] > 200 && d[i + 2] < 80) red++; }
+        const seed = c.getContext('2d').getImageData(66, 40, 1, 1).data;
+        return {red, seed: [seed[0], seed[1], seed[2]]};
+    }""")
+    assert colours["seed"] == [255, 255, 255] and colours["red"] > 20
+    web.shot("agea_sagittal")
+    web.clean()

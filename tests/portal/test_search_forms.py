@@ -14,7 +14,7 @@ httpx = pytest.importorskip("httpx")
 
 
 class _FormInputs(HTMLParser):
-    """The names of the inputs and selects inside ``<form id="search-form">``."""
+    """The names of the inputs and selects inside ``<form id="search-form">`` (but hidden ones)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -25,7 +25,8 @@ class _FormInputs(HTMLParser):
         values = dict(attrs)
         if tag == "form" and values.get("id") == "search-form":
             self.inside = True
-        elif self.inside and tag in ("input", "select", "textarea") and values.get("name"):
+        elif self.inside and tag in ("input", "select", "textarea") and values.get("name") \
+                and values.get("type") != "hidden":  # hidden: the page's view (AGEA's plane), not the service's
             self.names.append(str(values["name"]))
 
     def handle_endtag(self, tag: str) -> None:

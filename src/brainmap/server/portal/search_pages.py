@@ -7,8 +7,8 @@ same :func:`~brainmap.server.routes_services.service_result` the API uses. Resul
 pages; every table has a CSV link: the same ``service::`` call on ``/api/v2/data/query.csv``.
 
 The spatial search draws each row's path from the seed to the injection site over a horizontal annotation slice
-(SVG polylines in microns); AGEA (``/search/agea``) draws the seed voxel's correlation map over a coronal slice
-(``/portal/agea/map.png``) and a click on the slice sets a new seed.
+(SVG polylines in microns); AGEA (``/search/agea?plane=coronal|sagittal``) draws the seed voxel's correlation map
+over a coronal or sagittal slice (``/portal/agea/map.png``) and a click on the slice sets a new seed.
 """
 
 from __future__ import annotations
@@ -280,6 +280,8 @@ def search_page(request: Request, slug: str) -> HTMLResponse:
             context.update(keys=keys, rows=table, total=result.total_rows,
                            csv="/api/v2/data/query.csv?" + urlencode({"criteria": criteria}))
             query = {k: v for k, v in values.items() if v}
+            if spec.draws == "agea" and request.query_params.get("plane") in AGEA_PLANES:
+                query["plane"] = request.query_params["plane"]
             context["page_url"] = lambda s: f"/search/{slug}?" + urlencode({**query, "start_row": s})
             if spec.draws in ("paths", "agea"):
                 seed = [float(v) for v in criteria.split("seed_point$eq")[1].split("]")[0].split(",")]
@@ -288,8 +290,13 @@ def search_page(request: Request, slug: str) -> HTMLResponse:
                 context["paths_svg"] = _paths_svg(result.rows, context["seed"], state.reference_space(100))
     if spec.draws == "agea":
         space = state.reference_space(100)
-        context["slice_ap"] = (context["seed"][0] if context["seed"] else 6600.0)
-        context["atlas_size"] = (space.shape[2], space.shape[1])  # LR, DV pixels of the coronal slice
+        plane = request.query_params.get("plane", "coronal")
+        plane = plane if plane in AGEA_PLANES else "coronal"
+        axis, across = AGEA_PLANES[plane]
+        context["agea_plane"] = plane
+        context["slice_at"] = context["seed"][axis] if context["seed"] else (6650.0 if axis == 0 else 4050.0)
+        context["slice_max"] = space.shape[axis] * 100 - 50
+        context["atlas_size"] = (space.shape[across], space.shape[1])  # columns (LR or AP), rows (DV)
     return page("search.html", status=status, **context)
 
 
@@ -321,36 +328,50 @@ def _diverging(r: np.ndarray) -> np.ndarray:
     return rgba
 
 
-@router.get("/portal/agea/map.png")
-def agea_map(request: Request, seed_point: str, set: str = "mouse_coronal") -> Response:
-    """The seed voxel's correlation map on the coronal annotation slice through the seed (100 um pixels)."""
-    from PIL import Image
+AGEA_PLANES = {"coronal": (0, 2), "sagittal": (2, 0)}  # plane -> (its axis, the picture's column axis)
 
+
+def _agea_slice(volume: np.ndarray, seed: list[float], plane: str, shape: tuple[int, ...]) -> np.ndarray:
+    """(rows, cols) r on the 100 um annotation slice of ``plane`` through the seed: rows DV; columns LR
+    (coronal) or AP (sagittal); each slice pixel takes the expression grid voxel its centre falls in (NaN
+    outside the grid)."""
     from brainmap.atlas.expression_grid import EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM
+
+    res, corner = float(EXPRESSION_GRID_RESOLUTION_UM), float(EXPRESSION_GRID_ORIGIN_UM)
+    axis, across = AGEA_PLANES[plane]
+    fixed = int(np.floor((seed[axis] - corner) / res))
+    j = np.floor(((np.arange(shape[1]) + 0.5) * 100.0 - corner) / res).astype(np.int64)
+    k = np.floor(((np.arange(shape[across]) + 0.5) * 100.0 - corner) / res).astype(np.int64)
+    r = np.full((j.size, k.size), np.nan, dtype=np.float32)
+    if not 0 <= fixed < volume.shape[axis]:
+        return r
+    plane_values = np.take(volume, fixed, axis=axis)  # coronal: (DV, LR); sagittal: (AP, DV)
+    if plane == "sagittal":
+        plane_values = plane_values.T  # (DV, AP)
+    jj, kk = (j >= 0) & (j < plane_values.shape[0]), (k >= 0) & (k < plane_values.shape[1])
+    r[np.ix_(jj, kk)] = plane_values[np.ix_(j[jj], k[kk])]
+    return r
+
+
+@router.get("/portal/agea/map.png")
+def agea_map(request: Request, seed_point: str, set: str = "mouse_coronal", plane: str = "coronal") -> Response:
+    """The seed voxel's correlation map on the coronal or sagittal annotation slice through the seed (100 um
+    pixels)."""
+    from PIL import Image
 
     state = state_of(request)
     try:
         seed = [float(v) for v in seed_point.split(",")]
-        if len(seed) != 3 or set not in ("mouse", "mouse_coronal"):
+        if len(seed) != 3 or set not in ("mouse", "mouse_coronal") or plane not in AGEA_PLANES:
             raise ValueError
     except ValueError:
-        return Response("seed_point must be three numbers (AP,DV,LR um) and set mouse or mouse_coronal",
-                        status_code=400, media_type="text/plain")
+        return Response("seed_point must be three numbers (AP,DV,LR um), set mouse or mouse_coronal and plane "
+                        "coronal or sagittal", status_code=400, media_type="text/plain")
     try:
         volume = _agea_values(state, set, seed)
     except BrainmapError as exc:
         return Response(str(exc), status_code=400, media_type="text/plain")
-    space = state.reference_space(100)
-    res, corner = float(EXPRESSION_GRID_RESOLUTION_UM), float(EXPRESSION_GRID_ORIGIN_UM)
-    rows = (np.arange(space.shape[1]) + 0.5) * 100.0
-    cols = (np.arange(space.shape[2]) + 0.5) * 100.0
-    i = int(np.floor((seed[0] - corner) / res))
-    j = np.floor((rows - corner) / res).astype(np.int64)
-    k = np.floor((cols - corner) / res).astype(np.int64)
-    r = np.full((rows.size, cols.size), np.nan, dtype=np.float32)
-    if 0 <= i < volume.shape[0]:
-        jj, kk = (j >= 0) & (j < volume.shape[1]), (k >= 0) & (k < volume.shape[2])
-        r[np.ix_(jj, kk)] = volume[i][np.ix_(j[jj], k[kk])]
+    r = _agea_slice(volume, seed, plane, state.reference_space(100).shape)
     buffer = io.BytesIO()
     Image.fromarray(_diverging(r)).save(buffer, format="PNG")
     return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=300"})
