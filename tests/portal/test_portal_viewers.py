@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
@@ -199,6 +200,50 @@ def test_reference_viewer_names_structures_on_hover_and_draws_surfaces(web, port
         time.sleep(1)
     assert hot > 200, hot
     web.shot("reference")
+    web.clean()
+
+
+def test_the_reference_view_is_written_to_the_url_and_a_reload_restores_it(web):
+    # (The reload cancels what the first load still fetches: chunks, the event stream, the icon.)
+    web.may_abort = ("/portal/precomputed/", "/portal/ng/events/", "/portal/static/favicon")
+    web.page.goto(web.base + "/reference?structure=VISp")
+    frame = web.page.frame_locator("#neuroglancer")
+    frame.locator(".neuroglancer-layer-item-label").first.wait_for(timeout=60_000)
+    web.page.wait_for_function("Number(document.getElementById('neuroglancer').dataset.written || 0) > 0")
+    start = parse_qs(urlparse(web.page.url).query)
+    assert start["structure"] == ["VISp"] and {"ap", "dv", "lr", "zoom", "orient", "layout"} <= set(start)
+    ng = web.page.frames[1]
+    panel = ng.evaluate("(() => { const r = document.querySelector('.neuroglancer-rendered-data-panel')"
+                        ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()")
+    box = web.page.locator("#neuroglancer").bounding_box()
+    # The user scrolls through coronal slices and zooms in (ctrl+scroll) on the coronal panel.
+    web.page.mouse.move(box["x"] + panel[0] + panel[2] / 2, box["y"] + panel[1] + panel[3] / 2)
+    for _ in range(5):
+        web.page.mouse.wheel(0, 100)
+        time.sleep(0.1)
+    web.page.keyboard.down("Control")
+    web.page.mouse.wheel(0, -300)
+    web.page.keyboard.up("Control")
+    web.page.wait_for_function(f"(() => {{ const q = new URLSearchParams(location.search); "
+                               f"return q.get('ap') !== '{start['ap'][0]}' && q.get('zoom') !== "
+                               f"'{start['zoom'][0]}'; }})()", timeout=15_000)
+    time.sleep(0.6)  # the last change written
+    moved = parse_qs(urlparse(web.page.url).query)
+    assert float(moved["zoom"][0]) < float(start["zoom"][0])  # zoomed in: fewer um per pixel
+    # A reload (the same link opened again) shows that view.
+    web.page.goto(web.page.url)
+    web.page.frame_locator("#neuroglancer").locator(".neuroglancer-layer-item-label").first.wait_for(
+        timeout=60_000)
+    web.page.wait_for_function("(() => { const f = document.getElementById('neuroglancer').contentWindow; "
+                               "return f.viewer && f.viewer.state.toJSON().layers.length; })()")
+    state = web.page.frames[1].evaluate("viewer.state.toJSON()")
+    lr, dv, ap = state["position"]
+    assert abs(ap - float(moved["ap"][0])) < 0.1 and abs(dv - float(moved["dv"][0])) < 0.1 \
+        and abs(lr - float(moved["lr"][0])) < 0.1
+    assert abs(state["crossSectionScale"] - float(moved["zoom"][0])) < 1e-3 * float(moved["zoom"][0])
+    assert state["layout"] == moved["layout"][0]
+    assert state["projectionOrientation"] == pytest.approx([float(v) for v in moved["orient"][0].split(",")],
+                                                           abs=1e-4)
     web.clean()
 
 

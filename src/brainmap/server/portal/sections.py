@@ -58,7 +58,7 @@ router = APIRouter(include_in_schema=False)
 _LABEL_CELLS = 200  # the label grid's cells along the image's long side
 _BOUNDARY_MAX = 2048  # the boundary picture's long side at most (px)
 _composites: LruCache[tuple[int, str], np.ndarray] = LruCache(8, 128 * 2**20, lambda a: a.nbytes)
-_sources: LruCache[int, tuple[tuple[str, int, int], tuple[Path, SectionImage, bool]]] = LruCache(4096)
+_datasets: LruCache[str, tuple[tuple[int, int], dict[int, SectionImage]]] = LruCache(256)
 _making: dict[int, threading.Lock] = {}
 _making_lock = threading.Lock()
 
@@ -107,8 +107,8 @@ def _tiles_root(state: Any) -> Path:
 
 
 def _source(state: Any, image: ImageRow) -> tuple[Path, SectionImage, bool]:
-    """The data set folder, the image as its ``dataset.json`` describes it and whether it is connectivity; kept
-    per process while ``dataset.json`` is unchanged (size and modification time)."""
+    """The data set folder, the image as its ``dataset.json`` describes it and whether it is connectivity; each
+    ``dataset.json`` is read once per process while unchanged (size and modification time)."""
     from brainmap.specimen.folder import read_dataset
 
     record = catalog_of(state).by_id(image.data_set_id)
@@ -116,17 +116,16 @@ def _source(state: Any, image: ImageRow) -> tuple[Path, SectionImage, bool]:
         raise NotFound(f"SectionDataSet {image.data_set_id} has no folder in the data directory")
     path = state.resolve_data_path(f"{record.storage_directory.rstrip('/')}/dataset.json")
     stat = path.stat()
-    stamp = (str(path), stat.st_size, stat.st_mtime_ns)
-    found = _sources.get(image.id)
-    if found is not None and found[0] == stamp:
-        return found[1]
-    dataset = read_dataset(path.parent, check_files=False)
-    section = next((i for i in dataset.images if i.id == image.id), None)
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    found = _datasets.get(str(path))
+    if found is None or found[0] != stamp:
+        dataset = read_dataset(path.parent, check_files=False)
+        found = (stamp, {i.id: i for i in dataset.images})
+        _datasets.put(str(path), found)
+    section = found[1].get(image.id)
     if section is None:
         raise NotFound(f"SectionImage {image.id} is not in {record.storage_directory}/dataset.json")
-    source = (path.parent, section, record.is_connectivity)
-    _sources.put(image.id, (stamp, source))
-    return source
+    return path.parent, section, record.is_connectivity
 
 
 def _composite(state: Any, image: ImageRow) -> np.ndarray:
