@@ -40,7 +40,7 @@ def _open_sections(web, path: str) -> None:
     web.goto(path)
     web.page.wait_for_function("document.getElementById('osd').dataset.ready === '1'", timeout=30_000)
     web.page.wait_for_function("document.getElementById('osd').dataset.boundaries === 'drawn'", timeout=30_000)
-    web.page.wait_for_load_state("networkidle")
+    web.settle()
 
 
 def _screen_point(web, x: float, y: float) -> tuple[float, float]:
@@ -143,7 +143,7 @@ def test_a_click_opens_the_same_point_in_other_data_sets_and_the_reference(web, 
     target = sync[0]["image_sync"]
     assert web.page.get_attribute("#osd", "data-image") == str(target["section_image_id"])
     assert web.page.locator("#mark").count() == 1
-    web.page.wait_for_load_state("networkidle")
+    web.settle()
     web.shot("sections_synced")
     web.clean()
 
@@ -166,11 +166,18 @@ def test_reference_viewer_names_structures_on_hover_and_draws_surfaces(web, port
     box = web.page.locator("#neuroglancer").bounding_box()
     x, y, w, h = panels[0]  # the coronal (xy) panel
     named = []
-    time.sleep(3)  # the chunks under the panel
-    for fx, fy in ((0.3, 0.6), (0.6, 0.45), (0.45, 0.7), (0.55, 0.55), (0.4, 0.5), (0.65, 0.6), (0.35, 0.4)):
+    value = ""
+    for k, (fx, fy) in enumerate(((0.3, 0.6), (0.6, 0.45), (0.45, 0.7), (0.55, 0.55), (0.4, 0.5), (0.65, 0.6),
+                                  (0.35, 0.4))):
         web.page.mouse.move(box["x"] + x + w * fx, box["y"] + y + h * fy)
-        time.sleep(0.8)
-        value = frame.locator(".neuroglancer-layer-item-value").first.inner_text().strip()
+        # The name shows once the chunks under the cursor are in (the first point waits for them): poll for a
+        # new value rather than sleeping.
+        previous, until = value, time.monotonic() + (6.0 if k == 0 else 1.5)
+        while True:
+            value = frame.locator(".neuroglancer-layer-item-value").first.inner_text().strip()
+            if (re.fullmatch(r"\d+ \S+", value) and value != previous) or time.monotonic() > until:
+                break
+            time.sleep(0.1)
         found = re.fullmatch(r"(\d+) (\S+)", value)
         if found:
             sid, acronym = int(found.group(1)), found.group(2)
