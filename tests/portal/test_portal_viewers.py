@@ -82,6 +82,36 @@ def test_section_viewer_draws_tiles_and_the_annotation_over_them(web, portal):
     web.clean()
 
 
+def test_the_section_view_is_in_the_url_and_a_reload_restores_it(web, portal):
+    images = _json(portal, f"/portal/sections/{CONNECTIVITY}/images.json")["msg"]
+    image = images[len(images) // 3]
+    _open_sections(web, f"/sections/{CONNECTIVITY}?image={image['id']}")
+    # The user zooms in with the wheel over a point off the centre (the view pans towards it).
+    x, y = _screen_point(web, image["width"] * 0.3, image["height"] * 0.4)
+    home = web.page.evaluate("window.brainmapViewer.viewport.getHomeZoom()")
+    web.page.mouse.move(x, y)
+    for _ in range(3):
+        web.page.mouse.wheel(0, -120)
+        web.page.wait_for_timeout(50)
+    # The zoom animation over, its view written.
+    web.page.wait_for_function("""() => { const q = new URLSearchParams(location.search);
+        const v = window.brainmapViewer.viewport; const z = v.getZoom(true);
+        return q.has('zoom') && Math.abs(z - v.getZoom(false)) < 1e-6 * z
+            && Math.abs(Number(q.get('zoom')) - z) < 1e-3 * z; }""", timeout=15_000)
+    query = parse_qs(urlparse(web.page.url).query)
+    zoom, cx, cy = float(query["zoom"][0]), float(query["cx"][0]), float(query["cy"][0])
+    assert query["image"] == [str(image["id"])] and zoom > 1.3 * home
+    assert cx < image["width"] / 2 and cy < image["height"] / 2  # towards the point zoomed on
+    # The same link opened again: the same zoom and centre.
+    _open_sections(web, urlparse(web.page.url).path + "?" + urlparse(web.page.url).query)
+    view = web.page.evaluate("""() => { const v = window.brainmapViewer;
+        const c = v.world.getItemAt(0).viewportToImageCoordinates(v.viewport.getCenter(true));
+        return [v.viewport.getZoom(true), c.x, c.y]; }""")
+    assert view[0] == pytest.approx(zoom, rel=1e-3)
+    assert view[1] == pytest.approx(cx, abs=1.0) and view[2] == pytest.approx(cy, abs=1.0)
+    web.clean()
+
+
 def test_the_structure_under_the_cursor_is_named(web, portal):
     space = ReferenceSpace.bundled(25)
     tree = space.structure_tree
