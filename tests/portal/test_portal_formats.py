@@ -133,6 +133,14 @@ def test_tiles_come_from_the_pyramids_made_at_load_and_follow_a_changed_image(po
     finally:
         path.write_bytes(original)
     assert _get(portal, url).content == before
+    # A missing image file: a 404 naming it, not a stale tile or a 500.
+    path.rename(path.with_suffix(".away"))
+    try:
+        answer = httpx.get(portal + url, timeout=60)
+        assert answer.status_code == 404 and path.name in answer.text
+    finally:
+        path.with_suffix(".away").rename(path)
+    assert _get(portal, url).content == before
 
 
 def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path):

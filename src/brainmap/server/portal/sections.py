@@ -191,7 +191,11 @@ def tile(request: Request, image_id: int, level: int, name: str) -> Response:
     if not 0 <= level <= _max_level(image):
         raise NotFound(f"SectionImage {image_id} has levels 0 to {_max_level(image)}")
     try:
-        body = tile_path(_pyramid(state, image), level, col, row).read_bytes()
+        pyramid = _pyramid(state, image)
+    except FileNotFoundError as exc:
+        raise NotFound(f"SectionImage {image_id}: an image file is missing ({exc.filename})") from None
+    try:
+        body = tile_path(pyramid, level, col, row).read_bytes()
     except FileNotFoundError:
         raise NotFound(f"no tile {col},{row} at level {level} of SectionImage {image_id}") from None
     return Response(body, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
