@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -51,9 +52,15 @@ def empty_portal(tmp_path_factory, brainmap_serve) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def portal(tmp_path_factory, brainmap_serve) -> Iterator[str]:
+def portal_dir(tmp_path_factory) -> Path:
+    """The folder of the served portal: its data directory is ``data/``."""
+    return tmp_path_factory.mktemp("portal")
+
+
+@pytest.fixture(scope="session")
+def portal(portal_dir, brainmap_serve) -> Iterator[str]:
     """The base URL of a ``brainmap serve`` of the demo's data (stopped at the end of the session)."""
-    here = tmp_path_factory.mktemp("portal")
+    here = portal_dir
     specimens = ROOT / "brainmap-demo" / "specimens"
     if not _complete(specimens):
         _run(["demo"], here)
@@ -87,6 +94,11 @@ class Watched:
         self.base = base
         self.problems: list[str] = []
         self.allowed_errors: set[int] = set()
+        self._inflight: set = set()
+        self._last = time.monotonic()
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
         page.on("console", lambda m: m.type == "error" and not self._allowed(m.text)
                 and self.problems.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
@@ -111,9 +123,34 @@ class Watched:
         """A console line about an answer whose status the test expects (a page saying what was wrong)."""
         return any(f"status of {code}" in text for code in self.allowed_errors)
 
+    def _started(self, request) -> None:
+        self._inflight.add(request)
+        self._last = time.monotonic()
+
+    def _ended(self, request) -> None:
+        self._inflight.discard(request)
+        self._last = time.monotonic()
+
+    def settle(self, quiet_s: float = 0.15, timeout_s: float = 30.0) -> None:
+        """Wait until no request has been in flight for ``quiet_s`` (Playwright's "networkidle" waits 0.5 s,
+        which over a suite's hundred page loads is most of its time)."""
+        deadline = time.monotonic() + timeout_s
+        while self._inflight or time.monotonic() - self._last < quiet_s:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"requests still in flight after {timeout_s} s: "
+                                     f"{sorted(r.url for r in self._inflight)}")
+            self.page.wait_for_timeout(25)
+
     def goto(self, path: str) -> None:
+        """Open a page (its load event), then wait for the requests its scripts make to end."""
         self.page.goto(self.base + path)
-        self.page.wait_for_load_state("networkidle")
+        self.settle()
+
+    def click(self, selector: str) -> None:
+        """Click what opens another page, then wait for that page and its scripts' requests."""
+        with self.page.expect_navigation():
+            self.page.click(selector)
+        self.settle()
 
     def shot(self, name: str) -> Path:
         ARTEFACTS.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ max(W, H)); tiles of 254 px plus a 1 px overlap on inner edges).
 from __future__ import annotations
 
 import io
+import json
 import math
 import struct
 
@@ -100,6 +101,48 @@ def test_deep_zoom_levels_and_tiles(portal):
     assert httpx.get(portal + f"/portal/dz/{image['id']}_files/{top}/9_9.jpg").status_code == 404
 
 
+def test_tiles_come_from_the_pyramids_made_at_load_and_follow_a_changed_image(portal, portal_dir):
+    import tifffile
+
+    data = portal_dir / "data"
+    folder = next(p.parent for p in data.glob("*/*/dataset.json")
+                  if json.loads(p.read_text())["id"] == 100141219)
+    images = _get(portal, "/portal/sections/100141219/images.json").json()["msg"]
+    # brainmap load made one pyramid per image.
+    for image in images:
+        assert len(list((data / "tiles" / str(image["id"])).iterdir())) == 1, image["id"]
+    image = images[1]
+    top = math.ceil(math.log2(max(image["width"], image["height"])))
+    url = f"/portal/dz/{image['id']}_files/{top}/0_0.jpg"
+    (pyramid,) = (data / "tiles" / str(image["id"])).iterdir()
+    before = _get(portal, url).content
+    assert before == (pyramid / str(top) / "0_0.jpg").read_bytes()
+
+    # A changed image file: the next tile is made from the new pixels; then the old file back, the old tile back.
+    entry = next(i for i in json.loads((folder / "dataset.json").read_text())["images"] if i["id"] == image["id"])
+    path = folder / "images" / entry["channels"][sorted(entry["channels"])[0]]
+    original = path.read_bytes()
+    try:
+        pixels = tifffile.imread(path)
+        pixels[:, : pixels.shape[1] // 2] = 0
+        tifffile.imwrite(path, pixels)
+        changed = _get(portal, url).content
+        assert changed != before
+        (newer,) = (data / "tiles" / str(image["id"])).iterdir()
+        assert newer != pyramid and changed == (newer / str(top) / "0_0.jpg").read_bytes()
+    finally:
+        path.write_bytes(original)
+    assert _get(portal, url).content == before
+    # A missing image file: a 404 naming it, not a stale tile or a 500.
+    path.rename(path.with_suffix(".away"))
+    try:
+        answer = httpx.get(portal + url, timeout=60)
+        assert answer.status_code == 404 and path.name in answer.text
+    finally:
+        path.with_suffix(".away").rename(path)
+    assert _get(portal, url).content == before
+
+
 def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path):
     """Allen's template is not shipped: a volume put where the file routes look for it is what Neuroglancer gets,
     and the reference page shows the template layer only then."""
@@ -123,3 +166,26 @@ def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path
     assert np.array_equal(raw.reshape(64, 64, 64), volume[:64, :64, :64])
     page = client.get("/reference").text
     assert "Allen&#39;s average template" in page or "Allen's average template" in page
+
+
+def test_agea_sagittal_and_coronal_maps_agree_where_they_cross(portal):
+    """The two slices through the seed share its DV line: the sagittal map's column at the seed's AP is the
+    coronal map's column at the seed's LR (an axis mixed up or transposed would differ)."""
+    from PIL import Image
+
+    seed = (6650.0, 4050.0, 5050.0)
+    maps = {plane: np.asarray(Image.open(io.BytesIO(_get(
+        portal, "/portal/agea/map.png", set="mouse_coronal", plane=plane,
+        seed_point=",".join(f"{v:g}" for v in seed)).content))) for plane in ("coronal", "sagittal")}
+    coronal, sagittal = maps["coronal"], maps["sagittal"]
+    assert coronal.shape == (80, 114, 4) and sagittal.shape == (80, 132, 4)
+    line = coronal[:, int(seed[2] // 100)]
+    assert np.array_equal(line, sagittal[:, int(seed[0] // 100)])
+    assert (line[:, 3] > 0).sum() > 10  # the line crosses the brain: values drawn
+    # The seed correlates with itself: red (r = 1) at the seed in both.
+    for picture, col in ((coronal, seed[2]), (sagittal, seed[0])):
+        assert tuple(picture[int(seed[1] // 100), int(col // 100), :3]) == (255, 0, 0)
+    # The sagittal map is not a copy of the coronal one: it spans AP.
+    assert (sagittal[..., 3] > 0).any(axis=0).sum() > (coronal[..., 3] > 0).any(axis=0).sum()
+    assert httpx.get(portal + "/portal/agea/map.png", params={"seed_point": "1,2,3", "plane": "axial"}).status_code \
+        == 400

@@ -68,13 +68,16 @@ def test_every_page_loads_clean_and_is_screenshotted(web, data_sets):
              "correlation": f"/search/correlation?set=mouse_coronal&row={ish}",
              "agea": "/search/agea?set=mouse_coronal&seed_point=6600,4000,5000"}
     pages.update({f"experiment_{i}": f"/experiment/{i}" for i in data_sets})
+    shots = {"experiments", "search", "docs", "redoc", "source", "spatial", "differential", "agea",
+             "experiment_100141219", f"experiment_{ish}"}  # the rest are screenshotted by the tests of their forms
     for name, path in pages.items():
         web.goto(path)
         if name == "docs":
             web.page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
         if name == "redoc":
             web.page.wait_for_selector("[role=navigation], .menu-content", timeout=30_000)
-        web.shot(name)
+        if name in shots:
+            web.shot(name)
         web.clean()
     icon = web.page.request.get(web.base + "/favicon.ico")
     assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
@@ -85,12 +88,11 @@ def test_pages_fit_a_laptop_and_a_wide_screen(browser, portal, artefacts):
         context = browser.new_context(viewport={"width": width, "height": height})
         page = context.new_page()
         for path in ("/experiments", "/experiment/100141219", "/search/source?injection_structures=VISp"):
-            page.goto(portal + path)
-            page.wait_for_load_state("networkidle")
+            page.goto(portal + path)  # the load event: every image and style sheet in
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{path} is {overflow} px wider than a {width} px window"
-            page.screenshot(path=str(artefacts / f"{path.strip('/').split('?')[0].replace('/', '_')}_{width}.png"),
-                            full_page=True)
+            if path.startswith("/experiment/"):
+                page.screenshot(path=str(artefacts / f"experiment_{width}.png"), full_page=True)
         context.close()
 
 
@@ -98,8 +100,7 @@ def test_pages_fit_a_laptop_and_a_wide_screen(browser, portal, artefacts):
 def test_the_browser_lists_every_data_set_and_links_to_its_page(web, data_sets):
     web.goto("/experiments")
     assert sorted(_ids(web)) == sorted(data_sets)
-    web.page.click("#experiments a[href='/experiment/100141219']")
-    web.page.wait_for_load_state("networkidle")
+    web.click("#experiments a[href='/experiment/100141219']")
     assert web.page.url.endswith("/experiment/100141219")
     assert "VISp" in web.page.inner_text("#metadata")
     web.clean()
@@ -111,8 +112,7 @@ def test_each_filter_keeps_the_rows_it_names(web, data_sets, portal):
     web.goto("/experiments")
     product = next(r for r in data_sets.values() if r["genes"])["products"][0]["name"]
     web.page.select_option("select[name=product]", product)
-    web.page.click("#filters button[type=submit]")
-    web.page.wait_for_load_state("networkidle")
+    web.click("#filters button[type=submit]")
     assert parse_qs(urlparse(web.page.url).query)["product"] == [product]
     assert set(_ids(web)) == ish
     # Injection structure with descendants, typed as an acronym and as a name: the source service's answer.
@@ -145,8 +145,7 @@ def test_each_filter_keeps_the_rows_it_names(web, data_sets, portal):
 
 def test_sorting_and_paging(web, data_sets):
     web.goto("/experiments")
-    web.page.click("th a:text('Id')")  # ascending -> descending
-    web.page.wait_for_load_state("networkidle")
+    web.click("th a:text('Id')")  # ascending -> descending
     assert _ids(web) == sorted(data_sets, reverse=True)
     web.goto("/experiments?sort=sections&order=asc")
     sections = [int(t) for t in web.page.eval_on_selector_all("#experiments tbody td.num", "c => c.map(x => x.innerText)")]
@@ -154,8 +153,7 @@ def test_sorting_and_paging(web, data_sets):
     web.goto("/experiments?per_page=4")
     first = _ids(web)
     assert len(first) == 4
-    web.page.click("a[rel=next]")
-    web.page.wait_for_load_state("networkidle")
+    web.click("a[rel=next]")
     second = _ids(web)
     assert "page=2" in web.page.url and sorted(first + second) == sorted(data_sets)
     web.clean()
@@ -202,8 +200,7 @@ def test_the_experiment_page_draws_previews_bars_and_links(web, portal):
     assert len(table) == len(_api(portal, "model::ProjectionStructureUnionize,rma::criteria,"
                                           "[section_data_set_id$eq100141219],rma::options[num_rows$eqall]"))
     # The searches are one click away.
-    web.page.click("#searches a:has-text('source search')")
-    web.page.wait_for_load_state("networkidle")
+    web.click("#searches a:has-text('source search')")
     assert int(web.page.inner_text("#results tbody tr td a")) == 100141219
     web.allowed_errors.add(404)
     web.goto("/experiment/1")
@@ -228,6 +225,12 @@ def _service_ids(portal: str, criteria: str) -> list[int]:
     ("injection_coordinate", {"seed_point": "8800,910,8070"},
      "service::mouse_connectivity_injection_coordinate[seed_point$eq8800,910,8070]"),
     ("connectivity_correlation", {"row": "100141219"}, "service::mouse_connectivity_correlation[row$eq100141219]"),
+    # Optional parameters, under "more options".
+    ("source", {"injection_structures": "Isocortex", "target_domain": "Thalamus", "product_ids": "5"},
+     "service::mouse_connectivity_injection_structure[injection_structures$eqIsocortex][target_domain$eqTH]"
+     "[product_ids$eq5]"),
+    ("connectivity_correlation", {"row": "100141219", "sort_order": "asc"},
+     "service::mouse_connectivity_correlation[row$eq100141219][sort_order$eqasc]"),
     ("differential", {"set": "mouse_coronal", "structures1": "Hippocampal formation", "structures2": "Isocortex"},
      "service::mouse_differential[set$eqmouse_coronal][structures1$eqHPF][structures2$eqIsocortex]"),
 ])
@@ -235,12 +238,13 @@ def test_each_search_form_answers_like_the_service(web, portal, slug, fill, crit
     web.goto(f"/search/{slug}")
     for name, value in fill.items():
         field = web.page.locator(f"#search-form [name={name}]")
+        if not field.is_visible():
+            web.page.click("#more-options summary")
         if field.evaluate("e => e.tagName") == "SELECT":
             field.select_option(value)
         else:
             field.fill(value)
-    web.page.click("#search-form button[type=submit]")
-    web.page.wait_for_load_state("networkidle")
+    web.click("#search-form button[type=submit]")
     expected = _service_ids(portal, criteria)
     assert expected, f"the service found nothing for {criteria}"
     rows = _rows(web)
@@ -256,8 +260,7 @@ def test_each_search_form_answers_like_the_service(web, portal, slug, fill, crit
 def test_gene_correlation_from_an_experiment_page(web, portal, data_sets):
     coronal = [i for i, r in data_sets.items() if r["genes"] and r["plane_of_section"]["name"] == "coronal"]
     web.goto(f"/experiment/{coronal[0]}")
-    web.page.click("#searches a:has-text('gene correlation')")
-    web.page.wait_for_load_state("networkidle")
+    web.click("#searches a:has-text('gene correlation')")
     expected = _service_ids(portal, f"service::mouse_correlation[set$eqmouse_coronal][row$eq{coronal[0]}]")
     assert [int(r[0]) for r in _rows(web)] == expected and len(expected) == len(coronal)
     web.clean()
@@ -287,7 +290,7 @@ def test_agea_click_sets_the_seed_and_draws_its_correlation_map(web):
     web.page.mouse.click(box["x"] + (50 + 0.5) * box["width"] / 114, box["y"] + (40 + 0.5) * box["height"] / 80)
     web.page.wait_for_url(re.compile(r"seed_point="))
     web.page.wait_for_function("document.getElementById('agea-atlas').dataset.drawn")
-    web.page.wait_for_load_state("networkidle")
+    web.settle()
     seed = parse_qs(urlparse(web.page.url).query)["seed_point"][0]
     assert seed == "6650,4050,5050"
     assert len(_rows(web)) == 50 and "r" in web.page.inner_text("#results thead")
@@ -301,4 +304,35 @@ def test_agea_click_sets_the_seed_and_draws_its_correlation_map(web):
     assert colours["seed"] == [255, 255, 255]  # the seed marked
     assert colours["red"] > 20  # voxels correlated with the seed drawn red over the atlas
     web.shot("agea_clicked")
+    web.clean()
+
+
+def test_agea_on_a_sagittal_slice(web):
+    web.goto("/search/agea?set=mouse_coronal")
+    web.page.wait_for_function("document.getElementById('agea-atlas').dataset.drawn")
+    web.page.select_option("#agea-plane", "sagittal")
+    web.page.wait_for_url(re.compile(r"plane=sagittal"))
+    web.page.wait_for_function("document.getElementById('agea-atlas').dataset.drawn")
+    canvas = web.page.locator("#agea-atlas")
+    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("132", "80")  # AP x DV
+    web.page.fill("#slice-position", "4050")
+    web.page.dispatch_event("#slice-position", "change")
+    box = canvas.bounding_box()
+    # A voxel of the left hemisphere's sagittal slice at LR 4050 um: pixel (AP 66, DV 40).
+    web.page.mouse.click(box["x"] + (66 + 0.5) * box["width"] / 132, box["y"] + (40 + 0.5) * box["height"] / 80)
+    web.page.wait_for_url(re.compile(r"seed_point="))
+    web.page.wait_for_function("document.getElementById('agea-atlas').dataset.drawn")
+    web.settle()
+    query = parse_qs(urlparse(web.page.url).query)
+    assert query["seed_point"][0] == "6650,4050,4050" and query["plane"][0] == "sagittal"
+    assert len(_rows(web)) == 50
+    colours = web.page.evaluate("""() => {
+        const c = document.getElementById('agea-atlas'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let red = 0;
+        for (let i = 0; i < d.length; i += 4) { if (d[i] > 200 && d[i + 2] < 80) red++; }
+        const seed = c.getContext('2d').getImageData(66, 40, 1, 1).data;
+        return {red, seed: [seed[0], seed[1], seed[2]]};
+    }""")
+    assert colours["seed"] == [255, 255, 255] and colours["red"] > 20
+    web.shot("agea_sagittal")
     web.clean()

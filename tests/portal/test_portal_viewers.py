@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def _open_sections(web, path: str) -> None:
     web.goto(path)
     web.page.wait_for_function("document.getElementById('osd').dataset.ready === '1'", timeout=30_000)
     web.page.wait_for_function("document.getElementById('osd').dataset.boundaries === 'drawn'", timeout=30_000)
-    web.page.wait_for_load_state("networkidle")
+    web.settle()
 
 
 def _screen_point(web, x: float, y: float) -> tuple[float, float]:
@@ -78,6 +79,37 @@ def test_section_viewer_draws_tiles_and_the_annotation_over_them(web, portal):
     web.shot("sections_zoomed")
     web.page.evaluate("window.brainmapViewer.viewport.goHome(true)")
     web.shot("sections")
+    web.clean()
+
+
+def test_the_section_view_is_in_the_url_and_a_reload_restores_it(web, portal):
+    web.may_abort = ("/portal/static/favicon",)  # the reopening cancels the first load's icon request
+    images = _json(portal, f"/portal/sections/{CONNECTIVITY}/images.json")["msg"]
+    image = images[len(images) // 3]
+    _open_sections(web, f"/sections/{CONNECTIVITY}?image={image['id']}")
+    # The user zooms in with the wheel over a point off the centre (the view pans towards it).
+    x, y = _screen_point(web, image["width"] * 0.3, image["height"] * 0.4)
+    home = web.page.evaluate("window.brainmapViewer.viewport.getHomeZoom()")
+    web.page.mouse.move(x, y)
+    for _ in range(3):
+        web.page.mouse.wheel(0, -120)
+        web.page.wait_for_timeout(50)
+    # The zoom animation over, its view written.
+    web.page.wait_for_function("""() => { const q = new URLSearchParams(location.search);
+        const v = window.brainmapViewer.viewport; const z = v.getZoom(true);
+        return q.has('zoom') && Math.abs(z - v.getZoom(false)) < 1e-6 * z
+            && Math.abs(Number(q.get('zoom')) - z) < 1e-3 * z; }""", timeout=15_000)
+    query = parse_qs(urlparse(web.page.url).query)
+    zoom, cx, cy = float(query["zoom"][0]), float(query["cx"][0]), float(query["cy"][0])
+    assert query["image"] == [str(image["id"])] and zoom > 1.3 * home
+    assert cx < image["width"] / 2 and cy < image["height"] / 2  # towards the point zoomed on
+    # The same link opened again: the same zoom and centre.
+    _open_sections(web, urlparse(web.page.url).path + "?" + urlparse(web.page.url).query)
+    view = web.page.evaluate("""() => { const v = window.brainmapViewer;
+        const c = v.world.getItemAt(0).viewportToImageCoordinates(v.viewport.getCenter(true));
+        return [v.viewport.getZoom(true), c.x, c.y]; }""")
+    assert view[0] == pytest.approx(zoom, rel=1e-3)
+    assert view[1] == pytest.approx(cx, abs=1.0) and view[2] == pytest.approx(cy, abs=1.0)
     web.clean()
 
 
@@ -142,7 +174,7 @@ def test_a_click_opens_the_same_point_in_other_data_sets_and_the_reference(web, 
     target = sync[0]["image_sync"]
     assert web.page.get_attribute("#osd", "data-image") == str(target["section_image_id"])
     assert web.page.locator("#mark").count() == 1
-    web.page.wait_for_load_state("networkidle")
+    web.settle()
     web.shot("sections_synced")
     web.clean()
 
@@ -165,11 +197,18 @@ def test_reference_viewer_names_structures_on_hover_and_draws_surfaces(web, port
     box = web.page.locator("#neuroglancer").bounding_box()
     x, y, w, h = panels[0]  # the coronal (xy) panel
     named = []
-    time.sleep(3)  # the chunks under the panel
-    for fx, fy in ((0.3, 0.6), (0.6, 0.45), (0.45, 0.7), (0.55, 0.55), (0.4, 0.5), (0.65, 0.6), (0.35, 0.4)):
+    value = ""
+    for k, (fx, fy) in enumerate(((0.3, 0.6), (0.6, 0.45), (0.45, 0.7), (0.55, 0.55), (0.4, 0.5), (0.65, 0.6),
+                                  (0.35, 0.4))):
         web.page.mouse.move(box["x"] + x + w * fx, box["y"] + y + h * fy)
-        time.sleep(0.8)
-        value = frame.locator(".neuroglancer-layer-item-value").first.inner_text().strip()
+        # The name shows once the chunks under the cursor are in (the first point waits for them): poll for a
+        # new value rather than sleeping.
+        previous, until = value, time.monotonic() + (6.0 if k == 0 else 1.5)
+        while True:
+            value = frame.locator(".neuroglancer-layer-item-value").first.inner_text().strip()
+            if (re.fullmatch(r"\d+ \S+", value) and value != previous) or time.monotonic() > until:
+                break
+            time.sleep(0.1)
         found = re.fullmatch(r"(\d+) (\S+)", value)
         if found:
             sid, acronym = int(found.group(1)), found.group(2)
@@ -202,6 +241,50 @@ def test_reference_viewer_names_structures_on_hover_and_draws_surfaces(web, port
     web.clean()
 
 
+def test_the_reference_view_is_written_to_the_url_and_a_reload_restores_it(web):
+    # (The reload cancels what the first load still fetches: chunks, the event stream, the icon.)
+    web.may_abort = ("/portal/precomputed/", "/portal/ng/events/", "/portal/static/favicon")
+    web.page.goto(web.base + "/reference?structure=VISp")
+    frame = web.page.frame_locator("#neuroglancer")
+    frame.locator(".neuroglancer-layer-item-label").first.wait_for(timeout=60_000)
+    web.page.wait_for_function("Number(document.getElementById('neuroglancer').dataset.written || 0) > 0")
+    start = parse_qs(urlparse(web.page.url).query)
+    assert start["structure"] == ["VISp"] and {"ap", "dv", "lr", "zoom", "orient", "layout"} <= set(start)
+    ng = web.page.frames[1]
+    panel = ng.evaluate("(() => { const r = document.querySelector('.neuroglancer-rendered-data-panel')"
+                        ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()")
+    box = web.page.locator("#neuroglancer").bounding_box()
+    # The user scrolls through coronal slices and zooms in (ctrl+scroll) on the coronal panel.
+    web.page.mouse.move(box["x"] + panel[0] + panel[2] / 2, box["y"] + panel[1] + panel[3] / 2)
+    for _ in range(5):
+        web.page.mouse.wheel(0, 100)
+        time.sleep(0.1)
+    web.page.keyboard.down("Control")
+    web.page.mouse.wheel(0, -300)
+    web.page.keyboard.up("Control")
+    web.page.wait_for_function(f"(() => {{ const q = new URLSearchParams(location.search); "
+                               f"return q.get('ap') !== '{start['ap'][0]}' && q.get('zoom') !== "
+                               f"'{start['zoom'][0]}'; }})()", timeout=15_000)
+    time.sleep(0.6)  # the last change written
+    moved = parse_qs(urlparse(web.page.url).query)
+    assert float(moved["zoom"][0]) < float(start["zoom"][0])  # zoomed in: fewer um per pixel
+    # A reload (the same link opened again) shows that view.
+    web.page.goto(web.page.url)
+    web.page.frame_locator("#neuroglancer").locator(".neuroglancer-layer-item-label").first.wait_for(
+        timeout=60_000)
+    web.page.wait_for_function("(() => { const f = document.getElementById('neuroglancer').contentWindow; "
+                               "return f.viewer && f.viewer.state.toJSON().layers.length; })()")
+    state = web.page.frames[1].evaluate("viewer.state.toJSON()")
+    lr, dv, ap = state["position"]
+    assert abs(ap - float(moved["ap"][0])) < 0.1 and abs(dv - float(moved["dv"][0])) < 0.1 \
+        and abs(lr - float(moved["lr"][0])) < 0.1
+    assert abs(state["crossSectionScale"] - float(moved["zoom"][0])) < 1e-3 * float(moved["zoom"][0])
+    assert state["layout"] == moved["layout"][0]
+    assert state["projectionOrientation"] == pytest.approx([float(v) for v in moved["orient"][0].split(",")],
+                                                           abs=1e-4)
+    web.clean()
+
+
 def test_an_empty_data_directory_says_what_to_do(browser, empty_portal, artefacts):
     context = browser.new_context(viewport={"width": 1366, "height": 900})
     page = context.new_page()
@@ -216,5 +299,16 @@ def test_an_empty_data_directory_says_what_to_do(browser, empty_portal, artefact
     page.goto(empty_portal + "/search/source?injection_structures=VISp")
     page.wait_for_load_state("networkidle")
     assert "brainmap load" in page.inner_text("main")
+    # The old viewer: the atlas slice drawn, the empty state said (it was "TypeError: (body.msg || []).map ...").
+    failures: list[str] = []
+    page.on("pageerror", lambda e: failures.append(str(e)))
+    page.goto(empty_portal + "/viewer")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_function("document.getElementById('annotation').naturalWidth > 0")
+    assert "No data sets loaded" in page.inner_text("#summary") and "brainmap load" in page.inner_text("#summary")
+    assert page.inner_text("#status") == ""
+    assert page.is_disabled("#dataset") and page.is_hidden("#signal")
+    assert not failures, failures
+    page.screenshot(path=str(artefacts / "viewer-empty.png"), full_page=True)
     assert not errors or all("status of 4" in e for e in errors), errors
     context.close()

@@ -930,6 +930,25 @@ def _update_search(plan: LoadPlan, say: Callable[[str], None]) -> list[str]:
 
 
 # -- command line ------------------------------------------------------------------------------------------------
+def _make_tiles(plan: LoadPlan, say: Callable[[str], None]) -> None:
+    """The section images' Deep Zoom pyramids for the portal (:mod:`brainmap.specimen.pyramid`); a failure only
+    says so (the server makes a missing pyramid on first view)."""
+    import time
+
+    from brainmap.specimen.pyramid import make_folder_pyramids
+
+    folders = [rows.folder for rows in plan.data_sets]
+    if not folders:
+        return
+    started = time.perf_counter()
+    try:
+        count = make_folder_pyramids(plan.root, folders)
+    except (BrainmapError, OSError, ValueError) as exc:
+        say(f"section tile pyramids not made ({exc}); the server makes each on its first view")
+        return
+    say(f"made the tile pyramids of {count} section image(s) in {time.perf_counter() - started:.1f} s")
+
+
 def run_load_command(dirs: Sequence[str | os.PathLike[str]], *, database_url: str | None = None,
                      data_dir: str | os.PathLike[str] | None = None, out: Callable[[str], None] = print) -> int:
     """What ``brainmap load DIR...`` does: check everything, then load; print a summary; the exit status (0).
@@ -949,6 +968,7 @@ def run_load_command(dirs: Sequence[str | os.PathLike[str]], *, database_url: st
         out(report.summary())
     finally:
         database.dispose()
+    _make_tiles(plan, say)
     out(f"serve it with: brainmap serve --data-dir {data_dir if data_dir is not None else plan.root}")
     return 0
 

@@ -93,7 +93,11 @@ def _labelled_ids(state: Any) -> list[int]:
     """The structure ids that label the 25 um annotation directly (the segments), read once per process."""
     found = getattr(state, "_portal_labels", None)
     if found is None:
-        found = [int(i) for i in np.unique(state.reference_space(25).annotation) if i]
+        # One histogram over the label index (which the server's other routes share) rather than np.unique's
+        # sort of 77 M voxels (~5 s on a busy 2-core machine).
+        space = state.reference_space(25)
+        counts = space.label_index.direct_counts()
+        found = sorted(int(i) for i in space.label_index.order.ids[np.nonzero(counts)[0]])
         state._portal_labels = found
     return found
 

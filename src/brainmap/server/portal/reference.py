@@ -1,11 +1,12 @@
-"""The reference and volume viewer: ``/reference?structure=&data_set=&ap=&dv=&lr=``.
+"""The reference and volume viewer: ``/reference?structure=&data_set=&ap=&dv=&lr=&zoom=&pzoom=&orient=&layout=``.
 
 Neuroglancer's client (shipped in the ``neuroglancer`` wheel, served at ``/portal/neuroglancer/``) shows the CCF
 annotation as a segmentation in ontology colours (its segment properties name the structure under the cursor),
 the average template where the data directory holds one, and a data set's grid volume (projection density or
 expression energy) as an image layer, in three planes and in 3-D, where the picked structure's surfaces are
-drawn. The page builds Neuroglancer's state (JSON, in the frame's URL fragment) from its own URL, so every view
-is a link; volumes come from :mod:`~brainmap.server.portal.precomputed`.
+drawn. The page builds Neuroglancer's state from its own URL, and ``static/reference.js`` writes the viewer's
+position, zoom, 3-D orientation and layout back to that URL as they change, so every view is a link and a reload
+keeps it; volumes come from :mod:`~brainmap.server.portal.precomputed`.
 
 Why Neuroglancer: a well-kept WebGL viewer of exactly these volumes (segmentations with meshes, images, three
 planes and 3-D) that the Allen Institute's own tools use; it costs one wheel and no build step.
@@ -42,8 +43,10 @@ _HEAT_SHADER = ("#uicontrol invlerp normalized\n"
 
 
 def neuroglancer_state(origin: str, state: Any, *, point_um: tuple[float, float, float],
-                       segments: list[int], data_set: int | None, grid_range: float | None) -> dict[str, Any]:
-    """Neuroglancer's viewer state: layers, position (um, x = LR, y = DV, z = AP), selected segments."""
+                       segments: list[int], data_set: int | None, grid_range: float | None,
+                       camera: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Neuroglancer's viewer state: layers, position (um, x = LR, y = DV, z = AP), selected segments;
+    ``camera`` replaces the default zoom, 3-D orientation and layout (keys of Neuroglancer's state)."""
     tree = state.structure_tree
     colours = tree.get_hex_colormap("#")
     labelled = _labelled_ids(state)
@@ -67,7 +70,42 @@ def neuroglancer_state(origin: str, state: Any, *, point_um: tuple[float, float,
             "position": [lr, dv, ap], "crossSectionScale": 30, "projectionScale": 24000,
             "projectionOrientation": [-0.25, 0.35, 0.1, 0.9],
             "layers": layers, "selectedLayer": {"layer": "annotation", "visible": False}, "layout": "4panel",
-            "showSlices": False}
+            "showSlices": False, **(camera or {})}
+
+
+#: Neuroglancer's layouts a ``layout=`` may name.
+LAYOUTS = ("4panel", "4panel-alt", "xy", "xz", "yz", "3d", "xy-3d", "xz-3d", "yz-3d")
+
+
+def camera_of(query: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """The view written back to the page's URL by Neuroglancer's changes (``zoom``: crossSectionScale, ``pzoom``:
+    projectionScale, ``orient``: projectionOrientation's four numbers, ``layout``), as state keys; and what was
+    wrong with any of them."""
+    camera: dict[str, Any] = {}
+    errors = []
+    for key, state_key in (("zoom", "crossSectionScale"), ("pzoom", "projectionScale")):
+        if query.get(key):
+            try:
+                value = float(query[key])
+                if not (np.isfinite(value) and value > 0):
+                    raise ValueError
+                camera[state_key] = value
+            except ValueError:
+                errors.append(f"{key} must be a positive number")
+    if query.get("orient"):
+        try:
+            quaternion = [float(v) for v in query["orient"].split(",")]
+            if len(quaternion) != 4 or not np.all(np.isfinite(quaternion)) or not any(quaternion):
+                raise ValueError
+            camera["projectionOrientation"] = quaternion
+        except ValueError:
+            errors.append("orient must be four numbers (a quaternion)")
+    if query.get("layout"):
+        if query["layout"] in LAYOUTS:
+            camera["layout"] = query["layout"]
+        else:
+            errors.append("layout must be one of " + ", ".join(LAYOUTS))
+    return camera, "; ".join(errors)
 
 
 @dataclass
@@ -122,8 +160,10 @@ def build_view(state: Any, origin: str, query: dict[str, str]) -> View:
         except BrainmapError as exc:
             error = f"Data set {chosen}: {exc}"
             chosen = None
+    camera, wrong = camera_of(query)
+    error = "; ".join(e for e in (error, wrong) if e)
     ng = neuroglancer_state(origin, state, point_um=point, segments=segments, data_set=chosen,
-                            grid_range=grid_range)
+                            grid_range=grid_range, camera=camera)
     return View(ng, error, node, len(segments), chosen, point)  # type: ignore[arg-type]
 
 
@@ -143,7 +183,7 @@ def query_of(token: str) -> dict[str, str]:
     return {k: v for k, v in parse_qsl(text) if k in _KEYS}
 
 
-_KEYS = ("structure", "data_set", "ap", "dv", "lr")
+_KEYS = ("structure", "data_set", "ap", "dv", "lr", "zoom", "pzoom", "orient", "layout")
 
 
 @router.get("/reference", response_class=HTMLResponse)

@@ -7,8 +7,8 @@ same :func:`~brainmap.server.routes_services.service_result` the API uses. Resul
 pages; every table has a CSV link: the same ``service::`` call on ``/api/v2/data/query.csv``.
 
 The spatial search draws each row's path from the seed to the injection site over a horizontal annotation slice
-(SVG polylines in microns); AGEA (``/search/agea``) draws the seed voxel's correlation map over a coronal slice
-(``/portal/agea/map.png``) and a click on the slice sets a new seed.
+(SVG polylines in microns); AGEA (``/search/agea?plane=coronal|sagittal``) draws the seed voxel's correlation map
+over a coronal or sagittal slice (``/portal/agea/map.png``) and a click on the slice sets a new seed.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ PAGE_ROWS = 50
 
 @dataclass(frozen=True)
 class Field:
-    """A form field: Allen's parameter name, its label, kind (structures, point, int, float, select, bool,
-    text, dataset) and choices."""
+    """A form field: Allen's parameter name, its label, kind (structures, point, pair, ints, int, float, select,
+    bool, text, dataset) and choices; ``more``: under the form's "more options"."""
 
     name: str
     label: str
@@ -46,6 +46,7 @@ class Field:
     required: bool = False
     choices: tuple[str, ...] = ()
     hint: str = ""
+    more: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,21 @@ _SET = Field("set", "Data sets", "select", choices=("mouse", "mouse_coronal"),
              hint="mouse: sagittal genome-wide set; mouse_coronal: coronal set")
 _HEMI = ("", "left", "right")
 _FILTERS = (Field("transgenic_lines", "Transgenic lines", "text", hint="names or ids; 0 = wild type only"),
-            Field("primary_structure_only", "Primary injection structure only", "bool"))
+            Field("primary_structure_only", "Primary injection structure only", "bool"),
+            Field("product_ids", "Product ids", "ints", hint="e.g. 5 (connectivity)", more=True))
+_SORT = Field("sort_order", "Sort order", "select", choices=("", "desc", "asc"), hint="by r (default desc)",
+              more=True)
+_THRESHOLDS = (Field("threshold1", "Target mean clamp", "pair", hint="lo,hi", more=True),
+               Field("threshold2", "Contrast mean clamp", "pair", hint="lo,hi", more=True))
 
 PAGES: dict[str, SearchPage] = {p.slug: p for p in (
     SearchPage("source", "mouse_connectivity_injection_structure", "Source search",
                "Experiments whose injection is in the given structures (or their descendants).",
                (Field("injection_structures", "Injection structures", "structures", True),
-                Field("injection_hemisphere", "Injection hemisphere", "select", choices=_HEMI), *_FILTERS)),
+                Field("injection_hemisphere", "Injection hemisphere", "select", choices=_HEMI), *_FILTERS,
+                Field("target_domain", "Target structures", "structures", hint="ranks by projection volume there",
+                      more=True),
+                Field("target_hemisphere", "Target hemisphere", "select", choices=_HEMI, more=True))),
     SearchPage("target", "mouse_connectivity_target", "Target search",
                "Experiments ranked by the projection volume they send to the target structures.",
                (Field("target_domain", "Target structures", "structures", True),
@@ -80,7 +89,9 @@ PAGES: dict[str, SearchPage] = {p.slug: p for p in (
                "Experiments with projection density at a point, each with the path from the point back to its "
                "injection site (drawn).",
                (Field("seed_point", "Seed point (AP, DV, LR um)", "point", True),
-                Field("injection_structures", "Injection structures", "structures"), *_FILTERS), draws="paths"),
+                Field("injection_structures", "Injection structures", "structures"), *_FILTERS,
+                Field("section_data_set", "Only data sets", "ints", hint="ids, comma-separated", more=True)),
+               draws="paths"),
     SearchPage("injection_coordinate", "mouse_connectivity_injection_coordinate", "Injection coordinate search",
                "Experiments ranked by the distance of their injection site to a point.",
                (Field("seed_point", "Point (AP, DV, LR um)", "point", True),
@@ -91,22 +102,27 @@ PAGES: dict[str, SearchPage] = {p.slug: p for p in (
                (Field("row", "Seed experiment", "dataset", True),
                 Field("structures", "Domain structures", "structures", hint="default: the whole brain"),
                 Field("hemisphere", "Hemisphere", "select", choices=_HEMI),
-                Field("injection_structures", "Injection structures", "structures"), *_FILTERS)),
+                Field("injection_structures", "Injection structures", "structures"), *_FILTERS, _SORT)),
     SearchPage("differential", "mouse_differential", "Differential search",
                "Genes (ISH data sets) by fold change of mean expression energy in the target structures over "
                "the contrast structures.",
                (_SET, Field("structures1", "Target structures", "structures", True),
-                Field("structures2", "Contrast structures", "structures", True)), product="ish"),
+                Field("structures2", "Contrast structures", "structures", True), *_THRESHOLDS), product="ish"),
     SearchPage("correlation", "mouse_correlation", "Gene correlation search",
                "Genes (ISH data sets) ranked by Pearson's r of expression energy with a seed data set.",
                (_SET, Field("row", "Seed data set", "dataset", True),
-                Field("structures", "Domain structures", "structures", hint="default: the whole brain")),
+                Field("structures", "Domain structures", "structures", hint="default: the whole brain"), _SORT),
                product="ish"),
     SearchPage("agea", "mouse_agea", "AGEA: anatomic gene expression atlas",
                "Voxels by the correlation of their expression, across data sets, with a seed voxel's. Click the "
                "slice to choose the seed.",
                (_SET, Field("seed_point", "Seed point (AP, DV, LR um)", "point", True),
-                Field("structures", "Domain structures", "structures", hint="default: the whole brain")),
+                Field("structures", "Domain structures", "structures", hint="default: the whole brain"),
+                Field("seed_age", "Seed age", "select", choices=("", "P56"), more=True),
+                Field("map_age", "Map age", "select", choices=("", "P56"), more=True),
+                Field("correlation_threshold1", "Gene finder: contrast voxels, r >=", "float", more=True),
+                Field("correlation_threshold2", "Gene finder: target voxels, r >=", "float", more=True),
+                *_THRESHOLDS),
                product="ish", draws="agea"),
 )}
 
@@ -130,14 +146,25 @@ def criteria_of(spec: SearchPage, values: dict[str, str], tree: Any) -> str:
             continue
         if f.kind == "structures":
             value = _resolve_structures(tree, value)
-        elif f.kind == "point":
+        elif f.kind in ("point", "pair"):
+            n, what = (3, "three numbers (AP, DV, LR in um)") if f.kind == "point" else (2, "two numbers (lo,hi)")
             numbers = [v for v in value.replace(";", ",").split(",") if v.strip()]
             try:
                 value = ",".join(f"{float(v):g}" for v in numbers)
             except ValueError:
-                raise _MissingField(f"{f.label}: {value!r} is not three numbers") from None
-            if len(numbers) != 3:
-                raise _MissingField(f"{f.label}: give three numbers (AP, DV, LR in um), got {len(numbers)}")
+                raise _MissingField(f"{f.label}: {value!r} is not {what}") from None
+            if len(numbers) != n:
+                raise _MissingField(f"{f.label}: give {what}, got {len(numbers)}")
+        elif f.kind == "ints":
+            numbers = [v.strip() for v in value.split(",") if v.strip()]
+            if not all(v.isdigit() for v in numbers):
+                raise _MissingField(f"{f.label}: {value!r} is not comma-separated ids")
+            value = ",".join(numbers)
+        elif f.kind == "float":
+            try:
+                value = f"{float(value):g}"
+            except ValueError:
+                raise _MissingField(f"{f.label}: {value!r} is not a number") from None
         elif f.kind == "bool":
             value = "true" if value.lower() in ("1", "true", "on", "yes") else "false"
         elif f.kind in ("int", "dataset") and not value.lstrip("-").isdigit():
@@ -253,6 +280,8 @@ def search_page(request: Request, slug: str) -> HTMLResponse:
             context.update(keys=keys, rows=table, total=result.total_rows,
                            csv="/api/v2/data/query.csv?" + urlencode({"criteria": criteria}))
             query = {k: v for k, v in values.items() if v}
+            if spec.draws == "agea" and request.query_params.get("plane") in AGEA_PLANES:
+                query["plane"] = request.query_params["plane"]
             context["page_url"] = lambda s: f"/search/{slug}?" + urlencode({**query, "start_row": s})
             if spec.draws in ("paths", "agea"):
                 seed = [float(v) for v in criteria.split("seed_point$eq")[1].split("]")[0].split(",")]
@@ -261,8 +290,13 @@ def search_page(request: Request, slug: str) -> HTMLResponse:
                 context["paths_svg"] = _paths_svg(result.rows, context["seed"], state.reference_space(100))
     if spec.draws == "agea":
         space = state.reference_space(100)
-        context["slice_ap"] = (context["seed"][0] if context["seed"] else 6600.0)
-        context["atlas_size"] = (space.shape[2], space.shape[1])  # LR, DV pixels of the coronal slice
+        plane = request.query_params.get("plane", "coronal")
+        plane = plane if plane in AGEA_PLANES else "coronal"
+        axis, across = AGEA_PLANES[plane]
+        context["agea_plane"] = plane
+        context["slice_at"] = context["seed"][axis] if context["seed"] else (6650.0 if axis == 0 else 4050.0)
+        context["slice_max"] = space.shape[axis] * 100 - 50
+        context["atlas_size"] = (space.shape[across], space.shape[1])  # columns (LR or AP), rows (DV)
     return page("search.html", status=status, **context)
 
 
@@ -294,36 +328,50 @@ def _diverging(r: np.ndarray) -> np.ndarray:
     return rgba
 
 
-@router.get("/portal/agea/map.png")
-def agea_map(request: Request, seed_point: str, set: str = "mouse_coronal") -> Response:
-    """The seed voxel's correlation map on the coronal annotation slice through the seed (100 um pixels)."""
-    from PIL import Image
+AGEA_PLANES = {"coronal": (0, 2), "sagittal": (2, 0)}  # plane -> (its axis, the picture's column axis)
 
+
+def _agea_slice(volume: np.ndarray, seed: list[float], plane: str, shape: tuple[int, ...]) -> np.ndarray:
+    """(rows, cols) r on the 100 um annotation slice of ``plane`` through the seed: rows DV; columns LR
+    (coronal) or AP (sagittal); each slice pixel takes the expression grid voxel its centre falls in (NaN
+    outside the grid)."""
     from brainmap.atlas.expression_grid import EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM
+
+    res, corner = float(EXPRESSION_GRID_RESOLUTION_UM), float(EXPRESSION_GRID_ORIGIN_UM)
+    axis, across = AGEA_PLANES[plane]
+    fixed = int(np.floor((seed[axis] - corner) / res))
+    j = np.floor(((np.arange(shape[1]) + 0.5) * 100.0 - corner) / res).astype(np.int64)
+    k = np.floor(((np.arange(shape[across]) + 0.5) * 100.0 - corner) / res).astype(np.int64)
+    r = np.full((j.size, k.size), np.nan, dtype=np.float32)
+    if not 0 <= fixed < volume.shape[axis]:
+        return r
+    plane_values = np.take(volume, fixed, axis=axis)  # coronal: (DV, LR); sagittal: (AP, DV)
+    if plane == "sagittal":
+        plane_values = plane_values.T  # (DV, AP)
+    jj, kk = (j >= 0) & (j < plane_values.shape[0]), (k >= 0) & (k < plane_values.shape[1])
+    r[np.ix_(jj, kk)] = plane_values[np.ix_(j[jj], k[kk])]
+    return r
+
+
+@router.get("/portal/agea/map.png")
+def agea_map(request: Request, seed_point: str, set: str = "mouse_coronal", plane: str = "coronal") -> Response:
+    """The seed voxel's correlation map on the coronal or sagittal annotation slice through the seed (100 um
+    pixels)."""
+    from PIL import Image
 
     state = state_of(request)
     try:
         seed = [float(v) for v in seed_point.split(",")]
-        if len(seed) != 3 or set not in ("mouse", "mouse_coronal"):
+        if len(seed) != 3 or set not in ("mouse", "mouse_coronal") or plane not in AGEA_PLANES:
             raise ValueError
     except ValueError:
-        return Response("seed_point must be three numbers (AP,DV,LR um) and set mouse or mouse_coronal",
-                        status_code=400, media_type="text/plain")
+        return Response("seed_point must be three numbers (AP,DV,LR um), set mouse or mouse_coronal and plane "
+                        "coronal or sagittal", status_code=400, media_type="text/plain")
     try:
         volume = _agea_values(state, set, seed)
     except BrainmapError as exc:
         return Response(str(exc), status_code=400, media_type="text/plain")
-    space = state.reference_space(100)
-    res, corner = float(EXPRESSION_GRID_RESOLUTION_UM), float(EXPRESSION_GRID_ORIGIN_UM)
-    rows = (np.arange(space.shape[1]) + 0.5) * 100.0
-    cols = (np.arange(space.shape[2]) + 0.5) * 100.0
-    i = int(np.floor((seed[0] - corner) / res))
-    j = np.floor((rows - corner) / res).astype(np.int64)
-    k = np.floor((cols - corner) / res).astype(np.int64)
-    r = np.full((rows.size, cols.size), np.nan, dtype=np.float32)
-    if 0 <= i < volume.shape[0]:
-        jj, kk = (j >= 0) & (j < volume.shape[1]), (k >= 0) & (k < volume.shape[2])
-        r[np.ix_(jj, kk)] = volume[i][np.ix_(j[jj], k[kk])]
+    r = _agea_slice(volume, seed, plane, state.reference_space(100).shape)
     buffer = io.BytesIO()
     Image.fromarray(_diverging(r)).save(buffer, format="PNG")
     return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=300"})

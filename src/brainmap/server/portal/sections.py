@@ -7,7 +7,8 @@ annotation's boundaries drawn over it through the data set's alignment.
 ``/portal/sections/{data_set_id}/images.json``              the data set's images, each with its tile source and
                                                             a download link
 ``/portal/dz/{image_id}.dzi``                               the image's Deep Zoom descriptor
-``/portal/dz/{image_id}_files/{level}/{col}_{row}.jpg``     one 254 px tile (+1 px overlap), made on the fly
+``/portal/dz/{image_id}_files/{level}/{col}_{row}.jpg``     one 254 px tile (+1 px overlap), from the image's
+                                                            pyramid on disk
 ``/portal/sections/image/{image_id}.png``                   the whole image at full resolution (download)
 ``/portal/sections/image/{image_id}/boundaries.png``        the annotation's boundaries on the image (RGBA)
 ``/portal/sections/image/{image_id}/labels.json``           the structure under each cell of a coarse grid of the
@@ -15,19 +16,23 @@ annotation's boundaries drawn over it through the data set's alignment.
 ==========================================================  ======================================================
 
 Pixels are read from the data set's folder in the data directory (:mod:`brainmap.specimen.folder`) and drawn in
-false colour: connectivity's two-photon channels as red (tissue) and green (signal), ISH's as a bright-field
-stain (dark purple signal on a light tissue background). Each image's composite is kept per process; levels
-are made from it with Pillow's box reduction and tiles cut from them. The annotation is the bundled 25 um CCF
-sampled at each pixel's reference point (:func:`brainmap.specimen.model.pixels_to_reference`, from the
-alignments in the database, the same ones the image sync services use).
+false colour. Tiles come from a Deep Zoom pyramid kept on disk in ``tiles/`` of the data directory
+(:mod:`brainmap.specimen.pyramid`): ``brainmap load`` makes them; an image whose files changed since (or whose
+pyramid is missing) gets a new one on its first tile request, or when the viewer page opens on it. The annotation is
+the bundled 25 um CCF sampled at each pixel's reference point (:func:`brainmap.specimen.model.pixels_to_reference`,
+from the alignments in the database, the same ones the image sync services use).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,19 +46,19 @@ from brainmap.server.portal.catalog import catalog_of, synthetic_note
 from brainmap.server.portal.render import error_page, page
 from brainmap.server.routes_data import state_of
 from brainmap.server.state import LruCache
+from brainmap.specimen.model import SectionImage
+from brainmap.specimen.pyramid import (OVERLAP, TILE, TILES_DIR, ensure_pyramid, max_level, pyramid_key,
+                                       read_composite, tile_path)
 from brainmap.store import models as m
 
 __all__ = ["TILE", "router"]
 
 router = APIRouter(include_in_schema=False)
 
-TILE = 254
-OVERLAP = 1
 _LABEL_CELLS = 200  # the label grid's cells along the image's long side
 _BOUNDARY_MAX = 2048  # the boundary picture's long side at most (px)
-_composites: LruCache[int, np.ndarray] = LruCache(24, 384 * 2**20, lambda a: a.nbytes)
-_levels: LruCache[tuple[int, int], Any] = LruCache(48, 256 * 2**20, lambda i: i.width * i.height * 3)
-_tiles: LruCache[tuple[int, int, int, int], bytes] = LruCache(4096, 128 * 2**20, len)
+_composites: LruCache[tuple[int, str], np.ndarray] = LruCache(8, 128 * 2**20, lambda a: a.nbytes)
+_datasets: LruCache[str, tuple[tuple[int, int], dict[int, SectionImage]]] = LruCache(256)
 _making: dict[int, threading.Lock] = {}
 _making_lock = threading.Lock()
 
@@ -85,80 +90,83 @@ def _images_of(state: Any, data_set_id: int) -> list[ImageRow]:
     return [ImageRow(*r) for r in rows]
 
 
-def _stretch(channel: np.ndarray) -> np.ndarray:
-    """The channel over its 99.5th percentile (of every 4th pixel of every 4th row: the same to a few grey
-    levels, 16 times cheaper), clipped to [0, 1]."""
-    values = channel.astype(np.float32)
-    sample = values[::4, ::4]
-    top = float(np.percentile(sample, 99.5)) if sample.size else 1.0
-    return np.clip(values / (top or 1.0), 0, 1)
-
-
-def _composite(state: Any, image: ImageRow) -> np.ndarray:
-    """(rows, cols, 3) uint8 false-colour picture of one section image (see the module docstring), made once
-    however many tile requests for a new image arrive together."""
-    found = _composites.get(image.id)
-    if found is not None:
-        return found
-    with _making_lock:
-        lock = _making.setdefault(image.id, threading.Lock())
-    with lock:
-        found = _composites.get(image.id)
-        if found is None:
-            found = _make_composite(state, image)
-            _composites.put(image.id, found)
-    with _making_lock:
-        _making.pop(image.id, None)
-    return found
-
-
-def _warm(state: Any, image: ImageRow) -> None:
-    """Make an image's composite ahead of its tiles (a failure is left for the tile request to report)."""
+def _tiles_root(state: Any) -> Path:
+    """``tiles/`` in the data directory, or a folder in the system's temporary directory where the data directory
+    cannot be written (a read-only mount)."""
+    root = state.data_dir / TILES_DIR
     try:
-        _composite(state, image)
-    except (BrainmapError, OSError, ValueError):
+        root.mkdir(exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
         pass
+    fallback = Path(tempfile.gettempdir()) / f"brainmap-tiles-{os.getuid()}" / hashlib.sha1(
+        str(state.data_dir).encode()).hexdigest()[:12]
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
 
 
-def _make_composite(state: Any, image: ImageRow) -> np.ndarray:
-    from brainmap.specimen.folder import read_dataset, read_section_image
+def _source(state: Any, image: ImageRow) -> tuple[Path, SectionImage, bool]:
+    """The data set folder, the image as its ``dataset.json`` describes it and whether it is connectivity; each
+    ``dataset.json`` is read once per process while unchanged (size and modification time)."""
+    from brainmap.specimen.folder import read_dataset
 
     record = catalog_of(state).by_id(image.data_set_id)
     if record is None or not record.storage_directory:
         raise NotFound(f"SectionDataSet {image.data_set_id} has no folder in the data directory")
-    folder = state.resolve_data_path(f"{record.storage_directory.rstrip('/')}/dataset.json").parent
-    dataset = read_dataset(folder, check_files=False)
-    section = next((i for i in dataset.images if i.id == image.id), None)
+    path = state.resolve_data_path(f"{record.storage_directory.rstrip('/')}/dataset.json")
+    stat = path.stat()
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    found = _datasets.get(str(path))
+    if found is None or found[0] != stamp:
+        dataset = read_dataset(path.parent, check_files=False)
+        found = (stamp, {i.id: i for i in dataset.images})
+        _datasets.put(str(path), found)
+    section = found[1].get(image.id)
     if section is None:
         raise NotFound(f"SectionImage {image.id} is not in {record.storage_directory}/dataset.json")
-    channels = {name: _stretch(read_section_image(folder, section, name)) for name in section.channels}
-    tissue = channels.get("tissue", next(iter(channels.values())))
-    signal = channels.get("signal", np.zeros_like(tissue))
-    if record.is_connectivity:
-        rgb = np.stack([0.75 * tissue, signal, 0.25 * tissue], axis=-1)
-    else:  # bright field: light tissue, dark purple-brown stain
-        rgb = 1 - np.stack([0.25 * tissue + 0.55 * signal, 0.3 * tissue + 0.8 * signal,
-                            0.2 * tissue + 0.45 * signal], axis=-1)
-    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    return path.parent, section, record.is_connectivity
+
+
+def _composite(state: Any, image: ImageRow) -> np.ndarray:
+    """(rows, cols, 3) uint8 false-colour picture of one section image (:func:`brainmap.specimen.pyramid.
+    false_colour`), kept per process."""
+    folder, section, connectivity = _source(state, image)
+    key = (image.id, pyramid_key(folder, section, connectivity))
+    found = _composites.get(key)
+    if found is None:
+        found = read_composite(folder, section, connectivity)
+        _composites.put(key, found)
+    return found
+
+
+def _pyramid(state: Any, image: ImageRow) -> Path:
+    """The image's tile pyramid on disk, made once (:mod:`brainmap.specimen.pyramid`); concurrent requests of
+    one process for a new image wait for one maker."""
+    folder, section, connectivity = _source(state, image)
+    root = _tiles_root(state)
+    target = root / str(image.id) / pyramid_key(folder, section, connectivity)
+    if target.is_dir():
+        return target
+    with _making_lock:
+        lock = _making.setdefault(image.id, threading.Lock())
+    with lock:
+        made = ensure_pyramid(root, folder, section, connectivity)
+    with _making_lock:
+        _making.pop(image.id, None)
+    return made
+
+
+def _warm(state: Any, image: ImageRow) -> None:
+    """Make an image's pyramid ahead of its tiles (a failure is left for the tile request to report)."""
+    try:
+        _pyramid(state, image)
+    except (BrainmapError, OSError, ValueError):
+        pass
 
 
 def _max_level(image: ImageRow) -> int:
-    return int(math.ceil(math.log2(max(image.width, image.height, 1))))
-
-
-def _level(state: Any, image: ImageRow, level: int) -> Any:
-    """The Pillow image of one pyramid level (level ``_max_level`` is full resolution)."""
-    from PIL import Image
-
-    key = (image.id, level)
-    found = _levels.get(key)
-    if found is None:
-        full = Image.fromarray(_composite(state, image))
-        scale = 2 ** (_max_level(image) - level)
-        size = (max(1, math.ceil(image.width / scale)), max(1, math.ceil(image.height / scale)))
-        found = full if scale == 1 else full.resize(size, Image.Resampling.BOX)
-        _levels.put(key, found)
-    return found
+    return max_level(image.width, image.height)
 
 
 @router.get("/portal/dz/{image_id}.dzi")
@@ -172,29 +180,24 @@ def dzi(request: Request, image_id: int) -> Response:
 
 @router.get("/portal/dz/{image_id}_files/{level}/{name}")
 def tile(request: Request, image_id: int, level: int, name: str) -> Response:
-    """One Deep Zoom tile (JPEG)."""
+    """One Deep Zoom tile (JPEG), from the image's pyramid on disk."""
     state = state_of(request)
     try:
         col_text, row_text = name.removesuffix(".jpg").split("_")
         col, row = int(col_text), int(row_text)
     except ValueError:
         raise NotFound(f"no tile {name!r}: tiles are named COL_ROW.jpg") from None
-    key = (image_id, level, col, row)
-    body = _tiles.get(key)
-    if body is None:
-        image = _image_row(state, image_id)
-        if not 0 <= level <= _max_level(image):
-            raise NotFound(f"SectionImage {image_id} has levels 0 to {_max_level(image)}")
-        picture = _level(state, image, level)
-        left, top = col * TILE - (OVERLAP if col else 0), row * TILE - (OVERLAP if row else 0)
-        if col < 0 or row < 0 or left >= picture.width or top >= picture.height:
-            raise NotFound(f"no tile {col},{row} at level {level} of SectionImage {image_id}")
-        box = (left, top, min(picture.width, (col + 1) * TILE + OVERLAP),
-               min(picture.height, (row + 1) * TILE + OVERLAP))
-        buffer = io.BytesIO()
-        picture.crop(box).save(buffer, format="JPEG", quality=88)
-        body = buffer.getvalue()
-        _tiles.put(key, body)
+    image = _image_row(state, image_id)
+    if not 0 <= level <= _max_level(image):
+        raise NotFound(f"SectionImage {image_id} has levels 0 to {_max_level(image)}")
+    try:
+        pyramid = _pyramid(state, image)
+    except FileNotFoundError as exc:
+        raise NotFound(f"SectionImage {image_id}: an image file is missing ({exc.filename})") from None
+    try:
+        body = tile_path(pyramid, level, col, row).read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"no tile {col},{row} at level {level} of SectionImage {image_id}") from None
     return Response(body, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 

@@ -27,6 +27,7 @@ async function loadDataSets() {
                          "rma::options[num_rows$eq500][order$eq'id']");
   const select = $("dataset");
   select.innerHTML = "";
+  if (!rows.length) return false;
   for (const ds of rows) {
     const option = document.createElement("option");
     option.value = ds.id;
@@ -36,14 +37,28 @@ async function loadDataSets() {
   }
   const fromHash = new URLSearchParams(location.hash.slice(1)).get("id");
   if (fromHash) select.value = fromHash;
+  return true;
+}
+
+function showEmpty() {
+  // No data set in the database: the atlas still draws; say how to load data.
+  for (const id of ["dataset", "volume", "overlay"]) $(id).disabled = true;
+  $("overlay").checked = false;
+  $("title").textContent = "No data sets loaded";
+  $("summary").textContent = "No data sets loaded: run `brainmap load DIR --data-dir DATA_DIR` (e.g. " +
+                             "`brainmap load brainmap-demo/specimens`), then reload this page.";
+  updatePictures();
 }
 
 async function loadVolumes() {
   const id = $("dataset").value;
   const select = $("volume");
   select.innerHTML = "";
-  const response = await fetch(`/viewer/volumes/${id}.json`);
+  const response = await fetch(`/viewer/volumes/${encodeURIComponent(id)}.json`);
   const body = await response.json();
+  if (!response.ok || !Array.isArray(body.msg)) {
+    throw new Error(`no volumes for data set ${id}: ${typeof body.msg === "string" ? body.msg : response.status}`);
+  }
   const names = [...new Set((body.msg || []).map((v) => v.name))];
   for (const name of names) {
     const option = document.createElement("option");
@@ -120,7 +135,7 @@ function updatePictures() {
   } else {
     signal.style.display = "none";
   }
-  location.hash = `id=${$("dataset").value}`;
+  if ($("dataset").value) location.hash = `id=${$("dataset").value}`;
 }
 
 async function selectDataSet() {
@@ -142,4 +157,4 @@ for (const id of ["plane", "resolution", "position", "volume", "overlay"]) {
 }
 $("dataset").addEventListener("change", selectDataSet);
 
-loadDataSets().then(selectDataSet).catch((error) => status(String(error)));
+loadDataSets().then((any) => (any ? selectDataSet() : showEmpty())).catch((error) => status(String(error)));

@@ -1,12 +1,16 @@
-// AGEA seed picker: the coronal annotation slice with the seed's correlation map over it; a click sets the seed.
+// AGEA seed picker: the coronal or sagittal annotation slice with the seed's correlation map over it; a click
+// sets the seed; the plane's choice reloads the page with plane= in its URL.
 (function () {
   "use strict";
   const canvas = document.getElementById("agea-atlas");
   if (!canvas) return;
   const form = document.getElementById("search-form");
   const seedInput = form.querySelector("input[name=seed_point]");
-  const ap = document.getElementById("ap");
-  const apText = document.getElementById("slice-ap");
+  const slider = document.getElementById("slice-position");
+  const at = document.getElementById("slice-at");
+  const planeSelect = document.getElementById("agea-plane");
+  const plane = canvas.dataset.plane || "coronal";
+  const sagittal = plane === "sagittal";
   const ctx = canvas.getContext("2d");
   const RES = 100; // um per slice pixel
   function seed() {
@@ -22,20 +26,20 @@
     });
   }
   async function draw() {
-    const position = Number(ap.value);
-    apText.textContent = String(position);
-    const atlas = await load("/viewer/slice/annotation.png?plane=coronal&resolution=100&position=" + position);
+    const position = Number(slider.value);
+    at.textContent = String(position);
+    const atlas = await load(`/viewer/slice/annotation.png?plane=${plane}&resolution=100&position=${position}`);
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.globalAlpha = 0.55;
     ctx.drawImage(atlas, 0, 0);
     ctx.globalAlpha = 1;
     const s = seed();
-    if (s && Math.abs(s[0] - position) < RES) {
+    if (s && Math.abs((sagittal ? s[2] : s[0]) - position) < RES) {
       const map = await load("/portal/agea/map.png?set=" + encodeURIComponent(canvas.dataset.set) +
-                             "&seed_point=" + s.join(","));
+                             `&plane=${plane}&seed_point=` + s.join(","));
       ctx.drawImage(map, 0, 0);
       ctx.fillStyle = "#ffffff";
-      ctx.fillRect(Math.floor(s[2] / RES) - 1, Math.floor(s[1] / RES) - 1, 3, 3);
+      ctx.fillRect(Math.floor((sagittal ? s[0] : s[2]) / RES) - 1, Math.floor(s[1] / RES) - 1, 3, 3);
     }
     canvas.dataset.drawn = String(position);
   }
@@ -43,9 +47,17 @@
     const box = canvas.getBoundingClientRect();
     const x = Math.floor((event.clientX - box.left) / box.width * canvas.width);
     const y = Math.floor((event.clientY - box.top) / box.height * canvas.height);
-    seedInput.value = [Number(ap.value), (y + 0.5) * RES, (x + 0.5) * RES].join(",");
+    const position = Number(slider.value);
+    const across = (x + 0.5) * RES;
+    const dv = (y + 0.5) * RES;
+    seedInput.value = (sagittal ? [across, dv, position] : [position, dv, across]).join(",");
     form.submit();
   });
-  ap.addEventListener("change", draw);
+  planeSelect.addEventListener("change", () => {
+    const url = new URL(location.href);
+    url.searchParams.set("plane", planeSelect.value);
+    location.assign(url.toString());
+  });
+  slider.addEventListener("change", draw);
   draw().catch((e) => { canvas.dataset.error = String(e); });
 })();

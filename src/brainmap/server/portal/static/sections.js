@@ -23,8 +23,31 @@
       success: () => { box.dataset.boundaries = "drawn"; },
     });
     if (box.dataset.markX !== undefined) mark(Number(box.dataset.markX), Number(box.dataset.markY));
+    restoreView();
+    viewer.addHandler("animation-finish", writeView);
     box.dataset.ready = "1";
   });
+  // The view (zoom, and the image pixel at the centre) in the page's URL: a reload or a shared link opens it.
+  function restoreView() {
+    const q = new URLSearchParams(location.search);
+    const zoom = Number(q.get("zoom")), cx = Number(q.get("cx")), cy = Number(q.get("cy"));
+    if (!(zoom > 0) || !Number.isFinite(cx) || !Number.isFinite(cy) || q.get("cx") === null) return;
+    const item = viewer.world.getItemAt(0);
+    viewer.viewport.zoomTo(zoom, null, true);
+    viewer.viewport.panTo(item.imageToViewportCoordinates(cx, cy), true);
+  }
+  function writeView() {
+    const item = viewer.world.getItemAt(0);
+    if (!item) return;
+    const centre = item.viewportToImageCoordinates(viewer.viewport.getCenter(true));
+    const url = new URL(location.href);
+    url.searchParams.set("image", imageId);
+    url.searchParams.set("zoom", String(Number(viewer.viewport.getZoom(true).toFixed(4))));
+    url.searchParams.set("cx", centre.x.toFixed(1));
+    url.searchParams.set("cy", centre.y.toFixed(1));
+    history.replaceState(null, "", url.pathname + "?" + url.searchParams.toString());
+    box.dataset.written = String(Number(box.dataset.written || 0) + 1);
+  }
   document.getElementById("show-boundaries").addEventListener("change", (e) => {
     const overlay = viewer.world.getItemAt(1);
     if (overlay) overlay.setOpacity(e.target.checked ? 0.9 : 0);
