@@ -209,10 +209,12 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
     pending: dict[Any, Path] = {}
     accumulators = {folder: gridder.accumulator() for folder, gridder in gridders.items()}
     left = {folder: 0 for folder in gridders}
-    for folder, gridder in gridders.items():
+    for rank, (folder, gridder) in enumerate(gridders.items()):
         shared = client.scatter(gridder, broadcast=True)
         for image in gridder.usable_images():
-            pending[client.submit(_grid_one_section, shared, str(folder), image, pure=False)] = folder
+            # One data set after another (a higher priority runs first), so few accumulators are held at once.
+            pending[client.submit(_grid_one_section, shared, str(folder), image, pure=False,
+                                  priority=len(gridders) - rank)] = folder
             left[folder] += 1
     for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
                        disable=not progress):
