@@ -160,7 +160,8 @@ def build_parser(services: bool = True) -> argparse.ArgumentParser:
                      help="connectivity grid in um that unionize reads (default 100; ISH uses the 200 um grid)")
     run.add_argument("--extra-grid-resolution", type=int, nargs="+", default=(), choices=[10, 25, 50, 100],
                      metavar="UM", help="connectivity grids also written from the same detections, e.g. 25 "
-                                        "(AllenSDK's default resolution; 0.6 GB of memory per quantity)")
+                                        "(AllenSDK's default resolution; at 25 um about 2 GB of memory per "
+                                        "data set being gridded)")
     run.add_argument("--channel-volumes", action="store_true",
                      help="also resample connectivity images into the 25 um CCF (Allen's "
                           "ImagesResampledTo25MicronARA.zip, for download_reference_aligned_image_channel_volumes)")

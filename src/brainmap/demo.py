@@ -226,8 +226,10 @@ def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | Non
         # fresh clone, the contrast-agnostic default made the demo take 158 s, its alignment 117 s of it; the
         # template path aligns this appearance better too (9 / 22 um median / p95 against 22 / 60 um, issue 13's
         # measurement). Real images of any stain get the default (brainmap run, brainmap align).
+        # The connectivity grids are written at 25 um too, as Allen serves them (AllenSDK's documented example
+        # asks MouseConnectivityCache(resolution=25) for a projection density); the unionizer reads the 100 um.
         settings = RunSettings(reference_resolution_um=50, grid_resolution_um=100, nonlinear=False,
-                               contrast="template")
+                               contrast="template", extra_grid_resolutions_um=(25,))
         runs = run_pipeline(folders, settings, workers=workers, scheduler=scheduler)
         print(summarize_runs(runs))
         written.update(_pipeline_summary(folders, space.structure_tree, out))

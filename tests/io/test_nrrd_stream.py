@@ -130,3 +130,27 @@ def test_lying_header_costs_one_slab(tmp_path):
     with pytest.raises(FormatError, match=f"{path}: gzip data"):
         for _ in NrrdSlabs(path).slabs(1):
             pass
+
+
+@pytest.mark.parametrize("inflate", ["default", "zlib"])
+@pytest.mark.parametrize("piece", [65_536, 100_003, 1 << 20, 5 << 20])
+def test_iter_decompressed_pieces_mixed_ratios(monkeypatch, inflate, piece):
+    """Runs of zeros (one call gives a whole piece: handed out without a copy) next to noise (pieces assembled from
+    several calls), in two gzip members, a skipped prefix; every piece but the last full, the whole equal."""
+    import gzip
+    import io
+
+    if inflate == "zlib":
+        monkeypatch.setattr(limits, "_isal_zlib", None)
+    rng = np.random.default_rng(18)
+    data = b"".join([bytes(3 << 20), rng.integers(0, 4, 1 << 20, dtype=np.uint8).tobytes(), bytes(1 << 20),
+                     rng.integers(0, 256, 300_001, dtype=np.uint8).tobytes()])
+    skip = 777
+    stream = gzip.compress(data[:2_000_000], 6) + gzip.compress(data[2_000_000:], 1)
+    pieces = list(limits.iter_decompressed(io.BytesIO(stream).read, "gzip", len(data) - skip, "mixed",
+                                           skip=skip, piece=piece))
+    assert all(len(p) == piece for p in pieces[:-1]) and 0 < len(pieces[-1]) <= piece
+    assert b"".join(p.tobytes() for p in pieces) == data[skip:]
+    with pytest.raises(FormatError, match="mixed"):
+        list(limits.iter_decompressed(io.BytesIO(stream[:-9]).read, "gzip", len(data) - skip, "mixed", skip=skip,
+                                      piece=piece))

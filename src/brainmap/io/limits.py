@@ -136,7 +136,9 @@ _ERRORS: tuple[type[BaseException], ...] = (zlib.error, OSError, EOFError, Value
 def _step(decompressor: Any, data: bytes, limit: int) -> tuple[bytes, bytes]:
     """One bounded decompression step: (output of at most ``limit`` bytes, input still to be fed)."""
     out = decompressor.decompress(data, limit)
-    tail = getattr(decompressor, "unconsumed_tail", b"")  # zlib hands back the input it did not use
+    # zlib hands back the input it did not use; at a stream's end that input is (also) in unused_data, which the
+    # next-member and end checks read, so it must not be kept twice.
+    tail = b"" if decompressor.eof else getattr(decompressor, "unconsumed_tail", b"")
     return out, tail
 
 
@@ -293,7 +295,8 @@ _STREAM_READ = 1 << 20
 def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, source: str, *, skip: int = 0,
                       piece: int = CHUNK) -> Iterator[np.ndarray]:
     """Decompress a stream that must expand to exactly ``skip + nbytes`` bytes, giving the last ``nbytes`` in
-    pieces of ``piece`` bytes (the last one shorter) as new uint8 arrays.
+    pieces of ``piece`` bytes (the last one shorter) as new uint8 arrays (read-only when a piece came out of one
+    decompression call and is handed out without a copy).
 
     The same checks as :func:`decompress_exact` (corrupt, truncated, shorter, longer, trailing bytes: a
     FormatError naming ``source``), but memory is one piece whatever ``nbytes`` is. The end of the stream is
@@ -307,10 +310,15 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
     label = {"gzip": "gzip", "zlib": "compressed", "bzip2": "bzip2", "lzma": "xz"}[codec]
     total = skip + nbytes
     decompressor = _fast_gzip_decompressor(codec)
+    # zlib-like decompressors hand back the input they did not use, so their input can be topped up to a whole
+    # piece's worth and the piece comes out of one call: it is then given as is, without a copy into a buffer
+    # (for a 25 um double grid of mostly zeros this halves the CPU time; measured next to _fast_gzip_decompressor).
+    tails = hasattr(decompressor, "unconsumed_tail")
     pending = b""
     got = 0  # decompressed bytes so far, skipped ones included
-    buffer = np.empty(min(piece, nbytes), dtype=np.uint8)
-    view = memoryview(buffer)
+    taken = 0  # input bytes read so far
+    buffer: np.ndarray | None = None  # the piece being assembled from several outputs
+    view = memoryview(b"")
     filled = 0
     try:
         while got < total:
@@ -319,25 +327,41 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
                 if following is None:
                     break
                 decompressor, pending = following
+            size = min(piece, total - got + filled) if got >= skip else 0  # this piece's bytes
             # Ask no more than fits in the current piece (or what is left to skip), so no copy is kept aside.
-            want = (skip - got) if got < skip else (len(buffer) - filled)
-            chunk, pending = _step(decompressor, pending, min(want, CHUNK))
+            want = (skip - got) if got < skip else (size - filled)
+            if tails and filled == 0 and got >= skip:
+                # About the input this piece needs at the ratio so far, with a margin (more input than that
+                # costs copies of the unused tail).
+                ratio = got / max(1, taken - len(pending)) if got else 1.0
+                need = int(want / max(ratio, 1.0) * 1.25) + (1 << 16)
+                if len(pending) < need:
+                    more = read(need - len(pending))
+                    taken += len(more)
+                    if more:
+                        pending = pending + more if pending else more
+            chunk, pending = _step(decompressor, pending, min(want, CHUNK) if got < skip else want)
             if chunk:
-                if got >= skip:
-                    view[filled : filled + len(chunk)] = chunk
-                    filled += len(chunk)
+                if got < skip:
+                    got += len(chunk)
+                    continue
                 got += len(chunk)
-                if filled == len(buffer) and filled:
+                if filled == 0 and len(chunk) == size:
+                    yield np.frombuffer(chunk, dtype=np.uint8)  # read-only, the decompressor's own output
+                    continue
+                if buffer is None or len(buffer) != size:
+                    buffer = np.empty(size, dtype=np.uint8)
+                    view = memoryview(buffer)
+                view[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+                if filled == size:
                     yield buffer
-                    left = total - got
-                    if left:
-                        buffer = np.empty(min(piece, left), dtype=np.uint8)
-                        view = memoryview(buffer)
-                        filled = 0
+                    buffer, filled = None, 0  # given away: the next piece needs a new one
                 continue
             if decompressor.eof:
                 continue
             more = read(_STREAM_READ)
+            taken += len(more)
             if not more:
                 break
             pending = pending + more if pending else more

@@ -66,7 +66,7 @@ class NrrdSlabs:
 
     def slabs(self, planes: int) -> Iterator[np.ndarray]:
         """Arrays ``volume[..., k0:k0 + planes]`` (the last one shorter), in order, each a new array in Fortran
-        (file) order, native byte order. The data's end is checked after the last slab."""
+        (file) order, native byte order, possibly read-only. The data's end is checked after the last slab."""
         if planes < 1:
             raise ValueError("slabs: planes must be >= 1")
         path = self.path

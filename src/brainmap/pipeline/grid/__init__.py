@@ -39,6 +39,7 @@ from brainmap.pipeline.grid.projection import (
     grid_projection_section,
     projection_volumes,
     write_projection_grids,
+    write_projection_grids_streamed,
 )
 from brainmap.pipeline.grid.resample import GridAccumulator, GridSpec, PartialGrid
 from brainmap.specimen.model import SectionDataSet, SectionImage
@@ -136,9 +137,10 @@ class Gridder:
 
     def write_all(self, folder: str | os.PathLike[str], accumulator: Any) -> list[Path]:
         """The volumes of every grid of the reduced ``accumulator``, written into ``folder``; the paths."""
-        if isinstance(accumulator, GridAccumulators):
-            return [path for part in accumulator.parts
-                    for path in write_projection_grids(folder, self.volumes(part), part.spec)]
+        if isinstance(accumulator, GridAccumulator | GridAccumulators):  # connectivity: slab by slab
+            parts = accumulator.parts if isinstance(accumulator, GridAccumulators) else [accumulator]
+            return [path for part in parts
+                    for path in write_projection_grids_streamed(folder, part, self.dataset.pixel_size_um)]
         return self.write(folder, self.volumes(accumulator))
 
     def accumulator(self) -> GridAccumulator | ExpressionAccumulator | GridAccumulators:

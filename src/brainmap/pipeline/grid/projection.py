@@ -35,11 +35,14 @@ Files (:func:`write_projection_grids`): ``{name}_{res}.nrrd`` with Allen's heade
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from brainmap.io.nrrd import write_nrrd
+from brainmap.io.nrrd_write_stream import NrrdSlabWriter
 from brainmap.pipeline.detect.core import DetectionResult
 from brainmap.pipeline.grid.resample import (
     GridAccumulator,
@@ -59,6 +62,7 @@ __all__ = [
     "grid_projection_section",
     "projection_volumes",
     "write_projection_grids",
+    "write_projection_grids_streamed",
 ]
 
 PROJECTION_QUANTITIES = (
@@ -127,21 +131,18 @@ def grid_projection_section(dataset: SectionDataSet, image: SectionImage, detect
                       footprint_um=block * pixel_um, plane=(normal, offset))
 
 
-def projection_volumes(accumulator: GridAccumulator, pixel_size_um: float, *, min_coverage: float = 0.5
-                       ) -> dict[str, np.ndarray]:
-    """Allen's connectivity volumes (module docstring) from the summed partial grids, ``(AP, DV, LR)`` arrays in
-    Fortran order: float64, ``data_mask`` uint8."""
-    spec = accumulator.spec
-    get = accumulator.get
+def _volume_values(get, full: float, min_coverage: float) -> dict[str, np.ndarray]:
+    """The volumes' flat values (float64; ``data_mask`` bool) from ``get(quantity)``: the same element-wise
+    formulas over the whole grid or a range of it (the same bits either way)."""
     pixels = get("sum_pixels")
-    full = (spec.resolution_um / pixel_size_um) ** 2  # pixels a fully covered voxel receives
     data = get("covered") >= min_coverage * full
     safe = np.where(pixels > 0, pixels, 1.0)
+    has = data & (pixels > 0)
 
     def ratio(name: str) -> np.ndarray:
-        return np.where(data & (pixels > 0), get(name) / safe, 0.0)
+        return np.where(has, get(name) / safe, 0.0)
 
-    flat = {
+    return {
         "projection_density": ratio("sum_projection_pixels"),
         "projection_energy": ratio("sum_projection_intensity"),
         "injection_fraction": ratio("injection_pixels"),
@@ -150,10 +151,20 @@ def projection_volumes(accumulator: GridAccumulator, pixel_size_um: float, *, mi
         "sum_pixels": np.where(data, pixels, 0.0),
         "sum_pixel_intensities": np.where(data, get("sum_pixel_intensities"), 0.0),
         "injection_sum_pixel_intensities": np.where(data, get("injection_sum_pixel_intensities"), 0.0),
+        "data_mask": data,
     }
-    volumes = {name: spec.volume(values, np.float64) for name, values in flat.items()}
-    volumes["data_mask"] = spec.volume(data.astype(np.uint8))
-    return volumes
+
+
+def projection_volumes(accumulator: GridAccumulator, pixel_size_um: float, *, min_coverage: float = 0.5
+                       ) -> dict[str, np.ndarray]:
+    """Allen's connectivity volumes (module docstring) from the summed partial grids, ``(AP, DV, LR)`` arrays in
+    Fortran order: float64, ``data_mask`` uint8. Whole volumes in memory: :func:`write_projection_grids_streamed`
+    writes the same files slab by slab."""
+    spec = accumulator.spec
+    full = (spec.resolution_um / pixel_size_um) ** 2  # pixels a fully covered voxel receives
+    flat = _volume_values(accumulator.get, full, min_coverage)
+    return {name: spec.volume(values, np.uint8 if name == "data_mask" else np.float64)
+            for name, values in flat.items()}
 
 
 def write_projection_grids(folder: str | os.PathLike[str], volumes: dict[str, np.ndarray], spec: GridSpec
@@ -167,3 +178,41 @@ def write_projection_grids(folder: str | os.PathLike[str], volumes: dict[str, np
         write_nrrd(path, volume, spacing_um=spec.resolution_um, origin_um=spec.origin_um)
         paths.append(path)
     return paths
+
+
+#: Bytes of one float64 slab of one volume while writing slab by slab.
+SLAB_BYTES = 1 << 24
+
+
+def write_projection_grids_streamed(folder: str | os.PathLike[str], accumulator: GridAccumulator,
+                                    pixel_size_um: float, *, min_coverage: float = 0.5,
+                                    slab_bytes: int = SLAB_BYTES, threads: int | None = None,
+                                    deflate: str = "isal") -> list[Path]:
+    """:func:`write_projection_grids` of :func:`projection_volumes`, slab by slab (ranges of LR planes): the same
+    volumes without whole volumes in memory (one slab of each of the nine at a time, compressed in ``threads``
+    threads, default the CPUs available: deflate releases the GIL). ``deflate="zlib"`` writes the same files
+    byte for byte; the default ISA-L deflate writes the same data an order of magnitude faster
+    (:class:`~brainmap.io.nrrd_write_stream.NrrdSlabWriter`)."""
+    spec = accumulator.spec
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    full = (spec.resolution_um / pixel_size_um) ** 2
+    plane = spec.shape[0] * spec.shape[1]
+    planes = max(1, slab_bytes // (plane * 8))
+    paths = {name: folder / f"{name}_{spec.resolution_label}.nrrd" for name in PROJECTION_VOLUMES}
+    workers = threads or min(len(paths), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else (os.cpu_count() or 1))
+    with ExitStack() as stack:
+        writers = {name: stack.enter_context(NrrdSlabWriter(
+            path, spec.shape, np.uint8 if name == "data_mask" else np.float64, spacing_um=spec.resolution_um,
+            origin_um=spec.origin_um, deflate=deflate)) for name, path in paths.items()}
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers),
+                                                      thread_name_prefix="grid-write"))
+        for k0 in range(0, spec.shape[2], planes):
+            k1 = min(k0 + planes, spec.shape[2])
+            values = _volume_values(lambda name: accumulator.get_range(name, k0 * plane, k1 * plane), full,
+                                    min_coverage)
+            shape = spec.shape[:2] + (k1 - k0,)
+            slabs = {name: v.reshape(shape, order="F") for name, v in values.items()}
+            list(pool.map(lambda name: writers[name].write(slabs[name]), list(writers)))
+    return list(paths.values())

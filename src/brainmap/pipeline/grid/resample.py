@@ -358,24 +358,55 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
 
 
 class GridAccumulator:
-    """Sums :class:`PartialGrid` s into dense flat volumes (one float64 vector per quantity, allocated on first
-    use; memory: 8 bytes x voxels x quantities -- 0.6 GB per quantity at 25 um, 9.6 GB at 10 um).
+    """Sums :class:`PartialGrid` s, each quantity sparse (its non-zero entries) until it touches many voxels.
 
-    ``add`` one partial at a time, ``merge`` another accumulator (a tree reduction), read ``sums``.
+    A quantity is kept as the list of the non-zero ``(index, value)`` entries it received, in order; once they
+    take more memory than ``dense_fraction`` of a dense float64 volume, it becomes a dense flat vector
+    (``sums``), the entries added in the same order. Detected signal and the injection site stay sparse; the
+    coverage and tissue pixels of a data set that spans the grid go dense. Both give the same bits as adding
+    every partial into a dense vector: the same additions in the same order (an exact 0 added changes nothing).
+    At 25 um a dense quantity is 0.6 GB, 9.6 GB at 10 um.
+
+    ``add`` one partial at a time, ``merge`` another accumulator (a tree reduction); read a quantity whole with
+    :meth:`get` or a range of flat indices with :meth:`get_range` (:func:`~brainmap.pipeline.grid.projection.
+    write_projection_grids_streamed` writes volumes slab by slab that way).
     """
 
-    def __init__(self, spec: GridSpec):
+    def __init__(self, spec: GridSpec, dense_fraction: float = 0.25):
         self.spec = spec
-        self.sums: dict[str, np.ndarray] = {}
+        self.sums: dict[str, np.ndarray] = {}  # dense quantities
+        self.entries: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # sparse ones, non-zero entries in order
+        self._entry_count: dict[str, int] = {}
+        self._dense_limit = dense_fraction * spec.n_voxels / 2  # entries: 16 bytes each, a dense voxel 8
+        self._consolidated: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.sections = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.sums, *self.entries]
+
+    def _add_entries(self, name: str, index: np.ndarray, values: np.ndarray) -> None:
+        if name in self.sums:
+            np.add.at(self.sums[name], index, values)
+            return
+        keep = values != 0
+        if not keep.all():
+            index, values = index[keep], values[keep]
+        self._consolidated.pop(name, None)
+        self.entries.setdefault(name, []).append((index, values))
+        self._entry_count[name] = self._entry_count.get(name, 0) + len(index)
+        if self._entry_count[name] > self._dense_limit:
+            dense = np.zeros(self.spec.n_voxels)
+            for chunk_index, chunk_values in self.entries.pop(name):
+                np.add.at(dense, chunk_index, chunk_values)
+            del self._entry_count[name]
+            self.sums[name] = dense
 
     def add(self, partial: PartialGrid) -> GridAccumulator:
         if partial.spec != self.spec:
             raise ValueError(f"partial grid on {partial.spec}, accumulator on {self.spec}")
         for name, values in partial.values.items():
-            if name not in self.sums:
-                self.sums[name] = np.zeros(self.spec.n_voxels)
-            np.add.at(self.sums[name], partial.index, values)
+            self._add_entries(name, partial.index, np.asarray(values, dtype=np.float64))
         self.sections += 1
         return self
 
@@ -385,8 +416,17 @@ class GridAccumulator:
         for name, values in other.sums.items():
             if name in self.sums:
                 self.sums[name] += values
+            elif name in self.entries:  # ours become dense: our sum first, then theirs, as dense + dense
+                self.sums[name] = self.get(name)
+                self.sums[name] += values
+                del self.entries[name], self._entry_count[name]
+                self._consolidated.pop(name, None)
             else:
                 self.sums[name] = values.copy()
+        for name in other.entries:
+            # Their sums per voxel, added after ours: the bits of a dense ``ours += theirs``.
+            index, values = other._consolidate(name)
+            self._add_entries(name, index, values)
         self.sections += other.sections
         return self
 
@@ -395,6 +435,28 @@ class GridAccumulator:
             self.add(partial)
         return self
 
+    def _consolidate(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A sparse quantity's sums: (sorted unique flat indices, their sums, each the additions in order)."""
+        if name not in self._consolidated:
+            chunks = self.entries[name]
+            index = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
+            values = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0)
+            unique, inverse = np.unique(index, return_inverse=True)
+            # bincount adds each bin's weights in array order from 0.0: np.add.at's additions.
+            self._consolidated[name] = unique, np.bincount(inverse, weights=values, minlength=len(unique))
+        return self._consolidated[name]
+
     def get(self, name: str) -> np.ndarray:
-        """The flat sums of a quantity (zeros if no section had it)."""
-        return self.sums[name] if name in self.sums else np.zeros(self.spec.n_voxels)
+        """The flat sums of a quantity (zeros if no section had it), a dense vector."""
+        return self.get_range(name, 0, self.spec.n_voxels)
+
+    def get_range(self, name: str, start: int, stop: int) -> np.ndarray:
+        """The sums at flat indices ``start .. stop - 1`` (a view for a dense quantity; do not write to it)."""
+        if name in self.sums:
+            return self.sums[name][start:stop]
+        out = np.zeros(stop - start)
+        if name in self.entries:
+            index, values = self._consolidate(name)
+            lo, hi = np.searchsorted(index, [start, stop])
+            out[index[lo:hi] - start] = values[lo:hi]
+        return out

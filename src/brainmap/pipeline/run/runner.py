@@ -27,7 +27,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -196,7 +196,8 @@ def _grid_one_section(gridder, folder: str, image: SectionImage):
     return gridder.process(image, arrays)
 
 
-def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True) -> dict[Path, Any]:
+def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
+                  finish: Callable[[Path, Any], None] | None = None) -> dict[Path, Any]:
     """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per
     section (read its channels, detect, grid), the partial grids summed as they arrive.
 
@@ -204,21 +205,33 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
         client: a connected ``distributed.Client``.
         gridders: a :class:`~brainmap.pipeline.grid.Gridder` per data set folder.
         progress: show a progress bar over sections.
+        finish: called with a folder and its accumulator as soon as all its sections are in, after which the
+            accumulator is dropped (so only the data sets still being gridded are held: a 25 um connectivity
+            accumulator is 1-2 GB).
 
-    Returns the accumulator of each folder (``Gridder.volumes(accumulator)`` makes its volumes).
+    Returns the accumulator of each folder not handed to ``finish`` (``Gridder.volumes(accumulator)`` makes its
+    volumes).
     """
     from distributed import as_completed
 
     pending: dict[Any, Path] = {}
     accumulators = {folder: gridder.accumulator() for folder, gridder in gridders.items()}
-    for folder, gridder in gridders.items():
+    left = {folder: 0 for folder in gridders}
+    for rank, (folder, gridder) in enumerate(gridders.items()):
         shared = client.scatter(gridder, broadcast=True)
         for image in gridder.usable_images():
-            pending[client.submit(_grid_one_section, shared, str(folder), image, pure=False)] = folder
+            # One data set after another (a higher priority runs first), so few accumulators are held at once.
+            pending[client.submit(_grid_one_section, shared, str(folder), image, pure=False,
+                                  priority=len(gridders) - rank)] = folder
+            left[folder] += 1
     for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
                        disable=not progress):
-        accumulators[pending[future]].add(future.result())
+        folder = pending[future]
+        accumulators[folder].add(future.result())
         future.release()
+        left[folder] -= 1
+        if finish is not None and left[folder] == 0:
+            finish(folder, accumulators.pop(folder))
     return accumulators
 
 
@@ -317,9 +330,12 @@ def run_pipeline(
                                                    also_um=settings.extra_grid_resolutions_um,
                                                    smoothing=settings.ish_smoothing)
             expected_grid[folder] = expected
-        for folder, accumulator in grid_sections(client, gridders, progress=progress).items():
+        def finish(folder: Path, accumulator: Any) -> None:
             _finish_grid(PipelineFolder.of(folder), gridders[folder], accumulator, expected_grid[folder])
             runs[folder].stages["grid"] = "done"
+
+        for folder, accumulator in grid_sections(client, gridders, progress=progress, finish=finish).items():
+            finish(folder, accumulator)  # data sets without usable sections
 
         # Unionize every data set.
         futures = {client.submit(unionize_stage, str(f), pure=False): f for f in folders}

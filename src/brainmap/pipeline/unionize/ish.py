@@ -17,15 +17,19 @@ sum_pixels == 0 are left out. :func:`unionize_expression_by_hemisphere` gives th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from brainmap.atlas.reference_space import ReferenceSpace
+from brainmap.atlas.label_index import flat_view
+from brainmap.atlas.reference_space import ReferenceSpace, midline_index
+from brainmap.errors import FormatError
+from brainmap.io.nrrd_stream import SLAB_BYTES, iter_volume_slabs
 from brainmap.pipeline.unionize.grids import GridFolder, require
-from brainmap.pipeline.unionize.reduction import StructureBins
+from brainmap.pipeline.unionize.reduction import StructureBins, roll_up_sums
 
 #: Allen's StructureUnionize (ISH) columns, in the Allen API's order.
 ISH_UNIONIZE_COLUMNS = [
@@ -46,19 +50,63 @@ def _by_hemisphere(grids, space: ReferenceSpace) -> tuple[dict[str, np.ndarray],
     if isinstance(grids, (str, Path)):
         grids = GridFolder(grids, resolution=int(round(space.resolution[0])))
     require(grids, ISH_GRID_NAMES, "expression unionize")
-    energy_volume = np.asarray(grids["energy"])
-    pixels_volume = np.asarray(grids["sum_pixels"])
-    bins = StructureBins(space, selected=(pixels_volume > 0) & (energy_volume >= 0))
-    sums = {name: bins.roll_up(bins.sums(bins.gather(grids[name]))) for name in _SUMS}
-    energy = bins.gather(energy_volume)
-    voxels = bins.roll_up(bins.sums())
-    energy_sum = bins.roll_up(bins.sums(energy))
-    energy_sq = bins.roll_up(bins.sums(energy * energy))
+    if isinstance(grids, GridFolder) and space.label_index.compact.flags.f_contiguous:
+        direct = _direct_sums_streamed(space, grids.paths)  # files in file order: slab by slab
+    else:
+        energy_volume = np.asarray(grids["energy"])
+        pixels_volume = np.asarray(grids["sum_pixels"])
+        bins = StructureBins(space, selected=(pixels_volume > 0) & (energy_volume >= 0))
+        energy = bins.gather(energy_volume)
+        direct = {name: bins.sums(bins.gather(grids[name])) for name in _SUMS}
+        direct.update(voxels=bins.sums(), energy=bins.sums(energy), energy_sq=bins.sums(energy * energy))
+    sums = {name: roll_up_sums(space, direct[name]) for name in _SUMS}
+    voxels = roll_up_sums(space, direct["voxels"])
+    energy_sum = roll_up_sums(space, direct["energy"])
+    energy_sq = roll_up_sums(space, direct["energy_sq"])
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = energy_sum / voxels
         variance = np.maximum(energy_sq / voxels - mean * mean, 0.0)
         cv = np.where(mean > 0, np.sqrt(variance) / mean, 0.0)
     return sums, mean, cv
+
+
+def _direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, str | os.PathLike[str]], *,
+                          slab_bytes: int = SLAB_BYTES, threads: int | None = None) -> dict[str, np.ndarray]:
+    """The direct (2, n) sums of the in-memory path, over NRRD files read slab by slab (ranges of LR planes), bit
+    for bit: each bin's values are added one by one in memory order, as ``np.bincount`` adds them, the running
+    sums carried from slab to slab. Memory: a few slabs, whatever the grid."""
+    index = space.label_index
+    n, n_lr = len(index.order), space.shape[2]
+    plane = space.shape[0] * space.shape[1]
+    midline = midline_index(n_lr)
+    compact = index.flat
+    names = ISH_GRID_NAMES
+    totals = {name: np.zeros(2 * (n + 1)) for name in [*_SUMS, "energy", "energy_sq"]}
+    voxels = np.zeros(2 * (n + 1), dtype=np.int64)
+    end = 0
+    for start, slabs in iter_volume_slabs({name: paths[name] for name in names}, slab_bytes=slab_bytes,
+                                          threads=threads):
+        k = slabs[names[0]].shape[2]
+        if slabs[names[0]].shape[:2] != space.shape[:2] or start + k > n_lr:
+            raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
+        end = start + k
+        labels = compact[start * plane : end * plane]
+        flat = {name: flat_view(slab) for name, slab in slabs.items()}
+        keep = (labels != 0) & (flat["sum_pixels"] > 0) & (flat["energy"] >= 0)
+        bins = labels[keep].astype(np.intp)
+        right = np.repeat(np.arange(start, end) >= midline, plane)[keep]
+        bins[right] += n + 1
+        np.add.at(voxels, bins, 1)
+        for name in _SUMS:
+            np.add.at(totals[name], bins, flat[name][keep].astype(np.float64, copy=False))
+        energy = flat["energy"][keep].astype(np.float64, copy=False)
+        np.add.at(totals["energy"], bins, energy)
+        np.add.at(totals["energy_sq"], bins, energy * energy)
+    if end != n_lr:
+        raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
+    direct = {name: values.reshape(2, n + 1)[:, 1:] for name, values in totals.items()}
+    direct["voxels"] = voxels.reshape(2, n + 1)[:, 1:]
+    return direct
 
 
 def _table(space: ReferenceSpace, sums, mean, cv, keep: np.ndarray, structure: np.ndarray) -> pd.DataFrame:

@@ -1,0 +1,102 @@
+"""The grid stage without dense whole-grid accumulators (issue 18): the sparse-until-dense GridAccumulator gives
+the bits of adding every partial into dense vectors (written out here, the accumulator's former method), and
+the volumes written slab by slab are byte for byte the files of the whole-volume path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainmap.io import read_nrrd
+from brainmap.pipeline.detect import DetectionResult, NoiseModel
+from brainmap.pipeline.grid import GridAccumulator, GridSpec
+from brainmap.pipeline.grid.projection import (
+    PROJECTION_VOLUMES, grid_projection_section, projection_volumes, write_projection_grids,
+    write_projection_grids_streamed,
+)
+from brainmap.specimen import Affine2d, Affine3d, Alignment2d, Alignment3d, SectionDataSet, SectionImage, nominal_tvr
+
+
+def _partials(spec: GridSpec, sections: int = 4):
+    """Partial grids of tilted coronal sections: tissue over part of the image, sparse signal, an injection site
+    in two sections (hand-made detections; 40 um pixels)."""
+    rows, cols, pixel = 200, 285, 40.0
+    theta = np.deg2rad(4.0)
+    tilt = np.array([[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]])
+    images = [SectionImage(id=100 + n, section_number=n, channels=["tissue", "signal"], width=cols, height=rows,
+                           alignment2d=Alignment2d.from_tsv(Affine2d(np.eye(2) * pixel, np.array([3.0, 7.0]))))
+              for n in range(60, 60 + sections)]
+    dataset = SectionDataSet(id=1, plane="coronal", product="connectivity", section_thickness_um=100.0,
+                             sampling_um=100.0, pixel_size_um=pixel, images=images,
+                             alignment3d=Alignment3d.from_tvr(Affine3d(tilt @ nominal_tvr("coronal").matrix,
+                                                                       np.array([37.0, 11.0, 0.0]))))
+    rng = np.random.default_rng(18)
+    out = []
+    for k, image in enumerate(images):
+        tissue = np.zeros((rows, cols), bool)
+        tissue[20:180, 10 + k : 260] = True
+        mask = np.where(tissue & (rng.random((rows, cols)) < 0.05), rng.integers(1, 4000, (rows, cols)), 0)
+        site = None
+        if k in (2, 3):
+            site = np.zeros((rows, cols), bool)
+            site[90:110, 100:130] = True
+        counts = (rng.random((rows, cols)) * 500).astype(np.uint16)
+        detection = DetectionResult(mask=mask.astype(np.uint16), tissue=tissue, injection=site, signal_counts=counts,
+                                    noise=NoiseModel(1.0, 0.0, 0.0), tissue_threshold=0.0)
+        out.append(grid_projection_section(dataset, image, detection, spec))
+    return out
+
+
+def _dense(spec: GridSpec, partials) -> dict[str, np.ndarray]:
+    sums: dict[str, np.ndarray] = {}
+    for partial in partials:
+        for name, values in partial.values.items():
+            np.add.at(sums.setdefault(name, np.zeros(spec.n_voxels)), partial.index, values)
+    return sums
+
+
+def _bits(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).tobytes()
+
+
+@pytest.mark.parametrize("dense_fraction", [0.25, 1e-2])  # 1e-2: coverage and tissue go dense part way through
+def test_accumulator_gives_the_dense_bits(dense_fraction):
+    spec = GridSpec.allen(50)
+    partials = _partials(spec)
+    reference = _dense(spec, partials)
+    accumulator = GridAccumulator(spec, dense_fraction=dense_fraction).add_all(partials)
+    if dense_fraction < 0.1:
+        assert "covered" in accumulator.sums and "injection_pixels" in accumulator.entries
+    else:
+        assert not accumulator.sums  # nothing dense: a few sections touch a small part of the 50 um grid
+    for name, values in reference.items():
+        assert _bits(accumulator.get(name)) == _bits(values), name
+        lo, hi = 12345, 2 * 10**6
+        assert _bits(accumulator.get_range(name, lo, hi)) == _bits(values[lo:hi]), name
+    # A tree reduction: the sum of two halves, as dense ``left += right``.
+    left = GridAccumulator(spec, dense_fraction=dense_fraction).add_all(partials[:2])
+    right = GridAccumulator(spec, dense_fraction=dense_fraction).add_all(partials[2:])
+    merged = left.merge(right)
+    halves = (_dense(spec, partials[:2]), _dense(spec, partials[2:]))
+    for name in reference:
+        want = halves[0].get(name, np.zeros(spec.n_voxels)) + halves[1].get(name, np.zeros(spec.n_voxels))
+        assert _bits(merged.get(name)) == _bits(want), name
+    assert merged.sections == len(partials)
+
+
+def test_streamed_files_equal_the_whole_volume_files(tmp_path):
+    spec = GridSpec.allen(100)
+    accumulator = GridAccumulator(spec).add_all(_partials(spec))
+    whole = write_projection_grids(tmp_path / "whole", projection_volumes(accumulator, 40.0), spec)
+    slabbed = write_projection_grids_streamed(tmp_path / "slabbed", accumulator, 40.0, deflate="zlib",
+                                              slab_bytes=132 * 80 * 8 * 7, threads=2)  # 7 planes a slab
+    fast = write_projection_grids_streamed(tmp_path / "fast", accumulator, 40.0, slab_bytes=132 * 80 * 8 * 7)
+    volumes = projection_volumes(accumulator, 40.0)
+    for path in fast:  # ISA-L's deflate: other bytes, the same volumes
+        volume, header = read_nrrd(path)
+        name = path.name.removesuffix("_100.nrrd")
+        assert header["encoding"] == "gzip" and _bits(volume) == _bits(volumes[name]), name
+    assert sorted(p.name for p in slabbed) == sorted(p.name for p in whole) == sorted(
+        f"{name}_100.nrrd" for name in PROJECTION_VOLUMES)
+    for path in whole:
+        assert (tmp_path / "slabbed" / path.name).read_bytes() == path.read_bytes(), path.name
