@@ -49,8 +49,9 @@ ALIGNMENT_FILE = PipelineFolder.ALIGNMENT
 UNIONIZE_FILE = PipelineFolder.UNIONIZE
 #: The version of what the grid and unionize stages write: a change of their outputs' content or columns bumps
 #: it, so folders made by an earlier brainmap are redone, not taken as done (2: Allen's ISH smoothing and
-#: sum_pixel_intensity grids, AllenSDK's unionize rules).
-STAGE_FORMAT = 2
+#: sum_pixel_intensity grids, AllenSDK's unionize rules; 3: the detector's rules for coarse ISH cells and
+#: clipped axons).
+STAGE_FORMAT = 3
 
 
 @dataclass(frozen=True)
