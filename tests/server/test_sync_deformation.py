@@ -143,51 +143,75 @@ def _allensdk_python() -> Path:
 
 _ALLENSDK_SCRIPT = """
 import json, sys
+import numpy as np
+import SimpleITK as sitk
 from allensdk.api.api import Api
-from allensdk.api.queries.mouse_connectivity_api import MouseConnectivityApi
 from allensdk.api.queries.synchronization_api import SynchronizationApi
-base, data_set_id, image_id, x, y, header, voxels = sys.argv[1:]
+from allensdk.core.mouse_connectivity_cache import MouseConnectivityCache
+from allensdk.mouse_connectivity.grid.utilities import image_utilities as iu
+base, data_set_id, image_id, x, y, manifest, points = sys.argv[1:]
+data_set_id = int(data_set_id)
 Api.download_url = base
 sync = SynchronizationApi(base_uri=base)
 point = sync.get_image_to_reference(int(image_id), float(x), float(y))["image_to_reference"]
-back = sync.get_reference_to_image(9, point["x"], point["y"], point["z"], [int(data_set_id)])
-MouseConnectivityApi(base_uri=base).download_deformation_field(int(data_set_id), header_path=header,
-                                                               voxel_path=voxels)
-print(json.dumps({"point": point, "back": back}))
+back = sync.get_reference_to_image(9, point["x"], point["y"], point["z"], [data_set_id])
+mcc = MouseConnectivityCache(manifest_file=manifest, base_uri=base, resolution=25)
+field = mcc.get_deformation_field(data_set_id)  # downloads experiment_{id}/dfmfld.mhd + .raw, reads with SimpleITK
+trv = mcc.get_affine_parameters(data_set_id, direction="trv")
+# AllenSDK's own gridder transform: CCF point -> the data set's image-space stack, affine after the field
+header = mcc.get_cache_path(None, mcc.DEFORMATION_FIELD_HEADER_KEY, data_set_id)
+transform = iu.build_composite_transform(sitk.ReadImage(str(header)), trv.flatten())
+mapped = [transform.TransformPoint([float(v) for v in q]) for q in json.loads(points)]
+print(json.dumps({"point": point, "back": back, "field_shape": list(field.shape),
+                  "field_max": float(np.abs(field).max()), "mapped": mapped}))
 """
 
 
-def test_real_allensdk_agrees_and_downloads_the_deformation_field(served, folder_data_set, aligned, tmp_path):
+def test_real_allensdk_agrees_and_composes_the_deformation_field_as_allen_does(served, folder_data_set, aligned,
+                                                                              tmp_path):
+    """The real AllenSDK: its SynchronizationApi answers as folder-level sync; its MouseConnectivityCache fetches
+    and reads the deformation field, and its own gridder's composite transform (``image_utilities.
+    build_composite_transform``: the affine ``trv`` after the displacement field) maps CCF points to the specimen
+    points brainmap's ``reference_to_specimen`` gives (the inverse of the deformation, then ``trv``)."""
+    from brainmap.specimen.model import reference_to_specimen
+
     python = _allensdk_python()
     dataset = folder_data_set
     image, x, y = _queries(dataset)[1]
-    header, voxels = tmp_path / "downloaded_dfmfld.mhd", tmp_path / "downloaded_dfmfld.raw"
+    points = np.array([sync.image_to_reference(dataset, i, px, py).to_array() for i, px, py in _queries(dataset)])
     done = subprocess.run([str(python), "-c", _ALLENSDK_SCRIPT, served, str(dataset.id), str(image.id), str(x),
-                           str(y), str(header), str(voxels)], capture_output=True, text=True, timeout=600)
+                           str(y), str(tmp_path / "allensdk" / "manifest.json"), json.dumps(points.tolist())],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     want = sync.image_to_reference(dataset, image, x, y)
     assert answer["point"] == pytest.approx(want.to_dict(), abs=1e-3)
     assert answer["back"][0]["image_sync"] == pytest.approx(sync.reference_to_image(dataset, want).to_dict(),
                                                             abs=1e-3)
-    # the download is the folder's Allen-form field, byte for byte; SimpleITK reads it (AllenSDK's
-    # get_deformation_field reads it the same way); at each grid point q, W(q + D(q)) = q.
-    from brainmap.specimen.deformation import allen_file_names
+    assert len(answer["field_shape"]) == 4 and answer["field_shape"][3] == 3 and answer["field_max"] > 20.0
+    expected = reference_to_specimen(dataset, points)
+    affine_only = reference_to_specimen(_affine_only(dataset), points)
+    assert np.abs(expected - affine_only).max() > 20.0  # the field matters at these points
+    # the download is sampled every 200 um and interpolated linearly: within a few microns of the exact inverse
+    assert np.abs(np.array(answer["mapped"]) - expected).max() < 5.0, (answer["mapped"], expected)
 
-    header_name, voxels_name = allen_file_names(dataset.id)
-    assert voxels.read_bytes() == (aligned / voxels_name).read_bytes()
-    shutil.copy(header, tmp_path / header_name)  # the header names its voxel file as Allen's default does
-    shutil.copy(voxels, tmp_path / voxels_name)
-    sitk = pytest.importorskip("SimpleITK", reason="SimpleITK reads the downloaded MetaImage")
-    image3d = sitk.ReadImage(str(tmp_path / header_name))
-    assert image3d.GetNumberOfComponentsPerPixel() == 3
-    field = sitk.GetArrayFromImage(image3d)  # (LR, DV, AP, component)
-    origin, spacing = np.array(image3d.GetOrigin()), np.array(image3d.GetSpacing())
+
+def test_brainmap_sdk_reads_the_deformation_field_as_allensdk_does(served, folder_data_set, aligned, tmp_path):
+    from brainmap.sdk import MouseConnectivityCache
+    from brainmap.specimen.deformation import ALLEN_HEADER_FILE
+
+    cache = MouseConnectivityCache(resolution=25, base_uri=served, manifest_file=tmp_path / "manifest.json",
+                                   progress=False)
+    field = cache.get_deformation_field(folder_data_set.id)  # (LR, DV, AP, component), SimpleITK's order
+    sitk = pytest.importorskip("SimpleITK", reason="SimpleITK reads the Allen-form field as AllenSDK does")
+    assert np.array_equal(field, sitk.GetArrayFromImage(sitk.ReadImage(str(aligned / ALLEN_HEADER_FILE))))
+    # at each grid point q (AP, DV, LR um), the deformation takes q + D(q) back to q
+    image = sitk.ReadImage(str(aligned / ALLEN_HEADER_FILE))
+    origin, spacing = np.array(image.GetOrigin()), np.array(image.GetSpacing())
     index = np.stack(np.meshgrid(*[np.arange(n) for n in field.shape[2::-1]], indexing="ij"), -1).reshape(-1, 3)
-    q = origin + index * spacing  # (AP, DV, LR) um
+    q = origin + index * spacing
     d = field.transpose(2, 1, 0, 3).reshape(-1, 3)
-    assert np.abs(d).max() > 20.0
-    assert np.abs(dataset.deformation.apply(q + d) - q).max() < 0.5
+    assert np.abs(folder_data_set.deformation.apply(q + d) - q).max() < 0.5
 
 
 def test_the_deformation_is_registered_as_allen_names_it(served, folder_data_set):

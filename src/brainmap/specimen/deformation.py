@@ -12,14 +12,15 @@ On disk (:meth:`DeformationField.write`): one NRRD, ``float32`` of shape ``(3, n
 origin and spacing in its header (``space origin``, ``space directions``; the first axis is the vector
 component).
 
-Allen's download (:meth:`DeformationField.write_allen`): ``{id}_dfmfld.mhd`` + ``{id}_dfmfld.raw``, the
-WellKnownFileTypes ``DeformationFieldHeader`` / ``DeformationFieldVoxels`` that AllenSDK's
-``MouseConnectivityApi.download_deformation_field`` fetches: "a 3D vector image (3 components) describing a
-deformable local mapping from CCF voxels to this section data set's affine-aligned image stack". Here that is
-the *inverse* displacement ``D(q) = W^-1(q) - q`` at reference points ``q`` every :data:`ALLEN_GRID_UM`
-(so the affine-aligned point of ``q`` is ``q + D(q)``, and its specimen point ``trv(q + D(q))``): MetaImage
-float32, axes ``(AP, DV, LR)`` with AP fastest (as Allen's grid files), three interleaved components
-``(AP, DV, LR)`` in microns, ``Offset`` and ``ElementSpacing`` in microns.
+Allen's download (:meth:`DeformationField.write_allen`): ``dfmfld.mhd`` + ``dfmfld.raw``, the WellKnownFileTypes
+``DeformationFieldHeader`` / ``DeformationFieldVoxels`` that AllenSDK's ``download_deformation_field`` fetches
+and ``MouseConnectivityCache.get_deformation_field`` reads (with SimpleITK, from ``experiment_{id}/dfmfld.mhd``
+and ``dfmfld.raw``: the header names ``dfmfld.raw``). Allen: "a 3D vector image (3 components) describing a
+deformable local mapping from CCF voxels to this section data set's affine-aligned image stack"; AllenSDK's
+gridder composes it as ``CompositeTransform([affine trv, DisplacementFieldTransform(field)])``, i.e. a CCF point
+``q`` goes to ``trv(q + D(q))``. Here ``D(q) = W^-1(q) - q`` at reference points every :data:`ALLEN_GRID_UM`:
+MetaImage float32, axes ``(AP, DV, LR)`` with AP fastest (SimpleITK's x, y, z, as in Allen's CCF volumes),
+three interleaved components ``(AP, DV, LR)`` in microns, ``Offset`` and ``ElementSpacing`` in microns.
 """
 
 from __future__ import annotations
@@ -33,20 +34,17 @@ from scipy import ndimage
 
 from brainmap.errors import BrainmapError
 
-__all__ = ["ALLEN_FILE_TYPES", "ALLEN_GRID_UM", "DEFORMATION_FILE", "DeformationField", "DeformationFormatError",
-           "allen_file_names"]
+__all__ = ["ALLEN_FILE_TYPES", "ALLEN_GRID_UM", "ALLEN_HEADER_FILE", "ALLEN_VOXEL_FILE", "DEFORMATION_FILE",
+           "DeformationField", "DeformationFormatError"]
 
 #: The file name of a data set's deformation field, beside ``dataset.json``.
 DEFORMATION_FILE = "deformation.nrrd"
 #: Grid spacing of Allen's download form (microns): the inverse field is sampled this finely.
 ALLEN_GRID_UM = 200.0
-#: Allen's WellKnownFileType names of the download form, by file suffix.
-ALLEN_FILE_TYPES = {"_dfmfld.mhd": "DeformationFieldHeader", "_dfmfld.raw": "DeformationFieldVoxels"}
-
-
-def allen_file_names(data_set_id: int) -> tuple[str, str]:
-    """The header and voxel file names of a data set's Allen-form deformation field (AllenSDK's defaults)."""
-    return f"{int(data_set_id)}_dfmfld.mhd", f"{int(data_set_id)}_dfmfld.raw"
+#: The header and voxel files of Allen's download form, beside ``dataset.json`` (AllenSDK's cache names).
+ALLEN_HEADER_FILE, ALLEN_VOXEL_FILE = "dfmfld.mhd", "dfmfld.raw"
+#: Allen's WellKnownFileType names of the download form, by file name.
+ALLEN_FILE_TYPES = {ALLEN_HEADER_FILE: "DeformationFieldHeader", ALLEN_VOXEL_FILE: "DeformationFieldVoxels"}
 
 
 class DeformationFormatError(BrainmapError, ValueError):
@@ -139,15 +137,14 @@ class DeformationField:
         inverse = (self.inverse_apply(q) - q).astype(np.float32).reshape(*shape, 3)
         return inverse, self.origin_um.copy()
 
-    def write_allen(self, folder: str | os.PathLike[str], data_set_id: int,
-                    spacing_um: float = ALLEN_GRID_UM) -> tuple[Path, Path]:
-        """Write Allen's download form (module docstring) into ``folder``: ``{id}_dfmfld.mhd`` and ``.raw``,
+    def write_allen(self, folder: str | os.PathLike[str], spacing_um: float = ALLEN_GRID_UM) -> tuple[Path, Path]:
+        """Write Allen's download form (module docstring) into ``folder``: ``dfmfld.mhd`` and ``dfmfld.raw``,
         each atomically, voxels first. Returns the two paths."""
         from brainmap.io.atomic import atomic_write
         from brainmap.io.metaimage import MetaImageHeader, format_metaimage_header
 
         inverse, origin = self.inverse_displacement_grid(spacing_um)
-        header_name, voxels_name = allen_file_names(data_set_id)
+        header_name, voxels_name = ALLEN_HEADER_FILE, ALLEN_VOXEL_FILE
         header = MetaImageHeader(dim_size=tuple(int(n) for n in inverse.shape[:3]),
                                  element_spacing=(float(spacing_um),) * 3, element_type="MET_FLOAT",
                                  offset=tuple(float(v) for v in origin), element_data_file=voxels_name, channels=3)

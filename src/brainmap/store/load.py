@@ -21,7 +21,7 @@ What is loaded, from each path given (a folder is searched recursively; hidden f
 * volumes (``.nrrd``, ``.mhd``, ``.raw``, ``.mha``, ``.zip``; not the section TIFFs under ``images/``, nor the
   virtual microscope's ``truth/``): WellKnownFile rows with the path relative to the data directory, size and
   sha256, attached to the data set whose folder holds them; the file type is the name without extension
-  (``projection_density_100``; a deformation field's ``{id}_dfmfld.mhd`` and ``.raw`` get Allen's
+  (``projection_density_100``; a deformation field's ``dfmfld.mhd`` and ``dfmfld.raw`` get Allen's
   ``DeformationFieldHeader`` and ``DeformationFieldVoxels``).
 
 The data directory is the server's: a data set folder given from outside it is first copied into it
@@ -741,9 +741,8 @@ def _load_files(writer: _Writer, volumes: list[tuple[Path, Path | None]], data_s
 
 def _file_type(path: Path) -> str:
     name = path.name
-    for suffix, allen_type in ALLEN_DEFORMATION_TYPES.items():  # {id}_dfmfld.mhd/.raw: Allen's type names
-        if name.lower().endswith(suffix):
-            return allen_type
+    if name in ALLEN_DEFORMATION_TYPES:  # dfmfld.mhd/.raw: Allen's type names
+        return ALLEN_DEFORMATION_TYPES[name]
     for suffix in (".nii.gz", *_VOLUME_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]

@@ -128,6 +128,9 @@ class AlignSettings:
             turn) or ``"template"`` (the template's values as they are, correlation; the earlier aligner).
         nonlinear: after the affine rounds, a smooth free-form deformation of the reference space
             (:mod:`.nonlinear`), stored beside the Alignment3d.
+        template_check: with ``contrast="model"``, after the first 3-D registration also register the volume
+            to the template's own values; where that correlates at least as well as the intensity model, the
+            specimen looks like the template and the later rounds use ``"template"`` (``AlignResult.contrast``).
     """
 
     reference_resolution_um: int = 25
@@ -145,6 +148,7 @@ class AlignSettings:
     channel: str | None = None
     contrast: str = "model"
     nonlinear: bool = True
+    template_check: bool = True
 
     @property
     def section_working_um(self) -> float:
@@ -170,6 +174,8 @@ class AlignResult:
         warnings: what looks wrong with the result (an implausible 3-D scale, a poor volume correlation).
         doubtful_below: the section correlation under which a section is doubtful.
         deformation: the non-linear deformation after the affine (``W o tvr``), or None.
+        contrast: the similarity the last rounds used: ``"model"`` or ``"template"`` (chosen by the template
+            check, or asked for).
     """
 
     alignment2d: dict[int, Alignment2d]
@@ -181,6 +187,7 @@ class AlignResult:
     warnings: list[str] = field(default_factory=list)
     doubtful_below: float = 0.6
     deformation: DeformationField | None = None
+    contrast: str = "model"
 
     @property
     def doubtful(self) -> list[int]:
@@ -654,11 +661,12 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
     rounds = max(1, settings.rounds)
     if settings.contrast not in ("model", "template"):
         raise ValueError(f"contrast must be 'model' or 'template', got {settings.contrast!r}")
+    contrast = settings.contrast  # "model" may turn into "template" after the first round (below)
     for round_ in range(1, rounds + 1):
         first = round_ == 1
         volume = build_volume(coarse, transforms, grid)
         target = template
-        if settings.contrast == "model":
+        if contrast == "model":
             if first:
                 tvr, shape_correlation, start = shape_register(
                     volume, template.brain_pyramid(), dataset.plane, template.centroids_um(),
@@ -671,10 +679,23 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
             sigmas_um=settings.first_volume_sigmas_um if first else settings.volume_sigmas_um)
         log.info("round %d/%d, 3-D (correlation %.3f): %.1f s", round_, rounds, volume_correlation,
                  time.perf_counter() - started)
-        if settings.contrast == "model":
+        if first and contrast == "model" and settings.template_check:
+            # A specimen that looks like the template (its own contrast explains the specimen at least as well
+            # as the specimen's per-structure model does) is refined with the template's values from here on:
+            # they hold the texture within structures that the model's per-structure means lack.
+            tvr_t, correlation_t = register_to_template(volume, template, dataset.plane, initial=tvr,
+                                                        max_points=settings.volume_points,
+                                                        sigmas_um=settings.volume_sigmas_um)
+            log.info("template check: correlation %.3f with the template, %.3f with the intensity model",
+                     correlation_t, volume_correlation)
+            if correlation_t >= volume_correlation:
+                contrast, tvr, volume_correlation = "template", tvr_t, correlation_t
+        if contrast == "model":
             target = template.modelled(volume, tvr)
+        else:
+            target = template
         # what a well-aligned section reaches: the volume's correlation relative to the template's typical 0.9
-        expected = 1.0 if settings.contrast == "template" else float(np.clip(volume_correlation / 0.9, 0.3, 1.0))
+        expected = 1.0 if contrast == "template" else float(np.clip(volume_correlation / 0.9, 0.3, 1.0))
         # the first round refines at the volume's (coarse) pixel, later rounds at the section working pixel
         transforms, correlation, rejected = refine_sections(
             coarse if first else stack, transforms, target, tvr, progress=progress, expected=expected,
@@ -691,7 +712,7 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         log.info("non-linear stage skipped: %d usable sections (fewer than %d)", usable, NONLINEAR_MIN_SECTIONS)
     elif settings.nonlinear:
         volume = build_volume(coarse, transforms, grid)
-        target = template.modelled(volume, tvr) if settings.contrast == "model" else template
+        target = template.modelled(volume, tvr) if contrast == "model" else template
         deformation, before, after = register_deformation(volume, tvr, target.pyramid)
         log.info("non-linear stage (correlation %.3f -> %.3f%s): %.1f s", before, after,
                  "" if deformation is not None else ", refused", time.perf_counter() - started)
@@ -708,7 +729,7 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         volume_correlation=float(volume_correlation),
         rejected=[stack.section_images[k].id for k in rejected],
         seconds=time.perf_counter() - started, warnings=warnings, doubtful_below=FALLBACK_BELOW * expected,
-        deformation=deformation)
+        deformation=deformation, contrast=contrast)
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,
