@@ -53,7 +53,8 @@ from brainmap.specimen.deformation import DeformationField
 from brainmap.specimen.transforms import Affine2d, Affine3d, Alignment2d, Alignment3d
 
 from brainmap.pipeline.align.contrast import intensity_model_volume, shape_register
-from brainmap.pipeline.align.nonlinear import register_deformation
+from brainmap.pipeline.align.nonlinear import CONTROL_UM, register_deformation
+from brainmap.pipeline.align.contrast import template_likeness
 from brainmap.pipeline.align.reconstruct import (
     AlignmentError,
     SectionStack,
@@ -131,6 +132,8 @@ class AlignSettings:
         template_check: with ``contrast="model"``, after the first 3-D registration also register the volume
             to the template's own values; where that correlates at least as well as the intensity model, the
             specimen looks like the template and the later rounds use ``"template"`` (``AlignResult.contrast``).
+        sparse_nonlinear: with fewer than :data:`NONLINEAR_MIN_SECTIONS` usable sections, run the non-linear
+            stage in the sectioning plane only, on a :data:`SPARSE_CONTROL_UM` grid (else skip it there).
     """
 
     reference_resolution_um: int = 25
@@ -149,6 +152,7 @@ class AlignSettings:
     contrast: str = "model"
     nonlinear: bool = True
     template_check: bool = True
+    sparse_nonlinear: bool = True
 
     @property
     def section_working_um(self) -> float:
@@ -620,10 +624,16 @@ def _fill_empty_sections(stack: SectionStack, transforms: list[Affine2d]) -> lis
             for k, t in enumerate(transforms)]
 
 
-#: The non-linear stage runs only on data sets with at least this many usable sections: on a 23-section sagittal
-#: hemisphere (200 um apart) it overfitted (95th percentile error 104 -> 357 um, measured), while it helped on
-#: 34 real coronal sections and on 64-131-section virtual specimens.
+#: The full non-linear stage runs only on data sets with at least this many usable sections: on a 23-section
+#: sagittal hemisphere (200 um apart) it overfitted (95th percentile error 104 -> 357 um, measured), while it helped
+#: on 34 real coronal sections and on 64-131-section virtual specimens.
 NONLINEAR_MIN_SECTIONS = 30
+#: A specimen whose per-structure means correlate at least this much with the template's looks like the template
+#: (``AlignSettings.template_check``).
+TEMPLATE_LIKENESS = 0.5
+#: With fewer usable sections the non-linear stage (``AlignSettings.sparse_nonlinear``) moves tissue only within
+#: the sectioning plane, on a control grid this coarse (um).
+SPARSE_CONTROL_UM = 1000.0
 
 
 # -- the whole module -----------------------------------------------------------------------------------------------
@@ -679,17 +689,18 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
             sigmas_um=settings.first_volume_sigmas_um if first else settings.volume_sigmas_um)
         log.info("round %d/%d, 3-D (correlation %.3f): %.1f s", round_, rounds, volume_correlation,
                  time.perf_counter() - started)
-        if first and contrast == "model" and settings.template_check:
-            # A specimen that looks like the template (its own contrast explains the specimen at least as well
-            # as the specimen's per-structure model does) is refined with the template's values from here on:
-            # they hold the texture within structures that the model's per-structure means lack.
-            tvr_t, correlation_t = register_to_template(volume, template, dataset.plane, initial=tvr,
-                                                        max_points=settings.volume_points,
-                                                        sigmas_um=settings.volume_sigmas_um)
-            log.info("template check: correlation %.3f with the template, %.3f with the intensity model",
-                     correlation_t, volume_correlation)
-            if correlation_t >= volume_correlation:
-                contrast, tvr, volume_correlation = "template", tvr_t, correlation_t
+        if first and contrast == "model" and settings.template_check and template.labels is not None:
+            # A specimen that looks like the template (its per-structure means follow the template's) is refined
+            # with the template's own values from here on: measured on today's Nissl-like specimens, the
+            # template similarity aligns them better than the specimen's per-structure model does.
+            likeness = template_likeness(template.labels, template.volume, template.resolution_um, volume, tvr)
+            log.info("template check: likeness %.3f (the template's similarity from %.2f)", likeness,
+                     TEMPLATE_LIKENESS)
+            if likeness >= TEMPLATE_LIKENESS:
+                contrast = "template"
+                tvr, volume_correlation = register_to_template(volume, template, dataset.plane, initial=tvr,
+                                                               max_points=settings.volume_points,
+                                                               sigmas_um=settings.volume_sigmas_um)
         if contrast == "model":
             target = template.modelled(volume, tvr)
         else:
@@ -708,12 +719,16 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
     assert tvr is not None
     deformation = None
     usable = int(sum(stack.has_tissue(k) and not stack.failed[k] for k in range(len(stack))))
-    if settings.nonlinear and usable < NONLINEAR_MIN_SECTIONS:
+    sparse = usable < NONLINEAR_MIN_SECTIONS
+    if settings.nonlinear and sparse and not settings.sparse_nonlinear:
         log.info("non-linear stage skipped: %d usable sections (fewer than %d)", usable, NONLINEAR_MIN_SECTIONS)
     elif settings.nonlinear:
         volume = build_volume(coarse, transforms, grid)
         target = template.modelled(volume, tvr) if contrast == "model" else template
-        deformation, before, after = register_deformation(volume, tvr, target.pyramid)
+        # few sections: in-plane displacements only, on a coarser grid (module docstring of .nonlinear)
+        deformation, before, after = register_deformation(
+            volume, tvr, target.pyramid, in_plane=sparse,
+            control_um=SPARSE_CONTROL_UM if sparse else CONTROL_UM)
         log.info("non-linear stage (correlation %.3f -> %.3f%s): %.1f s", before, after,
                  "" if deformation is not None else ", refused", time.perf_counter() - started)
     transforms = _fill_empty_sections(stack, transforms)
