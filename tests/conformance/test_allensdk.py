@@ -43,14 +43,16 @@ CANNOT = {
         "makes them as pipeline/ImagesResampledTo25MicronARA.zip; conftest adds them to the demo's copy): the "
         "WellKnownFile query answers no rows"),
     "GridDataApi.download_deformation_field": (
-        "DeformationFieldHeader", "brainmap's registration is affine (Alignment3d); there is no deformation field "
-                                  "(WellKnownFile types DeformationFieldHeader/Voxels); the query answers no rows"),
+        "DeformationFieldHeader", "the demo aligns affine only (RunSettings.nonlinear=False): its data sets have no "
+                                  "deformation field (WellKnownFile types DeformationFieldHeader/Voxels, written by "
+                                  "the non-linear stage); the query answers no rows. A data set aligned with it "
+                                  "serves one (tests/server/test_sync_deformation.py)"),
     "MouseConnectivityCache.get_template_volume": (
         "404", "brainmap does not ship Allen's average template; served only from a copy in the data directory "
                "(average_template/), else 404 saying where it goes"),
     "MouseConnectivityCache.get_deformation_field": (
         ("micron", "no get_deformation_field", "DeformationField"),
-        "brainmap's registration is affine (Alignment3d): there are no deformation field files to serve"),
+        "the demo aligns affine only: no deformation field files to serve (see the entry above)"),
     "ReferenceSpaceApi.download_annotation_volume(ccf_2016)": (
         "404", "brainmap serves the CCF 2017 annotation only; the 404 names it"),
     "MouseConnectivityCache.get_projection_density(resolution=25)": (

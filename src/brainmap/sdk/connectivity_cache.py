@@ -39,6 +39,8 @@ CONNECTIVITY_ENTRIES = {
     "STRUCTURE_UNIONIZES": "experiment_{experiment_id}/structure_unionizes.columns",
     "VOLUME": "experiment_{experiment_id}/{volume}_{resolution}.nrrd",
     "ALIGNMENT3D": "experiment_{experiment_id}/alignment3d.json",
+    "DEFORMATION_FIELD_HEADER": "experiment_{experiment_id}/dfmfld.mhd",
+    "DEFORMATION_FIELD_VOXELS": "experiment_{experiment_id}/dfmfld.raw",
 }
 #: Experiments per unionize query when filling the cache (keeps URLs short).
 _IDS_PER_QUERY = 100
@@ -278,6 +280,32 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         return self._volume("data_mask", experiment_id, file_name)
 
     # -- alignment ------------------------------------------------------------------------------------------------
+    def get_deformation_field(self, section_data_set_id: int, header_path: str | None = None,
+                              voxel_path: str | None = None) -> np.ndarray:
+        """The data set's deformation field as AllenSDK returns it (SimpleITK's array order): float
+        ``(nLR, nDV, nAP, 3)``, per CCF grid point the displacement ``(AP, DV, LR)`` microns to the
+        affine-aligned point (grid origin and spacing in the header, ``experiment_{id}/dfmfld.mhd``)."""
+        from brainmap.io.metaimage import read_metaimage
+        from brainmap.sdk.errors import ApiError
+
+        section_data_set_id = int(section_data_set_id)
+        header = self.store.path("DEFORMATION_FIELD_HEADER", header_path, experiment_id=section_data_set_id)
+        voxels = self.store.path("DEFORMATION_FIELD_VOXELS", voxel_path, experiment_id=section_data_set_id)
+        if not (self.store.verified(header) and self.store.verified(voxels)):
+            types = ("DeformationFieldHeader", "DeformationFieldVoxels")
+            rows = [] if self.store.offline else self.api.model_query(
+                "WellKnownFile", criteria=f"[attachable_id$eq{section_data_set_id}],"
+                f"well_known_file_type[name$in'{types[0]}','{types[1]}']", include="well_known_file_type")
+            links = {r["well_known_file_type"]["name"]: self.api.http.base_uri + r["download_link"] for r in rows}
+            if not self.store.offline and not all(t in links for t in types):
+                raise ApiError(f"SectionDataSet {section_data_set_id} has no deformation field (DeformationFieldHeader/"
+                               "Voxels) on this server: it was aligned without the non-linear stage, or not aligned",
+                               url=self.api.build_query_url("model::WellKnownFile"), status=404)
+            for kind, path in zip(types, (header, voxels)):
+                self.store.file(f"the {kind} of data set {section_data_set_id}", links.get(kind, ""), path)
+        field, _ = read_metaimage(header)
+        return np.ascontiguousarray(field.transpose(2, 1, 0, 3))
+
     def get_affine_parameters(self, section_data_set_id: int, direction: str = "trv", file_name: str | None = None
                               ) -> np.ndarray:
         """The 3-D affine of a data set as a 4 x 3 array: rows 0-2 the linear part, row 3 the translation (um).

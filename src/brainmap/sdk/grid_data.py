@@ -79,8 +79,11 @@ class GridDataApi(RmaApi):
     def download_deformation_field(self, section_data_set_id: int, header_path: str | None = None,
                                    voxel_path: str | None = None, voxel_type: str = "DeformationFieldVoxels",
                                    header_type: str = "DeformationFieldHeader") -> None:
-        """A data set's deformation field (Allen's WellKnownFiles ``DeformationFieldHeader/Voxels``), where the
-        server has one. brainmap's registration is affine, so a brainmap server has none: a clear error."""
+        """A data set's deformation field (Allen's WellKnownFiles ``DeformationFieldHeader/Voxels``): a MetaImage
+        header and its voxels (per CCF grid point, the displacement in microns to the affine-aligned point; see
+        :mod:`brainmap.specimen.deformation`). A data set aligned without the non-linear stage has none: a
+        clear error. The header names its voxel file ``dfmfld.raw`` (AllenSDK's cache name); the default paths
+        are AllenSDK's ``{id}_dfmfld.mhd`` / ``.raw``."""
         rows = self.model_query("WellKnownFile", criteria=f"[attachable_id$eq{int(section_data_set_id)}],"
                                 f"well_known_file_type[name$in'{header_type}','{voxel_type}']",
                                 include="well_known_file_type", num_rows="all")
@@ -88,7 +91,7 @@ class GridDataApi(RmaApi):
         missing = [t for t in (header_type, voxel_type) if t not in found]
         if missing:
             raise ApiError(f"SectionDataSet {section_data_set_id} has no {' or '.join(missing)} file on this "
-                           "server (brainmap's registration is affine: it makes no deformation fields)",
+                           "server (it was aligned without the non-linear stage, or not aligned)",
                            url=self.build_query_url("model::WellKnownFile"), status=404)
         for kind, target in ((header_type, header_path or f"{section_data_set_id}_dfmfld.mhd"),
                              (voxel_type, voxel_path or f"{section_data_set_id}_dfmfld.raw")):

@@ -18,7 +18,9 @@
 
 Pixels are ``(x = column, y = row)`` of the full-resolution image; reference points are microns in the CCF's
 PIR order (AP, DV, LR). The geometry is :mod:`brainmap.specimen.sync`; a data set is rebuilt from its
-SectionImage, Alignment2d and Alignment3d rows for each request. ``structure_to_image`` uses the structure's
+SectionImage, Alignment2d and Alignment3d rows for each request, and its non-linear part from the
+``deformation`` WellKnownFile (the ``deformation.nrrd`` that ``brainmap load`` copied into the data directory;
+read once per process and file content), so the server's answers are folder-level sync's exactly. ``structure_to_image`` uses the structure's
 centroid on the bundled annotation (``sync_resolution_um``, 25 um by default), kept per process.
 
 An unknown image, data set or structure is a 404 (400 for a structure); an unaligned data set a 400. Only
@@ -28,13 +30,15 @@ reference space 9 (CCF v3, PIR) exists here: sagittal data are registered straig
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import Connection, select
 
 from brainmap.errors import UnknownStructureError
-from brainmap.server.errors import ApiError, NotFound
+from brainmap.server.errors import ApiError, NotFound, scrub_paths
 from brainmap.server.routes_data import state_of
 from brainmap.server.state import ServerState
 from brainmap.store import models as m
@@ -63,8 +67,48 @@ def _affine(row: Any, prefixes: tuple[str, ...], count: int) -> dict[str, float]
     return {f"{p}_{k:02d}": getattr(row, f"{p}_{k:02d}") for p in prefixes for k in range(count)}
 
 
-def load_data_set(connection: Connection, data_set_id: int) -> Any:
-    """The :class:`~brainmap.specimen.model.SectionDataSet` (geometry only: no image files) from the database."""
+#: The WellKnownFileType of a data set's non-linear deformation (``deformation.nrrd``, registered by ``brainmap
+#: load`` under its name without extension).
+DEFORMATION_FILE_TYPE = "deformation"
+
+
+@lru_cache(maxsize=32)
+def _read_deformation(path: Path, sha256: str) -> Any:
+    """A deformation field file, read once per process and content (``sha256`` is the cache key's second half)."""
+    from brainmap.specimen.deformation import DeformationField
+
+    return DeformationField.read(path)
+
+
+def _deformation(connection: Connection, data_set_id: int, data_dir: Path) -> Any:
+    """The data set's registered deformation field, or None if it has none."""
+    row = connection.execute(
+        select(m.WellKnownFile.path, m.WellKnownFile.sha256)
+        .join(m.WellKnownFileType, m.WellKnownFileType.id == m.WellKnownFile.well_known_file_type_id)
+        .where(m.WellKnownFile.attachable_type == "SectionDataSet", m.WellKnownFile.attachable_id == data_set_id,
+               m.WellKnownFileType.name == DEFORMATION_FILE_TYPE)).first()
+    if row is None:
+        return None
+    root = Path(data_dir).resolve()
+    path = (root / row.path).resolve()
+    if not path.is_relative_to(root):
+        raise ApiError(f"SectionDataSet {data_set_id}: its deformation field {row.path!r} is outside the data "
+                       "directory", status=503)
+    try:
+        return _read_deformation(path, row.sha256)
+    except (OSError, ValueError) as exc:  # FileNotFoundError, DeformationFormatError
+        # The data set's transform is affine + this field: answering with the affine part alone would be wrong.
+        raise ApiError(f"SectionDataSet {data_set_id}: its deformation field {row.path} cannot be read "
+                       f"({scrub_paths(str(exc))}); load the data set again with brainmap load", status=503) from exc
+
+
+def load_data_set(connection: Connection, data_set_id: int, data_dir: Path | None = None) -> Any:
+    """The :class:`~brainmap.specimen.model.SectionDataSet` (geometry only: no image files) from the database.
+
+    With ``data_dir`` (the server's data directory) the data set's non-linear deformation, if it has one, is
+    attached too, so that every sync goes through the same composed transform as folder-level sync; without it
+    the geometry is the affine part only.
+    """
     from brainmap.specimen.model import SectionDataSet, SectionImage
     from brainmap.specimen.transforms import Alignment2d, Alignment3d
 
@@ -94,14 +138,16 @@ def load_data_set(connection: Connection, data_set_id: int) -> Any:
         product=next((_PRODUCT_OF[p] for p in sorted(products) if p in _PRODUCT_OF), "connectivity"),
         section_thickness_um=thickness, sampling_um=max(float(ds.sampling_um or thickness), thickness),
         pixel_size_um=pixel, images=section_images,
-        alignment3d=Alignment3d.from_allen(_affine(a3, ("trv", "tvr"), 12)) if a3 is not None else None)
+        alignment3d=Alignment3d.from_allen(_affine(a3, ("trv", "tvr"), 12)) if a3 is not None else None,
+        deformation=_deformation(connection, data_set_id, data_dir) if data_dir is not None and a3 is not None
+        else None)
 
 
-def _data_set_of_image(connection: Connection, section_image_id: int) -> Any:
+def _data_set_of_image(connection: Connection, section_image_id: int, data_dir: Path | None) -> Any:
     found = connection.execute(select(m.SectionImage.data_set_id).where(m.SectionImage.id == section_image_id)).first()
     if found is None:
         raise NotFound(f"no SectionImage {section_image_id}")
-    return load_data_set(connection, found[0])
+    return load_data_set(connection, found[0], data_dir)
 
 
 def _envelope(msg: Any, count: int) -> dict[str, Any]:
@@ -114,7 +160,7 @@ def _sync_record(result: Any) -> dict[str, Any]:
 
 def _targets(state: ServerState, ids: list[int]) -> list[Any]:
     def load(connection: Connection) -> list[Any]:
-        return [load_data_set(connection, i) for i in ids]
+        return [load_data_set(connection, i, state.data_dir) for i in ids]
 
     return state.run(load)
 
@@ -126,7 +172,8 @@ def image_to_reference(request: Request, section_image_id: int,
     """The reference point (um, AP/DV/LR) under pixel ``(x, y)`` of a section image."""
     from brainmap.specimen import sync
 
-    data_set = state_of(request).run(lambda c: _data_set_of_image(c, section_image_id))
+    state = state_of(request)
+    data_set = state.run(lambda c: _data_set_of_image(c, section_image_id, state.data_dir))
     point = sync.image_to_reference(data_set, section_image_id, x, y)
     return _envelope({"image_to_reference": point.to_dict()}, 1)
 
@@ -162,7 +209,7 @@ def image_to_image(request: Request, section_image_id: int,
 
     state = state_of(request)
     ids = _ids(section_data_set_ids, "section_data_set_ids")
-    source = state.run(lambda c: _data_set_of_image(c, section_image_id))
+    source = state.run(lambda c: _data_set_of_image(c, section_image_id, state.data_dir))
     results = sync.image_to_image(source, section_image_id, x, y, _targets(state, ids))
     records = [_sync_record(r) for r in results]
     return _envelope(records, len(records))
@@ -198,7 +245,7 @@ def structure_to_image(request: Request, section_data_set_id: int,
 
     state = state_of(request)
     ids = _structure_ids(state, structure_ids)
-    data_set = state.run(lambda c: load_data_set(c, section_data_set_id))
+    data_set = state.run(lambda c: load_data_set(c, section_data_set_id, state.data_dir))
     records = []
     for sid in ids:
         centroid = state.structure_centroid(sid, None if hemisphere_id == 3 else hemisphere_id)
@@ -223,7 +270,7 @@ def image_to_image_2d(request: Request, section_image_id: int,
     targets = _ids(section_image_ids, "section_image_ids")
 
     def load(connection: Connection) -> tuple[Any, dict[int, Any], dict[int, int]]:
-        source = _data_set_of_image(connection, section_image_id)
+        source = _data_set_of_image(connection, section_image_id, None)  # 2-D: the affine Alignment2d only
         specimen_of = dict(connection.execute(
             select(m.SectionImage.id, m.SectionDataSet.specimen_id)
             .join(m.SectionDataSet, m.SectionDataSet.id == m.SectionImage.data_set_id)
@@ -232,7 +279,7 @@ def image_to_image_2d(request: Request, section_image_id: int,
         for target in targets:
             if target not in specimen_of:
                 raise NotFound(f"no SectionImage {target}")
-            data_sets[target] = _data_set_of_image(connection, target)
+            data_sets[target] = _data_set_of_image(connection, target, None)
         return source, data_sets, specimen_of
 
     source, data_sets, specimen_of = state.run(load)
@@ -270,7 +317,8 @@ def image_to_atlas(request: Request, section_image_id: int,
 
     if atlas_id not in ATLASES:
         raise NotFound(f"no atlas {atlas_id}; atlases: " + ", ".join(f"{a} ({v['name']})" for a, v in ATLASES.items()))
-    data_set = state_of(request).run(lambda c: _data_set_of_image(c, section_image_id))
+    state = state_of(request)
+    data_set = state.run(lambda c: _data_set_of_image(c, section_image_id, state.data_dir))
     point = sync.image_to_reference(data_set, section_image_id, x, y)
     ap, dv, lr = point.x, point.y, point.z
     plates = [p for p in atlas_plates() if p.atlas_id == atlas_id]

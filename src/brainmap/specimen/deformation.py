@@ -11,6 +11,16 @@ for the smooth fields used here, whose Jacobian stays far from singular).
 On disk (:meth:`DeformationField.write`): one NRRD, ``float32`` of shape ``(3, nAP, nDV, nLR)`` with the grid
 origin and spacing in its header (``space origin``, ``space directions``; the first axis is the vector
 component).
+
+Allen's download (:meth:`DeformationField.write_allen`): ``dfmfld.mhd`` + ``dfmfld.raw``, the WellKnownFileTypes
+``DeformationFieldHeader`` / ``DeformationFieldVoxels`` that AllenSDK's ``download_deformation_field`` fetches
+and ``MouseConnectivityCache.get_deformation_field`` reads (with SimpleITK, from ``experiment_{id}/dfmfld.mhd``
+and ``dfmfld.raw``: the header names ``dfmfld.raw``). Allen: "a 3D vector image (3 components) describing a
+deformable local mapping from CCF voxels to this section data set's affine-aligned image stack"; AllenSDK's
+gridder composes it as ``CompositeTransform([affine trv, DisplacementFieldTransform(field)])``, i.e. a CCF point
+``q`` goes to ``trv(q + D(q))``. Here ``D(q) = W^-1(q) - q`` at reference points every :data:`ALLEN_GRID_UM`:
+MetaImage float32, axes ``(AP, DV, LR)`` with AP fastest (SimpleITK's x, y, z, as in Allen's CCF volumes),
+three interleaved components ``(AP, DV, LR)`` in microns, ``Offset`` and ``ElementSpacing`` in microns.
 """
 
 from __future__ import annotations
@@ -24,10 +34,17 @@ from scipy import ndimage
 
 from brainmap.errors import BrainmapError
 
-__all__ = ["DEFORMATION_FILE", "DeformationField", "DeformationFormatError"]
+__all__ = ["ALLEN_FILE_TYPES", "ALLEN_GRID_UM", "ALLEN_HEADER_FILE", "ALLEN_VOXEL_FILE", "DEFORMATION_FILE",
+           "DeformationField", "DeformationFormatError"]
 
 #: The file name of a data set's deformation field, beside ``dataset.json``.
 DEFORMATION_FILE = "deformation.nrrd"
+#: Grid spacing of Allen's download form (microns): the inverse field is sampled this finely.
+ALLEN_GRID_UM = 200.0
+#: The header and voxel files of Allen's download form, beside ``dataset.json`` (AllenSDK's cache names).
+ALLEN_HEADER_FILE, ALLEN_VOXEL_FILE = "dfmfld.mhd", "dfmfld.raw"
+#: Allen's WellKnownFileType names of the download form, by file name.
+ALLEN_FILE_TYPES = {ALLEN_HEADER_FILE: "DeformationFieldHeader", ALLEN_VOXEL_FILE: "DeformationFieldVoxels"}
 
 
 class DeformationFormatError(BrainmapError, ValueError):
@@ -106,6 +123,39 @@ class DeformationField:
         finally:
             partial.unlink(missing_ok=True)
         return path
+
+    def inverse_displacement_grid(self, spacing_um: float = ALLEN_GRID_UM) -> tuple[np.ndarray, np.ndarray]:
+        """``D(q) = W^-1(q) - q`` on a grid of reference points every ``spacing_um`` over this field's extent.
+
+        Returns:
+            ``(D, origin_um)``: float32 ``(nAP, nDV, nLR, 3)`` microns, and the reference point of index 0.
+        """
+        extent = (np.asarray(self.displacement.shape[1:]) - 1) * self.spacing_um
+        shape = np.floor(extent / spacing_um).astype(int) + 1
+        axes = [self.origin_um[a] + np.arange(shape[a]) * spacing_um for a in range(3)]
+        q = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        inverse = (self.inverse_apply(q) - q).astype(np.float32).reshape(*shape, 3)
+        return inverse, self.origin_um.copy()
+
+    def write_allen(self, folder: str | os.PathLike[str], spacing_um: float = ALLEN_GRID_UM) -> tuple[Path, Path]:
+        """Write Allen's download form (module docstring) into ``folder``: ``dfmfld.mhd`` and ``dfmfld.raw``,
+        each atomically, voxels first. Returns the two paths."""
+        from brainmap.io.atomic import atomic_write
+        from brainmap.io.metaimage import MetaImageHeader, format_metaimage_header
+
+        inverse, origin = self.inverse_displacement_grid(spacing_um)
+        header_name, voxels_name = ALLEN_HEADER_FILE, ALLEN_VOXEL_FILE
+        header = MetaImageHeader(dim_size=tuple(int(n) for n in inverse.shape[:3]),
+                                 element_spacing=(float(spacing_um),) * 3, element_type="MET_FLOAT",
+                                 offset=tuple(float(v) for v in origin), element_data_file=voxels_name, channels=3)
+        # components fastest, then AP, DV, LR: the C order of (LR, DV, AP, component)
+        payload = np.ascontiguousarray(inverse.transpose(2, 1, 0, 3), dtype="<f4").tobytes()
+        folder = Path(folder)
+        with atomic_write(folder / voxels_name) as fh:
+            fh.write(payload)
+        with atomic_write(folder / header_name) as fh:
+            fh.write(format_metaimage_header(header))
+        return folder / header_name, folder / voxels_name
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> DeformationField:

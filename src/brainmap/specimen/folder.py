@@ -413,7 +413,8 @@ def update_alignment(folder: str | os.PathLike[str],
             image's alignment); images not named keep theirs.
         alignment3d: the data set's new Alignment3d; ``None`` keeps the current one.
         deformation: with a new ``alignment3d``, its non-linear part (a DeformationField written to
-            ``deformation.nrrd``), or ``None``: a stale ``deformation.nrrd`` is then removed.
+            ``deformation.nrrd``, and in Allen's download form to ``dfmfld.mhd/.raw``), or ``None``: stale
+            deformation files are then removed.
 
     Returns:
         The updated data set, as now stored.
@@ -433,10 +434,14 @@ def update_alignment(folder: str | os.PathLike[str],
     text = _dataset_json_text(dataset)
     if alignment3d is not None:
         # the deformation first (each file is written atomically): never a new affine beside a stale field
+        from brainmap.specimen.deformation import ALLEN_HEADER_FILE, ALLEN_VOXEL_FILE
+
         if deformation is not None:
             deformation.write(folder / DEFORMATION_FILE)
+            deformation.write_allen(folder)  # Allen's download form, dfmfld.mhd/.raw
         else:
-            (folder / DEFORMATION_FILE).unlink(missing_ok=True)
+            for name in (DEFORMATION_FILE, ALLEN_HEADER_FILE, ALLEN_VOXEL_FILE):
+                (folder / name).unlink(missing_ok=True)
         dataset.deformation = deformation
     with atomic_write(folder / DATASET_FILE, "w", encoding="utf-8") as fh:
         fh.write(text)

@@ -21,7 +21,8 @@ What is loaded, from each path given (a folder is searched recursively; hidden f
 * volumes (``.nrrd``, ``.mhd``, ``.raw``, ``.mha``, ``.zip``; not the section TIFFs under ``images/``, nor the
   virtual microscope's ``truth/``): WellKnownFile rows with the path relative to the data directory, size and
   sha256, attached to the data set whose folder holds them; the file type is the name without extension
-  (``projection_density_100``).
+  (``projection_density_100``; a deformation field's ``dfmfld.mhd`` and ``dfmfld.raw`` get Allen's
+  ``DeformationFieldHeader`` and ``DeformationFieldVoxels``).
 
 The data directory is the server's: a data set folder given from outside it is first copied into it
 (hard-linked where possible) as ``DATA_DIR/{product}/{id}/`` (:mod:`brainmap.store.data_dir`), and what is
@@ -54,6 +55,7 @@ from sqlalchemy import update as update_
 from brainmap.atlas import StructureTree
 from brainmap.errors import BrainmapError, FormatError
 from brainmap.store import models as m
+from brainmap.specimen.deformation import ALLEN_FILE_TYPES as ALLEN_DEFORMATION_TYPES
 from brainmap.store.data_dir import EXCLUDED_FOLDERS, FolderImport, dataset_target, is_inside
 from brainmap.store.database import Database, data_directory, open_database
 from brainmap.store.options import add_load_arguments
@@ -739,6 +741,8 @@ def _load_files(writer: _Writer, volumes: list[tuple[Path, Path | None]], data_s
 
 def _file_type(path: Path) -> str:
     name = path.name
+    if name in ALLEN_DEFORMATION_TYPES:  # dfmfld.mhd/.raw: Allen's type names
+        return ALLEN_DEFORMATION_TYPES[name]
     for suffix in (".nii.gz", *_VOLUME_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]

@@ -36,7 +36,8 @@ from brainmap.specimen.transforms import Affine3d
 from brainmap.pipeline.align.reconstruct import SpecimenVolume
 from brainmap.pipeline.align.register import TemplatePyramid, register_affine_3d
 
-__all__ = ["SHRINK_VOXELS", "intensity_model_volume", "shape_register", "shape_starts"]
+__all__ = ["SHRINK_VOXELS", "intensity_model_volume", "shape_register", "shape_starts", "structure_means",
+           "template_likeness"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,14 @@ def intensity_model_volume(labels: np.ndarray, resolution_um: float, volume: Spe
         tvr: the current specimen -> reference transform.
         deformation: the current non-linear deformation after ``tvr`` (a DeformationField), or None.
     """
+    means, _ = structure_means(labels, resolution_um, volume, tvr, shrink=shrink, deformation=deformation)
+    return np.ascontiguousarray(means.astype(np.float32)[labels])
+
+
+def structure_means(labels: np.ndarray, resolution_um: float, volume: SpecimenVolume, tvr: Affine3d, *,
+                    shrink: float = SHRINK_VOXELS, deformation=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per compact label: the specimen's shrunk mean intensity (0 for label 0) and its voxel count, where
+    ``tvr`` (and ``deformation``) put the specimen volume's mask voxels."""
     slots, rows, cols = np.nonzero(volume.mask)
     values = volume.volume[slots, rows, cols].astype(np.float64)
     spacing = np.asarray(volume.spacing_um, dtype=np.float64)
@@ -163,4 +172,29 @@ def intensity_model_volume(labels: np.ndarray, resolution_um: float, volume: Spe
     mean = float(values[brain].mean()) if brain.any() else float(values.mean())
     means = (sums + shrink * mean) / (counts + shrink)
     means[0] = 0.0
-    return np.ascontiguousarray(means.astype(np.float32)[labels])
+    return means, counts
+
+
+def template_likeness(labels: np.ndarray, template: np.ndarray, resolution_um: float, volume: SpecimenVolume,
+                      tvr: Affine3d) -> float:
+    """How much the specimen looks like ``template``: the correlation, over the annotated structures the
+    specimen covers (weighted by its voxels in each), between the specimen's mean intensity per structure and
+    the template's. Near 1 for a specimen with the template's contrast, whatever its noise and texture; low or
+    negative for another stain (inverted fluorescence, other per-tissue contrasts)."""
+    specimen, counts = structure_means(labels, resolution_um, volume, tvr)
+    n = specimen.size
+    t_sums = np.zeros(n)
+    t_counts = np.zeros(n)
+    for start in range(0, labels.shape[0], 32):  # slabs: no whole-volume float64 copy
+        lab = labels[start:start + 32].ravel()
+        t_sums += np.bincount(lab, weights=template[start:start + 32].ravel(), minlength=n)
+        t_counts += np.bincount(lab, minlength=n)
+    t_means = t_sums / np.maximum(t_counts, 1.0)
+    w = counts.copy()
+    w[0] = 0.0
+    if w.sum() <= 0:
+        return float("nan")
+    a = specimen - np.average(specimen, weights=w)
+    b = t_means - np.average(t_means, weights=w)
+    denominator = np.sqrt(np.average(a * a, weights=w) * np.average(b * b, weights=w))
+    return float(np.average(a * b, weights=w) / denominator) if denominator > 0 else float("nan")

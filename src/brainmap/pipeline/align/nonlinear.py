@@ -44,6 +44,10 @@ SMOOTH_NODES = 1.0
 MAX_DISPLACEMENT_UM = 500.0
 #: Template smoothing per level (um) and Gauss-Newton steps per level.
 LEVELS_UM = (200.0, 100.0, 50.0)
+#: The template is sampled on voxels of at least this size (um): at 25 um the finest level's sampler (values and
+#: gradients, 4 x float32 per voxel) alone took 1.2 GB, and with its temporaries it set the alignment's peak
+#: memory (4.4 GB measured on 134 sections); a 50 um smoothing is sampled well enough on 50 um voxels.
+MIN_VOXEL_UM = 50.0
 STEPS = 8
 
 
@@ -83,10 +87,14 @@ class _Grid:
 
 
 def register_deformation(volume: SpecimenVolume, tvr: Affine3d, pyramid: TemplatePyramid, *,
-                         control_um: float = CONTROL_UM, max_points: int = 150000, seed: int = 0
-                         ) -> tuple[DeformationField | None, float, float]:
+                         control_um: float = CONTROL_UM, max_points: int = 150000, seed: int = 0,
+                         in_plane: bool = False) -> tuple[DeformationField | None, float, float]:
     """The free-form deformation after ``tvr`` (module docstring) registering the specimen volume to the
     template ``pyramid``.
+
+    ``in_plane``: displacements only within the sectioning plane (the component along the section normal,
+    ``tvr``'s third column, is removed at every step): for sparse sections, whose spacing leaves the
+    through-plane displacement unconstrained.
 
     Returns:
         ``(field, correlation before, correlation after)``; field None if nothing improved the correlation.
@@ -105,15 +113,16 @@ def register_deformation(volume: SpecimenVolume, tvr: Affine3d, pyramid: Templat
     shape = tuple(int(v) for v in np.round((hi - lo) / control_um) + 1)
     grid = _Grid(points, lo, control_um, shape)  # type: ignore[arg-type]
     nodes = np.zeros((3, grid.n_nodes))
+    normal = tvr.matrix[:, 2] / np.linalg.norm(tvr.matrix[:, 2]) if in_plane else None
 
     def correlation(sampler, nodes_: np.ndarray) -> float:
         v, w = sampler(points + grid.interpolate(nodes_), gradient=False)
         return _weighted_correlation(f_full, v, w)
 
-    first_sampler = pyramid.sampler(max(pyramid.resolution_um, LEVELS_UM[-1] / 2), LEVELS_UM[-1])
+    first_sampler = pyramid.sampler(max(pyramid.resolution_um, LEVELS_UM[-1] / 2, MIN_VOXEL_UM), LEVELS_UM[-1])
     before = correlation(first_sampler, nodes)
     for sigma in LEVELS_UM:
-        sampler = pyramid.sampler(max(pyramid.resolution_um, sigma / 2), sigma)
+        sampler = pyramid.sampler(max(pyramid.resolution_um, sigma / 2, MIN_VOXEL_UM), sigma)
         current = correlation(sampler, nodes)
         lam = 0.1
         for _ in range(STEPS):
@@ -143,6 +152,8 @@ def register_deformation(volume: SpecimenVolume, tvr: Affine3d, pyramid: Templat
                 trial = nodes + step
                 trial = np.stack([ndimage.gaussian_filter(trial[c].reshape(shape), SMOOTH_NODES, mode="nearest")
                                   .ravel() for c in range(3)])
+                if normal is not None:
+                    trial -= normal[:, None] * (normal @ trial)[None, :]
                 size = np.sqrt((trial ** 2).sum(axis=0))
                 trial *= np.minimum(1.0, MAX_DISPLACEMENT_UM / np.maximum(size, 1e-9))[None, :]
                 value = correlation(sampler, trial)

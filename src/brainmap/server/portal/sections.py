@@ -218,7 +218,7 @@ def _label_grid(state: Any, image: ImageRow, cells: int) -> tuple[np.ndarray, fl
     from brainmap.server.routes_sync import load_data_set
     from brainmap.specimen.model import pixels_to_reference
 
-    dataset = state.run(lambda c: load_data_set(c, image.data_set_id))
+    dataset = state.run(lambda c: load_data_set(c, image.data_set_id, state.data_dir))
     step = max(image.width, image.height) / cells
     cols = (np.arange(max(1, math.ceil(image.width / step))) + 0.5) * step
     rows = (np.arange(max(1, math.ceil(image.height / step))) + 0.5) * step
