@@ -35,9 +35,13 @@
     ctx.globalAlpha = 1;
     const s = seed();
     if (s && Math.abs((sagittal ? s[2] : s[0]) - position) < RES) {
-      const map = await load("/portal/agea/map.png?set=" + encodeURIComponent(canvas.dataset.set) +
-                             `&plane=${plane}&seed_point=` + s.join(","));
-      ctx.drawImage(map, 0, 0);
+      try {
+        const map = await load("/portal/agea/map.png?set=" + encodeURIComponent(canvas.dataset.set) +
+                               `&plane=${plane}&seed_point=` + s.join(","));
+        ctx.drawImage(map, 0, 0);
+      } catch (e) {
+        canvas.dataset.error = String(e); // no map at this seed (the page names why): the atlas and seed stay
+      }
       ctx.fillStyle = "#ffffff";
       ctx.fillRect(Math.floor((sagittal ? s[0] : s[2]) / RES) - 1, Math.floor(s[1] / RES) - 1, 3, 3);
     }
