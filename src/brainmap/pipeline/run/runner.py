@@ -200,7 +200,7 @@ def _grid_one_section(gridder, folder: str, image: SectionImage):
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
                   finish: Callable[[Path, Any], None] | None = None) -> dict[Path, Any]:
     """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per
-    section (read its channels, detect, grid), the partial grids summed as they arrive.
+    section (read its channels, detect, grid), the partial grids summed in section order as they arrive.
 
     Args:
         client: a connected ``distributed.Client``.
@@ -215,23 +215,30 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
     """
     from distributed import as_completed
 
-    pending: dict[Any, Path] = {}
+    pending: dict[Any, tuple[Path, int]] = {}
     accumulators = {folder: gridder.accumulator() for folder, gridder in gridders.items()}
     left = {folder: 0 for folder in gridders}
     for rank, (folder, gridder) in enumerate(gridders.items()):
         shared = client.scatter(gridder, broadcast=True)
         for image in gridder.usable_images():
             # One data set after another (a higher priority runs first), so few accumulators are held at once.
-            pending[client.submit(_grid_one_section, shared, str(folder), image, pure=False,
-                                  priority=len(gridders) - rank)] = folder
+            future = client.submit(_grid_one_section, shared, str(folder), image, pure=False,
+                                   priority=len(gridders) - rank)
+            pending[future] = (folder, left[folder])
             left[folder] += 1
+    # Partials are added in section order whatever order they finish in: floating-point sums depend on the
+    # order of their additions, and a run must write the same bytes with one worker or many.
+    waiting: dict[Path, dict[int, Any]] = {folder: {} for folder in gridders}
+    added = {folder: 0 for folder in gridders}
     for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
                        disable=not progress):
-        folder = pending[future]
-        accumulators[folder].add(future.result())
+        folder, position = pending[future]
+        waiting[folder][position] = future.result()
         future.release()
-        left[folder] -= 1
-        if finish is not None and left[folder] == 0:
+        while added[folder] in waiting[folder]:
+            accumulators[folder].add(waiting[folder].pop(added[folder]))
+            added[folder] += 1
+        if finish is not None and added[folder] == left[folder]:
             finish(folder, accumulators.pop(folder))
     return accumulators
 
