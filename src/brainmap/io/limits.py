@@ -15,6 +15,7 @@ import os
 import stat
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any
 
 import numpy as np
@@ -133,6 +134,20 @@ _MAGIC = {"gzip": b"\x1f\x8b", "zlib": b"\x1f\x8b", "bzip2": b"BZh", "lzma": b"\
 _ERRORS: tuple[type[BaseException], ...] = (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError)
 
 
+@contextmanager
+def _named_errors(source: str, label: str, total: int) -> Iterator[None]:
+    """Any decoder error inside (a FormatError passes as is), or running out of memory, as a FormatError naming
+    ``source``: the whole and the streamed inflate share it."""
+    try:
+        yield
+    except _ERRORS as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"{source}: {label} data is corrupt ({type(exc).__name__}: {exc})") from None
+    except MemoryError:
+        raise FormatError(f"{source}: not enough memory for the {total:,} bytes the header's sizes need") from None
+
+
 def _step(decompressor: Any, data: bytes, limit: int) -> tuple[bytes, bytes]:
     """One bounded decompression step: (output of at most ``limit`` bytes, input still to be fed)."""
     out = decompressor.decompress(data, limit)
@@ -226,7 +241,7 @@ def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, sour
     decompressor = _fast_gzip_decompressor(codec)
     pending = b""
     got = 0  # decompressed bytes so far, skipped ones included
-    try:
+    with _named_errors(source, label, total):
         while got < total:
             if decompressor.eof:
                 following = _next_member(decompressor, pending, read, CHUNK, codec)
@@ -254,12 +269,6 @@ def decompress_exact(read: Callable[[int], bytes], codec: str, nbytes: int, sour
             _too_short(decompressor, got, total, source, label)
         # Exactly enough: the stream must end here (its check sum read), with nothing more in it.
         _check_stream_end(decompressor, pending, read, CHUNK, codec, total, source, label)
-    except _ERRORS as exc:
-        if isinstance(exc, FormatError):
-            raise
-        raise FormatError(f"{source}: {label} data is corrupt ({type(exc).__name__}: {exc})") from None
-    except MemoryError:
-        raise FormatError(f"{source}: not enough memory for the {total:,} bytes the header's sizes need") from None
     if grow:
         return np.frombuffer(buffer, dtype=np.uint8)
     return buffer
@@ -320,7 +329,7 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
     buffer: np.ndarray | None = None  # the piece being assembled from several outputs
     view = memoryview(b"")
     filled = 0
-    try:
+    with _named_errors(source, label, total):
         while got < total:
             if decompressor.eof:
                 following = _next_member(decompressor, pending, read, _STREAM_READ, codec)
@@ -368,7 +377,3 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
         if got < total:
             _too_short(decompressor, got, total, source, label)
         _check_stream_end(decompressor, pending, read, _STREAM_READ, codec, total, source, label)
-    except _ERRORS as exc:
-        if isinstance(exc, FormatError):
-            raise
-        raise FormatError(f"{source}: {label} data is corrupt ({type(exc).__name__}: {exc})") from None
