@@ -18,6 +18,8 @@ Allen's "Image Alignment" reconstructs a 3-D specimen volume from the section im
 4. **3-D affine** specimen -> reference (:func:`.register.register_affine_3d`): Levenberg-Marquardt on the
    normalized correlation between the specimen volume's tissue voxels (fixed: a half brain or a torn section
    only samples where there is tissue) and the template (moving), coarse to fine (smoothing 400 -> 0 um).
+   With the default contrast-agnostic model, a half brain skips it and keeps the shape stage's transform
+   (:data:`HALF_BRAIN_SHAPE_ONLY`).
 5. **2-D refinement** (:func:`refine_sections`): the template is resampled into every section's plane through
    the 3-D transform and the section registered to it with a 2-D affine (Levenberg-Marquardt, correlation
    over the section's tissue); implausible results (scale outside 0.75..1.33, anisotropy > 1.25) are
@@ -411,16 +413,16 @@ def choose_start(volume: SpecimenVolume, template: ReferenceTemplate, plane: str
 
 def register_to_template(volume: SpecimenVolume, template: ReferenceTemplate, plane: str, *,
                          sigmas_um: tuple[float, ...], initial: Affine3d | None = None,
-                         max_points: int = 200000) -> tuple[Affine3d, float]:
+                         max_points: int = 200000, iterations: int = 20) -> tuple[Affine3d, float]:
     """3-D affine registration of the specimen volume to the template (:func:`.register.register_affine_3d`),
     from ``initial`` or from :func:`choose_start`. Returns the specimen -> reference affine and the final
-    normalized correlation."""
+    normalized correlation (``iterations=0``: ``initial`` and its correlation at the finest level)."""
     if initial is None:
         initial = choose_start(volume, template, plane)
     outcome = register_affine_3d(volume.volume, volume.mask, volume.origin_um, volume.spacing_um,
-                                 template.pyramid, initial, sigmas_um=sigmas_um,
+                                 template.pyramid, initial, sigmas_um=sigmas_um if iterations else sigmas_um[-1:],
                                  template_um=max(volume.spacing_um[0], template.resolution_um),
-                                 max_points=max_points)
+                                 max_points=max_points, iterations=iterations)
     return outcome.transform, -outcome.metric
 
 
@@ -632,6 +634,14 @@ def _fill_empty_sections(stack: SectionStack, transforms: list[Affine2d]) -> lis
 #: sagittal hemisphere (200 um apart) it overfitted (95th percentile error 104 -> 357 um, measured), while it helped
 #: on 34 real coronal sections and on 64-131-section virtual specimens.
 NONLINEAR_MIN_SECTIONS = 30
+#: A half brain (the shape stage's best start is a hemisphere) keeps the shape stage's 3-D transform: the
+#: intensity model's 3-D registration is not run on it. The per-structure model is the same in both hemispheres
+#: (the annotation's labels are not sided) and a hemisphere gives it nothing across the midline to hold on to: on
+#: the 23-section sagittal brightfield benchmark specimen (8 um pixels, 25 um template) it slid the specimen
+#: 470 um out of plane (median left-right error 30 um after the shape stage, 467 um after it; alignment error
+#: 556/1506 um median/p95), where keeping the shape's transform and refining the sections in 2-D against the
+#: model measured 54/155 um.
+HALF_BRAIN_SHAPE_ONLY = True
 #: A specimen whose per-structure means correlate at least this much with the template's looks like the template
 #: (``AlignSettings.template_check``).
 TEMPLATE_LIKENESS = 0.5
@@ -676,6 +686,7 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
     if settings.contrast not in ("model", "template"):
         raise ValueError(f"contrast must be 'model' or 'template', got {settings.contrast!r}")
     contrast = settings.contrast  # "model" may turn into "template" after the first round (below)
+    shape_placed = False  # a half brain: the shape stage's 3-D transform is kept (see HALF_BRAIN_SHAPE_ONLY)
     for round_ in range(1, rounds + 1):
         first = round_ == 1
         volume = build_volume(coarse, transforms, grid)
@@ -685,12 +696,14 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
                 tvr, shape_correlation, start = shape_register(
                     volume, template.brain_pyramid(), dataset.plane, template.centroids_um(),
                     _start_names(volume, template, dataset.plane))
-                log.info("shape stage (start %s, correlation %.3f): %.1f s", start, shape_correlation,
-                         time.perf_counter() - started)
+                shape_placed = HALF_BRAIN_SHAPE_ONLY and start.startswith(("left", "right"))
+                log.info("shape stage (start %s, correlation %.3f%s): %.1f s", start, shape_correlation,
+                         "; a half brain: kept in 3-D" if shape_placed else "", time.perf_counter() - started)
             target = template.modelled(volume, tvr)
         tvr, volume_correlation = register_to_template(
             volume, target, dataset.plane, initial=tvr, max_points=settings.volume_points,
-            sigmas_um=settings.first_volume_sigmas_um if first else settings.volume_sigmas_um)
+            sigmas_um=settings.first_volume_sigmas_um if first else settings.volume_sigmas_um,
+            iterations=0 if shape_placed else 20)
         log.info("round %d/%d, 3-D (correlation %.3f): %.1f s", round_, rounds, volume_correlation,
                  time.perf_counter() - started)
         if first and contrast == "model" and settings.template_check and template.labels is not None:
