@@ -38,10 +38,12 @@ from brainmap.pipeline.align import (
 from brainmap.pipeline.align.register import (
     Grid2d,
     Sampler,
+    TemplatePyramid,
     affine_from_sitk,
     affine_to_sitk,
     block_mean,
     register_affine_2d,
+    register_affine_3d,
 )
 from brainmap.specimen import (
     Affine2d,
@@ -253,3 +255,23 @@ def test_affine_2d_registration_recovers_a_known_transform():
     assert error.max() < 2.0  # microns (a tenth of a pixel)
     assert -result.metric > 0.999 and result.metric < result.start_metric
 
+
+
+def test_affine_3d_without_iterations_keeps_the_start_and_measures_it():
+    """What the aligner does for a half brain (``HALF_BRAIN_SHAPE_ONLY``): the 3-D transform stays the shape
+    stage's, and its correlation with the model is measured on the same voxels as a registration's would be."""
+    rng = np.random.default_rng(3)
+    template = ndimage.gaussian_filter(rng.random((24, 20, 22)), 2).astype(np.float32)
+    pyramid = TemplatePyramid(template, 50.0)
+    start = Affine3d(np.diag([1.02, 0.98, 1.0]), np.array([130.0, 90.0, 110.0]))
+    slots, rows, cols = np.mgrid[0:8, 0:10, 0:12]
+    specimen = np.stack([cols * 50.0, rows * 50.0, slots * 60.0], axis=-1).reshape(-1, 3)
+    values = rng.random(specimen.shape[0]).astype(np.float32).reshape(8, 10, 12)  # not the template: r < 1
+    result = register_affine_3d(values, np.ones(values.shape, np.uint8), (0.0, 0.0, 0.0), (50.0, 50.0, 60.0),
+                                pyramid, start, sigmas_um=(0.0,), template_um=50.0, iterations=0)
+    assert result.transform.is_close(start)
+    sampled = ndimage.map_coordinates(template, (start.apply(specimen).T - 25.0) / 50.0, order=1)
+    assert -result.metric == pytest.approx(np.corrcoef(values.ravel(), sampled)[0, 1], abs=1e-6)
+    moved = register_affine_3d(values, np.ones(values.shape, np.uint8), (0.0, 0.0, 0.0), (50.0, 50.0, 60.0),
+                               pyramid, start, sigmas_um=(0.0,), template_um=50.0, iterations=5)
+    assert moved.metric < result.metric  # iterations do move it (the check above is not vacuous)
