@@ -68,6 +68,7 @@ from brainmap.pipeline.align.reconstruct import (
     load_sections,
     place_section,
     register_neighbours,
+    section_spacing,
 )
 from brainmap.pipeline.align.register import (
     Grid2d,
@@ -426,6 +427,43 @@ def register_to_template(volume: SpecimenVolume, template: ReferenceTemplate, pl
     return outcome.transform, -outcome.metric
 
 
+#: A section whose tissue covers more than this many times the largest brain cross-section within one section
+#: spacing of where the first 3-D registration puts it (plus :data:`TISSUE_AREA_SLACK_MM2`) shows no tissue the
+#: aligner can use: its "tissue" is background that the tissue detection took for it (measured: the bias field of
+#: an almost empty lateral-most sagittal section, 71 mm2 of "tissue" where the brain's cross-section is a few mm2;
+#: registered, it landed 1.3 mm off). Its mask is emptied, so it is placed as its nearest section with tissue.
+TISSUE_AREA_RATIO = 2.0
+TISSUE_AREA_SLACK_MM2 = 1.0
+
+
+def implausible_tissue(stack: SectionStack, template: ReferenceTemplate, tvr: Affine3d, *,
+                       spacing_um: float = 100.0) -> list[int]:
+    """Indices of the sections whose tissue area is implausible for their plane (:data:`TISSUE_AREA_RATIO`):
+    the brain's cross-section is measured on a ``spacing_um`` grid of the specimen plane mapped by ``tvr``, at
+    the section's position and one section spacing either side."""
+    box = brain_plane_box(template, tvr)
+    gx, gy = np.meshgrid(np.arange(box[0, 0], box[1, 0], spacing_um), np.arange(box[0, 1], box[1, 1], spacing_um))
+    plane = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    shape = np.array(template.brain.shape)
+    dz = section_spacing(stack.sz_um)
+
+    def brain_mm2(sz_um: float) -> float:
+        points = np.concatenate([plane, np.full((plane.shape[0], 1), sz_um)], axis=1)
+        index = np.floor(tvr.apply(points) / template.resolution_um).astype(np.int64)
+        index = index[np.all((index >= 0) & (index < shape), axis=1)]
+        return float(np.count_nonzero(template.brain[index[:, 0], index[:, 1], index[:, 2]])) * spacing_um ** 2 / 1e6
+
+    flagged = []
+    for k in range(len(stack)):
+        if not stack.has_tissue(k):
+            continue
+        tissue = float(stack.masks[k].sum()) * stack.working_um ** 2 / 1e6
+        brain = max(brain_mm2(float(stack.sz_um[k]) + d) for d in (-dz, 0.0, dz))
+        if tissue > TISSUE_AREA_RATIO * brain + TISSUE_AREA_SLACK_MM2:
+            flagged.append(k)
+    return flagged
+
+
 # -- 2-D refinement -----------------------------------------------------------------------------------------------
 def _plausible(transform: Affine2d) -> bool:
     """Whether a section's image-um -> specimen transform is a plausible near-rigid map (singular values in
@@ -706,6 +744,19 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
             iterations=0 if shape_placed else 20)
         log.info("round %d/%d, 3-D (correlation %.3f): %.1f s", round_, rounds, volume_correlation,
                  time.perf_counter() - started)
+        if first:
+            implausible = implausible_tissue(stack, template, tvr)
+            if implausible:
+                for k in implausible:
+                    log.warning("section %d: its tissue covers %.0f mm2, far more than the brain where it lies: "
+                                "taken for background (a bias field?), the section is placed as its neighbour",
+                                stack.section_images[k].section_number,
+                                stack.masks[k].sum() * stack.working_um ** 2 / 1e6)
+                for k in implausible:
+                    for s in {id(stack): stack, id(coarse): coarse}.values():
+                        s.masks[k] = np.zeros_like(s.masks[k])
+                        s.images[k] = np.zeros_like(s.images[k])
+                volume = build_volume(coarse, transforms, grid)
         if first and contrast == "model" and settings.template_check and template.labels is not None:
             # A specimen that looks like the template (its per-structure means follow the template's) is refined
             # with the template's own values from here on: measured on today's Nissl-like specimens, the
