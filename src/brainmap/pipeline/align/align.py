@@ -18,8 +18,10 @@ Allen's "Image Alignment" reconstructs a 3-D specimen volume from the section im
 4. **3-D affine** specimen -> reference (:func:`.register.register_affine_3d`): Levenberg-Marquardt on the
    normalized correlation between the specimen volume's tissue voxels (fixed: a half brain or a torn section
    only samples where there is tissue) and the template (moving), coarse to fine (smoothing 400 -> 0 um).
-   With the default contrast-agnostic model, a half brain skips it and keeps the shape stage's transform
-   (:data:`HALF_BRAIN_SHAPE_ONLY`).
+   With the default contrast-agnostic model, a half brain skips it and keeps the shape stage's transform,
+   refined on the rebuilt volume's outline in the later rounds (:data:`HALF_BRAIN_SHAPE_ONLY`). After the first
+   3-D registration, a section whose tissue is far larger than the brain's cross-section there is taken for
+   background and placed as its neighbour (:func:`implausible_tissue`).
 5. **2-D refinement** (:func:`refine_sections`): the template is resampled into every section's plane through
    the 3-D transform and the section registered to it with a 2-D affine (Levenberg-Marquardt, correlation
    over the section's tissue); implausible results (scale outside 0.75..1.33, anisotropy > 1.25) are
@@ -54,7 +56,7 @@ from brainmap.specimen.model import SPECIMEN_AXES, SectionDataSet, nominal_tvr
 from brainmap.specimen.deformation import DeformationField
 from brainmap.specimen.transforms import Affine2d, Affine3d, Alignment2d, Alignment3d
 
-from brainmap.pipeline.align.contrast import intensity_model_volume, shape_register
+from brainmap.pipeline.align.contrast import intensity_model_volume, shape_refine, shape_register
 from brainmap.pipeline.align.nonlinear import CONTROL_UM, register_deformation
 from brainmap.pipeline.align.contrast import template_likeness
 from brainmap.pipeline.align.reconstruct import (
@@ -680,6 +682,9 @@ NONLINEAR_MIN_SECTIONS = 30
 #: 556/1506 um median/p95), where keeping the shape's transform and refining the sections in 2-D against the
 #: model measured 54/155 um.
 HALF_BRAIN_SHAPE_ONLY = True
+#: ... and in the later rounds its 3-D transform is the shape fit refined on the volume rebuilt from the refined
+#: sections (:func:`.contrast.shape_refine`).
+HALF_BRAIN_SHAPE_ROUNDS = True
 #: A specimen whose per-structure means correlate at least this much with the template's looks like the template
 #: (``AlignSettings.template_check``).
 TEMPLATE_LIKENESS = 0.5
@@ -737,6 +742,10 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
                 shape_placed = HALF_BRAIN_SHAPE_ONLY and start.startswith(("left", "right"))
                 log.info("shape stage (start %s, correlation %.3f%s): %.1f s", start, shape_correlation,
                          "; a half brain: kept in 3-D" if shape_placed else "", time.perf_counter() - started)
+            elif shape_placed and HALF_BRAIN_SHAPE_ROUNDS:
+                tvr, shape_correlation = shape_refine(volume, template.brain_pyramid(), tvr)
+                log.info("round %d/%d, shape (correlation %.3f): %.1f s", round_, rounds, shape_correlation,
+                         time.perf_counter() - started)
             target = template.modelled(volume, tvr)
         tvr, volume_correlation = register_to_template(
             volume, target, dataset.plane, initial=tvr, max_points=settings.volume_points,

@@ -13,6 +13,8 @@ grey or colour, inverted or not):
    images cannot be told from the other hemisphere's, :func:`shape_starts`) and, for
    a specimen narrower than the brain, the left and the right hemisphere; the best correlation after a coarse
    fit wins and is refined. Scale is estimated by the affine.
+   A half brain keeps this transform (the aligner skips the intensity model's 3-D registration for it) and
+   refines it on its rebuilt volume each round (:func:`shape_refine`).
 2. **Intensity model** (:func:`intensity_model`): given the current specimen -> reference transform, the mean
    specimen intensity of every annotated structure (each compact label of the annotation, shrunk towards the
    tissue mean by the voxels it has: ``(sum + k mean) / (n + k)``, ``k`` = :data:`SHRINK_VOXELS`; 0 outside the
@@ -36,8 +38,8 @@ from brainmap.specimen.transforms import Affine3d
 from brainmap.pipeline.align.reconstruct import SpecimenVolume
 from brainmap.pipeline.align.register import TemplatePyramid, register_affine_3d
 
-__all__ = ["SHRINK_VOXELS", "intensity_model_volume", "shape_register", "shape_starts", "structure_means",
-           "template_likeness"]
+__all__ = ["SHRINK_VOXELS", "intensity_model_volume", "shape_refine", "shape_register", "shape_starts",
+           "structure_means", "template_likeness"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,25 @@ def shape_register(volume: SpecimenVolume, brain: TemplatePyramid, plane: str, c
     log.info("shape stage: best start %s (of %d, %d refined), correlation %.3f (runner-up %.3f)", label,
              len(tries), len(finals), -metric, -finals[1][0] if len(finals) > 1 else float("nan"))
     return best, -metric, label
+
+
+#: Smoothing levels (um) of :func:`shape_refine`.
+SHAPE_ROUND_SIGMAS_UM = (100.0, 50.0, 0.0)
+
+
+def shape_refine(volume: SpecimenVolume, brain: TemplatePyramid, initial: Affine3d, *,
+                 max_points: int = 30000) -> tuple[Affine3d, float]:
+    """The shape stage's fit (tissue on the brain mask) refined from ``initial`` at finer levels
+    (:data:`SHAPE_ROUND_SIGMAS_UM`): a half brain's 3-D transform in the later rounds, once its sections have been
+    refined in 2-D. Returns ``(transform, correlation)``; ``initial`` if the result is implausible."""
+    spacing = float(volume.spacing_um[0])
+    tissue, region = _shape_values(volume, spacing)
+    outcome = register_affine_3d(tissue, region, volume.origin_um, volume.spacing_um, brain, initial,
+                                 sigmas_um=SHAPE_ROUND_SIGMAS_UM, template_um=min(100.0, spacing),
+                                 max_points=max_points, iterations=15)
+    if not _plausible(outcome.transform):
+        return initial, float("nan")
+    return outcome.transform, -outcome.metric
 
 
 def _plausible(transform: Affine3d) -> bool:
