@@ -34,6 +34,7 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -267,7 +268,8 @@ def _render_seconds(pixel_um: float = 10.0, sections: int = 6) -> tuple[float, i
     return (time.perf_counter() - started) / len(chosen), vs.plan.width, vs.plan.height
 
 
-def run() -> list[Figure]:
+def run() -> Iterator[Figure]:
+    """The figures, each block's as soon as it is measured (the whole takes long)."""
     figures: list[Figure] = []
     for label, product, pixel, res, size, extra in (
         ("connectivity, 0.35 um pixels (Allen), 25 um grid", "connectivity", 0.35, 25, 2048,
@@ -281,6 +283,8 @@ def run() -> list[Figure]:
     ):
         figures.append(Figure(f"throughput: {label}", _throughput(product, pixel, res, size, **extra), 30.0,
                               "MP/s", better="higher", note="CPU time of one process"))
+        yield from figures
+        figures.clear()
 
     for family, name, where, rate in (("virtual", "virtual microscope", "whole sections", "touched"),
                                       ("second", "second family", "3 mm windows", "touched"),
@@ -290,6 +294,8 @@ def run() -> list[Figure]:
         figures += [Figure(f"connectivity 10 um, {name}: pixel precision", precision, 0.9, "", better="higher",
                            note=where),
                     Figure(f"connectivity 10 um, {name}: pixel recall", recall, 0.9, "", better="higher")]
+        yield from figures
+        figures.clear()
     for family, name in (("virtual", "virtual microscope"), ("second", "second family")):
         # the default pixels of virtual ISH specimens (8 um: a cell covers 1-2 pixels) carry the target
         precision, recall = _ish_precision_recall(8.0, 640, family)
@@ -301,6 +307,8 @@ def run() -> list[Figure]:
             precision, recall = _ish_precision_recall(pixel, size, family)
             figures += [Figure(f"ISH {pixel:g} um, {name}: pixel precision", precision, None, "", better="higher"),
                         Figure(f"ISH {pixel:g} um, {name}: pixel recall", recall, None, "", better="higher")]
+            yield from figures
+            figures.clear()
 
     for pixel, family, rate in ((10.0, "virtual", "touched"), (5.0, "virtual", "touched"), (10.0, "second", "touched"),
                                 (10.0, "second", "axon")):
@@ -327,6 +335,8 @@ def run() -> list[Figure]:
                                better="higher", note=f"one realization's bound ~ sqrt = {np.sqrt(retest):.3f}"),
                         Figure("  ... perfect detector, mean of the two realizations vs true density", mean, None,
                                "", better="higher")]
+        yield from figures
+        figures.clear()
     for family, name in (("virtual", "virtual microscope"), ("second", "second family")):
         for gene in GENES:
             r = _ish_pearson(gene, family=family)
@@ -344,6 +354,8 @@ def run() -> list[Figure]:
                                    "", better="higher", note=f"one realization's bound ~ sqrt = {np.sqrt(retest):.3f}"),
                             Figure("  ... perfect detector, mean of the two realizations vs true density", mean,
                                    None, "", better="higher")]
+            yield from figures
+            figures.clear()
     for experiment_id in (112672974, 100141219):
         loop, elapsed, sections = _closed_loop(experiment_id)
         figures.append(Figure(f"closed loop {experiment_id}: Spearman recovered vs real NPV, with signal",
@@ -359,7 +371,9 @@ def run() -> list[Figure]:
             rho, count = loop.spearman_above(loop.floor_npv * pixels / 10.0)
             figures.append(Figure(f"  ... real NPV of >= {pixels:g} px", rho, None, "", better="higher",
                                   note=f"{count} structure-hemispheres"))
+        yield from figures
+        figures.clear()
     seconds, width, height = _render_seconds()
     figures.append(Figure("virtual microscope: render one connectivity section, 10 um pixels", seconds, None, "s",
                           note=f"{width} x {height} pixels, whole section, wall time"))
-    return figures
+    yield from figures
