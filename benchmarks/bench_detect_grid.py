@@ -22,7 +22,10 @@ Accuracy: see ``tests/pipeline/test_detect.py`` and ``test_grid.py`` for the met
 compared with the truth on the same grid -- the mean over each voxel of the density field the virtual
 microscope draws from (``TruthVolumes.density_on_grid``) -- and, for scale, with the raw voxel-centre values of
 the truth volume; beside them a perfect detector's grid (the true masks gridded the same way) and the gridding of
-the expected density itself (geometry alone). The closed loop renders real experiments of both connectivity
+the expected density itself (geometry alone). On the second family two realizations of one truth (the render seed
+changed) are gridded by a perfect detector: their test-retest Pearson bounds what one specimen's grid can reach
+(about its square root; ``docs/detection-bounds.md``). Its connectivity is measured as drawn (fibres at the rate of
+touched pixels) and drawn at its true density of axon pixels (``fibre_rate="axon"``). The closed loop renders real experiments of both connectivity
 tables whole (25 um pixels), aligns, detects, grids at 100 um and unionizes, and correlates the recovered
 normalized projection volumes with the real Oh 2014 table over its structures with signal
 (``brainmap.specimen.synthetic.closed_loop``).
