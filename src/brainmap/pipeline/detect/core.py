@@ -699,6 +699,8 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         if np.count_nonzero(_subsample(detected)) <= REFIT_DENSITY * np.count_nonzero(sub_tissue):
             break  # sparse signal: the first fit's lower envelope is clear of it
         clear = tissue & ~running_max(detected.view(np.uint8), 3).view(bool)
+        if np.count_nonzero(_subsample(clear)) < 0.25 * np.count_nonzero(sub_tissue):
+            break  # too little tissue left clear of signal to fit on: keep the first fit
         noise = fit_noise_model(work, background, clear, params)
         table = noise.threshold_table(params.threshold_sigmas)
         detected = work > table[background]
