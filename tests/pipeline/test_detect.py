@@ -354,3 +354,52 @@ def test_the_cut_of_cells_of_one_or_two_pixels_follows_their_measured_profile():
     assert max(cuts["second"]) < min(cuts["virtual"]) - 0.05
     for precision, recall, true_pixels in scores.values():
         assert true_pixels > 2000 and precision >= 0.85 and recall >= 0.85
+
+
+def _second_family_connectivity_crop(index: int, fibre_rate: str, size: int = 300):
+    """A 3 mm window (10 um pixels) of one of the benchmark's connectivity sections, drawn by the second family,
+    with the density the family draws from at each pixel."""
+    import dataclasses
+
+    from brainmap.specimen.synthetic.render import pixel_reference_um, sample_volume
+    from brainmap.specimen.synthetic.second_family import crop_second_family
+
+    vs = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT, truth_resolution_um=100)
+    images = vs.dataset.usable_images()
+    image = images[10::len(images) // 6][index]
+    centre = (8500.0, 3500.0, 8500.0)
+    arrays, truth, window = crop_second_family(vs, image, (size, size), centre_reference_um=centre,
+                                               fibre_rate=fibre_rate)
+    plan = dataclasses.replace(vs.plan, width=size, height=size)
+    section = dataclasses.replace(vs.sections[image.id], alignment2d=window.alignment2d, damage=[])
+    reference = pixel_reference_um(plan, section)
+    density = np.clip(sample_volume(vs.sources.signal_density, vs.sources.resolution_um, reference), 0, 0.95)
+    tissue = sample_volume(vs.sources.tissue, vs.sources.resolution_um, reference) > 0.02
+    return vs, arrays, truth, density, tissue
+
+
+def test_the_second_family_draws_axon_pixels_at_the_true_density_when_asked():
+    """``fibre_rate="axon"`` draws as many fibre segments as make the expected fraction of axon pixels (fibre over
+    a tenth of the pixel) the truth's density; the first rule ("touched", the default) makes that of the pixels a
+    fibre touches, and only ~0.4 of them are axon pixels at 10 um."""
+    _, _, truth, density, tissue = _second_family_connectivity_crop(3, "axon")
+    _, _, first, _, _ = _second_family_connectivity_crop(3, "touched")
+    expected = float(density[tissue].sum())
+    assert expected > 500
+    assert truth[tissue].sum() / expected == pytest.approx(1.0, abs=0.15)
+    assert first[tissue].sum() / expected == pytest.approx(0.42, abs=0.1)
+
+
+def test_a_dense_mesh_of_axons_is_not_taken_for_noise():
+    """Around the injection site of the second family drawn at its true density (``fibre_rate="axon"``), axons
+    cover whole blocks of the noise fit: fitted once, the noise comes out several times too high and most axon
+    pixels fall under the threshold. Fitted again without the candidates (``noise_refits``, the connectivity
+    default) the noise drops and recall recovers."""
+    vs, arrays, truth, _, _ = _second_family_connectivity_crop(4, "axon")
+    params = DetectionParams.for_dataset(vs.dataset)
+    assert params.noise_refits >= 1
+    once = detect_section(arrays, params.with_(noise_refits=0))
+    again = detect_section(arrays, params)
+    assert again.noise.sigma(250.0) < 0.5 * once.noise.sigma(250.0)
+    recall_once, recall_again = precision_recall(once.signal, truth)[1], precision_recall(again.signal, truth)[1]
+    assert recall_again > recall_once + 0.15 and recall_again > 0.75

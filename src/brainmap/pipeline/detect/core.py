@@ -83,6 +83,9 @@ __all__ = [
 PRODUCTS = ("ish", "connectivity")
 #: The noise fit uses at most this many blocks (larger blocks on larger images keep its cost fixed).
 NOISE_MAX_BLOCKS = 1600
+#: The noise model is fitted again without the candidates (``noise_refits``) only where they cover more than this
+#: fraction of the tissue (sparse signal leaves the first fit's lower envelope clear).
+REFIT_DENSITY = 0.02
 #: Bit depths whose full scale (2**k - 1) is taken for the saturation level when it is not given.
 _BIT_DEPTHS = (8, 10, 12, 14, 16)
 
@@ -137,6 +140,10 @@ class DetectionParams:
             tissue background to saturation (0..1).
         injection_window_um: the site is at least this wide (um): the bright pixels are opened by a square of
             this side, which removes axons (however bright) and keeps the site's plateau.
+        noise_refits: fit the noise model again this many times on the tissue left once the candidates (and
+            their neighbours) are taken out, when the candidates cover more than :data:`REFIT_DENSITY` of the
+            tissue: where signal is dense over whole blocks (a mesh of axons around an injection) the first fit
+            takes it for noise. Connectivity default 1, ISH 0.
     """
 
     product: str = "connectivity"
@@ -163,6 +170,7 @@ class DetectionParams:
     saturation_counts: float | None = None
     injection_level: float = 0.5
     injection_window_um: float = 50.0
+    noise_refits: int = 0
 
     def __post_init__(self) -> None:
         if self.product not in PRODUCTS:
@@ -195,7 +203,7 @@ class DetectionParams:
             base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0,
                                         peak_smooth_um=3.0)
         elif product == "connectivity":
-            base = dict(peak_fraction=0.0, detect_injection=True, axon_fraction=0.4)
+            base = dict(peak_fraction=0.0, detect_injection=True, axon_fraction=0.4, noise_refits=1)
         else:
             raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
         return cls(product=product, pixel_size_um=float(pixel_size_um), **{**base, **overrides})
@@ -684,6 +692,19 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     table = noise.threshold_table(params.threshold_sigmas)
     detected = work > table[background]
     detected &= tissue
+    for _ in range(params.noise_refits):
+        # Signal inflates the variance of the blocks it covers; where it is dense (a mesh of axons) whole level
+        # bins of the fit are signal and the noise comes out far too high: refit on the pixels not yet signal.
+        sub_tissue = _subsample(tissue)
+        if np.count_nonzero(_subsample(detected)) <= REFIT_DENSITY * np.count_nonzero(sub_tissue):
+            break  # sparse signal: the first fit's lower envelope is clear of it
+        clear = tissue & ~running_max(detected.view(np.uint8), 3).view(bool)
+        if np.count_nonzero(_subsample(clear)) < 0.25 * np.count_nonzero(sub_tissue):
+            break  # too little tissue left clear of signal to fit on: keep the first fit
+        noise = fit_noise_model(work, background, clear, params)
+        table = noise.threshold_table(params.threshold_sigmas)
+        detected = work > table[background]
+        detected &= tissue
     contrast = work - background  # the opening never exceeds the image: no wrap-around
     subpixel: dict[str, float] = {}
     if params.peak_fraction > 0 and params.subpixel_cells and params.cell_window_px <= 3:

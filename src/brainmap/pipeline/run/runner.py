@@ -51,7 +51,7 @@ UNIONIZE_FILE = PipelineFolder.UNIONIZE
 #: it, so folders made by an earlier brainmap are redone, not taken as done (2: Allen's ISH smoothing and
 #: sum_pixel_intensity grids, AllenSDK's unionize rules; 3: the detector's rules for coarse ISH cells and
 #: clipped axons).
-STAGE_FORMAT = 3
+STAGE_FORMAT = 4
 
 
 @dataclass(frozen=True)

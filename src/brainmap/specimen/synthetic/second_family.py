@@ -27,6 +27,7 @@ Nothing in ``brainmap.pipeline`` imports this module.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage, signal
@@ -223,12 +224,56 @@ FIBRE_WIDTH_UM = 1.2
 FIBRE_MIN_COVER = 0.1
 
 
-def render_connectivity_second_family(plan, section, sources, seed: int = 0
+def _fibres(rng: np.random.Generator, x0: np.ndarray, y0: np.ndarray, angle: np.ndarray, shape: tuple[int, int],
+            pixel_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Curved fibre segments centred at ``(x0, y0)`` (pixels) along ``angle`` (rad): ``(length of fibre in each
+    pixel (pixels), light in each pixel)`` -- each segment's brightness lognormal, 3 % of its points 3x brighter
+    (varicosities)."""
+    n = x0.size
+    bend = rng.normal(0, 0.8, n)  # radians over the segment
+    seg_px = rng.uniform(*FIBRE_LENGTH_UM, n) / pixel_um
+    steps = int(np.ceil(seg_px.max() / 0.2)) + 1
+    t = np.linspace(0.0, 1.0, steps)[None, :]
+    theta = angle[:, None] + bend[:, None] * (t - 0.5)
+    ds = (seg_px / (steps - 1))[:, None]
+    xs = x0[:, None] + np.cumsum(np.cos(theta) * ds, axis=1) - seg_px[:, None] / 2 * np.cos(angle[:, None])
+    ys = y0[:, None] + np.cumsum(np.sin(theta) * ds, axis=1) - seg_px[:, None] / 2 * np.sin(angle[:, None])
+    col, row = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+    ok = (col >= 0) & (col < shape[1]) & (row >= 0) & (row < shape[0])
+    step_len = np.broadcast_to(ds, xs.shape)
+    flat = row[ok] * shape[1] + col[ok]
+    length = np.bincount(flat, weights=step_len[ok], minlength=shape[0] * shape[1]).reshape(shape)
+    brightness = np.broadcast_to(rng.lognormal(0.0, 0.4, n)[:, None], xs.shape)
+    bouton = rng.random(xs.shape) < 0.03  # varicosities: 3x brighter points
+    weight = step_len * brightness * np.where(bouton, 3.0, 1.0)
+    light = np.bincount(flat, weights=weight[ok], minlength=shape[0] * shape[1]).reshape(shape)
+    return length, light
+
+
+@lru_cache(maxsize=16)
+def axon_pixels_per_segment(pixel_um: float, samples: int = 3000) -> float:
+    """The mean number of axon pixels (fibre length >= ``FIBRE_MIN_COVER * pixel / FIBRE_WIDTH_UM``) one
+    segment makes at ``pixel_um``, segments drawn apart from one another (a fixed Monte Carlo sample: 0.42 x
+    the pixels a segment touches at 10 um, where many are only clipped)."""
+    rng = np.random.default_rng(0xF1B3)
+    side = int(np.ceil(2 * FIBRE_LENGTH_UM[1] / pixel_um)) + 4
+    grid = max(4, min(int(np.ceil(np.sqrt(samples))), 2048 // side))  # at most ~4 M pixels
+    shape = (grid * side, grid * side)
+    k = np.arange(grid * grid)
+    x0 = (k % grid) * side + side / 2 + rng.random(k.size)
+    y0 = (k // grid) * side + side / 2 + rng.random(k.size)
+    length, _ = _fibres(rng, x0, y0, rng.uniform(0, 2 * np.pi, k.size), shape, pixel_um)
+    axon = np.count_nonzero(length * FIBRE_WIDTH_UM / pixel_um >= FIBRE_MIN_COVER)
+    return max(float(axon) / k.size, 1e-3)
+
+
+def render_connectivity_second_family(plan, section, sources, seed: int = 0, fibre_rate: str = "touched"
                                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``(images {"tissue", "signal"} uint16, true signal pixels bool)`` of one connectivity section drawn by this
     family: axons as curved fibre segments with varicosities, rasterized by their length in each pixel (a pixel
     is an axon pixel when fibre covers at least :data:`FIBRE_MIN_COVER` of it) at Poisson positions whose
-    rate gives the density's fraction of axon pixels; the injection site (fraction >= 0.5) a bright textured
+    rate gives the density's fraction of pixels a fibre touches (``fibre_rate="touched"``, as first drawn) or of
+    axon pixels (``"axon"``: the truth's own definition; denser fibres); the injection site (fraction >= 0.5) a bright textured
     cloud at 55-75 % of full scale -- not saturated -- with a wide glow that is not signal; the structured
     noise and camera of the ISH family."""
     rng = np.random.default_rng([int(seed), int(section.section_number), 0xC3])
@@ -244,38 +289,29 @@ def render_connectivity_second_family(plan, section, sources, seed: int = 0
     site = (injection >= 0.5) & present
     density = np.where(injection > 0, density * (1.0 - injection), density)  # the site's own signal is the cloud
 
-    # Segments: touched pixels per segment ~ 1 + 1.27 L / pixel; Poisson starts give the fraction d of pixels.
-    mean_length_px = np.mean(FIBRE_LENGTH_UM) / pixel_um
-    per_segment = 1.0 + 1.27 * mean_length_px
+    # Segments at Poisson starts, rate -ln(1 - d) / (pixels per segment). "touched": the pixels a segment
+    # touches, ~1 + 1.27 L / pixel, so d is the fraction of pixels a fibre touches -- and only ~0.4 d are axon
+    # pixels at 10 um (the site's pixels are all signal: the truth then holds ~0.4 d along axons, d at the site).
+    # "axon": the axon pixels a segment makes (:func:`axon_pixels_per_segment`), so d is the expected fraction of
+    # axon pixels, as the truth volume says.
+    if fibre_rate == "axon":
+        per_segment = axon_pixels_per_segment(pixel_um)
+    elif fibre_rate == "touched":
+        per_segment = 1.0 + 1.27 * np.mean(FIBRE_LENGTH_UM) / pixel_um
+    else:
+        raise ValueError(f"fibre_rate must be 'touched' or 'axon', got {fibre_rate!r}")
     rate = -np.log1p(-density) / per_segment
     counts = rng.poisson(rate).ravel()
     start = np.repeat(np.arange(counts.size), counts)
     n = start.size
-    length = np.zeros(shape)
     if n:
         x0 = start % shape[1] + rng.random(n)
         y0 = start // shape[1] + rng.random(n)
         field = _smooth(rng, shape, 1500.0 / pixel_um)
         angle = np.pi * (0.5 + 0.5 * np.tanh(field.ravel()[start])) + rng.normal(0, 0.4, n)
-        bend = rng.normal(0, 0.8, n)  # radians over the segment
-        seg_px = rng.uniform(*FIBRE_LENGTH_UM, n) / pixel_um
-        steps = int(np.ceil(seg_px.max() / 0.2)) + 1
-        t = np.linspace(0.0, 1.0, steps)[None, :]
-        theta = angle[:, None] + bend[:, None] * (t - 0.5)
-        ds = (seg_px / (steps - 1))[:, None]
-        xs = x0[:, None] + np.cumsum(np.cos(theta) * ds, axis=1) - seg_px[:, None] / 2 * np.cos(angle[:, None])
-        ys = y0[:, None] + np.cumsum(np.sin(theta) * ds, axis=1) - seg_px[:, None] / 2 * np.sin(angle[:, None])
-        col, row = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
-        ok = (col >= 0) & (col < shape[1]) & (row >= 0) & (row < shape[0])
-        step_len = np.broadcast_to(ds, xs.shape)
-        flat = row[ok] * shape[1] + col[ok]
-        length = np.bincount(flat, weights=step_len[ok], minlength=shape[0] * shape[1]).reshape(shape)
-        brightness = np.broadcast_to(rng.lognormal(0.0, 0.4, n)[:, None], xs.shape)
-        bouton = rng.random(xs.shape) < 0.03  # varicosities: 3x brighter points
-        weight = step_len * brightness * np.where(bouton, 3.0, 1.0)
-        light = np.bincount(flat, weights=weight[ok], minlength=shape[0] * shape[1]).reshape(shape)
+        length, light = _fibres(rng, x0, y0, angle, shape, pixel_um)
     else:
-        light = np.zeros(shape)
+        length = light = np.zeros(shape)
     truth = ((length * FIBRE_WIDTH_UM / pixel_um >= FIBRE_MIN_COVER) | site) & present
     # Light of a fibre in a pixel: its covered area (length x width / pixel area), then a pillbox blur.
     fibres = light * (FIBRE_WIDTH_UM / pixel_um)
@@ -293,9 +329,11 @@ def render_connectivity_second_family(plan, section, sources, seed: int = 0
     return {"tissue": tissue_counts.astype(np.uint16), "signal": signal_counts}, truth
 
 
-def crop_second_family(specimen, image, size_px: tuple[int, int], *, centre_reference_um):
+def crop_second_family(specimen, image, size_px: tuple[int, int], *, centre_reference_um,
+                       fibre_rate: str = "touched"):
     """As :meth:`VirtualSpecimen.crop <brainmap.specimen.synthetic.replay.VirtualSpecimen.crop>`, drawn by this
-    family: ``(images, truth, the window's SectionImage with its true Alignment2d)``."""
+    family: ``(images, truth, the window's SectionImage with its true Alignment2d)``; ``fibre_rate`` as
+    :func:`render_connectivity_second_family`'s (connectivity only)."""
     from brainmap.specimen.model import SectionImage
     from brainmap.specimen.transforms import Affine2d, Alignment2d
 
@@ -311,8 +349,10 @@ def crop_second_family(specimen, image, size_px: tuple[int, int], *, centre_refe
     alignment = Alignment2d.from_tsv(Affine2d(matrix, translation))
     plan = replace(specimen.plan, pixel_size_um=pixel, width=cols, height=rows)
     window = replace(section, alignment2d=alignment, damage=[])
-    render = render_ish_second_family if specimen.dataset.product == "ish" else render_connectivity_second_family
-    images, truth = render(plan, window, specimen.sources, specimen.seed)
+    if specimen.dataset.product == "ish":
+        images, truth = render_ish_second_family(plan, window, specimen.sources, specimen.seed)
+    else:
+        images, truth = render_connectivity_second_family(plan, window, specimen.sources, specimen.seed, fibre_rate)
     own = SectionImage(id=section.image_id, section_number=section.section_number, channels=["tissue", "signal"],
                        width=cols, height=rows, alignment2d=alignment)
     return images, truth, own
