@@ -1,0 +1,118 @@
+"""Unionize with an annotation streamed slab by slab (issue 18, 10 um): from an annotation file decoded with the
+grids, or upsampled by nearest neighbour on the fly; the rows equal those of the whole annotation in memory.
+
+At 100 / 50 um so that the whole-annotation path can be the reference; the 10 um command itself is timed by
+``python -m benchmarks unionize_files`` (BRAINMAP_BENCH_10UM=1)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainmap.atlas import ReferenceSpace, bundled
+from brainmap.atlas.annotation_stream import StreamedAnnotation, nearest_indices
+from brainmap.cli import main
+from brainmap.errors import UnknownStructureError
+from brainmap.io import read_nrrd, write_nrrd
+from brainmap.pipeline.unionize import GridFolder, unionize_annotation, unionize_projection
+from brainmap.pipeline.unionize._projection_pass import projection_direct_sums_streamed
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("unionize_recipe_annotation", HERE / "allensdk_unionize" / "recipe.py")
+recipe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(recipe)
+
+
+@pytest.fixture(scope="module")
+def grids_100(tmp_path_factory):
+    annotation, _ = read_nrrd(bundled.annotation_path(100))
+    folder = tmp_path_factory.mktemp("grids100")
+    for name, volume in recipe.make_grids(np.ascontiguousarray(annotation), 100).items():
+        write_nrrd(folder / f"{name}_100.nrrd", volume, spacing_um=100)
+    return folder
+
+
+def test_annotation_file_streamed_with_the_grids_gives_the_in_memory_sums(grids_100):
+    space = ReferenceSpace.bundled(100)
+    streamed = StreamedAnnotation.from_file(bundled.annotation_path(100))
+    assert streamed.shape == space.shape and np.array_equal(streamed.resolution, space.resolution)
+    paths = GridFolder(grids_100).paths
+    whole = projection_direct_sums_streamed(space, paths)
+    for slab_bytes in (1, 132 * 80 * 8 * 7):  # one LR plane a slab, seven
+        from_file = projection_direct_sums_streamed(streamed, paths, slab_bytes=slab_bytes, threads=2)
+        for field in ("sums", "max_value", "max_flat", "voxels"):
+            assert getattr(from_file, field).tobytes() == getattr(whole, field).tobytes(), field
+    assert (whole.voxels > 0).sum() > 500
+
+
+def test_unionize_command_streams_a_large_annotation_file(grids_100, tmp_path, monkeypatch):
+    """--annotation FILE and an annotation_{res}.nrrd in the grid folder, streamed (the voxel limit lowered to 0
+    so a 100 um file counts as large), write the CSV of the bundled annotation loaded whole."""
+    reference, via_option, via_folder = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
+    assert main(["unionize", str(grids_100), "--experiment-id", "3", "--out", str(reference)]) == 0
+    monkeypatch.setattr("brainmap.pipeline.unionize.grids.STREAM_ANNOTATION_VOXELS", 0)
+    assert main(["unionize", str(grids_100), "--experiment-id", "3", "--out", str(via_option),
+                 "--annotation", str(bundled.annotation_path(100))]) == 0
+    assert isinstance(unionize_annotation(GridFolder(grids_100), bundled.annotation_path(100)), StreamedAnnotation)
+    folder = tmp_path / "with_annotation"
+    folder.mkdir()
+    for path in grids_100.iterdir():
+        (folder / path.name).symlink_to(path)
+    (folder / "annotation_100.nrrd").symlink_to(bundled.annotation_path(100))
+    assert main(["unionize", str(folder), "--experiment-id", "3", "--out", str(via_folder)]) == 0
+    assert via_option.read_bytes() == reference.read_bytes()
+    assert via_folder.read_bytes() == reference.read_bytes()
+
+
+def test_upsampled_annotation_is_the_coarse_one_repeated():
+    """Nearest neighbour 100 -> 50 um is each voxel repeated twice along each axis (np.repeat); 25 -> 10 um puts
+    each 10 um centre in the 25 um voxel that holds it."""
+    coarse = ReferenceSpace.bundled(100)
+    fine = StreamedAnnotation.upsampled(coarse, 50, (264, 160, 228))
+    repeated = coarse.label_index.compact
+    for axis in range(3):
+        repeated = np.repeat(repeated, 2, axis=axis)
+    plane = 264 * 160
+    for start, k in ((0, 1), (5, 3), (225, 3)):
+        assert np.array_equal(fine.compact_slab(start, k), repeated[:, :, start:start + k].ravel(order="F"))
+    assert nearest_indices(528, 25.0, 1320, 10.0)[[0, 1, 2, 3, 4, 5, 1319]].tolist() == [0, 0, 1, 1, 1, 2, 527]
+    assert fine.compact_slab(0, 1).size == plane
+
+
+def test_upsampled_annotation_unionizes_as_the_repeated_annotation_in_memory(tmp_path, tree):
+    """A 50 um grid unionized with the 100 um annotation upsampled on the fly equals the same grid with the
+    repeated annotation held whole."""
+    annotation, _ = read_nrrd(bundled.annotation_path(100))
+    repeated = annotation
+    for axis in range(3):
+        repeated = np.repeat(repeated, 2, axis=axis)
+    repeated = np.asfortranarray(repeated)
+    for name, volume in recipe.make_grids(np.ascontiguousarray(repeated), 50).items():
+        write_nrrd(tmp_path / f"{name}_50.nrrd", volume, spacing_um=50)
+    in_memory = ReferenceSpace(tree, repeated, 50)
+    streamed = StreamedAnnotation.upsampled(ReferenceSpace.bundled(100), 50, repeated.shape)
+    expected = unionize_projection(tmp_path, in_memory, experiment_id=9)
+    got = unionize_projection(tmp_path, streamed, experiment_id=9)
+    assert len(got) > 1000
+    assert got.to_csv(index=False) == expected.to_csv(index=False)
+
+
+def test_unknown_label_in_a_streamed_annotation_is_named(grids_100, tmp_path):
+    annotation, header = read_nrrd(bundled.annotation_path(100))
+    annotation = annotation.copy()
+    annotation[60, 40, 100] = 123456789
+    bad = tmp_path / "annotation_100.nrrd"
+    write_nrrd(bad, annotation, spacing_um=100)
+    with pytest.raises(UnknownStructureError, match="123456789"):
+        unionize_projection(grids_100, StreamedAnnotation.from_file(bad))
+
+
+def test_arrays_need_an_annotation_in_memory():
+    streamed = StreamedAnnotation.from_file(bundled.annotation_path(100))
+    with pytest.raises(ValueError, match="needs grid files"):
+        unionize_projection({name: np.zeros((132, 80, 114)) for name in recipe.GRID_NAMES}
+                            if hasattr(recipe, "GRID_NAMES") else {"data_mask": np.zeros((132, 80, 114))},
+                            streamed)
