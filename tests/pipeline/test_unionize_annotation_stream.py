@@ -17,7 +17,7 @@ from brainmap.atlas.annotation_stream import StreamedAnnotation, nearest_indices
 from brainmap.cli import main
 from brainmap.errors import UnknownStructureError
 from brainmap.io import read_nrrd, write_nrrd
-from brainmap.pipeline.unionize import GridFolder, unionize_annotation, unionize_projection
+from brainmap.pipeline.unionize import PROJECTION_GRID_NAMES, GridFolder, unionize_annotation, unionize_projection
 from brainmap.pipeline.unionize._projection_pass import projection_direct_sums_streamed
 
 HERE = Path(__file__).resolve().parent
@@ -83,17 +83,28 @@ def test_upsampled_annotation_is_the_coarse_one_repeated():
 
 
 def test_upsampled_annotation_unionizes_as_the_repeated_annotation_in_memory(tmp_path, tree):
-    """A 50 um grid unionized with the 100 um annotation upsampled on the fly equals the same grid with the
-    repeated annotation held whole."""
-    annotation, _ = read_nrrd(bundled.annotation_path(100))
+    """A 50 um grid unionized with a 100 um annotation (a slice of the bundled one, AP 50-79) upsampled on the fly
+    equals the same grid with the repeated annotation held whole."""
+    annotation = read_nrrd(bundled.annotation_path(100))[0][50:80]
     repeated = annotation
     for axis in range(3):
         repeated = np.repeat(repeated, 2, axis=axis)
     repeated = np.asfortranarray(repeated)
-    for name, volume in recipe.make_grids(np.ascontiguousarray(repeated), 50).items():
-        write_nrrd(tmp_path / f"{name}_50.nrrd", volume, spacing_um=50)
+    shape = repeated.shape
+    rng = np.random.default_rng(10)
+    mask = (rng.random(shape) < 0.9).astype(float)
+    fraction = np.where(rng.random(shape) < 0.05, rng.random(shape), 0.0)
+    density = rng.random(shape) ** 2
+    pixels = np.rint(rng.uniform(6e4, 8e4, shape))
+    grids = {"data_mask": mask, "sum_pixels": pixels, "injection_fraction": fraction,
+             "injection_density": fraction * 0.8, "injection_energy": fraction * 2400.0,
+             "injection_sum_pixel_intensities": fraction * pixels * 2000.0, "projection_density": density,
+             "projection_energy": density * 2500.0, "sum_pixel_intensities": pixels * (300.0 + 2000.0 * density),
+             "aav_exclusion_fraction": (rng.random(shape) < 0.01).astype(float)}
+    for name, volume in grids.items():
+        write_nrrd(tmp_path / f"{name}_50.nrrd", volume, spacing_um=50, compression_level=1)
     in_memory = ReferenceSpace(tree, repeated, 50)
-    streamed = StreamedAnnotation.upsampled(ReferenceSpace.bundled(100), 50, repeated.shape)
+    streamed = StreamedAnnotation.upsampled(ReferenceSpace(tree, annotation, 100), 50, shape)
     expected = unionize_projection(tmp_path, in_memory, experiment_id=9)
     got = unionize_projection(tmp_path, streamed, experiment_id=9)
     assert len(got) > 1000
@@ -113,6 +124,4 @@ def test_unknown_label_in_a_streamed_annotation_is_named(grids_100, tmp_path):
 def test_arrays_need_an_annotation_in_memory():
     streamed = StreamedAnnotation.from_file(bundled.annotation_path(100))
     with pytest.raises(ValueError, match="needs grid files"):
-        unionize_projection({name: np.zeros((132, 80, 114)) for name in recipe.GRID_NAMES}
-                            if hasattr(recipe, "GRID_NAMES") else {"data_mask": np.zeros((132, 80, 114))},
-                            streamed)
+        unionize_projection({name: np.zeros((132, 80, 114)) for name in PROJECTION_GRID_NAMES}, streamed)
