@@ -111,6 +111,31 @@ def grid_folder(resolution: int) -> Path:
     return folder
 
 
+def annotation_file(resolution: int = 10) -> Path:
+    """An ``annotation_{resolution}.nrrd`` (uint32 structure ids, gzip, as Allen's ReferenceSpaceCache downloads)
+    made by nearest-neighbour upsampling of the bundled 25 um annotation, computed and written slab by slab; cached.
+    Allen's own annotation_10.nrrd is not bundled nor in ../shared; this stands in for it (same shape and type)."""
+    from brainmap.atlas import bundled
+    from brainmap.atlas.annotation_stream import _gather_planes, nearest_indices
+    from brainmap.io import read_nrrd
+
+    target = cache_dir() / f"ccf_{resolution}" / f"annotation_{resolution}.nrrd"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    coarse = read_nrrd(bundled.annotation_path(25))[0].astype(np.uint32, copy=False)
+    shape = SHAPES[resolution]
+    axes = [nearest_indices(n, 25.0, m, float(resolution)) for n, m in zip(coarse.shape, shape)]
+    planes = max(1, (64 << 20) // (shape[0] * shape[1] * 4))
+    with NrrdSlabWriter(target, shape, np.uint32, spacing_um=resolution, deflate="isal") as writer:
+        for k0 in range(0, shape[2], planes):
+            k1 = min(k0 + planes, shape[2])
+            slab = np.empty(shape[:2] + (k1 - k0,), dtype=np.uint32, order="F")
+            _gather_planes(coarse, axes[0], axes[1], axes[2][k0:k1], slab)
+            writer.write(slab)
+    return target
+
+
 if __name__ == "__main__":
     import sys
 
