@@ -125,3 +125,23 @@ def test_arrays_need_an_annotation_in_memory():
     streamed = StreamedAnnotation.from_file(bundled.annotation_path(100))
     with pytest.raises(ValueError, match="needs grid files"):
         unionize_projection({name: np.zeros((132, 80, 114)) for name in PROJECTION_GRID_NAMES}, streamed)
+
+
+def test_ish_unionize_with_a_streamed_annotation_file(tmp_path):
+    from brainmap.pipeline.unionize import unionize_expression_by_hemisphere
+
+    space = ReferenceSpace.bundled(100)
+    rng = np.random.default_rng(4)
+    shape = space.shape
+    pixels = np.where(rng.random(shape) < 0.8, rng.integers(1, 900, shape), 0).astype(np.float32)
+    grids = {"sum_pixels": pixels, "sum_expressing_pixels": (pixels * rng.random(shape)).round().astype(np.float32),
+             "sum_pixel_intensity": (pixels * 100).astype(np.float32),
+             "sum_expressing_pixel_intensity": (pixels * rng.random(shape) * 200).astype(np.float32),
+             "energy": np.where(rng.random(shape) < 0.9, rng.random(shape) * 3, -1).astype(np.float32)}
+    for name, volume in grids.items():
+        write_nrrd(tmp_path / f"{name}_100.nrrd", volume, spacing_um=100, compression_level=1)
+    streamed = StreamedAnnotation.from_file(bundled.annotation_path(100))
+    expected = unionize_expression_by_hemisphere(GridFolder(tmp_path), space, section_data_set_id=2)
+    got = unionize_expression_by_hemisphere(GridFolder(tmp_path), streamed, section_data_set_id=2)
+    assert len(got) > 500
+    assert got.to_csv(index=False) == expected.to_csv(index=False)
