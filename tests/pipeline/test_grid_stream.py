@@ -100,3 +100,27 @@ def test_streamed_files_equal_the_whole_volume_files(tmp_path):
         f"{name}_100.nrrd" for name in PROJECTION_VOLUMES)
     for path in whole:
         assert (tmp_path / "slabbed" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+@pytest.mark.parametrize("plane", ["coronal", "sagittal", "horizontal"])
+def test_reduce_partial_sums_each_voxel_once_as_np_add_at_does(plane):
+    """A section's entries summed per voxel over its window (AP planes, flat range, or np.unique): each voxel
+    once, ascending, the sums np.add.at gives into a whole volume (to rounding: the order of additions differs)."""
+    from brainmap.pipeline.grid.resample import PartialGrid, reduce_partial
+
+    spec = GridSpec.allen(25)
+    rng = np.random.default_rng(3)
+    n = 200_000
+    ijk = np.stack([rng.integers(200, 203, n), rng.integers(0, 320, n), rng.integers(0, 456, n)], axis=1)
+    if plane == "sagittal":
+        ijk = np.stack([rng.integers(0, 528, n), rng.integers(0, 320, n), rng.integers(100, 102, n)], axis=1)
+    elif plane == "horizontal":
+        ijk = np.stack([rng.integers(0, 528, n), rng.integers(150, 152, n), rng.integers(0, 456, n)], axis=1)
+    index = spec.flat_index(ijk)
+    values = {"a": rng.random(n), "b": rng.uniform(-1, 1, n)}
+    unique, sums = reduce_partial(PartialGrid(spec, index, values))
+    assert np.array_equal(unique, np.unique(index))
+    for name, v in values.items():
+        dense = np.zeros(spec.n_voxels)
+        np.add.at(dense, index, v)
+        np.testing.assert_allclose(sums[name], dense[unique], rtol=1e-12, atol=1e-12)

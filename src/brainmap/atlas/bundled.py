@@ -2,7 +2,9 @@
 
 Bundled (see DATA_NOTICE.md): the structure ontology (``structures.json``, ``structure_sets.csv``) and the
 2017 annotation at 25, 50 and 100 um. The 10 um annotation (1320 x 800 x 1140, about 1.2 G voxels) is not
-bundled: pass its path to :meth:`brainmap.atlas.ReferenceSpace.from_files`.
+bundled: pass its path to :meth:`brainmap.atlas.ReferenceSpace.from_files` (4.8 GB in memory, its label index
+2.4 GB more) or, to read it slab by slab, to :meth:`brainmap.atlas.annotation_stream.StreamedAnnotation.from_file`
+(what ``brainmap unionize --annotation`` does).
 """
 
 from __future__ import annotations

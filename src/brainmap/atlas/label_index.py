@@ -149,6 +149,61 @@ class OntologyOrder:
         return (k[None, :] >= k[:, None]) & (k[None, :] < (k + self.subtree_size)[:, None])
 
 
+@numba.njit(nogil=True, cache=True)
+def _relabel(labels, table, check, modulus, out):  # pragma: no cover - compiled
+    """``out[k] = table[labels[k] % modulus]``; returns how many labels fail ``check[out[k]] == labels[k]``."""
+    wrong = 0
+    for k in range(labels.size):
+        label = np.int64(labels[k])
+        if label < 0:
+            out[k] = 0
+            wrong += 1
+            continue
+        c = table[label % modulus]
+        out[k] = c
+        if check[c] != label:
+            wrong += 1
+    return wrong
+
+
+class Relabeller:
+    """Structure ids -> compact preorder indices (uint16) with the perfect hash of the module docstring.
+
+    Parameters
+    ----------
+    order : OntologyOrder
+        The ontology in preorder.
+
+    Calling it on a flat integer array returns the compact labels (a new uint16 array of the same size) and raises
+    UnknownStructureError naming labels (up to 20) that are not structures of the ontology. One compiled pass,
+    no temporaries: also used slab by slab on annotations too large to hold (:mod:`brainmap.atlas.annotation_stream`).
+    """
+
+    def __init__(self, order: OntologyOrder):
+        if len(order) + 1 > np.iinfo(np.uint16).max:
+            raise ValueError("ontology too large for a uint16 label index")
+        self.table_ids = np.concatenate([[0], order.ids]).astype(np.int64)
+        self.modulus = _perfect_hash_modulus(self.table_ids)
+        self.table = np.zeros(self.modulus, dtype=np.uint16)
+        self.table[self.table_ids % self.modulus] = np.arange(self.table_ids.size, dtype=np.uint16)
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "ui":
+            raise FormatError(f"annotation must hold integer structure ids, not {labels.dtype}")
+        if labels.dtype.kind == "u" and labels.dtype.itemsize > 4:
+            labels = labels.astype(np.int64)  # ids above 2**63 wrap negative: reported, not mislabelled
+        out = np.empty(labels.size, dtype=np.uint16)
+        if _relabel(labels.ravel(), self.table, self.table_ids, self.modulus, out):
+            flat = labels.ravel().astype(np.int64)
+            bad = np.unique(flat[self.table_ids[out] != flat])
+            shown = ", ".join(map(str, bad[:20].tolist()))
+            raise UnknownStructureError(
+                f"annotation holds {len(bad)} label(s) that are not structures of the ontology: {shown}"
+            )
+        return out
+
+
 class LabelIndex:
     """An annotation volume relabelled to compact preorder indices (see the module docstring).
 
@@ -170,31 +225,9 @@ class LabelIndex:
             raise ValueError("ontology too large for a uint16 label index")
         self.order = order
         self.shape = annotation.shape
-        table_ids = np.concatenate([[0], order.ids]).astype(np.int64)
-        modulus = _perfect_hash_modulus(table_ids)
-        table = np.zeros(modulus, dtype=np.uint16)
-        table[table_ids % modulus] = np.arange(table_ids.size, dtype=np.uint16)
         if annotation.dtype.kind not in "ui":
             raise FormatError(f"annotation must hold integer structure ids, not {annotation.dtype}")
-        src = flat_view(annotation)
-        if src.dtype.kind == "i" or src.dtype.itemsize > 4:
-            src = src.astype(np.int64, copy=False)  # negative labels hash to a slot and then fail the check
-        check = table_ids.astype(src.dtype)
-        modulus_t = src.dtype.type(modulus)
-        out = np.empty(src.size, dtype=np.uint16)
-        bad_labels: set[int] = set()
-        for start in range(0, src.size, _CHUNK):
-            chunk = src[start : start + _CHUNK]
-            compact = table[chunk % modulus_t]
-            wrong = check[compact] != chunk
-            if wrong.any():
-                bad_labels.update(int(v) for v in np.unique(chunk[wrong]))
-            out[start : start + _CHUNK] = compact
-        if bad_labels:
-            shown = ", ".join(map(str, sorted(bad_labels)[:20]))
-            raise UnknownStructureError(
-                f"annotation holds {len(bad_labels)} label(s) that are not structures of the ontology: {shown}"
-            )
+        out = Relabeller(order)(flat_view(annotation))
         self.compact = _like(out, annotation)
         self._flat = out
 

@@ -12,6 +12,8 @@ a ``uint16`` volume, never one pass per structure.
 
 from __future__ import annotations
 
+import os
+
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -37,6 +39,14 @@ def _resolution_triplet(resolution: float | Sequence[float]) -> np.ndarray:
     if res.size != 3 or not np.all(res > 0):
         raise ValueError(f"resolution must be one positive number or three (AP, DV, LR) in um, got {resolution!r}")
     return res
+
+
+def _resolution_from_header(header: dict, path: str | os.PathLike[str]) -> np.ndarray:
+    """(3,) um per voxel from a NRRD header's ``space directions``; FormatError naming ``path`` without them."""
+    directions = header.get("space directions")
+    if directions is None:
+        raise FormatError(f"{path}: no 'space directions' in the header; pass resolution=")
+    return np.abs(np.diag(np.asarray(directions, dtype=np.float64)))
 
 
 def midline_index(n_lr: int) -> int:
@@ -90,10 +100,7 @@ class ReferenceSpace:
 
         annotation, header = read_nrrd(annotation_path)
         if resolution is None:
-            directions = header.get("space directions")
-            if directions is None:
-                raise FormatError(f"{annotation_path}: no 'space directions' in the header; pass resolution=")
-            resolution = np.abs(np.diag(np.asarray(directions, dtype=np.float64)))
+            resolution = _resolution_from_header(header, annotation_path)
         tree = StructureTree.bundled() if structures_path is None else StructureTree.from_structures_json(structures_path)
         return cls(tree, annotation, resolution)
 

@@ -52,6 +52,7 @@ __all__ = [
     "PartialGrid",
     "block_centres",
     "block_sums",
+    "reduce_partial",
     "section_affine",
     "splat_slab",
 ]
@@ -357,14 +358,57 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     return PartialGrid(spec, flat, {name: wts * q[src] for name, q in sums.items()})
 
 
+def reduce_partial(partial: PartialGrid) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A partial's sums per voxel: (flat indices, each voxel once, ascending; name -> float64 sums).
+
+    Each voxel's entries are added in the partial's order, from 0.0 (``np.bincount``). The bincount runs over the
+    smallest window holding the partial: its range of flat indices (a sagittal section: a few LR planes) or its
+    range of AP planes (a coronal one: local index ``(ap - ap0) + n_ap_window x (dv + n_dv x lr)``), else
+    (a window more than 16 x its entries, e.g. a horizontal section) ``np.unique``. Summing a section's entries
+    per voxel first and adding those sums to the grid replaces ``np.add.at`` over the whole volume (a third of
+    the demo's 25 um grid stage) and changes the order of additions: a grid may differ from the old one in the
+    last bits.
+    """
+    index = np.asarray(partial.index, dtype=np.int64)
+    names = list(partial.values)
+    values = [np.asarray(partial.values[name], dtype=np.float64) for name in names]
+    if index.size == 0:
+        return index, dict(zip(names, values))
+    n_ap = partial.spec.shape[0]
+    lo, hi = int(index.min()), int(index.max()) + 1
+    ap = index % n_ap
+    rest = index // n_ap
+    a0, a1 = int(ap.min()), int(ap.max()) + 1
+    rest0, rest1 = int(rest.min()), int(rest.max()) + 1
+    by_range, by_planes = hi - lo, (a1 - a0) * (rest1 - rest0)
+    limit = 16 * index.size + (1 << 16)
+    if min(by_range, by_planes) > limit:
+        unique, inverse = np.unique(index, return_inverse=True)
+        return unique, {name: np.bincount(inverse, weights=v, minlength=unique.size) for name, v in zip(names, values)}
+    if by_range <= by_planes:
+        local, size = index - lo, by_range
+    else:
+        local, size = (ap - a0) + (a1 - a0) * (rest - rest0), by_planes
+    touched = np.flatnonzero(np.bincount(local, minlength=size))
+    if by_range <= by_planes:
+        unique = touched + lo
+    else:
+        unique = (touched % (a1 - a0) + a0) + n_ap * (touched // (a1 - a0) + rest0)
+        unique_order = np.argsort(unique, kind="stable")
+        unique, touched = unique[unique_order], touched[unique_order]
+    sums = {name: np.bincount(local, weights=v, minlength=size)[touched] for name, v in zip(names, values)}
+    return unique, sums
+
+
 class GridAccumulator:
     """Sums :class:`PartialGrid` s, each quantity sparse (its non-zero entries) until it touches many voxels.
 
     A quantity is kept as the list of the non-zero ``(index, value)`` entries it received, in order; once they
     take more memory than ``dense_fraction`` of a dense float64 volume, it becomes a dense flat vector
     (``sums``), the entries added in the same order. Detected signal and the injection site stay sparse; the
-    coverage and tissue pixels of a data set that spans the grid go dense. Both give the same bits as adding
-    every partial into a dense vector: the same additions in the same order (an exact 0 added changes nothing).
+    coverage and tissue pixels of a data set that spans the grid go dense. Each partial is first summed per voxel
+    (:func:`reduce_partial`); both give the same bits as adding those sums, partial after partial, into a dense
+    vector: the same additions in the same order (an exact 0 added changes nothing).
     At 25 um a dense quantity is 0.6 GB, 9.6 GB at 10 um.
 
     ``add`` one partial at a time, ``merge`` another accumulator (a tree reduction); read a quantity whole with
@@ -386,8 +430,9 @@ class GridAccumulator:
         return [*self.sums, *self.entries]
 
     def _add_entries(self, name: str, index: np.ndarray, values: np.ndarray) -> None:
+        """Add entries whose ``index`` holds each voxel once (:func:`reduce_partial`)."""
         if name in self.sums:
-            np.add.at(self.sums[name], index, values)
+            self.sums[name][index] += values  # unique indices: np.add.at's bits, without its cost
             return
         keep = values != 0
         if not keep.all():
@@ -398,15 +443,16 @@ class GridAccumulator:
         if self._entry_count[name] > self._dense_limit:
             dense = np.zeros(self.spec.n_voxels)
             for chunk_index, chunk_values in self.entries.pop(name):
-                np.add.at(dense, chunk_index, chunk_values)
+                dense[chunk_index] += chunk_values
             del self._entry_count[name]
             self.sums[name] = dense
 
     def add(self, partial: PartialGrid) -> GridAccumulator:
         if partial.spec != self.spec:
             raise ValueError(f"partial grid on {partial.spec}, accumulator on {self.spec}")
-        for name, values in partial.values.items():
-            self._add_entries(name, partial.index, np.asarray(values, dtype=np.float64))
+        index, values = reduce_partial(partial)
+        for name, sums in values.items():
+            self._add_entries(name, index, sums)
         self.sections += 1
         return self
 

@@ -1,6 +1,6 @@
 """Structure unionization: per-structure, per-hemisphere sums of gridded signal, rolled up the ontology."""
 
-from brainmap.pipeline.unionize.grids import GridFolder
+from brainmap.pipeline.unionize.grids import GridFolder, unionize_annotation
 from brainmap.pipeline.unionize.ish import (
     ISH_HEMISPHERE_COLUMNS,
     ISH_UNIONIZE_COLUMNS,
@@ -21,5 +21,6 @@ __all__ = [
     "PROJECTION_UNIONIZE_COLUMNS",
     "unionize_expression",
     "unionize_expression_by_hemisphere",
+    "unionize_annotation",
     "unionize_projection",
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from brainmap.atlas.annotation_stream import StreamedAnnotation
 from brainmap.atlas.label_index import flat_view
 from brainmap.atlas.reference_space import ReferenceSpace, midline_index
 from brainmap.errors import FormatError
@@ -143,9 +144,10 @@ def projection_direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, s
 
     Parameters
     ----------
-    space : ReferenceSpace
-        The annotation on the grid of the files; its label index must be in file (Fortran) order, as
-        :func:`~brainmap.io.nrrd.read_nrrd` gives it. Its compact labels are read where they lie.
+    space : ReferenceSpace or StreamedAnnotation
+        The annotation on the grid of the files: a ReferenceSpace whose label index is in file (Fortran) order, as
+        :func:`~brainmap.io.nrrd.read_nrrd` gives it (its compact labels read where they lie), or a
+        :class:`~brainmap.atlas.annotation_stream.StreamedAnnotation` (its labels slab by slab: a 10 um grid).
     paths : mapping name -> NRRD path
         The volumes of :data:`_STREAMED`, and ``aav_exclusion_fraction`` if present.
     slab_bytes : int
@@ -153,21 +155,17 @@ def projection_direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, s
     threads : int, optional
         Decoding threads (default: the CPUs available).
     """
-    index = space.label_index
-    if not index.compact.flags.f_contiguous:
-        raise ValueError("projection_direct_sums_streamed needs a label index in file (Fortran) order")
+    labels = slab_labels(space)
     names = list(_STREAMED) + (["aav_exclusion_fraction"] if "aav_exclusion_fraction" in paths else [])
     use_exclusion = "aav_exclusion_fraction" in paths
-    n = len(index.order)
+    n = len(space.ontology_order)
     n_lr = space.shape[2]
-    plane = space.shape[0] * space.shape[1]
-    compact = index.flat
     accumulators = _accumulators(n)
     midline = midline_index(n_lr)
     no_exclusion = np.zeros(1, np.uint8)
     end = 0
-    for start, slabs in iter_volume_slabs({name: paths[name] for name in names}, slab_bytes=slab_bytes,
-                                          threads=threads):
+    for start, slabs in iter_volume_slabs({**{name: paths[name] for name in names}, **labels.files},
+                                          slab_bytes=slab_bytes, threads=threads):
         first = slabs[names[0]]
         if first.shape[:2] != space.shape[:2] or start + first.shape[2] > n_lr:
             raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
@@ -178,12 +176,48 @@ def projection_direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, s
             volume = slabs[name]
             return flat_view(volume.view(np.uint8) if volume.dtype == bool else volume)
 
-        _pass(*accumulators, start, compact[start * plane : (start + k) * plane], n, k, plane, True, midline,
+        _pass(*accumulators, start, labels(start, k, slabs), n, k, space.shape[0] * space.shape[1], True, midline,
               *(flat(name) for name in _STREAMED),
               flat("aav_exclusion_fraction") if use_exclusion else no_exclusion, use_exclusion)
     if end != n_lr:
         raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
     return _direct(*accumulators, n)
+
+
+#: The key of a streamed annotation file among the volumes :func:`iter_volume_slabs` decodes.
+ANNOTATION_KEY = "\0annotation"
+
+
+class SlabLabels:
+    """Compact labels of LR planes ``start : start + k`` (flat, file order) for a streamed reduction.
+
+    ``files`` holds the annotation file to decode along with the grid volumes (empty when the labels are in
+    memory or derived on the fly); calling ``labels(start, k, slabs)`` gives the slab's labels.
+    """
+
+    def __init__(self, space):
+        self.space = space
+        self.files: dict[str, object] = {}
+        if isinstance(space, StreamedAnnotation):
+            if space.path is not None:
+                self.files = {ANNOTATION_KEY: space.path}
+        else:
+            index = space.label_index
+            if not index.compact.flags.f_contiguous:
+                raise ValueError("a streamed reduction needs a label index in file (Fortran) order")
+            self._flat = index.flat
+
+    def __call__(self, start: int, k: int, slabs: Mapping[str, np.ndarray]) -> np.ndarray:
+        space = self.space
+        if isinstance(space, StreamedAnnotation):
+            return space.compact_slab(start, k, slabs.get(ANNOTATION_KEY))
+        plane = space.shape[0] * space.shape[1]
+        return self._flat[start * plane : (start + k) * plane]
+
+
+def slab_labels(space) -> SlabLabels:
+    """The :class:`SlabLabels` of a ReferenceSpace (label index in file order) or a StreamedAnnotation."""
+    return SlabLabels(space)
 
 
 def _direct(sums: np.ndarray, best: np.ndarray, where: np.ndarray, voxels: np.ndarray, n: int) -> DirectSums:

@@ -7,6 +7,7 @@ loads each volume only when asked, so a unionizer that uses one volume at a time
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,3 +80,36 @@ def require(grids: Mapping[str, np.ndarray], names: list[str], where: str) -> No
     missing = [n for n in names if n not in grids]
     if missing:
         raise FormatError(f"{where}: missing grid volume(s) {', '.join(missing)} (have {', '.join(sorted(grids))})")
+
+
+#: Annotations with more voxels than this are streamed slab by slab (a 10 um one: 1.2 G voxels, whose label index
+#: alone is 2.4 GB); smaller ones (25 um: 77 M) are loaded whole, as before.
+STREAM_ANNOTATION_VOXELS = 1 << 28
+
+
+def unionize_annotation(grids: GridFolder, annotation: str | Path | None = None):
+    """The annotation to unionize ``grids`` with: a ReferenceSpace, or a StreamedAnnotation when it is too large
+    to hold (more than :data:`STREAM_ANNOTATION_VOXELS` voxels).
+
+    In order: ``annotation`` (a NRRD on the grid, e.g. Allen's ``annotation_10.nrrd`` from ReferenceSpaceCache);
+    an ``annotation_{res}.nrrd`` in the grid folder; the bundled annotation at the grid's resolution (25, 50,
+    100 um); else (10 um) the bundled 25 um annotation upsampled by nearest neighbour, slab by slab.
+    """
+    from brainmap.atlas import ReferenceSpace, bundled
+    from brainmap.atlas.annotation_stream import StreamedAnnotation
+    from brainmap.io.nrrd_stream import NrrdSlabs
+
+    path = annotation if annotation is not None else grids.paths.get("annotation")
+    if path is not None:
+        if math.prod(NrrdSlabs(path).shape) > STREAM_ANNOTATION_VOXELS:
+            return StreamedAnnotation.from_file(path)
+        return ReferenceSpace.from_files(path)
+    if grids.resolution in bundled.BUNDLED_RESOLUTIONS:
+        return ReferenceSpace.bundled(grids.resolution)
+    shape = NrrdSlabs(next(iter(grids.paths.values()))).shape
+    finest = ReferenceSpace.bundled(min(bundled.BUNDLED_RESOLUTIONS))
+    if len(shape) != 3 or any(round(n * grids.resolution) != round(m * finest.resolution[0])
+                              for n, m in zip(shape, finest.shape)):
+        raise FormatError(f"{grids.folder}: no annotation at {grids.resolution} um and the grid's "
+                          f"{'x'.join(map(str, shape))} voxels do not cover the CCF; pass --annotation FILE")
+    return StreamedAnnotation.upsampled(finest, grids.resolution, shape)

@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainmap.atlas.annotation_stream import StreamedAnnotation
 from brainmap.atlas.label_index import flat_view
 from brainmap.atlas.reference_space import ReferenceSpace, midline_index
 from brainmap.errors import FormatError
 from brainmap.io.nrrd_stream import SLAB_BYTES, iter_volume_slabs
 from brainmap.pipeline.unionize.grids import GridFolder, require
+from brainmap.pipeline.unionize._projection_pass import SlabLabels
 from brainmap.pipeline.unionize.reduction import StructureBins, roll_up_sums
 
 #: Allen's StructureUnionize (ISH) columns, in the Allen API's order.
@@ -50,7 +52,10 @@ def _by_hemisphere(grids, space: ReferenceSpace) -> tuple[dict[str, np.ndarray],
     if isinstance(grids, (str, Path)):
         grids = GridFolder(grids, resolution=int(round(space.resolution[0])))
     require(grids, ISH_GRID_NAMES, "expression unionize")
-    if isinstance(grids, GridFolder) and space.label_index.compact.flags.f_contiguous:
+    if isinstance(space, StreamedAnnotation) and not isinstance(grids, GridFolder):
+        raise ValueError("an annotation streamed slab by slab needs grid files (a GridFolder), not arrays")
+    if isinstance(grids, GridFolder) and (isinstance(space, StreamedAnnotation)
+                                          or space.label_index.compact.flags.f_contiguous):
         direct = _direct_sums_streamed(space, grids.paths)  # files in file order: slab by slab
     else:
         energy_volume = np.asarray(grids["energy"])
@@ -75,23 +80,22 @@ def _direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, str | os.Pa
     """The direct (2, n) sums of the in-memory path, over NRRD files read slab by slab (ranges of LR planes), bit
     for bit: each bin's values are added one by one in memory order, as ``np.bincount`` adds them, the running
     sums carried from slab to slab. Memory: a few slabs, whatever the grid."""
-    index = space.label_index
-    n, n_lr = len(index.order), space.shape[2]
+    slab_labels = SlabLabels(space)
+    n, n_lr = len(space.ontology_order), space.shape[2]
     plane = space.shape[0] * space.shape[1]
     midline = midline_index(n_lr)
-    compact = index.flat
     names = ISH_GRID_NAMES
     totals = {name: np.zeros(2 * (n + 1)) for name in [*_SUMS, "energy", "energy_sq"]}
     voxels = np.zeros(2 * (n + 1), dtype=np.int64)
     end = 0
-    for start, slabs in iter_volume_slabs({name: paths[name] for name in names}, slab_bytes=slab_bytes,
-                                          threads=threads):
+    for start, slabs in iter_volume_slabs({**{name: paths[name] for name in names}, **slab_labels.files},
+                                          slab_bytes=slab_bytes, threads=threads):
         k = slabs[names[0]].shape[2]
         if slabs[names[0]].shape[:2] != space.shape[:2] or start + k > n_lr:
             raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
         end = start + k
-        labels = compact[start * plane : end * plane]
-        flat = {name: flat_view(slab) for name, slab in slabs.items()}
+        labels = slab_labels(start, k, slabs)
+        flat = {name: flat_view(slabs[name]) for name in names}
         keep = (labels != 0) & (flat["sum_pixels"] > 0) & (flat["energy"] >= 0)
         bins = labels[keep].astype(np.intp)
         right = np.repeat(np.arange(start, end) >= midline, plane)[keep]

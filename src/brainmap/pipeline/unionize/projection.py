@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainmap.atlas.annotation_stream import StreamedAnnotation
 from brainmap.atlas.reference_space import ReferenceSpace
 from brainmap.pipeline.unionize.grids import GridFolder, require
 from brainmap.pipeline.unionize._projection_pass import (
@@ -104,7 +105,10 @@ def unionize_projection(
     spacing = float(space.resolution[0] if spacing_um is None else spacing_um)
     scale = pixel_size_um**2 * spacing * 1e-9  # mm3 per pixel
 
-    if isinstance(grids, GridFolder) and space.label_index.compact.flags.f_contiguous:
+    if isinstance(space, StreamedAnnotation) and not isinstance(grids, GridFolder):
+        raise ValueError("an annotation streamed slab by slab needs grid files (a GridFolder), not arrays")
+    if isinstance(grids, GridFolder) and (isinstance(space, StreamedAnnotation)
+                                          or space.label_index.compact.flags.f_contiguous):
         # Files in file order: read slab by slab, several volumes in parallel (memory independent of the size).
         direct = projection_direct_sums_streamed(space, grids.paths)
     else:

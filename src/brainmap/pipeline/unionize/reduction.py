@@ -219,7 +219,8 @@ def voxel_coordinates_um(space: ReferenceSpace, flat_index: np.ndarray, spacing_
     """(..., 3) voxel index x spacing in um (AP, DV, LR) of flat indices in the annotation's memory order; 0 where
     the index is -1."""
     flat = np.asarray(flat_index)
-    order = _layout(space.label_index.compact)
+    # A streamed annotation (no label index in memory) is in file (Fortran) order.
+    order = getattr(space, "memory_order", None) or _layout(space.label_index.compact)
     ijk = np.stack(np.unravel_index(np.maximum(flat, 0), space.shape, order=order), axis=-1)
     coords = ijk * np.asarray(spacing_um)
     coords[flat < 0] = 0
