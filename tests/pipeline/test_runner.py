@@ -194,3 +194,20 @@ def test_no_ish_smoothing_switch_regrids_without_allens_smoothing(completed, tmp
     result = subprocess.run(command[:-1], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "grid done" in result.stdout, result.stderr[-2000:]
     assert _outputs(ish) == completed[3]["ish"]
+
+
+def test_local_workers_keep_one_blas_thread_and_glibcs_own_malloc_thresholds():
+    """Dask starts workers with MALLOC_TRIM_THRESHOLD_, which froze glibc's mmap threshold at 128 KiB and made the
+    demo spend more time faulting fresh pages than computing; the runner's local workers go without it."""
+    from brainmap.pipeline.run.runner import dask_client
+
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"  # as a Dask nanny started earlier in this process leaves it
+    try:
+        with dask_client(workers=1) as client:
+            seen = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS",
+                                                                       "OPENBLAS_NUM_THREADS")})
+        assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's environment is given back
+    finally:
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    (worker,) = seen.values()
+    assert worker == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
