@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from brainmap.io.atomic import atomic_write
+from brainmap.pipeline.grid.resample import PartialGrid
 from brainmap.pipeline.run.layout import PipelineFolder
 from brainmap.pipeline.run.records import (
     StageRecord,
@@ -192,9 +194,63 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
 
 # --------------------------------------------------------------------------- detect + grid
 def _grid_one_section(gridder, folder: str, image: SectionImage):
-    """The map step: read one section's channels, detect, grid; returns the partial grid."""
+    """The map step: read one section's channels, detect, grid; returns the partial grid (connectivity partials
+    packed for the trip to the process that sums them: :class:`PackedPartial`)."""
     arrays = {channel: read_section_image(folder, image, channel) for channel in image.channels}
-    return gridder.process(image, arrays)
+    result = gridder.process(image, arrays)
+    if isinstance(result, list):
+        return [PackedPartial.pack(p) if isinstance(p, PartialGrid) else p for p in result]
+    return PackedPartial.pack(result) if isinstance(result, PartialGrid) else result
+
+
+def _unpack(result: Any) -> Any:
+    if isinstance(result, list):
+        return [_unpack(r) for r in result]
+    return result.unpack() if isinstance(result, PackedPartial) else result
+
+
+@dataclass
+class PackedPartial:
+    """A :class:`~brainmap.pipeline.grid.PartialGrid` in fewer bytes, unpacked to the same bits.
+
+    A 50 um connectivity section gridded at 25 um touches ~0.7 M voxels (its whole plane, 5 planes deep) with
+    nine float64 quantities and an int64 index: 37 MB per section, 9 GB for the demo's 248 sections pickled
+    through Dask's TCP comms into the one process that sums them. Most quantities are 0 at most of those voxels
+    (detected signal, the injection site; tissue at about half): the index goes as int32 when the grid allows,
+    a quantity as a bit mask of its non-zero entries and their values where that is smaller. 14 MB per section.
+    """
+
+    spec: Any
+    index: np.ndarray
+    values: dict[str, tuple[np.ndarray | None, np.ndarray]]
+
+    @classmethod
+    def pack(cls, partial: PartialGrid) -> PackedPartial:
+        index = partial.index
+        if partial.spec.n_voxels <= np.iinfo(np.int32).max:
+            index = index.astype(np.int32)
+        values: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+        for name, quantity in partial.values.items():
+            quantity = np.asarray(quantity, dtype=np.float64)
+            nonzero = quantity != 0
+            # a bit per entry, 8 bytes per non-zero value: smaller than the whole while under ~98% non-zero
+            if np.count_nonzero(nonzero) < 0.98 * quantity.size:
+                values[name] = (np.packbits(nonzero), quantity[nonzero])
+            else:
+                values[name] = (None, quantity)
+        return cls(partial.spec, index, values)
+
+    def unpack(self) -> PartialGrid:
+        n = self.index.size
+        values = {}
+        for name, (bits, nonzero) in self.values.items():
+            if bits is None:
+                values[name] = nonzero
+            else:
+                full = np.zeros(n)
+                full[np.unpackbits(bits, count=n).astype(bool)] = nonzero
+                values[name] = full
+        return PartialGrid(self.spec, self.index.astype(np.int64), values)
 
 
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
@@ -233,7 +289,7 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
     for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
                        disable=not progress):
         folder, position = pending[future]
-        waiting[folder][position] = future.result()
+        waiting[folder][position] = _unpack(future.result())
         future.release()
         while added[folder] in waiting[folder]:
             accumulators[folder].add(waiting[folder].pop(added[folder]))
