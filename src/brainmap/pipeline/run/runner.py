@@ -14,9 +14,9 @@ Every artefact is written atomically and each stage's record last, so a run kill
 SIGKILL) and started again redoes only what is not verifiably done, and never takes a half-written file for a
 result. A stage is redone when its inputs or parameters change.
 
-Parallelism (Dask): all data sets are aligned at once (one task each), then the sections of every data set are
-detected and gridded as one task per section, their partial grids summed as they arrive, then each data set is
-unionized (one task each). By default a local cluster of worker processes is started; ``scheduler=`` connects
+Parallelism (Dask): all data sets are aligned at once (one task each); as soon as one is aligned, its sections are
+detected and gridded as one task per section (run after the alignments still waiting), their partial grids summed
+as they arrive; then each data set is unionized (one task each). By default a local cluster of worker processes is started; ``scheduler=`` connects
 to an existing dask.distributed scheduler instead.
 """
 
@@ -253,50 +253,84 @@ class PackedPartial:
         return PartialGrid(self.spec, self.index.astype(np.int64), values)
 
 
+class SectionReduction:
+    """Sections of data sets gridded on a dask.distributed ``client`` (one task per section: read its channels,
+    detect, grid) and their partial grids summed per data set, in section order whatever order they arrive in.
+
+    :meth:`submit` a data set's :class:`~brainmap.pipeline.grid.Gridder` (its section futures are returned),
+    :meth:`take` each finished section future. ``finish(folder, accumulator)`` is called as soon as all of a data
+    set's sections are in, after which the accumulator is dropped (so only the data sets still being gridded are
+    held: a 25 um connectivity accumulator is 1-2 GB); :attr:`accumulators` keeps the others.
+    """
+
+    def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None) -> None:
+        self.client = client
+        self.finish = finish
+        self.accumulators: dict[Path, Any] = {}
+        self._pending: dict[Any, tuple[Path, int]] = {}
+        self._count: dict[Path, int] = {}
+        self._waiting: dict[Path, dict[int, Any]] = {}
+        self._added: dict[Path, int] = {}
+
+    def submit(self, folder: Path, gridder: Any, priority: int = 0) -> list[Any]:
+        """Submit every usable section of the data set in ``folder`` (a higher ``priority`` runs first)."""
+        self.accumulators[folder] = gridder.accumulator()
+        self._waiting[folder], self._added[folder] = {}, 0
+        images = gridder.usable_images()
+        self._count[folder] = len(images)
+        shared = self.client.scatter(gridder, broadcast=True)
+        futures = []
+        for position, image in enumerate(images):
+            future = self.client.submit(_grid_one_section, shared, str(folder), image, pure=False, priority=priority)
+            self._pending[future] = (folder, position)
+            futures.append(future)
+        return futures
+
+    def __contains__(self, future: Any) -> bool:
+        return future in self._pending
+
+    def take(self, future: Any) -> None:
+        """Add a finished section's partial grid (once every section before it in its data set is in)."""
+        folder, position = self._pending.pop(future)
+        # Partials are added in section order whatever order they finish in: floating-point sums depend on the
+        # order of their additions, and a run must write the same bytes with one worker or many.
+        waiting = self._waiting[folder]
+        waiting[position] = _unpack(future.result())
+        future.release()
+        while self._added[folder] in waiting:
+            self.accumulators[folder].add(waiting.pop(self._added[folder]))
+            self._added[folder] += 1
+        if self.finish is not None and self._added[folder] == self._count[folder]:
+            self.finish(folder, self.accumulators.pop(folder))
+
+
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
                   finish: Callable[[Path, Any], None] | None = None) -> dict[Path, Any]:
     """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per
-    section (read its channels, detect, grid), the partial grids summed in section order as they arrive.
+    section (read its channels, detect, grid), the partial grids summed in section order as they arrive
+    (:class:`SectionReduction`).
 
     Args:
         client: a connected ``distributed.Client``.
         gridders: a :class:`~brainmap.pipeline.grid.Gridder` per data set folder.
         progress: show a progress bar over sections.
         finish: called with a folder and its accumulator as soon as all its sections are in, after which the
-            accumulator is dropped (so only the data sets still being gridded are held: a 25 um connectivity
-            accumulator is 1-2 GB).
+            accumulator is dropped.
 
     Returns the accumulator of each folder not handed to ``finish`` (``Gridder.volumes(accumulator)`` makes its
     volumes).
     """
     from distributed import as_completed
 
-    pending: dict[Any, tuple[Path, int]] = {}
-    accumulators = {folder: gridder.accumulator() for folder, gridder in gridders.items()}
-    left = {folder: 0 for folder in gridders}
+    reduction = SectionReduction(client, finish)
+    futures = []
     for rank, (folder, gridder) in enumerate(gridders.items()):
-        shared = client.scatter(gridder, broadcast=True)
-        for image in gridder.usable_images():
-            # One data set after another (a higher priority runs first), so few accumulators are held at once.
-            future = client.submit(_grid_one_section, shared, str(folder), image, pure=False,
-                                   priority=len(gridders) - rank)
-            pending[future] = (folder, left[folder])
-            left[folder] += 1
-    # Partials are added in section order whatever order they finish in: floating-point sums depend on the
-    # order of their additions, and a run must write the same bytes with one worker or many.
-    waiting: dict[Path, dict[int, Any]] = {folder: {} for folder in gridders}
-    added = {folder: 0 for folder in gridders}
-    for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
+        # One data set after another (a higher priority runs first), so few accumulators are held at once.
+        futures += reduction.submit(folder, gridder, priority=len(gridders) - rank)
+    for future in tqdm(as_completed(futures), total=len(futures), desc="detect + grid", unit="section",
                        disable=not progress):
-        folder, position = pending[future]
-        waiting[folder][position] = _unpack(future.result())
-        future.release()
-        while added[folder] in waiting[folder]:
-            accumulators[folder].add(waiting[folder].pop(added[folder]))
-            added[folder] += 1
-        if finish is not None and added[folder] == left[folder]:
-            finish(folder, accumulators.pop(folder))
-    return accumulators
+        reduction.take(future)
+    return reduction.accumulators
 
 
 def _finish_grid(layout: PipelineFolder, gridder, accumulator, expected: str) -> None:
@@ -399,16 +433,29 @@ def run_pipeline(
         read_dataset(folder)  # fail early, naming the folder, on anything malformed
     runs = {folder: DatasetRun(folder, 0, "") for folder in folders}
     with dask_client(scheduler, workers) as client:
-        # Align every data set at once.
-        futures = {client.submit(align_stage, str(f), settings, pure=False): f for f in folders}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="align", unit="data set",
-                           disable=not progress):
-            runs[futures[future]].stages["align"] = future.result()
-
-        # Detect and grid every section of every data set; sum the partial grids as they arrive.
-        gridders: dict[Path, Any] = {}
+        # Align every data set at once; as soon as one is aligned, its sections are detected and gridded (one
+        # task each, after the alignments still waiting: a worker left without a data set to align takes
+        # sections) and their partial grids summed as they arrive.
         expected_grid: dict[Path, str] = {}
-        for folder in folders:
+        gridders: dict[Path, Any] = {}
+
+        def finish(folder: Path, accumulator: Any) -> None:
+            _finish_grid(PipelineFolder.of(folder), gridders.pop(folder), accumulator, expected_grid[folder])
+            runs[folder].stages["grid"] = "done"
+
+        reduction = SectionReduction(client, finish)
+        aligning = {client.submit(align_stage, str(f), settings, pure=False, priority=1): f for f in folders}
+        align_bar = tqdm(total=len(folders), desc="align", unit="data set", disable=not progress)
+        grid_bar = tqdm(total=0, desc="detect + grid", unit="section", disable=not progress)
+        done = as_completed(list(aligning))
+        for future in done:
+            if future in reduction:
+                reduction.take(future)
+                grid_bar.update()
+                continue
+            folder = aligning.pop(future)
+            runs[folder].stages["align"] = future.result()
+            align_bar.update()
             dataset = read_dataset(folder)
             run = runs[folder]
             run.dataset_id, run.product = dataset.id, dataset.product
@@ -420,11 +467,14 @@ def run_pipeline(
                                                    also_um=settings.extra_grid_resolutions_um,
                                                    smoothing=settings.ish_smoothing)
             expected_grid[folder] = expected
-        def finish(folder: Path, accumulator: Any) -> None:
-            _finish_grid(PipelineFolder.of(folder), gridders[folder], accumulator, expected_grid[folder])
-            runs[folder].stages["grid"] = "done"
-
-        for folder, accumulator in grid_sections(client, gridders, progress=progress, finish=finish).items():
+            # Data sets in the order they were aligned (earlier ones first), so few accumulators are held at once.
+            sections = reduction.submit(folder, gridders[folder], priority=-len(expected_grid))
+            grid_bar.total += len(sections)
+            grid_bar.refresh()
+            done.update(sections)
+        align_bar.close()
+        grid_bar.close()
+        for folder, accumulator in list(reduction.accumulators.items()):
             finish(folder, accumulator)  # data sets without usable sections
 
         # Unionize every data set.
@@ -455,5 +505,5 @@ def summarize_runs(runs: Sequence[DatasetRun]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DatasetRun", "RunSettings", "align_stage", "dask_client", "run_pipeline", "summarize_runs",
+__all__ = ["DatasetRun", "RunSettings", "SectionReduction", "align_stage", "dask_client", "run_pipeline", "summarize_runs",
            "unionize_stage"]
