@@ -456,6 +456,8 @@ def run_pipeline(
             folder = aligning.pop(future)
             runs[folder].stages["align"] = future.result()
             align_bar.update()
+            if not aligning:
+                align_bar.close()
             dataset = read_dataset(folder)
             run = runs[folder]
             run.dataset_id, run.product = dataset.id, dataset.product
