@@ -16,8 +16,9 @@ result. A stage is redone when its inputs or parameters change.
 
 Parallelism (Dask): all data sets are aligned at once (one task each); as soon as one is aligned, its sections are
 detected and gridded as one task per section (run after the alignments still waiting), their partial grids summed
-as they arrive; then each data set is unionized (one task each). By default a local cluster of worker processes is started; ``scheduler=`` connects
-to an existing dask.distributed scheduler instead.
+as they arrive; then each data set is unionized (one task each). By default a local cluster of worker processes
+is started; ``scheduler=`` connects to an existing dask.distributed scheduler instead (``docs/performance-demo.md``:
+what the runner does about Dask's costs).
 """
 
 from __future__ import annotations
