@@ -508,5 +508,6 @@ def summarize_runs(runs: Sequence[DatasetRun]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DatasetRun", "RunSettings", "SectionReduction", "align_stage", "dask_client", "run_pipeline", "summarize_runs",
+__all__ = ["DatasetRun", "RunSettings", "SectionReduction", "align_stage", "dask_client", "run_pipeline",
+           "summarize_runs",
            "unionize_stage"]
