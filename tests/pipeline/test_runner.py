@@ -194,3 +194,49 @@ def test_no_ish_smoothing_switch_regrids_without_allens_smoothing(completed, tmp
     result = subprocess.run(command[:-1], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "grid done" in result.stdout, result.stderr[-2000:]
     assert _outputs(ish) == completed[3]["ish"]
+
+
+def test_local_workers_keep_one_blas_thread_and_glibcs_own_malloc_thresholds():
+    """Dask starts workers with MALLOC_TRIM_THRESHOLD_, which froze glibc's mmap threshold at 128 KiB and made the
+    demo spend more time faulting fresh pages than computing; the runner's local workers go without it."""
+    from brainmap.pipeline.run.runner import dask_client
+
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"  # as a Dask nanny started earlier in this process leaves it
+    try:
+        with dask_client(workers=1) as client:
+            seen = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS",
+                                                                       "OPENBLAS_NUM_THREADS")})
+        assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's environment is given back
+    finally:
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    (worker,) = seen.values()
+    assert worker == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def test_packed_partials_unpack_to_the_same_bits_in_fewer_bytes(specimens):
+    """The map step sends connectivity partials packed (PackedPartial); the reducer must get the very partial the
+    gridder made: a real section of the connectivity specimen gridded at 25 um, as the demo does."""
+    import pickle
+
+    from brainmap.pipeline.grid import Gridder, PartialGrid
+    from brainmap.pipeline.run.runner import PackedPartial, _grid_one_section, _unpack
+    from brainmap.specimen.folder import read_dataset, read_section_image
+
+    folder = specimens / "conn"
+    dataset = read_dataset(folder)
+    gridder = Gridder.for_dataset(dataset, 100, also_um=(25,))
+    image = gridder.usable_images()[len(gridder.usable_images()) // 2]
+    made = gridder.process(image, {c: read_section_image(folder, image, c) for c in image.channels})
+    sent = _grid_one_section(gridder, str(folder), image)
+    assert all(isinstance(p, PackedPartial) for p in sent)
+    got = _unpack(pickle.loads(pickle.dumps(sent, protocol=5)))
+    for mine, theirs in zip(made, got, strict=True):
+        assert isinstance(theirs, PartialGrid) and theirs.spec == mine.spec
+        assert theirs.index.dtype == np.int64 and np.array_equal(theirs.index, mine.index)
+        assert set(theirs.values) == set(mine.values)
+        for name, values in mine.values.items():
+            assert theirs.values[name].dtype == np.float64
+            assert theirs.values[name].tobytes() == np.asarray(values, dtype=np.float64).tobytes(), name
+    fine = made[1]
+    assert fine.spec.resolution_um == 25 and fine.index.size > 100_000
+    assert len(pickle.dumps(sent[1], protocol=5)) < 0.6 * len(pickle.dumps(fine, protocol=5))

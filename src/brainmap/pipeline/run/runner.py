@@ -14,10 +14,11 @@ Every artefact is written atomically and each stage's record last, so a run kill
 SIGKILL) and started again redoes only what is not verifiably done, and never takes a half-written file for a
 result. A stage is redone when its inputs or parameters change.
 
-Parallelism (Dask): all data sets are aligned at once (one task each), then the sections of every data set are
-detected and gridded as one task per section, their partial grids summed as they arrive, then each data set is
-unionized (one task each). By default a local cluster of worker processes is started; ``scheduler=`` connects
-to an existing dask.distributed scheduler instead.
+Parallelism (Dask): all data sets are aligned at once (one task each); as soon as one is aligned, its sections are
+detected and gridded as one task per section (run after the alignments still waiting), their partial grids summed
+as they arrive; then each data set is unionized (one task each). By default a local cluster of worker processes
+is started; ``scheduler=`` connects to an existing dask.distributed scheduler instead (``docs/performance-demo.md``:
+what the runner does about Dask's costs).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from brainmap.io.atomic import atomic_write
+from brainmap.pipeline.grid.resample import PartialGrid
 from brainmap.pipeline.run.layout import PipelineFolder
 from brainmap.pipeline.run.records import (
     StageRecord,
@@ -192,55 +195,143 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
 
 # --------------------------------------------------------------------------- detect + grid
 def _grid_one_section(gridder, folder: str, image: SectionImage):
-    """The map step: read one section's channels, detect, grid; returns the partial grid."""
+    """The map step: read one section's channels, detect, grid; returns the partial grid (connectivity partials
+    packed for the trip to the process that sums them: :class:`PackedPartial`)."""
     arrays = {channel: read_section_image(folder, image, channel) for channel in image.channels}
-    return gridder.process(image, arrays)
+    result = gridder.process(image, arrays)
+    if isinstance(result, list):
+        return [PackedPartial.pack(p) if isinstance(p, PartialGrid) else p for p in result]
+    return PackedPartial.pack(result) if isinstance(result, PartialGrid) else result
+
+
+def _unpack(result: Any) -> Any:
+    if isinstance(result, list):
+        return [_unpack(r) for r in result]
+    return result.unpack() if isinstance(result, PackedPartial) else result
+
+
+@dataclass
+class PackedPartial:
+    """A :class:`~brainmap.pipeline.grid.PartialGrid` in fewer bytes, unpacked to the same bits.
+
+    A 50 um connectivity section gridded at 25 um touches ~0.7 M voxels (its whole plane, 5 planes deep) with
+    nine float64 quantities and an int64 index: 37 MB per section, 9 GB for the demo's 248 sections pickled
+    through Dask's TCP comms into the one process that sums them. Most quantities are 0 at most of those voxels
+    (detected signal, the injection site; tissue at about half): the index goes as int32 when the grid allows,
+    a quantity as a bit mask of its non-zero entries and their values where that is smaller. 14 MB per section.
+    """
+
+    spec: Any
+    index: np.ndarray
+    values: dict[str, tuple[np.ndarray | None, np.ndarray]]
+
+    @classmethod
+    def pack(cls, partial: PartialGrid) -> PackedPartial:
+        index = partial.index
+        if partial.spec.n_voxels <= np.iinfo(np.int32).max:
+            index = index.astype(np.int32)
+        values: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+        for name, quantity in partial.values.items():
+            quantity = np.asarray(quantity, dtype=np.float64)
+            nonzero = quantity != 0
+            # a bit per entry, 8 bytes per non-zero value: smaller than the whole while under ~98% non-zero
+            if np.count_nonzero(nonzero) < 0.98 * quantity.size:
+                values[name] = (np.packbits(nonzero), quantity[nonzero])
+            else:
+                values[name] = (None, quantity)
+        return cls(partial.spec, index, values)
+
+    def unpack(self) -> PartialGrid:
+        n = self.index.size
+        values = {}
+        for name, (bits, nonzero) in self.values.items():
+            if bits is None:
+                values[name] = nonzero
+            else:
+                full = np.zeros(n)
+                full[np.unpackbits(bits, count=n).astype(bool)] = nonzero
+                values[name] = full
+        return PartialGrid(self.spec, self.index.astype(np.int64), values)
+
+
+class SectionReduction:
+    """Sections of data sets gridded on a dask.distributed ``client`` (one task per section: read its channels,
+    detect, grid) and their partial grids summed per data set, in section order whatever order they arrive in.
+
+    :meth:`submit` a data set's :class:`~brainmap.pipeline.grid.Gridder` (its section futures are returned),
+    :meth:`take` each finished section future. ``finish(folder, accumulator)`` is called as soon as all of a data
+    set's sections are in, after which the accumulator is dropped (so only the data sets still being gridded are
+    held: a 25 um connectivity accumulator is 1-2 GB); :attr:`accumulators` keeps the others.
+    """
+
+    def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None) -> None:
+        self.client = client
+        self.finish = finish
+        self.accumulators: dict[Path, Any] = {}
+        self._pending: dict[Any, tuple[Path, int]] = {}
+        self._count: dict[Path, int] = {}
+        self._waiting: dict[Path, dict[int, Any]] = {}
+        self._added: dict[Path, int] = {}
+
+    def submit(self, folder: Path, gridder: Any, priority: int = 0) -> list[Any]:
+        """Submit every usable section of the data set in ``folder`` (a higher ``priority`` runs first)."""
+        self.accumulators[folder] = gridder.accumulator()
+        self._waiting[folder], self._added[folder] = {}, 0
+        images = gridder.usable_images()
+        self._count[folder] = len(images)
+        shared = self.client.scatter(gridder, broadcast=True)
+        futures = []
+        for position, image in enumerate(images):
+            future = self.client.submit(_grid_one_section, shared, str(folder), image, pure=False, priority=priority)
+            self._pending[future] = (folder, position)
+            futures.append(future)
+        return futures
+
+    def __contains__(self, future: Any) -> bool:
+        return future in self._pending
+
+    def take(self, future: Any) -> None:
+        """Add a finished section's partial grid (once every section before it in its data set is in)."""
+        folder, position = self._pending.pop(future)
+        # Partials are added in section order whatever order they finish in: floating-point sums depend on the
+        # order of their additions, and a run must write the same bytes with one worker or many.
+        waiting = self._waiting[folder]
+        waiting[position] = _unpack(future.result())
+        future.release()
+        while self._added[folder] in waiting:
+            self.accumulators[folder].add(waiting.pop(self._added[folder]))
+            self._added[folder] += 1
+        if self.finish is not None and self._added[folder] == self._count[folder]:
+            self.finish(folder, self.accumulators.pop(folder))
 
 
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
                   finish: Callable[[Path, Any], None] | None = None) -> dict[Path, Any]:
     """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per
-    section (read its channels, detect, grid), the partial grids summed in section order as they arrive.
+    section (read its channels, detect, grid), the partial grids summed in section order as they arrive
+    (:class:`SectionReduction`).
 
     Args:
         client: a connected ``distributed.Client``.
         gridders: a :class:`~brainmap.pipeline.grid.Gridder` per data set folder.
         progress: show a progress bar over sections.
         finish: called with a folder and its accumulator as soon as all its sections are in, after which the
-            accumulator is dropped (so only the data sets still being gridded are held: a 25 um connectivity
-            accumulator is 1-2 GB).
+            accumulator is dropped.
 
     Returns the accumulator of each folder not handed to ``finish`` (``Gridder.volumes(accumulator)`` makes its
     volumes).
     """
     from distributed import as_completed
 
-    pending: dict[Any, tuple[Path, int]] = {}
-    accumulators = {folder: gridder.accumulator() for folder, gridder in gridders.items()}
-    left = {folder: 0 for folder in gridders}
+    reduction = SectionReduction(client, finish)
+    futures = []
     for rank, (folder, gridder) in enumerate(gridders.items()):
-        shared = client.scatter(gridder, broadcast=True)
-        for image in gridder.usable_images():
-            # One data set after another (a higher priority runs first), so few accumulators are held at once.
-            future = client.submit(_grid_one_section, shared, str(folder), image, pure=False,
-                                   priority=len(gridders) - rank)
-            pending[future] = (folder, left[folder])
-            left[folder] += 1
-    # Partials are added in section order whatever order they finish in: floating-point sums depend on the
-    # order of their additions, and a run must write the same bytes with one worker or many.
-    waiting: dict[Path, dict[int, Any]] = {folder: {} for folder in gridders}
-    added = {folder: 0 for folder in gridders}
-    for future in tqdm(as_completed(pending), total=len(pending), desc="detect + grid", unit="section",
+        # One data set after another (a higher priority runs first), so few accumulators are held at once.
+        futures += reduction.submit(folder, gridder, priority=len(gridders) - rank)
+    for future in tqdm(as_completed(futures), total=len(futures), desc="detect + grid", unit="section",
                        disable=not progress):
-        folder, position = pending[future]
-        waiting[folder][position] = future.result()
-        future.release()
-        while added[folder] in waiting[folder]:
-            accumulators[folder].add(waiting[folder].pop(added[folder]))
-            added[folder] += 1
-        if finish is not None and added[folder] == left[folder]:
-            finish(folder, accumulators.pop(folder))
-    return accumulators
+        reduction.take(future)
+    return reduction.accumulators
 
 
 def _finish_grid(layout: PipelineFolder, gridder, accumulator, expected: str) -> None:
@@ -294,9 +385,35 @@ def dask_client(scheduler: str | None = None, workers: int = 2) -> Iterator[Any]
         finally:
             client.close()
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with _worker_environment(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=None) as cluster:
         with Client(cluster) as client:
             yield client
+
+
+#: Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (its ``distributed.nanny.pre-spawn-environ``
+#: default). Setting any glibc malloc threshold freezes the mmap threshold at 128 KiB, so every numpy array above
+#: it is a fresh mmap: its pages are faulted in and zeroed by the kernel on first touch and unmapped when freed.
+#: Measured (2026-12-05, the demo's Gad1 data set aligned in one process): 4.7 M minor page faults and 11.1 s of
+#: system time with the variable, 0.11 M and 0.7 s without (37 s -> 16 s wall); the whole demo spent more time in
+#: the kernel than in Python (sys 133 s, user 129 s). Workers keep Dask's other settings (one BLAS/OpenMP thread).
+_MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+@contextmanager
+def _worker_environment() -> Iterator[None]:
+    """Start local workers with glibc's own (dynamic) malloc thresholds: see ``_MALLOC_VARIABLES``."""
+    import dask
+
+    environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+               if key not in _MALLOC_VARIABLES}
+    # A nanny also writes its variables into this process's environment, where later workers would inherit them.
+    saved = {key: os.environ.pop(key) for key in _MALLOC_VARIABLES if key in os.environ}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            yield
+    finally:
+        os.environ.update(saved)
 
 
 def run_pipeline(
@@ -317,16 +434,31 @@ def run_pipeline(
         read_dataset(folder)  # fail early, naming the folder, on anything malformed
     runs = {folder: DatasetRun(folder, 0, "") for folder in folders}
     with dask_client(scheduler, workers) as client:
-        # Align every data set at once.
-        futures = {client.submit(align_stage, str(f), settings, pure=False): f for f in folders}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="align", unit="data set",
-                           disable=not progress):
-            runs[futures[future]].stages["align"] = future.result()
-
-        # Detect and grid every section of every data set; sum the partial grids as they arrive.
-        gridders: dict[Path, Any] = {}
+        # Align every data set at once; as soon as one is aligned, its sections are detected and gridded (one
+        # task each, after the alignments still waiting: a worker left without a data set to align takes
+        # sections) and their partial grids summed as they arrive.
         expected_grid: dict[Path, str] = {}
-        for folder in folders:
+        gridders: dict[Path, Any] = {}
+
+        def finish(folder: Path, accumulator: Any) -> None:
+            _finish_grid(PipelineFolder.of(folder), gridders.pop(folder), accumulator, expected_grid[folder])
+            runs[folder].stages["grid"] = "done"
+
+        reduction = SectionReduction(client, finish)
+        aligning = {client.submit(align_stage, str(f), settings, pure=False, priority=1): f for f in folders}
+        align_bar = tqdm(total=len(folders), desc="align", unit="data set", disable=not progress)
+        grid_bar = tqdm(total=0, desc="detect + grid", unit="section", disable=not progress)
+        done = as_completed(list(aligning))
+        for future in done:
+            if future in reduction:
+                reduction.take(future)
+                grid_bar.update()
+                continue
+            folder = aligning.pop(future)
+            runs[folder].stages["align"] = future.result()
+            align_bar.update()
+            if not aligning:
+                align_bar.close()
             dataset = read_dataset(folder)
             run = runs[folder]
             run.dataset_id, run.product = dataset.id, dataset.product
@@ -338,11 +470,14 @@ def run_pipeline(
                                                    also_um=settings.extra_grid_resolutions_um,
                                                    smoothing=settings.ish_smoothing)
             expected_grid[folder] = expected
-        def finish(folder: Path, accumulator: Any) -> None:
-            _finish_grid(PipelineFolder.of(folder), gridders[folder], accumulator, expected_grid[folder])
-            runs[folder].stages["grid"] = "done"
-
-        for folder, accumulator in grid_sections(client, gridders, progress=progress, finish=finish).items():
+            # Data sets in the order they were aligned (earlier ones first), so few accumulators are held at once.
+            sections = reduction.submit(folder, gridders[folder], priority=-len(expected_grid))
+            grid_bar.total += len(sections)
+            grid_bar.refresh()
+            done.update(sections)
+        align_bar.close()
+        grid_bar.close()
+        for folder, accumulator in list(reduction.accumulators.items()):
             finish(folder, accumulator)  # data sets without usable sections
 
         # Unionize every data set.
@@ -373,5 +508,6 @@ def summarize_runs(runs: Sequence[DatasetRun]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DatasetRun", "RunSettings", "align_stage", "dask_client", "run_pipeline", "summarize_runs",
+__all__ = ["DatasetRun", "RunSettings", "SectionReduction", "align_stage", "dask_client", "run_pipeline",
+           "summarize_runs",
            "unionize_stage"]
