@@ -4,7 +4,7 @@ A new process runs the console command exactly as the README says (atlas summary
 whole pipeline on a local Dask cluster of two workers, summaries and pictures); its wall-clock time is the
 figure. The second run finds every stage done (the runner's records) and shows what resuming costs. Target: issue
 18's <= 45 s on two cores (148 s quiet at the start of issue 18's round 3, 2026-12-05, more than half of its CPU
-time in the kernel: see ``docs/performance-demo.md``).
+time in the kernel; 83.5 s quiet after it: see ``docs/performance-demo.md``).
 """
 
 from __future__ import annotations
