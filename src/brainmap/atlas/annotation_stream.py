@@ -106,7 +106,7 @@ class StreamedAnnotation:
         of ``resolution`` um, by nearest neighbour, computed slab by slab from its label index."""
         coarse = space.label_index.compact
         source = (f"the {space.resolution[0]:g} um annotation upsampled to {resolution:g} um by nearest neighbour "
-                  "(no {:g} um annotation given)".format(resolution))
+                  f"(no {resolution:g} um annotation given)")
         return cls(space.structure_tree, shape, [resolution] * 3, coarse=coarse,
                    coarse_resolution=space.resolution, source=source)
 

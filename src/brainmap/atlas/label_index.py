@@ -221,8 +221,6 @@ class LabelIndex:
     """
 
     def __init__(self, annotation: np.ndarray, order: OntologyOrder):
-        if len(order) + 1 > np.iinfo(np.uint16).max:
-            raise ValueError("ontology too large for a uint16 label index")
         self.order = order
         self.shape = annotation.shape
         if annotation.dtype.kind not in "ui":

@@ -11,12 +11,16 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from brainmap.errors import FormatError
 from brainmap.io.nrrd import read_nrrd
+
+if TYPE_CHECKING:
+    from brainmap.atlas import ReferenceSpace
+    from brainmap.atlas.annotation_stream import StreamedAnnotation
 
 _GRID_FILE = re.compile(r"^(?P<name>[a-z_]+)_(?P<resolution>\d+)\.nrrd$")
 
@@ -87,7 +91,8 @@ def require(grids: Mapping[str, np.ndarray], names: list[str], where: str) -> No
 STREAM_ANNOTATION_VOXELS = 1 << 28
 
 
-def unionize_annotation(grids: GridFolder, annotation: str | Path | None = None):
+def unionize_annotation(grids: GridFolder, annotation: str | Path | None = None
+                        ) -> ReferenceSpace | StreamedAnnotation:
     """The annotation to unionize ``grids`` with: a ReferenceSpace, or a StreamedAnnotation when it is too large
     to hold (more than :data:`STREAM_ANNOTATION_VOXELS` voxels).
 
