@@ -124,3 +124,44 @@ def test_reduce_partial_sums_each_voxel_once_as_np_add_at_does(plane):
         dense = np.zeros(spec.n_voxels)
         np.add.at(dense, index, v)
         np.testing.assert_allclose(sums[name], dense[unique], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("plane", ["coronal", "sagittal", "horizontal"])
+def test_dense_quantities_take_a_partial_over_its_window_with_the_bits_of_its_per_voxel_sums(plane):
+    """A dense quantity adds a partial over its window as a slice: the bits of adding the partial's per-voxel
+    sums (:func:`reduce_partial`) at its voxels, partial after partial."""
+    from brainmap.pipeline.grid.resample import PartialGrid, reduce_partial
+
+    spec = GridSpec.allen(25)
+    rng = np.random.default_rng(5)
+    partials = []
+    for k in range(3):
+        n = 50_000
+        lo = 200 + k
+        ijk = np.stack([rng.integers(lo, lo + 3, n), rng.integers(0, 320, n), rng.integers(0, 456, n)], axis=1)
+        if plane == "sagittal":
+            ijk = np.stack([rng.integers(0, 528, n), rng.integers(0, 320, n), rng.integers(lo - 100, lo - 98, n)],
+                           axis=1)
+        elif plane == "horizontal":
+            ijk = np.stack([rng.integers(0, 528, n), rng.integers(lo - 50, lo - 48, n), rng.integers(0, 456, n)],
+                           axis=1)
+        values = {"a": rng.random(n) * 1e3, "b": rng.uniform(-1, 1, n), "sparse": np.where(rng.random(n) < 1e-3,
+                                                                                          1.0, 0.0)}
+        partials.append(PartialGrid(spec, spec.flat_index(ijk), values))
+    accumulator = GridAccumulator(spec)
+    reference = {}
+    for name in ("a", "b"):  # dense from the start
+        accumulator.sums[name] = rng.random(spec.n_voxels)
+        reference[name] = accumulator.sums[name].copy()
+    accumulator.add_all(partials)
+    for partial in partials:
+        unique, sums = reduce_partial(partial)
+        for name in ("a", "b"):
+            reference[name][unique] += sums[name]
+    for name in ("a", "b"):
+        assert _bits(accumulator.get(name)) == _bits(reference[name]), name
+    assert "sparse" in accumulator.entries and accumulator.sections == 3
+    want = np.zeros(spec.n_voxels)
+    for partial in partials:
+        np.add.at(want, partial.index, partial.values["sparse"])
+    assert _bits(accumulator.get("sparse")) == _bits(want)
