@@ -76,6 +76,9 @@ class RunSettings:
             ``ImagesResampledTo25MicronARA.zip``; at most 1.6 GB of memory per data set at a time).
         ish_smoothing: Allen's smoothing of ISH expression grids (the default); ``False`` writes them unsmoothed
             (``brainmap run --no-ish-smoothing``).
+        first_alignment_levels_um: the aligner's first-round smoothing levels (microns, coarse to fine),
+            ``(3-D, 2-D)``; None: the aligner's defaults (``AlignSettings.first_volume_sigmas_um``,
+            ``first_sigmas_um``).
     """
 
     reference_resolution_um: int = 25
@@ -86,6 +89,7 @@ class RunSettings:
     contrast: str = "model"
     channel_volumes: bool = False
     ish_smoothing: bool = True
+    first_alignment_levels_um: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def grid_resolution(self, product: str) -> int:
         return 200 if product == "ish" else int(self.grid_resolution_um)
@@ -127,7 +131,10 @@ def _align_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSetti
                             "reference_resolution_um": settings.reference_resolution_um,
                             "keep_alignment": settings.keep_alignment,
                             **({} if settings.nonlinear else {"nonlinear": False}),
-                            **({} if settings.contrast == "model" else {"contrast": settings.contrast})})
+                            **({} if settings.contrast == "model" else {"contrast": settings.contrast}),
+                            **({} if settings.first_alignment_levels_um is None
+                               else {"first_levels_um": [list(map(float, levels))
+                                                         for levels in settings.first_alignment_levels_um]})})
 
 
 def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
@@ -186,7 +193,8 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
     aligned = dataset.alignment3d is not None and all(i.alignment2d is not None for i in dataset.images if not i.failed)
     if not (settings.keep_alignment and aligned):
         align_dataset(folder, reference_resolution_um=settings.reference_resolution_um, progress=False,
-                      nonlinear=settings.nonlinear, contrast=settings.contrast)
+                      nonlinear=settings.nonlinear, contrast=settings.contrast,
+                      first_levels_um=settings.first_alignment_levels_um)
         dataset = read_dataset(folder)
     path = _write_alignment(layout, dataset)
     StageRecord("align", expected, StageRecord.describe_outputs(work, [path])).write(work)
