@@ -451,10 +451,12 @@ class GridAccumulator:
             del self._entry_count[name]
             self.sums[name] = dense
 
-    def add(self, partial: PartialGrid) -> GridAccumulator:
+    def add(self, partial: PartialGrid, *, reduced: bool = False) -> GridAccumulator:
+        """Add a partial; ``reduced``: it is already :func:`reduce_partial`'s output (each voxel once, ascending),
+        e.g. summed per voxel in the worker that made it."""
         if partial.spec != self.spec:
             raise ValueError(f"partial grid on {partial.spec}, accumulator on {self.spec}")
-        index, values = reduce_partial(partial)
+        index, values = (partial.index, partial.values) if reduced else reduce_partial(partial)
         for name, sums in values.items():
             self._add_entries(name, index, sums)
         self.sections += 1
