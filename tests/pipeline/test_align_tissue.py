@@ -17,13 +17,15 @@ from PIL import Image
 
 from brainmap.pipeline.align import alignment_error
 from brainmap.pipeline.align import reconstruct
-from brainmap.pipeline.align.reconstruct import edge_step, normalize_section
+from brainmap.pipeline.align.align import out_of_plane_shift_um
+from brainmap.pipeline.align.reconstruct import SpecimenVolume, edge_step, normalize_section
 from brainmap.specimen import read_dataset
 from brainmap.specimen.folder import read_section_image
 from brainmap.specimen.synthetic.make import make_specimen, read_truth
 from brainmap.specimen.synthetic.render import OPTICS
 from brainmap.specimen.synthetic.tissue_truth import true_tissue_masks
-from brainmap.specimen.transforms import Affine2d, Alignment2d
+from brainmap.specimen.model import nominal_tvr
+from brainmap.specimen.transforms import Affine2d, Affine3d, Alignment2d
 
 GLTA = Path(__file__).resolve().parents[1] / "data" / "glta"
 #: Gaussian dimmings of the slide (centre row, centre column, width as fractions of the image; depth).
@@ -117,3 +119,24 @@ def test_alignment_error_samples_the_given_tissue(specimen):
         expected = np.linalg.norm(truth.alignment3d.tvr.matrix[:, :2] @ truth.alignment2d[image.id].tsv.matrix[:, 0])
         assert 80.0 < expected < 120.0
         assert np.allclose(off.errors_um[off.section_numbers == image.section_number], expected, rtol=1e-6)
+
+
+def test_out_of_plane_shift_measures_the_move_along_the_section_normal():
+    mask = np.zeros((5, 20, 30), dtype=np.uint8)
+    mask[1:4, 5:15, 10:25] = 1
+    volume = SpecimenVolume(mask.astype(np.float32), mask, (0.0, 0.0, 0.0), (50.0, 50.0, 200.0))
+    before = nominal_tvr("sagittal")
+    normal = np.cross(before.matrix[:, 0], before.matrix[:, 1])
+    in_plane = before.matrix[:, 0] / np.linalg.norm(before.matrix[:, 0])
+    assert out_of_plane_shift_um(volume, before, Affine3d(before.matrix, before.translation + 150.0 * normal)) \
+        == pytest.approx(150.0)
+    assert out_of_plane_shift_um(volume, before, Affine3d(before.matrix, before.translation + 300.0 * in_plane)) \
+        == pytest.approx(0.0, abs=1e-9)
+    # a 5 degree turn about an in-plane axis through the tissue's middle tilts each half out of plane
+    from scipy.spatial.transform import Rotation
+
+    turn = Rotation.from_rotvec(np.deg2rad(5.0) * in_plane).as_matrix()
+    centre = before.apply(volume.centroid_um()[None, :])[0]
+    tilted = Affine3d(turn @ before.matrix, turn @ (before.translation - centre) + centre)
+    rows_um = 10 * 50.0  # the tissue spans 10 rows: its halves move ~ +-sin(5 deg) x (a quarter of that), median
+    assert out_of_plane_shift_um(volume, before, tilted) == pytest.approx(np.sin(np.deg2rad(5.0)) * rows_um / 4, rel=0.3)
