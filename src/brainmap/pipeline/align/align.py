@@ -692,7 +692,9 @@ HALF_BRAIN_SHAPE_ROUNDS = True
 #: out of plane (:func:`out_of_plane_shift_um`) by at most this fraction of the section spacing (0: never run on a
 #: half brain). Measured on the sagittal benchmark specimens (8 um pixels, 25 um template, 200 um spacing: at most
 #: 100 um; loaded machine): unseen brightfield + warp 43.2/88.2 -> 41.4/83.0 um (median/p95), today's appearance
-#: 12.3/94.7 -> 7.6/81.0 um; both moved 2-16 um per round (kept).
+#: 12.3/94.7 -> 7.6/81.0 um; both moved 2-16 um per round (kept). When the lateral-most section's bias field was
+#: taken for tissue (without :data:`.reconstruct.MIN_EDGE_STEP`), the first round's step moved it 258 um: kept,
+#: 184/529 um; refused, 42.7/176 um.
 HALF_BRAIN_MAX_SHIFT = 0.5
 
 

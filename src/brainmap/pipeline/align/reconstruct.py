@@ -251,7 +251,9 @@ def normalize_section(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: specimens >= 0.24 (the faint end sections of today's Nissl-like appearance) and of the 34 real GLTa sections
 #: >= 1.0. A noisy slide (noise above ~0.5 % of its level at the working pixel) steps more at a thresholded
 #: smooth background (the mask follows the noise): there the rule does not catch it, and the section keeps its
-#: mask as before.
+#: mask as before. On that sagittal specimen (brightfield + warp, 8 um pixels, 25 um template) the rule took the
+#: alignment error from 48.6/152.2 to 43.2/88.2 um (median/p95; the section's 200 bare-slide points are no longer
+#: sampled, and the first 3-D registration no longer sees a 72 mm2 slab of 'tissue').
 MIN_EDGE_STEP = 0.15
 
 
