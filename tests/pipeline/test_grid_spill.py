@@ -4,6 +4,7 @@ files written slab by slab, its scratch files removed (and those a crashed proce
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 from brainmap.pipeline.grid import GridAccumulator, GridSpec, Gridder, SpillAccumulator
 from brainmap.pipeline.grid.projection import write_projection_grids_streamed
 from brainmap.pipeline.grid.resample import PartialGrid
-from brainmap.pipeline.grid.spill import remove_stale_spill_folders
+from brainmap.pipeline.grid.spill import remove_stale_spill_folders, spill_section
 
 from .test_grid_stream import _bits, _partials
 
@@ -96,6 +97,21 @@ def test_the_gridder_spills_only_grids_too_large_to_hold(tmp_path):
                              sampling_um=100.0, pixel_size_um=10.0, images=[])
     gridder = Gridder(dataset, GridSpec.allen(25), params=None, spill_dir=str(tmp_path),
                       extra_specs=(GridSpec.allen(10),))
+    assert gridder.spill_planes == {GridSpec.allen(10): 3}  # 32 MB: 3 planes of 8.4 MB
     parts = gridder.accumulator().parts
     assert isinstance(parts[0], GridAccumulator) and isinstance(parts[1], SpillAccumulator)
-    assert parts[1].folder.parent == tmp_path and parts[1].block_planes == 3  # 32 MB: 3 planes of 8.4 MB
+    assert parts[1].folder.parent == tmp_path and parts[1].block_planes == 3
+
+
+def test_sections_spilled_in_the_worker_add_up_as_partials_do(tmp_path):
+    spec = GridSpec.allen(100)
+    partials = _partials(spec, sections=4)
+    with SpillAccumulator(spec, tmp_path, block_planes=4) as a, SpillAccumulator(spec, tmp_path, block_planes=4) as b:
+        a.add_all(partials)
+        # what a worker sends (pickled on the way), one section without the injection's quantities
+        b.add_all(pickle.loads(pickle.dumps(spill_section(p, 4))) for p in partials)
+        assert a.names == b.names and any(len(p.values) < len(a.names) for p in partials)
+        for name in a.names:
+            assert _bits(a.get(name)) == _bits(b.get(name)), name
+        with pytest.raises(ValueError, match="blocks of 5"):
+            b.add(spill_section(partials[0], 5))

@@ -42,7 +42,8 @@ from brainmap.pipeline.grid.projection import (
     write_projection_grids_streamed,
 )
 from brainmap.pipeline.grid.resample import GridAccumulator, GridSpec, PartialGrid
-from brainmap.pipeline.grid.spill import SPILL_VOXELS, SpillAccumulator
+from brainmap.pipeline.grid import spill as _spill
+from brainmap.pipeline.grid.spill import SPILL_VOXELS, SpillAccumulator, SpilledSection, spill_section
 from brainmap.specimen.model import SectionDataSet, SectionImage
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "PartialGrid",
     "SectionGrid",
     "SpillAccumulator",
+    "SpilledSection",
     "grid_dataset",
     "grid_folder",
     "grid_section",
@@ -92,6 +94,9 @@ class Gridder:
         spill_dir: connectivity grids of more than :data:`~brainmap.pipeline.grid.spill.SPILL_VOXELS` voxels
             (10 um) are summed by a :class:`~brainmap.pipeline.grid.spill.SpillAccumulator` whose files go here
             (default: the system's temporary folder).
+        spill_planes: the grids summed so and their blocks (LR planes), decided when the gridder is made (in the
+            process that sums the sections): :meth:`process` sends those grids' sections spilled
+            (:class:`~brainmap.pipeline.grid.spill.SpilledSection`), summed per voxel and compressed in the worker.
     """
 
     dataset: SectionDataSet
@@ -102,6 +107,12 @@ class Gridder:
     extra_specs: tuple[GridSpec, ...] = ()
     smoothing: bool = True
     spill_dir: str | None = None
+    spill_planes: dict[GridSpec, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.spill_planes is None:
+            specs = (self.spec, *self.extra_specs) if self.lattice is None else ()
+            self.spill_planes = {s: _spill.block_planes_for(s) for s in specs if s.n_voxels > SPILL_VOXELS}
 
     @classmethod
     def for_dataset(cls, dataset: SectionDataSet, resolution_um: float | None = None, *,
@@ -133,14 +144,19 @@ class Gridder:
         return grid_section(self.dataset, image, detection, grid, block_px=self.block_px)
 
     def process(self, image: SectionImage, arrays: Mapping[str, np.ndarray]
-                ) -> PartialGrid | SectionGrid | list[PartialGrid]:
-        """Detection then gridding of one section: the map step (one partial per grid with ``extra_specs``)."""
+                ) -> PartialGrid | SpilledSection | SectionGrid | list[PartialGrid | SpilledSection]:
+        """Detection then gridding of one section: the map step (one partial per grid with ``extra_specs``; a
+        grid in :attr:`spill_planes` gives a :class:`~brainmap.pipeline.grid.spill.SpilledSection`)."""
         detection = self.detect(arrays)
-        first = self.grid_section(image, detection)
+        first = self._spilled(self.grid_section(image, detection))
         if not self.extra_specs:
             return first
-        return [first, *(grid_section(self.dataset, image, detection, spec, block_px=self.block_px)
+        return [first, *(self._spilled(grid_section(self.dataset, image, detection, spec, block_px=self.block_px))
                          for spec in self.extra_specs)]
+
+    def _spilled(self, partial: Any) -> Any:
+        planes = (self.spill_planes or {}).get(getattr(partial, "spec", None))
+        return partial if planes is None or not isinstance(partial, PartialGrid) else spill_section(partial, planes)
 
     def write_all(self, folder: str | os.PathLike[str], accumulator: Any) -> list[Path]:
         """The volumes of every grid of the reduced ``accumulator``, written into ``folder``; the paths."""
@@ -160,11 +176,12 @@ class Gridder:
         return self._grid_accumulator(self.spec)
 
     def _grid_accumulator(self, spec: GridSpec) -> GridAccumulator | SpillAccumulator:
-        if spec.n_voxels <= SPILL_VOXELS:
+        planes = (self.spill_planes or {}).get(spec)
+        if planes is None:
             return GridAccumulator(spec)
         import tempfile
 
-        return SpillAccumulator(spec, self.spill_dir or tempfile.gettempdir())
+        return SpillAccumulator(spec, self.spill_dir or tempfile.gettempdir(), block_planes=planes)
 
     def volumes(self, accumulator: GridAccumulator | ExpressionAccumulator, **options: Any) -> dict[str, np.ndarray]:
         """The product's volumes from the reduced accumulator (options: see ``expression_volumes`` /

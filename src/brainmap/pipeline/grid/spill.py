@@ -31,6 +31,7 @@ import re
 import secrets
 import shutil
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ try:  # python-isal (a dependency): level-1 deflate ~10x faster than zlib's at a
 except ImportError:  # pragma: no cover
     import zlib as _deflate  # type: ignore[no-redef]
 
-__all__ = ["BLOCK_BYTES", "SPILL_VOXELS", "SpillAccumulator"]
+__all__ = ["BLOCK_BYTES", "SPILL_VOXELS", "SpillAccumulator", "SpilledSection", "block_planes_for", "spill_section"]
 
 #: Bytes of one float64 block of one quantity (the block's LR planes are as many as fit, at least one):
 #: 3 planes at 10 um (8.4 MB a plane), 24 at 25 um.
@@ -78,15 +79,61 @@ def remove_stale_spill_folders(parent: str | os.PathLike[str]) -> int:
     return removed
 
 
-def _encode(index: np.ndarray, values: list[np.ndarray | None]) -> bytes:
-    """One block's piece of a section: ``index`` ascending block-local, ``values`` per quantity (None: absent)."""
+def block_planes_for(spec: GridSpec, block_bytes: int | None = None) -> int:
+    """LR planes per block: as many as fit in ``block_bytes`` (default :data:`BLOCK_BYTES`) per float64
+    quantity, at least one."""
+    return max(1, (block_bytes or BLOCK_BYTES) // (spec.shape[0] * spec.shape[1] * 8))
+
+
+@dataclass
+class SpilledSection:
+    """One section's sums, ready to spill: what a Dask worker sends instead of its partial grid (at 10 um ~5 MB
+    instead of ~25 MB packed, and the per-voxel sums and the compression done in the workers, not in the process
+    that adds the sections).
+
+    Attributes:
+        spec: the grid.
+        block_planes: LR planes per block.
+        names: the quantities, in the order of the pieces' columns.
+        data: the pieces of every block, end to end (an empty piece: no entry in that block).
+        offsets: ``n_blocks + 1`` byte offsets of the pieces in ``data``.
+    """
+
+    spec: GridSpec
+    block_planes: int
+    names: list[str]
+    data: bytes
+    offsets: np.ndarray
+
+
+def spill_section(partial: PartialGrid, block_planes: int) -> SpilledSection:
+    """A section's partial grid summed per voxel (:func:`~brainmap.pipeline.grid.resample.reduce_partial`),
+    split by blocks of ``block_planes`` LR planes and compressed (module docstring)."""
+    spec = partial.spec
+    block_voxels = block_planes * spec.shape[0] * spec.shape[1]
+    n_blocks = math.ceil(spec.shape[2] / block_planes)
+    index, sums = reduce_partial(partial)
+    names = list(sums)
+    columns = [sums[name] for name in names]
+    bounds = np.searchsorted(index, np.arange(n_blocks + 1, dtype=np.int64) * block_voxels)
+    pieces = []
+    for block in range(n_blocks):
+        lo, hi = bounds[block], bounds[block + 1]
+        if lo == hi:
+            pieces.append(b"")
+            continue
+        pieces.append(_encode(index[lo:hi] - block * block_voxels, [c[lo:hi] for c in columns]))
+    offsets = np.zeros(n_blocks + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in pieces], out=offsets[1:])
+    return SpilledSection(spec, block_planes, names, b"".join(pieces), offsets)
+
+
+def _encode(index: np.ndarray, values: list[np.ndarray]) -> bytes:
+    """One block's piece of a section: ``index`` ascending block-local, ``values`` per quantity."""
     n = index.size
     parts: list[bytes] = []
     counts = []
     for v in values:
-        if v is None:
-            counts.append(0)
-            continue
         nonzero = v != 0
         count = int(np.count_nonzero(nonzero))
         counts.append(count)
@@ -152,7 +199,7 @@ class SpillAccumulator:
                  block_bytes: int | None = None):
         self.spec = spec
         self.plane = spec.shape[0] * spec.shape[1]
-        self.block_planes = int(block_planes or max(1, (block_bytes or BLOCK_BYTES) // (self.plane * 8)))
+        self.block_planes = int(block_planes or block_planes_for(spec, block_bytes))
         if self.block_planes < 1:
             raise ValueError(f"SpillAccumulator: block_planes must be at least 1, got {block_planes}")
         self.block_voxels = self.block_planes * self.plane
@@ -166,7 +213,8 @@ class SpillAccumulator:
         self.folder.mkdir()
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
         self._names: list[str] = []
-        self._files: list[tuple[Path, np.ndarray]] = []  # per section: its file and the blocks' byte offsets
+        # per section: its file, the blocks' byte offsets, and where its quantities are in ``_names``
+        self._files: list[tuple[Path, np.ndarray, list[int]]] = []
         self._cache: dict[int, dict[str, np.ndarray]] = {}  # the last two blocks read (a range may span two)
         self.sections = 0
 
@@ -177,36 +225,30 @@ class SpillAccumulator:
     @property
     def spilled_bytes(self) -> int:
         """Bytes of the section files written so far."""
-        return int(sum(offsets[-1] for _, offsets in self._files))
+        return int(sum(offsets[-1] for _, offsets, _ in self._files))
 
-    def add(self, partial: PartialGrid) -> SpillAccumulator:
-        """Spill one section's sums (sections must come in order: their sums are added in that order)."""
-        if partial.spec != self.spec:
-            raise ValueError(f"partial grid on {partial.spec}, accumulator on {self.spec}")
+    def add(self, section: PartialGrid | SpilledSection) -> SpillAccumulator:
+        """Spill one section's sums (sections must come in order: their sums are added in that order); a
+        :class:`PartialGrid` is first made a :class:`SpilledSection` (:func:`spill_section`)."""
+        if section.spec != self.spec:
+            raise ValueError(f"partial grid on {section.spec}, accumulator on {self.spec}")
         if not self.folder.is_dir():
             raise ValueError(f"SpillAccumulator: {self.folder} was closed or removed")
-        index, sums = reduce_partial(partial)
-        for name in sums:
+        if isinstance(section, PartialGrid):
+            section = spill_section(section, self.block_planes)
+        elif section.block_planes != self.block_planes:
+            raise ValueError(f"a section spilled in blocks of {section.block_planes} LR planes, the accumulator's "
+                             f"are {self.block_planes}")
+        for name in section.names:
             if name not in self._names:
                 self._names.append(name)
-        columns = [sums.get(name) for name in self._names]
-        bounds = np.searchsorted(index, np.arange(self.n_blocks + 1, dtype=np.int64) * self.block_voxels)
-        pieces = []
-        for block in range(self.n_blocks):
-            lo, hi = bounds[block], bounds[block + 1]
-            if lo == hi:
-                pieces.append(b"")
-                continue
-            local = index[lo:hi] - block * self.block_voxels
-            pieces.append(_encode(local, [None if c is None else c[lo:hi] for c in columns]))
-        offsets = np.zeros(self.n_blocks + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in pieces], out=offsets[1:])
         path = self.folder / f"{self.sections:06d}.spill"
         temporary = self.folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
         with open(temporary, "wb") as fh:  # scratch: no fsync; the rename makes it whole or absent
-            fh.write(b"".join(pieces))
+            fh.write(section.data)
         os.replace(temporary, path)
-        self._files.append((path, offsets))
+        self._files.append((path, np.asarray(section.offsets, dtype=np.int64),
+                            [self._names.index(name) for name in section.names]))
         self._cache.clear()
         self.sections += 1
         return self
@@ -228,7 +270,7 @@ class SpillAccumulator:
         first = block * self.block_voxels
         size = min(self.spec.n_voxels, first + self.block_voxels) - first
         pieces: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in self._names]
-        for path, offsets in self._files:
+        for path, offsets, where in self._files:
             lo, hi = int(offsets[block]), int(offsets[block + 1])
             if lo == hi:
                 continue
@@ -236,7 +278,7 @@ class SpillAccumulator:
                 fh.seek(lo)
                 piece = fh.read(hi - lo)
             _, columns = _decode(piece)
-            for q, column in enumerate(columns):
+            for q, column in zip(where, columns, strict=True):
                 pieces[q].append(column)
         sums = {}
         for q, name in enumerate(self._names):

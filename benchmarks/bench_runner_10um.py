@@ -1,0 +1,113 @@
+"""The runner's grid + unionize of one connectivity data set at 10 um (bounded memory), beside 25 um.
+
+The demo's first connectivity experiment (112672974: 124 coronal sections of 50 um pixels, made once by the
+virtual microscope with its true transforms and cached) goes through ``run_pipeline`` in a new process with two
+Dask workers, as ``brainmap run --grid-resolution R --keep-alignment`` runs it: detection, the grid stage (at
+10 um the partial grids are spilled to compressed files under ``pipeline/`` and summed one block of LR planes at a
+time, :mod:`brainmap.pipeline.grid.spill`), the nine NRRD volumes written slab by slab, and the unionize stage
+(at 10 um the bundled 25 um annotation upsampled slab by slab). Figures: wall time and peak RSS of the process
+and all its children (psutil, sampled every 0.1 s), at 10 um and at 25 um (the dense path). Target (issue 18):
+the 10 um peak at most 2 GB above the 25 um one; no target for the time. The specimen cache:
+``$BRAINMAP_BENCH_CACHE`` or ``~/.cache/brainmap/bench``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from benchmarks.grid_files import cache_dir
+from benchmarks.report import Figure
+
+EXPERIMENT = 112672974  # the demo's first (brainmap.demo.DEMO_EXPERIMENTS)
+
+_RUN = """
+import sys
+from brainmap.pipeline.run import RunSettings, run_pipeline
+runs = run_pipeline([sys.argv[1]], RunSettings(grid_resolution_um=int(sys.argv[2]), keep_alignment=True),
+                    workers=2, progress=False)
+assert runs[0].stages["grid"] == "done" and runs[0].stages["unionize"] == "done", runs[0].stages
+"""
+
+
+def specimen() -> Path:
+    """The demo's first connectivity specimen (true transforms in dataset.json), made once."""
+    target = cache_dir() / f"specimen_connectivity_{EXPERIMENT}"
+    if not (target / "dataset.json").exists():
+        from brainmap.demo import DEMO_PIXEL_SIZE_UM
+        from brainmap.specimen.synthetic import make_specimen
+
+        make_specimen("connectivity", target, experiment_id=EXPERIMENT, pixel_size_um=DEMO_PIXEL_SIZE_UM["connectivity"],
+                      truth_resolution_um=100, alignment="all", overwrite=True, progress=False)
+    return target
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure_run(folder: Path, resolution_um: int) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS GB of the process tree, bytes of the grid files) of one run in a new process."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", _RUN, str(folder), str(resolution_um)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = psutil.Process(child.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                peak = max(peak, _tree_rss(process))
+            except psutil.NoSuchProcess:
+                return
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = child.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if child.returncode != 0:
+        raise RuntimeError(f"the {resolution_um} um run failed:\n{stderr[-3000:]}")
+    grid_bytes = sum(p.stat().st_size for p in (folder / "pipeline" / "grids").glob("*.nrrd"))
+    return seconds, peak / 1e9, grid_bytes
+
+
+def run() -> list[Figure]:
+    source = specimen()
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="brainmap-runner-10um-") as tmp:
+        for resolution in (25, 10):  # one at a time: never two large jobs at once
+            folder = Path(tmp) / f"conn_{resolution}"
+            shutil.copytree(source, folder)
+            figures[resolution] = measure_run(folder, resolution)
+            leftovers = list((folder / "pipeline").glob("grid-spill-*"))
+            if leftovers:
+                raise RuntimeError(f"spill folders left behind: {leftovers}")
+            shutil.rmtree(folder)
+    (t25, m25, b25), (t10, m10, b10) = figures[25], figures[10]
+    return [
+        Figure("runner, 10 um grid + unionize: peak RSS above 25 um's", m10 - m25, 2.0, "GB",
+               note=f"10 um {m10:.2f} GB, 25 um {m25:.2f} GB; process tree incl. 2 Dask workers"),
+        Figure("runner, 10 um grid + unionize: wall time", t10, None, "s",
+               note=f"124 sections, 9 volumes ({b10 / 1e9:.2f} GB gzip NRRD)"),
+        Figure("runner, 25 um grid + unionize: wall time (dense path)", t25, None, "s",
+               note=f"{b25 / 1e6:.0f} MB gzip NRRD"),
+        Figure("runner, 25 um grid + unionize: peak RSS", m25, None, "GB"),
+    ]
