@@ -43,12 +43,12 @@ run_pipeline([sys.argv[1]], RunSettings(grid_resolution_um=100, keep_alignment=T
 @pytest.fixture(scope="module")
 def specimen(tmp_path_factory):
     """The demo's first connectivity experiment (50 um pixels, true transforms), cut down to 30 sections around
-    its injection site (sections 40-69)."""
+    its injection site (sections 80-109; the site is at AP 9350 um)."""
     folder = tmp_path_factory.mktemp("spill") / "conn"
     make_specimen("connectivity", folder, experiment_id=112672974, pixel_size_um=50, truth_resolution_um=100,
                   alignment="all", progress=False)
     doc = json.loads((folder / "dataset.json").read_text())
-    doc["images"] = [image for image in doc["images"] if 40 <= image["section_number"] < 70]
+    doc["images"] = [image for image in doc["images"] if 80 <= image["section_number"] < 110]
     (folder / "dataset.json").write_text(json.dumps(doc))
     return folder
 
