@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import psutil
 
 from benchmarks.grid_files import cache_dir
@@ -95,17 +97,19 @@ def measure_run(folder: Path, resolution_um: int) -> tuple[float, float, float, 
 
 def run() -> list[Figure]:
     source = specimen()
-    figures = {}
+    figures, tables = {}, {}
     with tempfile.TemporaryDirectory(prefix="brainmap-runner-10um-") as tmp:
         for resolution in (25, 10):  # one at a time: never two large jobs at once
             folder = Path(tmp) / f"conn_{resolution}"
             shutil.copytree(source, folder)
             figures[resolution] = measure_run(folder, resolution)
+            tables[resolution] = pd.read_csv(folder / "pipeline" / "structure_unionizes.csv")
             leftovers = list((folder / "pipeline").glob("grid-spill-*"))
             if leftovers:
                 raise RuntimeError(f"spill folders left behind: {leftovers}")
             shutil.rmtree(folder)
     (t25, g25, m25, b25), (t10, g10, m10, b10) = figures[25], figures[10]
+    agreement = _agreement(tables[10], tables[25])
     return [
         Figure("runner, 10 um grid + unionize: peak RSS above 25 um's", m10 - m25, 2.0, "GB",
                note=f"10 um {m10:.2f} GB, 25 um {m25:.2f} GB; process tree incl. 2 Dask workers"),
@@ -115,4 +119,19 @@ def run() -> list[Figure]:
         Figure("runner, 25 um grid + unionize: wall time (dense path)", t25, None, "s",
                note=f"grid stage done at {g25:.0f} s ({b25 / 1e6:.0f} MB gzip NRRD), unionize {t25 - g25:.0f} s"),
         Figure("runner, 25 um grid + unionize: peak RSS", m25, None, "GB"),
+        Figure("10 um vs 25 um unionize: correlation of projection volumes", agreement[0], None, "",
+               note=f"{agreement[1]} structure x hemisphere records; whole brain's projection volume 10/25 um: "
+                    f"{agreement[2]:.4f}"),
     ]
+
+
+def _agreement(fine: pd.DataFrame, coarse: pd.DataFrame) -> tuple[float, int, float]:
+    """(Pearson correlation of the non-injection records' projection_volume where either is non-zero, their
+    number, the ratio of the whole brain's (997, both hemispheres) projection_volume): the two grids sample the
+    same sections, so their volumes should agree closely."""
+    key = ["structure_id", "hemisphere_id", "is_injection"]
+    both = fine.merge(coarse, on=key, suffixes=("_10", "_25"))
+    both = both[~both.is_injection & ((both.projection_volume_10 > 0) | (both.projection_volume_25 > 0))]
+    root = both[(both.structure_id == 997) & (both.hemisphere_id == 3)].iloc[0]
+    r = float(np.corrcoef(both.projection_volume_10, both.projection_volume_25)[0, 1])
+    return r, len(both), float(root.projection_volume_10 / root.projection_volume_25)
