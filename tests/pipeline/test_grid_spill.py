@@ -25,7 +25,8 @@ def _sagittal(spec: GridSpec) -> PartialGrid:
     n = 50_000
     ijk = np.stack([rng.integers(0, spec.shape[0], n), rng.integers(0, spec.shape[1], n),
                     rng.integers(spec.shape[2] // 3, spec.shape[2] // 3 + 3, n)], axis=1)
-    return PartialGrid(spec, spec.flat_index(ijk), {"covered": rng.random(n), "sum_pixels": rng.random(n) * (rng.random(n) < 0.4)})
+    values = {"covered": rng.random(n), "sum_pixels": rng.random(n) * (rng.random(n) < 0.4)}
+    return PartialGrid(spec, spec.flat_index(ijk), values)
 
 
 @pytest.mark.parametrize("resolution, planes", [(100, 1), (100, 7), (25, 5)])

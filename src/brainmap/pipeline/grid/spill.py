@@ -5,11 +5,13 @@ A dense float64 quantity at 10 um is 9.6 GB (1320 x 800 x 1140 voxels), and the 
 :class:`SpillAccumulator` keeps nothing of a section in memory once it is added: its per-voxel sums
 (:func:`~brainmap.pipeline.grid.resample.reduce_partial`) are split by blocks of LR planes (the slowest axis of
 the flat Fortran index and of Allen's NRRD files) and written, one file per section, each block's piece
-compressed on its own. Reading a block (:meth:`SpillAccumulator.get_range`, which the streamed NRRD writer calls
-slab by slab in file order) reads that block's piece of every section file in section order and sums it with one
-``np.bincount`` per quantity: each voxel's sums added from 0.0 in section order, the additions the dense
-accumulator makes, so the volumes are the same bits. Memory: two blocks of each quantity (default 32 MB each: a
-range asked for may span two) plus the entries of one block, whatever the grid's size.
+compressed on its own. The summing and compressing are done where the section is gridded (a Dask worker:
+:func:`spill_section` makes a :class:`SpilledSection`, ~5x smaller than the packed partial grid), so the process
+that adds sections only writes bytes. Reading a block (:meth:`SpillAccumulator.get_range`, which the streamed
+NRRD writer calls slab by slab in file order) reads that block's piece of every section file in section order and
+sums it with one ``np.bincount`` per quantity: each voxel's sums added from 0.0 in section order, the additions
+the dense accumulator makes, so the volumes are the same bits. Memory: two blocks of each quantity (at most 32 MB
+each by default: a range asked for may span two) plus the entries of one block, whatever the grid's size.
 
 Files: a folder ``grid-spill-<pid>-<token>`` under the folder given (the runner: the data set's ``pipeline/``),
 one ``<section>.spill`` per section written under a temporary name and renamed when whole, so no half-written
@@ -20,7 +22,8 @@ A piece of a section file (one block) is an ISA-L (zlib format, level 1) compres
 ``[n, q, count_1 .. count_q]`` (``n`` entries, ``q`` quantities, ``count_i`` non-zero values of quantity ``i``),
 the entries' block-local flat indices as int32 differences (ascending indices: small differences that compress
 ~50x), then per quantity a bit mask of its non-zero entries (only when some but not all are non-zero) and its
-non-zero float64 values. Measured on a 10 um demo section (1.57 M entries): 30 MB -> 7 MB, 50 ms to compress.
+non-zero float64 values. Measured on a 10 um demo section (1.57 M entries; a loaded machine): 30 MB -> 7.9 MB,
+0.5 s for the per-voxel sums and 0.3 s for the 380 pieces.
 """
 
 from __future__ import annotations
