@@ -47,7 +47,8 @@ def specimen() -> Path:
         from brainmap.specimen.synthetic import make_specimen
 
         make_specimen("connectivity", target, experiment_id=EXPERIMENT,
-                      pixel_size_um=DEMO_PIXEL_SIZE_UM["connectivity"], truth_resolution_um=100, alignment="all", overwrite=True, progress=False)
+                      pixel_size_um=DEMO_PIXEL_SIZE_UM["connectivity"], truth_resolution_um=100, alignment="all",
+                      overwrite=True, progress=False)
     return target
 
 
