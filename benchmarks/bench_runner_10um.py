@@ -91,7 +91,8 @@ def measure_run(folder: Path, resolution_um: int) -> tuple[float, float, float, 
     done.set()
     sampler.join()
     if child.returncode != 0:
-        raise RuntimeError(f"the {resolution_um} um run failed:\n{stderr[-3000:]}")
+        killed = f" (killed by signal {-child.returncode}: out of memory?)" if child.returncode < 0 else ""
+        raise RuntimeError(f"the {resolution_um} um run failed{killed}, status {child.returncode}:\n{stderr[-3000:]}")
     grid_bytes = sum(p.stat().st_size for p in (folder / "pipeline" / "grids").glob("*.nrrd"))
     return seconds, gridded or seconds, peak / 1e9, grid_bytes
 
