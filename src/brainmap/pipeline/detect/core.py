@@ -34,11 +34,12 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
    opening, so single-pixel cells stay. Where a cell spans only 1-3 pixels (the virtual microscope's 8 um) its
    outline is not in the image and the brightest pixel is not its peak: each local maximum gets its sub-pixel
-   peak from a log-parabola through its neighbours, the image's spot width ``w`` (px^2) is the median curvature of
-   those parabolas, and a pixel is kept at ``exp(-R^2 / (2 w))`` of the nearby sub-pixel peak, ``R`` the measured
-   radius: the cut follows the cells' profile, lower for flat cells with a steep edge than for peaked ones
-   (:func:`_subpixel_cell_rule`). **Axons (connectivity)**: an axon is about one pixel
-   wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to the length of
+   peak from a parabola through its neighbours, and the cut follows the cells' profile, told apart by the spread of
+   the peaks' log-curvature (:func:`_subpixel_cell_rule`): Gaussian-like spots (a uniform log-curvature) are cut
+   at ``exp(-R^2 / (2 w))`` of a log-parabola's peak, ``w`` (px^2) the median spot width of those parabolas and
+   ``R`` the measured radius; flat cells (a plateau, a steep edge: a widely spread log-curvature) at half the
+   vertex of a parabola through the contrast itself (the pixel half covered). **Axons (connectivity)**: an axon is
+   about one pixel wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to the length of
    fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is kept where
    ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
    and a varicosity brightens a pixel by about half, so a pixel crossed over most of its width stays; one clipped
@@ -128,8 +129,9 @@ class DetectionParams:
         peak_smooth_um: ISH: the local maximum of the cell rule is taken on the contrast averaged over a square of
             this side (um; in whole odd pixels, none under 2): a cell's level rather than its brightest granule.
         subpixel_cells: ISH: where a cell spans 1-3 pixels (:attr:`cell_window_px` 3), cut each cell at the
-            fraction of its sub-pixel peak that its edge holds, from the spot width measured at the image's peaks
-            (:func:`_subpixel_cell_rule`); ``False``: the half-maximum rule of finer pixels.
+            fraction of its sub-pixel peak that its edge holds, from the profile measured at the image's peaks
+            (Gaussian spots or flat cells; :func:`_subpixel_cell_rule`); ``False``: the half-maximum rule of finer
+            pixels.
         axon_fraction: connectivity: keep a candidate whose contrast is at least this fraction of the largest in
             its 3 x 3 neighbourhood (a pixel an axon only clips is dimmer than those it crosses); 0 disables the
             rule. Connectivity default 0.4.
