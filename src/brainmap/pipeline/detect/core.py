@@ -40,8 +40,8 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    ``R`` the measured radius; flat cells (a plateau, a steep edge: a widely spread log-curvature) at half the
    vertex of a parabola through the contrast itself (the pixel half covered). **Axons (connectivity)**: an axon is
    about one pixel wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to
-   the length of fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is kept where
-   ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
+   the length of fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is
+   kept where ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
    and a varicosity brightens a pixel by about half, so a pixel crossed over most of its width stays; one clipped
    over under ~0.5 pixel goes).
 6. **Injection site (connectivity)**: a bright plateau, near saturation. The pixels at least ``injection_level``
