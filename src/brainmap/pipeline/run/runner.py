@@ -53,8 +53,9 @@ UNIONIZE_FILE = PipelineFolder.UNIONIZE
 #: The version of what the grid and unionize stages write: a change of their outputs' content or columns bumps
 #: it, so folders made by an earlier brainmap are redone, not taken as done (2: Allen's ISH smoothing and
 #: sum_pixel_intensity grids, AllenSDK's unionize rules; 3: the detector's rules for coarse ISH cells and
-#: clipped axons; 4: the connectivity noise refit where axons are dense).
-STAGE_FORMAT = 4
+#: clipped axons; 4: the connectivity noise refit where axons are dense; 5: flat coarse ISH cells cut at half
+#: their plateau).
+STAGE_FORMAT = 5
 
 
 @dataclass(frozen=True)
