@@ -328,17 +328,19 @@ def test_pixels_an_axon_only_clips_are_not_signal_on_the_second_family():
 
 def test_the_cut_of_cells_of_one_or_two_pixels_follows_their_measured_profile():
     """At 8 um pixels a cell spans 1-2 pixels. The virtual microscope's cells are Gaussians, the second family's
-    flat textured ellipses: from the spot width at the image's peaks and the cell size, the detector cuts the flat
-    cells lower, and keeps both families' expressing pixels (pooled precision and recall >= 0.85 on each)."""
+    flat textured ellipses: the spread of the log-curvature at the image's peaks tells them apart (uniform for
+    spots of one shape, wide for flat cells), the flat cells are cut at half their plateau (lower than the
+    Gaussians' edge, from the spot width and the cell size), and both families' expressing pixels are kept (pooled
+    precision and recall >= 0.85 on each)."""
     from brainmap.specimen.synthetic.second_family import crop_second_family
 
     vs = VirtualSpecimen.make("ish", gene=GENE, truth_resolution_um=100)
     params = DetectionParams.for_dataset(vs.dataset)
     images = vs.dataset.usable_images()
-    cuts, scores = {}, {}
+    cuts, spreads, scores = {}, {}, {}
     for family in ("virtual", "second"):
         tp = fp = fn = 0
-        cuts[family] = []
+        cuts[family], spreads[family] = [], []
         for image, centre in zip(images[15::10][:2], [(6000, 4000, 5700), (7000, 3000, 8000)]):
             if family == "second":
                 arrays, truth, _ = crop_second_family(vs, image, (400, 400), centre_reference_um=centre)
@@ -346,12 +348,15 @@ def test_the_cut_of_cells_of_one_or_two_pixels_follows_their_measured_profile():
                 arrays, truth, _ = vs.crop(image, size_px=(400, 400), centre_reference_um=centre)
             result = detect_section(arrays, params)
             cuts[family].append(result.info["cut_fraction"])
+            spreads[family].append(result.info["log_curvature_spread"])
+            assert result.info["flat_cells"] == (1.0 if family == "second" else 0.0)
             tp += np.count_nonzero(result.signal & truth)
             fp += np.count_nonzero(result.signal & ~truth)
             fn += np.count_nonzero(~result.signal & truth)
         scores[family] = (tp / (tp + fp), tp / (tp + fn), tp + fn)
-    print("cut fractions", cuts, "precision, recall, true pixels", scores)
-    assert max(cuts["second"]) < min(cuts["virtual"]) - 0.05
+    print("cut fractions", cuts, "log-curvature spreads", spreads, "precision, recall, true pixels", scores)
+    assert max(cuts["second"]) < min(cuts["virtual"]) - 0.03
+    assert max(spreads["virtual"]) < 0.4 and min(spreads["second"]) > 0.6  # 0.5 (GAUSSIAN_SPREAD) between
     for precision, recall, true_pixels in scores.values():
         assert true_pixels > 2000 and precision >= 0.85 and recall >= 0.85
 

@@ -9,7 +9,8 @@ an arbitrary intermediate frame, so estimated ``tsv``/``tvr`` need not equal the
 Tissue is found on the alignment channel (``tissue`` for the virtual microscope) block-averaged to ~50 um
 (the same normalization and Otsu-based mask as the aligner); the sampled points are uniform within the
 tissue blocks, ``points_per_section`` per section (at most one per block), from a seeded generator: the
-measurement is reproducible.
+measurement is reproducible. Given masks of the true tissue (a virtual specimen's,
+:func:`brainmap.specimen.synthetic.tissue_truth.true_tissue_masks`), the points are sampled in those instead.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from brainmap.specimen.transforms import Alignment2d, Alignment3d
 from brainmap.pipeline.align.reconstruct import choose_channel, normalize_section, read_alignment_image
 from brainmap.pipeline.align.register import block_mean
 
-__all__ = ["AlignmentErrorStats", "alignment_error", "reference_points", "tissue_pixels"]
+__all__ = ["AlignmentErrorStats", "alignment_error", "block_pixels", "reference_points", "tissue_pixels"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,13 @@ def tissue_pixels(pixels: np.ndarray, pixel_size_um: float, count: int, rng: np.
     each."""
     factor = max(1, int(round(block_um / pixel_size_um)))
     _, mask = normalize_section(block_mean(pixels, factor))
+    return block_pixels(mask, factor, count, rng)
+
+
+def block_pixels(mask: np.ndarray, factor: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, 2)`` random pixel positions ``(x, y)`` in the blocks of ``mask`` (block ``[R, C]`` covers pixels
+    ``[R f, (R + 1) f) x [C f, (C + 1) f)``, ``f = factor``): ``count`` blocks chosen without replacement (all of
+    them if fewer), one uniform point in each."""
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return np.zeros((0, 2))
@@ -112,7 +120,9 @@ def alignment_error(folder: str | os.PathLike[str], dataset: SectionDataSet,
                     true2d: Mapping[int, Alignment2d], true3d: Alignment3d, *, points_per_section: int = 200,
                     channel: str | None = None, seed: int = 0,
                     true_deformation: DeformationField | None = None,
-                    estimated_deformation: DeformationField | None = None) -> AlignmentErrorStats:
+                    estimated_deformation: DeformationField | None = None,
+                    tissue_masks: Mapping[int, np.ndarray] | None = None,
+                    block_um: float = 50.0) -> AlignmentErrorStats:
     """The error of estimated alignments against true ones over tissue pixels of every usable section.
 
     Args:
@@ -125,6 +135,10 @@ def alignment_error(folder: str | os.PathLike[str], dataset: SectionDataSet,
         channel: the channel that shows tissue (default as the aligner).
         seed: the sampling seed.
         true_deformation, estimated_deformation: non-linear warps after the affines (None: none).
+        tissue_masks: image id -> bool mask on the image's ``block_um`` blocks (as :func:`block_pixels`) to sample
+            the points from, e.g. a virtual specimen's TRUE tissue; None: the tissue found on the images (the
+            aligner's normalization and mask, :func:`tissue_pixels`). An image missing from it is not sampled.
+        block_um: the sampling blocks' size, microns.
 
     Raises:
         KeyError: a usable section has a true Alignment2d but no estimated one.
@@ -141,8 +155,14 @@ def alignment_error(folder: str | os.PathLike[str], dataset: SectionDataSet,
             continue
         if image.id not in estimated2d:
             raise KeyError(f"image {image.id} (section {image.section_number}) has no estimated Alignment2d")
-        xy = tissue_pixels(read_alignment_image(folder, image, channel), dataset.pixel_size_um, points_per_section,
-                           rng)
+        if tissue_masks is None:
+            xy = tissue_pixels(read_alignment_image(folder, image, channel), dataset.pixel_size_um,
+                               points_per_section, rng, block_um)
+        elif image.id in tissue_masks:
+            xy = block_pixels(tissue_masks[image.id], max(1, int(round(block_um / dataset.pixel_size_um))),
+                              points_per_section, rng)
+        else:
+            continue
         if xy.shape[0] == 0:
             continue
         n_sections += 1

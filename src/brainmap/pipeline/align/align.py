@@ -18,8 +18,9 @@ Allen's "Image Alignment" reconstructs a 3-D specimen volume from the section im
 4. **3-D affine** specimen -> reference (:func:`.register.register_affine_3d`): Levenberg-Marquardt on the
    normalized correlation between the specimen volume's tissue voxels (fixed: a half brain or a torn section
    only samples where there is tissue) and the template (moving), coarse to fine (smoothing 400 -> 0 um).
-   With the default contrast-agnostic model, a half brain skips it and keeps the shape stage's transform,
-   refined on the rebuilt volume's outline in the later rounds (:data:`HALF_BRAIN_SHAPE_ONLY`). After the first
+   With the default contrast-agnostic model, a half brain starts each round from the shape stage's transform,
+   refined on the rebuilt volume's outline in the later rounds (:data:`HALF_BRAIN_SHAPE_ONLY`), and keeps the
+   intensity model's registration from there only if it stays in plane (:data:`HALF_BRAIN_MAX_SHIFT`). After the first
    3-D registration, a section whose tissue is far larger than the brain's cross-section there is taken for
    background and placed as its neighbour (:func:`implausible_tissue`).
 5. **2-D refinement** (:func:`refine_sections`): the template is resampled into every section's plane through
@@ -687,6 +688,27 @@ HALF_BRAIN_SHAPE_ONLY = True
 #: template; loaded machine): unseen brightfield + warp 53.6/148.5 -> 48.6/152.2 um (median/p95), today's appearance
 #: 31.5/194.9 -> 12.3/94.7 um (before either rule, with the intensity model's 3-D registration: 7.3/81.7 um).
 HALF_BRAIN_SHAPE_ROUNDS = True
+#: ... and the intensity model's 3-D registration, run from the shape's transform, is kept if it moves the half brain
+#: out of plane (:func:`out_of_plane_shift_um`) by at most this fraction of the section spacing (0: never run on a
+#: half brain). Measured on the sagittal benchmark specimens (8 um pixels, 25 um template, 200 um spacing: at most
+#: 100 um; loaded machine): unseen brightfield + warp 43.2/88.2 -> 41.4/83.0 um (median/p95), today's appearance
+#: 12.3/94.7 -> 7.6/81.0 um; both moved 2-16 um per round (kept). When the lateral-most section's bias field was
+#: taken for tissue (without :data:`.reconstruct.MIN_EDGE_STEP`), the first round's step moved it 258 um: kept,
+#: 184/529 um; refused, 42.7/176 um.
+HALF_BRAIN_MAX_SHIFT = 0.5
+
+
+def out_of_plane_shift_um(volume: SpecimenVolume, before: Affine3d, after: Affine3d) -> float:
+    """How far ``after`` moves the specimen volume's tissue from where ``before`` puts it, along the normal of the
+    section planes (``before``'s): the median absolute displacement over the tissue voxels, reference um."""
+    slots, rows, cols = np.nonzero(volume.mask)
+    spacing = np.asarray(volume.spacing_um, dtype=np.float64)
+    points = np.asarray(volume.origin_um)[None, :] + np.stack([cols, rows, slots], axis=1) * spacing[None, :]
+    normal = np.cross(before.matrix[:, 0], before.matrix[:, 1])
+    normal /= np.linalg.norm(normal)
+    return float(np.median(np.abs((after.apply(points) - before.apply(points)) @ normal)))
+
+
 #: A specimen whose per-structure means correlate at least this much with the template's looks like the template
 #: (``AlignSettings.template_check``).
 TEMPLATE_LIKENESS = 0.5
@@ -749,10 +771,20 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
                 log.info("round %d/%d, shape (correlation %.3f): %.1f s", round_, rounds, shape_correlation,
                          time.perf_counter() - started)
             target = template.modelled(volume, tvr)
+        shape_tvr = tvr
         tvr, volume_correlation = register_to_template(
             volume, target, dataset.plane, initial=tvr, max_points=settings.volume_points,
             sigmas_um=settings.first_volume_sigmas_um if first else settings.volume_sigmas_um,
-            iterations=0 if shape_placed else 20)
+            iterations=20 if not shape_placed or HALF_BRAIN_MAX_SHIFT > 0 else 0)
+        if shape_placed and HALF_BRAIN_MAX_SHIFT > 0:
+            shift = out_of_plane_shift_um(volume, shape_tvr, tvr)
+            limit = HALF_BRAIN_MAX_SHIFT * section_spacing(stack.sz_um)
+            log.info("round %d/%d: the intensity model's 3-D step moves the half brain %.0f um out of plane (%s)",
+                     round_, rounds, shift, "kept" if shift <= limit else f"over {limit:.0f} um: refused")
+            if shift > limit:
+                tvr, volume_correlation = register_to_template(
+                    volume, target, dataset.plane, initial=shape_tvr, max_points=settings.volume_points,
+                    sigmas_um=settings.volume_sigmas_um, iterations=0)
         log.info("round %d/%d, 3-D (correlation %.3f): %.1f s", round_, rounds, volume_correlation,
                  time.perf_counter() - started)
         if first:

@@ -13,8 +13,9 @@ grey or colour, inverted or not):
    images cannot be told from the other hemisphere's, :func:`shape_starts`) and, for
    a specimen narrower than the brain, the left and the right hemisphere; the best correlation after a coarse
    fit wins and is refined. Scale is estimated by the affine.
-   A half brain keeps this transform (the aligner skips the intensity model's 3-D registration for it) and
-   refines it on its rebuilt volume each round (:func:`shape_refine`).
+   A half brain starts from this transform each round, refined on its rebuilt volume (:func:`shape_refine`);
+   the intensity model's 3-D registration from it is kept only if it stays in plane (the aligner's
+   ``HALF_BRAIN_MAX_SHIFT``).
 2. **Intensity model** (:func:`intensity_model`): given the current specimen -> reference transform, the mean
    specimen intensity of every annotated structure (each compact label of the annotation, shrunk towards the
    tissue mean by the voxels it has: ``(sum + k mean) / (n + k)``, ``k`` = :data:`SHRINK_VOXELS`; 0 outside the

@@ -34,13 +34,14 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
    opening, so single-pixel cells stay. Where a cell spans only 1-3 pixels (the virtual microscope's 8 um) its
    outline is not in the image and the brightest pixel is not its peak: each local maximum gets its sub-pixel
-   peak from a log-parabola through its neighbours, the image's spot width ``w`` (px^2) is the median curvature of
-   those parabolas, and a pixel is kept at ``exp(-R^2 / (2 w))`` of the nearby sub-pixel peak, ``R`` the measured
-   radius: the cut follows the cells' profile, lower for flat cells with a steep edge than for peaked ones
-   (:func:`_subpixel_cell_rule`). **Axons (connectivity)**: an axon is about one pixel
-   wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to the length of
-   fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is kept where
-   ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
+   peak from a parabola through its neighbours, and the cut follows the cells' profile, told apart by the spread of
+   the peaks' log-curvature (:func:`_subpixel_cell_rule`): Gaussian-like spots (a uniform log-curvature) are cut
+   at ``exp(-R^2 / (2 w))`` of a log-parabola's peak, ``w`` (px^2) the median spot width of those parabolas and
+   ``R`` the measured radius; flat cells (a plateau, a steep edge: a widely spread log-curvature) at half the
+   vertex of a parabola through the contrast itself (the pixel half covered). **Axons (connectivity)**: an axon is
+   about one pixel wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to
+   the length of fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is
+   kept where ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
    and a varicosity brightens a pixel by about half, so a pixel crossed over most of its width stays; one clipped
    over under ~0.5 pixel goes).
 6. **Injection site (connectivity)**: a bright plateau, near saturation. The pixels at least ``injection_level``
@@ -128,8 +129,9 @@ class DetectionParams:
         peak_smooth_um: ISH: the local maximum of the cell rule is taken on the contrast averaged over a square of
             this side (um; in whole odd pixels, none under 2): a cell's level rather than its brightest granule.
         subpixel_cells: ISH: where a cell spans 1-3 pixels (:attr:`cell_window_px` 3), cut each cell at the
-            fraction of its sub-pixel peak that its edge holds, from the spot width measured at the image's peaks
-            (:func:`_subpixel_cell_rule`); ``False``: the half-maximum rule of finer pixels.
+            fraction of its sub-pixel peak that its edge holds, from the profile measured at the image's peaks
+            (Gaussian spots or flat cells; :func:`_subpixel_cell_rule`); ``False``: the half-maximum rule of finer
+            pixels.
         axon_fraction: connectivity: keep a candidate whose contrast is at least this fraction of the largest in
             its 3 x 3 neighbourhood (a pixel an axon only clips is dimmer than those it crosses); 0 disables the
             rule. Connectivity default 0.4.
@@ -755,15 +757,21 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
     """The cell rule where a cell spans 1-3 pixels (bool, the pixels kept among ``candidates``).
 
     The pixels are too coarse to show a cell's outline, and the brightest pixel is not its peak (the cell's centre
-    lies anywhere in it). Each local maximum (3 x 3) of the candidates' contrast ``F`` gets a log-parabola through
-    it and its 4 neighbours, per axis: its sub-pixel peak ``P``, and a curvature ``2 ln F0 - ln F- - ln F+`` that
-    is ``1 / w`` for a spot of variance ``w`` px^2 as the pixels record it (blur, pixel integration and the cell's
-    own profile together). ``w`` is the median over the image's peaks. A pixel at the cell's edge, ``R =
-    diameter / 2`` from its centre (the diameter measured from the image's autocorrelation), holds ``exp(-R^2 /
-    (2 w))`` of the peak: a pixel is kept where ``F`` reaches that fraction of the largest of ``P`` and ``F``
-    over its 3 x 3 neighbourhood. Flat cells (a plateau, a steep edge) have a small curvature for their size, so
-    their cut is lower than peaked ones': the size says how far the edge is, the curvature how fast the light
-    falls to it.
+    lies anywhere in it). Each local maximum (3 x 3) of the candidates' contrast ``F`` gets a parabola through it
+    and its 4 neighbours, per axis, whose vertex is its sub-pixel peak ``P``; a pixel is kept where ``F`` reaches
+    ``fraction`` of the largest of ``P`` and ``F`` over its 3 x 3 neighbourhood. Which parabola and which fraction
+    follow the cells' profile, told apart by the spread of the log-curvature ``2 ln F0 - ln F- - ln F+`` over the
+    image's peaks (interquartile range over median, :data:`GAUSSIAN_SPREAD`):
+
+    * **Gaussian-like spots** (a uniform log-curvature: every spot has one shape, only its sub-pixel offset and
+      brightness vary, neither of which changes ``ln F``'s curvature): the parabola is through ``ln F``, its
+      curvature ``1 / w`` for a spot of variance ``w`` px^2 as the pixels record it (blur, pixel integration and
+      the cell's profile together; the median over the peaks). A pixel at the cell's edge, ``R = diameter / 2``
+      from its centre (the diameter measured from the image's autocorrelation), holds ``exp(-R^2 / (2 w))`` of
+      the peak.
+    * **Flat cells** (a plateau with a steep edge, each pixel recording the fraction of it the cell covers: the
+      log-curvature depends on where the edge falls in the pixels and spreads widely): the parabola is through
+      ``F`` itself and the edge, the pixel half covered, holds half the plateau: ``params.peak_fraction``.
     """
     rows, cols = contrast.shape
     # Only the candidates are looked at (a few percent of the pixels): their 3 x 3 neighbourhoods are gathered.
@@ -785,26 +793,46 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
         keep[cy, cx] = value >= np.ceil(local * fraction)
         return keep
 
-    def logs(dy: int, dx: int) -> np.ndarray:
-        return np.log(np.maximum(contrast[ys + dy, xs + dx], 1).astype(np.float64))
+    def values(dy: int, dx: int) -> np.ndarray:
+        return np.maximum(contrast[ys + dy, xs + dx], 1).astype(np.float64)
 
-    centre, left, right, up, down = logs(0, 0), logs(0, -1), logs(0, 1), logs(-1, 0), logs(1, 0)
-    curve_x = np.maximum(2 * centre - left - right, 1e-3)
-    curve_y = np.maximum(2 * centre - up - down, 1e-3)
-    width = float(1.0 / np.median(np.concatenate([curve_x, curve_y])))  # px^2
+    linear = values(0, 0), values(0, -1), values(0, 1), values(-1, 0), values(1, 0)
+    logs = tuple(np.log(v) for v in linear)
+    centre, left, right, up, down = logs
+    log_curve = np.concatenate([2 * centre - left - right, 2 * centre - up - down])
+    q1, q2, q3 = np.percentile(log_curve, [25, 50, 75])
+    spread = float((q3 - q1) / q2) if q2 > 0 else float("inf")
+    gaussian = spread <= GAUSSIAN_SPREAD
+    centre, left, right, up, down = logs if gaussian else linear
+    floor = 1e-3 if gaussian else 1e-6 * centre
+    curve_x = np.maximum(2 * centre - left - right, floor)
+    curve_y = np.maximum(2 * centre - up - down, floor)
     # the vertex of each axis' parabola lies at most half a pixel away: its rise is at most curve / 8
     rise = np.minimum((right - left) ** 2 / (8 * curve_x), curve_x / 8) + np.minimum((down - up) ** 2 / (8 * curve_y),
                                                                                       curve_y / 8)
     peak = np.zeros((rows, cols), np.float32)
-    peak[ys, xs] = np.exp(centre + rise)
+    peak[ys, xs] = np.exp(centre + rise) if gaussian else centre + rise
     reference = local.astype(np.float32)
     for dy, dx in offsets:
         np.maximum(reference, peak[rows_at[dy], cols_at[dx]], out=reference)
-    radius = params.diameter_um / 2.0 / params.pixel_size_um
-    fraction = float(np.clip(math.exp(-radius * radius / (2.0 * width)), 0.2, 0.9))
-    info.update(cut_fraction=fraction, spot_variance_px2=width, cells=float(ys.size))
+    if gaussian:
+        width = float(1.0 / np.median(np.concatenate([curve_x, curve_y])))  # px^2
+        radius = params.diameter_um / 2.0 / params.pixel_size_um
+        fraction = float(np.clip(math.exp(-radius * radius / (2.0 * width)), 0.2, 0.9))
+        info.update(spot_variance_px2=width)
+    else:
+        fraction = float(params.peak_fraction)
+    info.update(cut_fraction=fraction, log_curvature_spread=spread, flat_cells=float(not gaussian),
+                cells=float(ys.size))
     keep[cy, cx] = value >= fraction * reference
     return keep
+
+
+#: The log-curvature's spread over the peaks (interquartile range / median) up to which :func:`_subpixel_cell_rule`
+#: takes the cells for Gaussian-like spots. Spots of one shape give a nearly uniform log-curvature (measured 0.29-0.32
+#: on the virtual microscope's, whose splat of the cells between pixel centres widens some spots) and flat cells a
+#: wide one (0.76-0.93 on the second family's ellipses); 0.5 lies between, a factor ~1.6 from each.
+GAUSSIAN_SPREAD = 0.5
 
 
 def _box_mean(image: np.ndarray, size: int) -> np.ndarray:

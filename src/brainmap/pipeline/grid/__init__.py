@@ -42,6 +42,8 @@ from brainmap.pipeline.grid.projection import (
     write_projection_grids_streamed,
 )
 from brainmap.pipeline.grid.resample import GridAccumulator, GridSpec, PartialGrid
+from brainmap.pipeline.grid import spill as _spill
+from brainmap.pipeline.grid.spill import SPILL_VOXELS, SpillAccumulator, SpilledSection, spill_section
 from brainmap.specimen.model import SectionDataSet, SectionImage
 
 __all__ = [
@@ -51,6 +53,8 @@ __all__ = [
     "Gridder",
     "PartialGrid",
     "SectionGrid",
+    "SpillAccumulator",
+    "SpilledSection",
     "grid_dataset",
     "grid_folder",
     "grid_section",
@@ -87,6 +91,12 @@ class Gridder:
             100 um, as Allen serves every experiment at several resolutions); each section is detected once.
         smoothing: ISH only: Allen's smoothing of the expression grids (on by default; ``False`` turns it off,
             ``brainmap run --no-ish-smoothing``); an explicit ``smoothing=`` to :meth:`volumes` wins.
+        spill_dir: connectivity grids of more than :data:`~brainmap.pipeline.grid.spill.SPILL_VOXELS` voxels
+            (10 um) are summed by a :class:`~brainmap.pipeline.grid.spill.SpillAccumulator` whose files go here
+            (default: the system's temporary folder).
+        spill_planes: the grids summed so and their blocks (LR planes), decided when the gridder is made (in the
+            process that sums the sections): :meth:`process` sends those grids' sections spilled
+            (:class:`~brainmap.pipeline.grid.spill.SpilledSection`), summed per voxel and compressed in the worker.
     """
 
     dataset: SectionDataSet
@@ -96,12 +106,19 @@ class Gridder:
     lattice: ExpressionLattice | None = None
     extra_specs: tuple[GridSpec, ...] = ()
     smoothing: bool = True
+    spill_dir: str | None = None
+    spill_planes: dict[GridSpec, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.spill_planes is None:
+            specs = (self.spec, *self.extra_specs) if self.lattice is None else ()
+            self.spill_planes = {s: _spill.block_planes_for(s) for s in specs if s.n_voxels > SPILL_VOXELS}
 
     @classmethod
     def for_dataset(cls, dataset: SectionDataSet, resolution_um: float | None = None, *,
                     spec: GridSpec | None = None, params: DetectionParams | None = None,
-                    block_px: int | None = None, also_um: tuple[float, ...] = (), smoothing: bool = True
-                    ) -> Gridder:
+                    block_px: int | None = None, also_um: tuple[float, ...] = (), smoothing: bool = True,
+                    spill_dir: str | os.PathLike[str] | None = None) -> Gridder:
         """A gridder on Allen's grid at ``resolution_um`` (default 200 um ISH, 100 um connectivity) or ``spec``;
         connectivity data sets are gridded at the resolutions ``also_um`` too (from the same detections)."""
         if dataset.alignment3d is None:
@@ -112,7 +129,8 @@ class Gridder:
         lattice = expression_lattice(dataset, spec) if dataset.product == "ish" else None
         extra = tuple(GridSpec.allen(r) for r in dict.fromkeys(also_um) if GridSpec.allen(r) != spec) \
             if dataset.product == "connectivity" else ()
-        return cls(dataset, spec, params, block_px, lattice, extra, smoothing)
+        return cls(dataset, spec, params, block_px, lattice, extra, smoothing,
+                   None if spill_dir is None else str(spill_dir))
 
     def usable_images(self) -> list[SectionImage]:
         """The sections that are gridded: not failed, with an Alignment2d."""
@@ -126,30 +144,44 @@ class Gridder:
         return grid_section(self.dataset, image, detection, grid, block_px=self.block_px)
 
     def process(self, image: SectionImage, arrays: Mapping[str, np.ndarray]
-                ) -> PartialGrid | SectionGrid | list[PartialGrid]:
-        """Detection then gridding of one section: the map step (one partial per grid with ``extra_specs``)."""
+                ) -> PartialGrid | SpilledSection | SectionGrid | list[PartialGrid | SpilledSection]:
+        """Detection then gridding of one section: the map step (one partial per grid with ``extra_specs``; a
+        grid in :attr:`spill_planes` gives a :class:`~brainmap.pipeline.grid.spill.SpilledSection`)."""
         detection = self.detect(arrays)
-        first = self.grid_section(image, detection)
+        first = self._spilled(self.grid_section(image, detection))
         if not self.extra_specs:
             return first
-        return [first, *(grid_section(self.dataset, image, detection, spec, block_px=self.block_px)
+        return [first, *(self._spilled(grid_section(self.dataset, image, detection, spec, block_px=self.block_px))
                          for spec in self.extra_specs)]
+
+    def _spilled(self, partial: Any) -> Any:
+        planes = (self.spill_planes or {}).get(getattr(partial, "spec", None))
+        return partial if planes is None or not isinstance(partial, PartialGrid) else spill_section(partial, planes)
 
     def write_all(self, folder: str | os.PathLike[str], accumulator: Any) -> list[Path]:
         """The volumes of every grid of the reduced ``accumulator``, written into ``folder``; the paths."""
-        if isinstance(accumulator, GridAccumulator | GridAccumulators):  # connectivity: slab by slab
+        if isinstance(accumulator, GridAccumulator | SpillAccumulator | GridAccumulators):  # connectivity: slab by slab
             parts = accumulator.parts if isinstance(accumulator, GridAccumulators) else [accumulator]
             return [path for part in parts
                     for path in write_projection_grids_streamed(folder, part, self.dataset.pixel_size_um)]
         return self.write(folder, self.volumes(accumulator))
 
-    def accumulator(self) -> GridAccumulator | ExpressionAccumulator | GridAccumulators:
-        """An empty accumulator for the reduction (``add`` partials, ``merge`` accumulators)."""
+    def accumulator(self) -> GridAccumulator | SpillAccumulator | ExpressionAccumulator | GridAccumulators:
+        """An empty accumulator for the reduction (``add`` partials in section order; ``merge`` accumulators of
+        grids up to 25 um): a :class:`SpillAccumulator` for grids too large to hold (10 um)."""
         if self.lattice is not None:
             return ExpressionAccumulator(self.lattice)
         if self.extra_specs:
-            return GridAccumulators([GridAccumulator(s) for s in (self.spec, *self.extra_specs)])
-        return GridAccumulator(self.spec)
+            return GridAccumulators([self._grid_accumulator(s) for s in (self.spec, *self.extra_specs)])
+        return self._grid_accumulator(self.spec)
+
+    def _grid_accumulator(self, spec: GridSpec) -> GridAccumulator | SpillAccumulator:
+        planes = (self.spill_planes or {}).get(spec)
+        if planes is None:
+            return GridAccumulator(spec)
+        import tempfile
+
+        return SpillAccumulator(spec, self.spill_dir or tempfile.gettempdir(), block_planes=planes)
 
     def volumes(self, accumulator: GridAccumulator | ExpressionAccumulator, **options: Any) -> dict[str, np.ndarray]:
         """The product's volumes from the reduced accumulator (options: see ``expression_volumes`` /
@@ -170,7 +202,7 @@ class GridAccumulators:
     """One :class:`GridAccumulator` per grid of a gridder with ``extra_specs``: ``add`` takes the list of a
     section's partials (one per grid, in order)."""
 
-    parts: list[GridAccumulator]
+    parts: list[GridAccumulator | SpillAccumulator]
 
     @property
     def sections(self) -> int:

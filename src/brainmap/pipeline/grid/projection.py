@@ -192,13 +192,15 @@ def write_projection_grids_streamed(folder: str | os.PathLike[str], accumulator:
     volumes without whole volumes in memory (one slab of each of the nine at a time, compressed in ``threads``
     threads, default the CPUs available: deflate releases the GIL). ``deflate="zlib"`` writes the same files
     byte for byte; the default ISA-L deflate writes the same data an order of magnitude faster
-    (:class:`~brainmap.io.nrrd_write_stream.NrrdSlabWriter`)."""
+    (:class:`~brainmap.io.nrrd_write_stream.NrrdSlabWriter`). A :class:`~brainmap.pipeline.grid.spill.
+    SpillAccumulator` (10 um) is read in its blocks of LR planes instead of ``slab_bytes``."""
     spec = accumulator.spec
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     full = (spec.resolution_um / pixel_size_um) ** 2
     plane = spec.shape[0] * spec.shape[1]
     planes = max(1, slab_bytes // (plane * 8))
+    planes = getattr(accumulator, "block_planes", planes)  # a SpillAccumulator's blocks: each decoded once
     paths = {name: folder / f"{name}_{spec.resolution_label}.nrrd" for name in PROJECTION_VOLUMES}
     workers = threads or min(len(paths), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                              else (os.cpu_count() or 1))

@@ -53,8 +53,9 @@ UNIONIZE_FILE = PipelineFolder.UNIONIZE
 #: The version of what the grid and unionize stages write: a change of their outputs' content or columns bumps
 #: it, so folders made by an earlier brainmap are redone, not taken as done (2: Allen's ISH smoothing and
 #: sum_pixel_intensity grids, AllenSDK's unionize rules; 3: the detector's rules for coarse ISH cells and
-#: clipped axons; 4: the connectivity noise refit where axons are dense).
-STAGE_FORMAT = 4
+#: clipped axons; 4: the connectivity noise refit where axons are dense; 5: flat coarse ISH cells cut at half
+#: their plateau).
+STAGE_FORMAT = 5
 
 
 @dataclass(frozen=True)
@@ -384,9 +385,8 @@ def _finish_grid(layout: PipelineFolder, gridder, accumulator, expected: str) ->
 # --------------------------------------------------------------------------- unionize
 def unionize_stage(folder: str | os.PathLike[str]) -> str:
     """Unionize one data set's grids unless done; returns "done" or "skipped". Runs in a Dask worker."""
-    from brainmap.atlas import ReferenceSpace
     from brainmap.atlas.expression_grid import expression_grid_space
-    from brainmap.pipeline.unionize import GridFolder, unionize_expression, unionize_projection
+    from brainmap.pipeline.unionize import GridFolder, unionize_annotation, unionize_expression, unionize_projection
 
     layout = PipelineFolder.of(folder)
     folder, work = layout.dataset, layout.work
@@ -400,7 +400,8 @@ def unionize_stage(folder: str | os.PathLike[str]) -> str:
     else:
         resolution = int(round(StageRecord.read(work, "grid").summary["resolution_um"]))
         grids = GridFolder(layout.grids, resolution=resolution)
-        table = unionize_projection(grids, ReferenceSpace.bundled(grids.resolution), experiment_id=dataset.id,
+        # the bundled annotation at 25-100 um; at 10 um the 25 um one upsampled slab by slab (grids read by slabs)
+        table = unionize_projection(grids, unionize_annotation(grids), experiment_id=dataset.id,
                                     pixel_size_um=dataset.pixel_size_um)
     path = layout.unionize
     with atomic_write(path, "w", newline="") as fh:
@@ -505,7 +506,8 @@ def run_pipeline(
                 continue
             gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product),
                                                    also_um=settings.extra_grid_resolutions_um,
-                                                   smoothing=settings.ish_smoothing)
+                                                   smoothing=settings.ish_smoothing,
+                                                   spill_dir=PipelineFolder.of(folder).work)  # 10 um grids
             expected_grid[folder] = expected
             # Data sets in the order they were aligned (earlier ones first), so few accumulators are held at once.
             sections = reduction.submit(folder, gridders[folder], priority=-len(expected_grid))
