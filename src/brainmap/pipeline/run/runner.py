@@ -233,10 +233,10 @@ def _add(accumulator: Any, partial: Any, reduced: Any) -> None:
 
     if isinstance(accumulator, GridAccumulators):
         for part, one, done in zip(accumulator.parts, partial, reduced, strict=True):
-            part.add(one, reduced=done)
-    elif isinstance(accumulator, GridAccumulator):
-        accumulator.add(partial, reduced=reduced)
-    else:
+            _add(part, one, done)
+    elif reduced and isinstance(accumulator, GridAccumulator):
+        accumulator.add(partial, reduced=True)
+    else:  # e.g. a SpillAccumulator (a reduced partial is still a partial) or an ISH accumulator
         accumulator.add(partial)
 
 
