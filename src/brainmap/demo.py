@@ -240,8 +240,13 @@ def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | Non
         # measurement). Real images of any stain get the default (brainmap run, brainmap align).
         # The connectivity grids are written at 25 um too, as Allen serves them (AllenSDK's documented example
         # asks MouseConnectivityCache(resolution=25) for a projection density); the unionizer reads the 100 um.
+        # The first alignment round skips one smoothing level in 3-D (200 um) and one in 2-D (100 um): measured on
+        # the demo's six data sets against their truth (issue 18, round 4; one process each, loaded machine),
+        # alignment CPU 45.6 -> 41.7 s, error 44.5/52.4 -> 44.4/52.0 um median/p95 (mostly a constant ~43 um
+        # offset, half a 50 um voxel on each axis; without it 6.8/15.9 -> 6.5/15.7 um). Real data keep all levels.
         settings = RunSettings(reference_resolution_um=50, grid_resolution_um=100, nonlinear=False,
-                               contrast="template", extra_grid_resolutions_um=(25,))
+                               contrast="template", extra_grid_resolutions_um=(25,),
+                               first_alignment_levels_um=((400.0, 100.0, 0.0), (200.0, 50.0, 0.0)))
         # One Dask cluster makes the specimens (in parallel) and runs the pipeline on them.
         with dask_client(scheduler, workers) as client:
             folders = _make_specimens(out / "specimens", client)

@@ -214,12 +214,14 @@ def test_local_workers_keep_one_blas_thread_and_glibcs_own_malloc_thresholds():
 
 
 def test_packed_partials_unpack_to_the_same_bits_in_fewer_bytes(specimens):
-    """The map step sends connectivity partials packed (PackedPartial); the reducer must get the very partial the
-    gridder made: a real section of the connectivity specimen gridded at 25 um, as the demo does."""
+    """The map step sends connectivity partials packed (PackedPartial) and summed per voxel; the reducer must get
+    the very per-voxel sums of the partial the gridder made, and sum the very bits: a real section of the
+    connectivity specimen gridded at 25 um, as the demo does."""
     import pickle
 
     from brainmap.pipeline.grid import Gridder, PartialGrid
-    from brainmap.pipeline.run.runner import PackedPartial, _grid_one_section, _unpack
+    from brainmap.pipeline.grid.resample import reduce_partial
+    from brainmap.pipeline.run.runner import PackedPartial, _add, _grid_one_section, _reduced, _unpack
     from brainmap.specimen.folder import read_dataset, read_section_image
 
     folder = specimens / "conn"
@@ -229,14 +231,24 @@ def test_packed_partials_unpack_to_the_same_bits_in_fewer_bytes(specimens):
     made = gridder.process(image, {c: read_section_image(folder, image, c) for c in image.channels})
     sent = _grid_one_section(gridder, str(folder), image)
     assert all(isinstance(p, PackedPartial) for p in sent)
-    got = _unpack(pickle.loads(pickle.dumps(sent, protocol=5)))
+    received = pickle.loads(pickle.dumps(sent, protocol=5))
+    got = _unpack(received)
+    assert _reduced(received) == [True, True]
     for mine, theirs in zip(made, got, strict=True):
+        index, sums = reduce_partial(mine)
         assert isinstance(theirs, PartialGrid) and theirs.spec == mine.spec
-        assert theirs.index.dtype == np.int64 and np.array_equal(theirs.index, mine.index)
+        assert theirs.index.dtype == np.int64 and np.array_equal(theirs.index, index)
         assert set(theirs.values) == set(mine.values)
-        for name, values in mine.values.items():
+        for name, values in sums.items():
             assert theirs.values[name].dtype == np.float64
-            assert theirs.values[name].tobytes() == np.asarray(values, dtype=np.float64).tobytes(), name
+            assert theirs.values[name].tobytes() == values.tobytes(), name
+    # summed as the gridder's own partials are
+    ours, theirs = gridder.accumulator().add(made), gridder.accumulator()
+    _add(theirs, got, _reduced(received))
+    for mine, sent_part in zip(ours.parts, theirs.parts, strict=True):
+        assert mine.names and set(mine.names) == set(sent_part.names)
+        for name in mine.names:
+            assert mine.get(name).tobytes() == sent_part.get(name).tobytes(), name
     fine = made[1]
     assert fine.spec.resolution_um == 25 and fine.index.size > 100_000
     assert len(pickle.dumps(sent[1], protocol=5)) < 0.6 * len(pickle.dumps(fine, protocol=5))

@@ -859,7 +859,8 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,
-                  progress: bool = True, nonlinear: bool = True, contrast: str = "model"
+                  progress: bool = True, nonlinear: bool = True, contrast: str = "model",
+                  first_levels_um: tuple[tuple[float, ...], tuple[float, ...]] | None = None
                   ) -> tuple[dict[int, Alignment2d], Alignment3d]:
     """Align a data set folder to the reference and store the result in its ``dataset.json``.
 
@@ -870,6 +871,8 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
         nonlinear: run the non-linear stage after the affine (:class:`AlignSettings`).
         contrast: ``"model"`` (any stain) or ``"template"`` (a specimen with the template's contrast)
             (:class:`AlignSettings`).
+        first_levels_um: the first round's smoothing levels, ``(first_volume_sigmas_um, first_sigmas_um)``
+            (:class:`AlignSettings`; None: its defaults).
 
     Returns:
         ``(alignment2d by image id, alignment3d)``: every image's pixel ``(x, y)`` <-> specimen ``(sx, sy)``
@@ -879,8 +882,10 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
         MissingFileError: the folder, ``dataset.json`` or an image file is missing.
         AlignmentError: the images show no tissue.
     """
+    levels = {} if first_levels_um is None else {"first_volume_sigmas_um": tuple(first_levels_um[0]),
+                                                 "first_sigmas_um": tuple(first_levels_um[1])}
     result = align_sections(folder, settings=AlignSettings(reference_resolution_um=reference_resolution_um,
-                                                           nonlinear=nonlinear, contrast=contrast),
+                                                           nonlinear=nonlinear, contrast=contrast, **levels),
                             progress=progress)
     update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
     return result.alignment2d, result.alignment3d

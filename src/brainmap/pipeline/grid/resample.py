@@ -331,6 +331,7 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     first = np.floor(lo)
     planes = int(math.ceil(2 * half)) + 1 if half > 0 else 1
     flats, weights, sources = [], [], []
+    strides = (1, shape[0], shape[0] * shape[1])  # of spec.flat_index
     for j in range(planes):
         k = first + j
         if half > 0:
@@ -344,12 +345,15 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
             i2 = np.floor(p2 + t * (e[o2] / e[axis])).astype(np.int64)
         else:
             i1, i2 = c1, c2
-        ijk = np.empty((u.size, 3), dtype=np.int64)
-        ijk[:, axis], ijk[:, o1], ijk[:, o2] = k, i1, i2
-        good = (w > 0) & np.all((ijk >= 0) & (ijk < np.asarray(shape)), axis=1)
-        flats.append(spec.flat_index(ijk[good]))
-        weights.append(w[good])
-        sources.append(np.flatnonzero(good))
+        ik = k.astype(np.int64)
+        # the columns inside the grid, and their flat (Fortran-order) indices from the 1-D voxel indices: the
+        # values of spec.flat_index without an (n, 3) array (a quarter of the demo's gridding time, measured)
+        good = ((w > 0) & (ik >= 0) & (ik < shape[axis]) & (i1 >= 0) & (i1 < shape[o1]) & (i2 >= 0)
+                & (i2 < shape[o2]))
+        source = np.flatnonzero(good)
+        flats.append(ik[source] * strides[axis] + i1[source] * strides[o1] + i2[source] * strides[o2])
+        weights.append(w[source])
+        sources.append(source)
     flat = np.concatenate(flats)
     if flat.size == 0:
         return empty
@@ -447,10 +451,12 @@ class GridAccumulator:
             del self._entry_count[name]
             self.sums[name] = dense
 
-    def add(self, partial: PartialGrid) -> GridAccumulator:
+    def add(self, partial: PartialGrid, *, reduced: bool = False) -> GridAccumulator:
+        """Add a partial; ``reduced``: it is already :func:`reduce_partial`'s output (each voxel once, ascending),
+        e.g. summed per voxel in the worker that made it."""
         if partial.spec != self.spec:
             raise ValueError(f"partial grid on {partial.spec}, accumulator on {self.spec}")
-        index, values = reduce_partial(partial)
+        index, values = (partial.index, partial.values) if reduced else reduce_partial(partial)
         for name, sums in values.items():
             self._add_entries(name, index, sums)
         self.sections += 1

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from brainmap.io.atomic import atomic_write
-from brainmap.pipeline.grid.resample import PartialGrid
+from brainmap.pipeline.grid.resample import PartialGrid, reduce_partial
 from brainmap.pipeline.run.layout import PipelineFolder
 from brainmap.pipeline.run.records import (
     StageRecord,
@@ -77,6 +77,9 @@ class RunSettings:
             ``ImagesResampledTo25MicronARA.zip``; at most 1.6 GB of memory per data set at a time).
         ish_smoothing: Allen's smoothing of ISH expression grids (the default); ``False`` writes them unsmoothed
             (``brainmap run --no-ish-smoothing``).
+        first_alignment_levels_um: the aligner's first-round smoothing levels (microns, coarse to fine),
+            ``(3-D, 2-D)``; None: the aligner's defaults (``AlignSettings.first_volume_sigmas_um``,
+            ``first_sigmas_um``).
     """
 
     reference_resolution_um: int = 25
@@ -87,6 +90,7 @@ class RunSettings:
     contrast: str = "model"
     channel_volumes: bool = False
     ish_smoothing: bool = True
+    first_alignment_levels_um: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def grid_resolution(self, product: str) -> int:
         return 200 if product == "ish" else int(self.grid_resolution_um)
@@ -128,7 +132,10 @@ def _align_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSetti
                             "reference_resolution_um": settings.reference_resolution_um,
                             "keep_alignment": settings.keep_alignment,
                             **({} if settings.nonlinear else {"nonlinear": False}),
-                            **({} if settings.contrast == "model" else {"contrast": settings.contrast})})
+                            **({} if settings.contrast == "model" else {"contrast": settings.contrast}),
+                            **({} if settings.first_alignment_levels_um is None
+                               else {"first_levels_um": [list(map(float, levels))
+                                                         for levels in settings.first_alignment_levels_um]})})
 
 
 def _grid_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
@@ -187,7 +194,8 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
     aligned = dataset.alignment3d is not None and all(i.alignment2d is not None for i in dataset.images if not i.failed)
     if not (settings.keep_alignment and aligned):
         align_dataset(folder, reference_resolution_um=settings.reference_resolution_um, progress=False,
-                      nonlinear=settings.nonlinear, contrast=settings.contrast)
+                      nonlinear=settings.nonlinear, contrast=settings.contrast,
+                      first_levels_um=settings.first_alignment_levels_um)
         dataset = read_dataset(folder)
     path = _write_alignment(layout, dataset)
     StageRecord("align", expected, StageRecord.describe_outputs(work, [path])).write(work)
@@ -211,6 +219,27 @@ def _unpack(result: Any) -> Any:
     return result.unpack() if isinstance(result, PackedPartial) else result
 
 
+def _reduced(result: Any) -> Any:
+    """Whether a section's result (or each of a list's) was summed per voxel in the worker."""
+    if isinstance(result, list):
+        return [_reduced(r) for r in result]
+    return isinstance(result, PackedPartial) and result.reduced
+
+
+def _add(accumulator: Any, partial: Any, reduced: Any) -> None:
+    """Add a section's unpacked result to its data set's accumulator, telling it which partials are summed per
+    voxel already (:func:`_reduced`)."""
+    from brainmap.pipeline.grid import GridAccumulator, GridAccumulators
+
+    if isinstance(accumulator, GridAccumulators):
+        for part, one, done in zip(accumulator.parts, partial, reduced, strict=True):
+            _add(part, one, done)
+    elif reduced and isinstance(accumulator, GridAccumulator):
+        accumulator.add(partial, reduced=True)
+    else:  # e.g. a SpillAccumulator (a reduced partial is still a partial) or an ISH accumulator
+        accumulator.add(partial)
+
+
 @dataclass
 class PackedPartial:
     """A :class:`~brainmap.pipeline.grid.PartialGrid` in fewer bytes, unpacked to the same bits.
@@ -220,14 +249,21 @@ class PackedPartial:
     through Dask's TCP comms into the one process that sums them. Most quantities are 0 at most of those voxels
     (detected signal, the injection site; tissue at about half): the index goes as int32 when the grid allows,
     a quantity as a bit mask of its non-zero entries and their values where that is smaller. 14 MB per section.
+    The worker first sums the partial per voxel (:func:`~brainmap.pipeline.grid.resample.reduce_partial`, what
+    the accumulator would do; ``reduced``): the process that sums every section's partials is the grid stage's
+    bottleneck (measured on the demo: ~85 ms per 25 um partial there against ~50 ms to detect and grid a section
+    in a worker, half of it this reduction).
     """
 
     spec: Any
     index: np.ndarray
     values: dict[str, tuple[np.ndarray | None, np.ndarray]]
+    reduced: bool = False
 
     @classmethod
-    def pack(cls, partial: PartialGrid) -> PackedPartial:
+    def pack(cls, partial: PartialGrid, reduce: bool = True) -> PackedPartial:
+        if reduce:
+            partial = PartialGrid(partial.spec, *reduce_partial(partial))
         index = partial.index
         if partial.spec.n_voxels <= np.iinfo(np.int32).max:
             index = index.astype(np.int32)
@@ -240,7 +276,7 @@ class PackedPartial:
                 values[name] = (np.packbits(nonzero), quantity[nonzero])
             else:
                 values[name] = (None, quantity)
-        return cls(partial.spec, index, values)
+        return cls(partial.spec, index, values, reduce)
 
     def unpack(self) -> PartialGrid:
         n = self.index.size
@@ -297,10 +333,11 @@ class SectionReduction:
         # Partials are added in section order whatever order they finish in: floating-point sums depend on the
         # order of their additions, and a run must write the same bytes with one worker or many.
         waiting = self._waiting[folder]
-        waiting[position] = _unpack(future.result())
+        result = future.result()
+        waiting[position] = (_unpack(result), _reduced(result))
         future.release()
         while self._added[folder] in waiting:
-            self.accumulators[folder].add(waiting.pop(self._added[folder]))
+            _add(self.accumulators[folder], *waiting.pop(self._added[folder]))
             self._added[folder] += 1
         if self.finish is not None and self._added[folder] == self._count[folder]:
             self.finish(folder, self.accumulators.pop(folder))
