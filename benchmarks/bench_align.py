@@ -27,16 +27,13 @@ making them (minutes) is not timed.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from benchmarks.child import run_child
 from benchmarks.report import Figure
 from brainmap.pipeline.align import AlignSettings, align_sections, alignment_error, reference_template
 from brainmap.specimen import read_dataset
@@ -107,12 +104,9 @@ _LAST_CPU_S = [float("nan")]
 
 def _peak_command(args: list[str]) -> tuple[float, float, int]:
     """Wall time (s), peak RSS (GB) and exit code of a child process (its CPU time in ``_LAST_CPU_S``)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    _LAST_CPU_S[0] = usage.ru_utime + usage.ru_stime
-    return seconds, usage.ru_maxrss / 1024 ** 2, os.waitstatus_to_exitcode(status)
+    run = run_child(args)
+    _LAST_CPU_S[0] = run.cpu_s
+    return run.wall_s, run.peak_gb, run.exit_code
 
 
 def _glta() -> list[Figure]:

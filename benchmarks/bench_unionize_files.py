@@ -3,8 +3,8 @@
 Targets (issue 18, 2-core machine, nothing else running): <= 5 s and <= 1.5 GB at 25 um; <= 60 s and <= 2 GB at
 10 um (run with ``BRAINMAP_BENCH_10UM=1``; writing its ten files once takes many minutes and ~10 GB of disk).
 The files are written once and cached (benchmarks/grid_files.py). The command runs as a child process; its wall
-time is measured around it and its peak RSS is the kernel's ``ru_maxrss`` for that child (``os.wait4``), i.e. what
-``/usr/bin/time -v`` reports as "Maximum resident set size".
+time is measured around it and its peak RSS is the child's own high-water mark (``VmHWM``, benchmarks/child.py;
+``ru_maxrss`` would carry this process's size into the child across ``exec``).
 
 Also printed, for scale: single-thread inflate of one 25 um volume with zlib, python-isal and zlib-ng (the reader
 uses isal when installed), and the same command with ``BRAINMAP_INFLATE=zlib``.
@@ -38,7 +38,6 @@ each: CPU 7.7 / 8.3 s against 8.6 / 8.5 s, 0.90-0.93 GB both, the CSVs byte for 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ import zlib
 from pathlib import Path
 
 from benchmarks.grid_files import annotation_file, grid_folder
+from benchmarks.child import run_child
 from benchmarks.report import Figure
 
 TARGETS = {25: (5.0, 1.5), 10: (60.0, 2.0)}
@@ -53,14 +53,10 @@ TARGETS = {25: (5.0, 1.5), 10: (60.0, 2.0)}
 
 def run_command(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """(wall seconds, peak RSS in GB, CPU seconds user + system) of one child process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed with status {process.returncode}")
-    return wall, usage.ru_maxrss * 1024 / 2**30, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB on Linux
+    run = run_child(args, env)
+    if run.exit_code:
+        raise RuntimeError(f"{' '.join(args)} failed with status {run.exit_code}")
+    return run.wall_s, run.peak_gb, run.cpu_s
 
 
 def unionize_command(folder: Path, out: Path, annotation: Path | None = None) -> list[str]:
