@@ -17,6 +17,7 @@ it in one process.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,8 +43,13 @@ from brainmap.pipeline.grid.projection import (
     write_projection_grids_streamed,
 )
 from brainmap.pipeline.grid.resample import GridAccumulator, GridSpec, PartialGrid
-from brainmap.pipeline.grid import spill as _spill
-from brainmap.pipeline.grid.spill import SPILL_VOXELS, SpillAccumulator, SpilledSection, spill_section
+from brainmap.pipeline.grid.spill import (
+    SPILL_VOXELS,
+    SpillAccumulator,
+    SpilledSection,
+    block_planes_for,
+    spill_section,
+)
 from brainmap.specimen.model import SectionDataSet, SectionImage
 
 __all__ = [
@@ -112,7 +118,7 @@ class Gridder:
     def __post_init__(self) -> None:
         if self.spill_planes is None:
             specs = (self.spec, *self.extra_specs) if self.lattice is None else ()
-            self.spill_planes = {s: _spill.block_planes_for(s) for s in specs if s.n_voxels > SPILL_VOXELS}
+            self.spill_planes = {s: block_planes_for(s) for s in specs if s.n_voxels > SPILL_VOXELS}
 
     @classmethod
     def for_dataset(cls, dataset: SectionDataSet, resolution_um: float | None = None, *,
@@ -179,8 +185,6 @@ class Gridder:
         planes = (self.spill_planes or {}).get(spec)
         if planes is None:
             return GridAccumulator(spec)
-        import tempfile
-
         return SpillAccumulator(spec, self.spill_dir or tempfile.gettempdir(), block_planes=planes)
 
     def volumes(self, accumulator: GridAccumulator | ExpressionAccumulator, **options: Any) -> dict[str, np.ndarray]:
