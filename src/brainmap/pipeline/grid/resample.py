@@ -253,6 +253,18 @@ def _footprint_taps(f: np.ndarray, half: float) -> tuple[list[np.ndarray], list[
     return indices, shares
 
 
+def _footprint_pairs(f1: np.ndarray, f2: np.ndarray, half: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A square footprint of half-side ``half`` (voxels) at each ``(f1, f2)`` (voxel units) split over the voxels
+    it overlaps (:func:`_footprint_taps` along each axis): ``(index 1, index 2, share, copies)``, each of
+    ``copies`` blocks of entries one pair of taps, the first axis fastest."""
+    (i1, h1), (i2, h2) = _footprint_taps(f1, half), _footprint_taps(f2, half)
+    l1 = np.concatenate([a for _ in i2 for a in i1])
+    l2 = np.concatenate([b for b in i2 for _ in i1])
+    share = np.concatenate([a * b for b in h2 for a in h1])
+    return l1, l2, share, len(i1) * len(i2)
+
+
 def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], direction: np.ndarray,
                slab_um: float, spec: GridSpec, *, weight: str, footprint_um: float = 0.0,
                plane: tuple[np.ndarray, np.ndarray] | None = None) -> PartialGrid:
@@ -306,12 +318,8 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     half = 0.5 * footprint_um / res
     f1, f2 = (points[:, o1] - origin[o1]) / res, (points[:, o2] - origin[o2]) / res
     m1, m2 = np.floor(f1).astype(np.int64), np.floor(f2).astype(np.int64)
-    if half > 0:  # each footprint voxel pair (o1 fastest), shared by area
-        (i1, h1), (i2, h2) = _footprint_taps(f1, half), _footprint_taps(f2, half)
-        l1 = np.concatenate([a for _ in i2 for a in i1])
-        l2 = np.concatenate([b for b in i2 for _ in i1])
-        share = np.concatenate([a * b for b in h2 for a in h1])
-        copies = len(i1) * len(i2)
+    if half > 0:
+        l1, l2, share, copies = _footprint_pairs(f1, f2, half)
     else:
         l1, l2, share, copies = m1, m2, np.ones(points.shape[0]), 1
     w0 = np.tile(w_point, copies) * share
