@@ -538,13 +538,22 @@ class GridAccumulator:
         """The flat sums of a quantity (zeros if no section had it), a dense vector."""
         return self.get_range(name, 0, self.spec.n_voxels)
 
+    def get_entries(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A sparse quantity's sums at flat indices ``start .. stop - 1``: (their positions from ``start``, the
+        sums there; every other voxel of the range holds 0); None for a dense quantity."""
+        if name in self.sums:
+            return None
+        if name not in self.entries:
+            return np.zeros(0, np.int64), np.zeros(0)
+        index, values = self._consolidate(name)
+        lo, hi = np.searchsorted(index, [start, stop])
+        return index[lo:hi] - start, values[lo:hi]
+
     def get_range(self, name: str, start: int, stop: int) -> np.ndarray:
         """The sums at flat indices ``start .. stop - 1`` (a view for a dense quantity; do not write to it)."""
         if name in self.sums:
             return self.sums[name][start:stop]
         out = np.zeros(stop - start)
-        if name in self.entries:
-            index, values = self._consolidate(name)
-            lo, hi = np.searchsorted(index, [start, stop])
-            out[index[lo:hi] - start] = values[lo:hi]
+        at, values = self.get_entries(name, start, stop)  # type: ignore[misc]
+        out[at] = values
         return out
