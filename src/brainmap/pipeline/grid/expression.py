@@ -57,7 +57,7 @@ from brainmap.io.grid_bundle import write_grid_bundle
 from brainmap.io.metaimage import write_metaimage
 from brainmap.io.nrrd import write_nrrd
 from brainmap.pipeline.detect.core import DetectionResult
-from brainmap.pipeline.grid.resample import GridSpec, _footprint_shares, block_centres, block_sums
+from brainmap.pipeline.grid.resample import GridSpec, _footprint_pairs, block_centres, block_sums
 from brainmap.specimen.model import SectionDataSet, SectionImage, reference_to_specimen
 
 __all__ = [
@@ -155,18 +155,15 @@ def grid_expression_section(dataset: SectionDataSet, image: SectionImage, detect
     sxy = image.alignment2d.tsv.apply(np.stack([x.ravel(), y.ravel()], axis=1))
     # each block is a square of block x pixel um, shared by area with the neighbouring cell it spills into
     half = 0.5 * block * dataset.pixel_size_um / lattice.cell_um
-    mx, sx, ox, tx = _footprint_shares((sxy[:, 0] - lattice.origin_um[0]) / lattice.cell_um, half)
-    my, sy, oy, ty = _footprint_shares((sxy[:, 1] - lattice.origin_um[1]) / lattice.cell_um, half)
-    ix = np.concatenate([mx, ox, mx, ox])
-    iy = np.concatenate([my, my, oy, oy])
-    share = np.concatenate([sx * sy, tx * sy, sx * ty, tx * ty])
+    ix, iy, share, copies = _footprint_pairs((sxy[:, 0] - lattice.origin_um[0]) / lattice.cell_um,
+                                             (sxy[:, 1] - lattice.origin_um[1]) / lattice.cell_um, half)
     ny, nx = lattice.shape
     ok = (share > 0) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
     cells = iy[ok] * nx + ix[ok]
     share = share[ok]
     out = np.empty((len(EXPRESSION_QUANTITIES), ny, nx))
     for q, values in enumerate(sums):
-        weights = np.tile(np.asarray(values, np.float64).ravel(), 4)[ok] * share
+        weights = np.tile(np.asarray(values, np.float64).ravel(), copies)[ok] * share
         out[q] = np.bincount(cells, weights=weights, minlength=ny * nx).reshape(ny, nx)
     return SectionGrid(lattice.plane(dataset.section_position_um(image.section_number)), out)
 

@@ -17,6 +17,8 @@ position (:func:`section_affine`); no per-pixel transform is ever evaluated.
 additions: about one pass), and each block is placed at the centroid of its pixels. Blocks are smaller than a
 voxel (default half a voxel) and a block that straddles a voxel boundary is shared by area between the two
 (its footprint, taken axis-aligned), so blocks that do not tile the voxels evenly leave no moire in the sums.
+A pixel coarser than half a voxel is a block of its own, and its footprint is shared by area over every voxel it
+overlaps (50 um pixels on the 25 um grid: two or three per axis): every voxel under the imaged area gets data.
 
 **Slab splatting (connectivity).** A section stands for a slab of the specimen ``sz +- slab / 2`` (``slab`` =
 the sampling interval, e.g. 100 um: consecutive sections tile the specimen). A block's slab is the segment
@@ -229,6 +231,40 @@ def _footprint_shares(f: np.ndarray, half: float) -> tuple[np.ndarray, np.ndarra
     return main, 1.0 - share, other, share
 
 
+def _footprint_taps(f: np.ndarray, half: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split a square footprint of half-side ``half`` (voxels, any size) centred at ``f`` (voxel units) along one
+    axis: ``(indices, shares)``, one array of each per voxel the footprint may overlap, shares by overlap length.
+
+    Up to half a voxel this is :func:`_footprint_shares` (the voxel and the neighbour it spills into, the same
+    bits); a wider footprint (a pixel coarser than the grid, e.g. 50 um pixels on the 25 um grid) overlaps
+    ``ceil(2 half) + 1`` voxels at most, each getting its share: every voxel under the pixel receives data, so the
+    data mask has no holes between the pixels' centres and no pixel is lost with the voxels it barely touches.
+    """
+    if half <= 0.5:
+        main, share, other, spill = _footprint_shares(f, half)
+        return [main, other], [share, spill]
+    lo, hi = f - half, f + half
+    first = np.floor(lo)
+    indices, shares = [], []
+    for j in range(int(math.ceil(2 * half)) + 1):
+        voxel = first + j
+        indices.append(voxel.astype(np.int64))
+        shares.append(np.clip(np.minimum(hi, voxel + 1) - np.maximum(lo, voxel), 0.0, None) / (2 * half))
+    return indices, shares
+
+
+def _footprint_pairs(f1: np.ndarray, f2: np.ndarray, half: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A square footprint of half-side ``half`` (voxels) at each ``(f1, f2)`` (voxel units) split over the voxels
+    it overlaps (:func:`_footprint_taps` along each axis): ``(index 1, index 2, share, copies)``, each of
+    ``copies`` blocks of entries one pair of taps, the first axis fastest."""
+    (i1, h1), (i2, h2) = _footprint_taps(f1, half), _footprint_taps(f2, half)
+    l1 = np.concatenate([a for _ in i2 for a in i1])
+    l2 = np.concatenate([b for b in i2 for _ in i1])
+    share = np.concatenate([a * b for b in h2 for a in h1])
+    return l1, l2, share, len(i1) * len(i2)
+
+
 def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], direction: np.ndarray,
                slab_um: float, spec: GridSpec, *, weight: str, footprint_um: float = 0.0,
                plane: tuple[np.ndarray, np.ndarray] | None = None) -> PartialGrid:
@@ -280,14 +316,11 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     empty = PartialGrid(spec, np.zeros(0, np.int64), {name: np.zeros(0) for name in quantities})
     w_point = np.asarray(quantities[weight], dtype=np.float64).ravel()
     origin = np.asarray(spec.origin_um)
-    half = min(0.5 * footprint_um / res, 0.5)
-    m1, s1, x1, t1 = _footprint_shares((points[:, o1] - origin[o1]) / res, half)
-    m2, s2, x2, t2 = _footprint_shares((points[:, o2] - origin[o2]) / res, half)
+    half = 0.5 * footprint_um / res
+    f1, f2 = (points[:, o1] - origin[o1]) / res, (points[:, o2] - origin[o2]) / res
+    m1, m2 = np.floor(f1).astype(np.int64), np.floor(f2).astype(np.int64)
     if half > 0:
-        l1 = np.concatenate([m1, x1, m1, x1])
-        l2 = np.concatenate([m2, m2, x2, x2])
-        share = np.concatenate([s1 * s2, t1 * s2, s1 * t2, t1 * t2])
-        copies = 4
+        l1, l2, share, copies = _footprint_pairs(f1, f2, half)
     else:
         l1, l2, share, copies = m1, m2, np.ones(points.shape[0]), 1
     w0 = np.tile(w_point, copies) * share
@@ -295,10 +328,11 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     if not ok.any():
         return empty
     # -- columns: sums (and, without the plane, weighted mean positions) per lateral voxel (bounded bincounts)
-    # bounds from the main indices (a footprint reaches one voxel further), clipped to the grid
-    l1_lo, l2_lo = max(int(m1.min()) - 1, 0), max(int(m2.min()) - 1, 0)
-    n1 = min(int(m1.max()) + 1, shape[o1] - 1) - l1_lo + 1
-    n2 = min(int(m2.max()) + 1, shape[o2] - 1) - l2_lo + 1
+    # bounds from the main indices (a footprint reaches ceil(half) voxels further, at least one), clipped
+    reach = max(1, int(math.ceil(half)))
+    l1_lo, l2_lo = max(int(m1.min()) - reach, 0), max(int(m2.min()) - reach, 0)
+    n1 = min(int(m1.max()) + reach, shape[o1] - 1) - l1_lo + 1
+    n2 = min(int(m2.max()) + reach, shape[o2] - 1) - l2_lo + 1
     key = np.where(ok, (l1 - l1_lo) + n1 * (l2 - l2_lo), 0)
     share = np.where(ok, share, 0.0)
     w0 = np.where(ok, w0, 0.0)
