@@ -295,7 +295,8 @@ def test_an_injection_site_that_does_not_saturate_is_found_on_the_second_family(
     sz = dataset.alignment3d.trv.apply(np.array(centre))[2]
     image = min(dataset.usable_images(), key=lambda im: abs(dataset.section_position_um(im.section_number) - sz))
     arrays, truth, _ = crop_second_family(vs, image, (200, 200), centre_reference_um=centre)
-    assert np.percentile(arrays["signal"][truth], 99) < 0.9 * 4095  # no saturated plateau
+    # no saturated plateau: a few % of the pixels saturate where fibres drawn at the true density overlap
+    assert np.percentile(arrays["signal"][truth], 90) < 0.9 * 4095 and np.mean(arrays["signal"][truth] >= 4095) < 0.03
     result = detect_section(arrays, DetectionParams.for_dataset(dataset))
     assert result.injection is not None and result.injection.sum() > 0.5 * truth.sum()
     precision, recall = precision_recall(result.signal, truth)
@@ -385,8 +386,8 @@ def _second_family_connectivity_crop(index: int, fibre_rate: str, size: int = 30
 
 def test_the_second_family_draws_axon_pixels_at_the_true_density_when_asked():
     """``fibre_rate="axon"`` draws as many fibre segments as make the expected fraction of axon pixels (fibre over
-    a tenth of the pixel) the truth's density; the first rule ("touched", the default) makes that of the pixels a
-    fibre touches, and only ~0.4 of them are axon pixels at 10 um."""
+    a tenth of the pixel) the truth's density (the family's default); the first rule ("touched") makes that of the
+    pixels a fibre touches, and only ~0.4 of them are axon pixels at 10 um."""
     _, _, truth, density, tissue = _second_family_connectivity_crop(3, "axon")
     _, _, first, _, _ = _second_family_connectivity_crop(3, "touched")
     expected = float(density[tissue].sum())
