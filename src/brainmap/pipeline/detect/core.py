@@ -87,6 +87,16 @@ NOISE_MAX_BLOCKS = 1600
 #: The noise model is fitted again without the candidates (``noise_refits``) only where they cover more than this
 #: fraction of the tissue (sparse signal leaves the first fit's lower envelope clear).
 REFIT_DENSITY = 0.02
+#: Connectivity: the coverage rule (``axon_cover``) is the default at pixels at least this coarse (um), where an axon
+#: (about a micron wide) crosses well under half a pixel's width; finer pixels keep the 3 x 3 rule (``axon_fraction``).
+AXON_COVER_MIN_PIXEL_UM = 2.5
+#: The coverage rule: a connected group of at most this many candidates is one fibre segment, judged against its own
+#: brightest pixel; larger groups (crossing fibres, a mesh) against the image's typical full crossing.
+AXON_SEGMENT_PX = 6
+#: The typical full crossing is the median contrast of the isolated peaks: 3 x 3 maxima of the candidates with at
+#: most :data:`AXON_SEGMENT_PX` candidates within 2 pixels (one fibre, not a mesh of overlapping ones); at least
+#: this many of them, else all the peaks.
+AXON_MIN_PEAKS = 20
 #: Bit depths whose full scale (2**k - 1) is taken for the saturation level when it is not given.
 _BIT_DEPTHS = (8, 10, 12, 14, 16)
 
@@ -134,7 +144,11 @@ class DetectionParams:
             pixels.
         axon_fraction: connectivity: keep a candidate whose contrast is at least this fraction of the largest in
             its 3 x 3 neighbourhood (a pixel an axon only clips is dimmer than those it crosses); 0 disables the
-            rule. Connectivity default 0.4.
+            rule. Connectivity default 0.4 at pixels finer than :data:`AXON_COVER_MIN_PIXEL_UM`, else 0.
+        axon_cover: connectivity: keep a candidate whose contrast is at least this fraction of its fibre's full
+            crossing -- the brightest pixel of its connected group when the group is one segment (at most
+            :data:`AXON_SEGMENT_PX` pixels), else the image's typical full crossing (:func:`_axon_cover_rule`); 0
+            disables the rule. Connectivity default 0.6 at pixels of at least :data:`AXON_COVER_MIN_PIXEL_UM`, else 0.
         detect_injection: find the injection site (connectivity only).
         saturation_counts: the saturation level (counts); ``None``: the full scale of the smallest bit depth
             (8, 10, 12, 14, 16) holding the image's maximum.
@@ -167,6 +181,7 @@ class DetectionParams:
     speck_um: float = 3.0
     peak_smooth_um: float = 0.0
     axon_fraction: float = 0.0
+    axon_cover: float = 0.0
     subpixel_cells: bool = True
     detect_injection: bool = True
     saturation_counts: float | None = None
@@ -186,7 +201,7 @@ class DetectionParams:
                 raise ValueError(f"DetectionParams.{name} must be a positive number, got {value!r}")
         if self.background_window_um is not None and not self.background_window_um > 0:
             raise ValueError(f"DetectionParams.background_window_um must be positive, got {self.background_window_um!r}")
-        for name in ("tissue_level_fraction", "peak_fraction", "injection_level", "axon_fraction"):
+        for name in ("tissue_level_fraction", "peak_fraction", "injection_level", "axon_fraction", "axon_cover"):
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ValueError(f"DetectionParams.{name} must be in [0, 1), got {value!r}")
@@ -205,7 +220,9 @@ class DetectionParams:
             base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0,
                                         peak_smooth_um=3.0)
         elif product == "connectivity":
-            base = dict(peak_fraction=0.0, detect_injection=True, axon_fraction=0.4, noise_refits=1)
+            coarse = float(pixel_size_um) >= AXON_COVER_MIN_PIXEL_UM  # an axon crosses under half a pixel
+            base = dict(peak_fraction=0.0, detect_injection=True, noise_refits=1, axon_fraction=0.0 if coarse else 0.4,
+                        axon_cover=0.6 if coarse else 0.0)
         else:
             raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
         return cls(product=product, pixel_size_um=float(pixel_size_um), **{**base, **overrides})
@@ -709,6 +726,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         detected &= tissue
     contrast = work - background  # the opening never exceeds the image: no wrap-around
     subpixel: dict[str, float] = {}
+    info: dict[str, Any] = {}
     if params.peak_fraction > 0 and params.subpixel_cells and params.cell_window_px <= 3:
         # cells of 1-3 pixels: the sub-pixel peak and the spot's measured width set the cut (module docstring)
         detected &= _subpixel_cell_rule(contrast, detected, params, subpixel)
@@ -723,15 +741,19 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     if params.peak_fraction > 0:
         detected = _binary_opening(detected, params.speck_px)
         detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
-    if params.axon_fraction > 0 and params.product == "connectivity":
+    if params.product == "connectivity" and (params.axon_fraction > 0 or params.axon_cover > 0):
         # a pixel an axon only clips holds a fraction of the light of the pixels it crosses
-        axon_table = np.ceil(np.arange(65536) * params.axon_fraction).astype(np.uint16)
-        detected &= contrast >= axon_table[running_max(contrast, 3)]
+        local_max = running_max(contrast, 3)
+        if params.axon_fraction > 0:
+            axon_table = np.ceil(np.arange(65536) * params.axon_fraction).astype(np.uint16)
+            detected &= contrast >= axon_table[local_max]
+        if params.axon_cover > 0:
+            detected &= _axon_cover_rule(contrast, detected, local_max, params.axon_cover, info)
 
     injection = None
     saturation = None
-    info: dict[str, Any] = {"background_window_px": params.background_window_px,
-                            "cell_diameter_um": params.cell_diameter_um, **subpixel}
+    info.update(background_window_px=params.background_window_px, cell_diameter_um=params.cell_diameter_um,
+                **subpixel)
     if params.detect_injection and params.product == "connectivity":
         saturation = saturation_level(work, params)
         sub_tissue = _subsample(tissue)
@@ -750,6 +772,49 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     mask = contrast * detected
     return DetectionResult(mask=mask, tissue=tissue, injection=injection, signal_counts=counts, noise=noise,
                            tissue_threshold=threshold, saturation_counts=saturation, info=info)
+
+
+def _axon_cover_rule(contrast: np.ndarray, candidates: np.ndarray, local_max: np.ndarray, fraction: float,
+                     info: dict[str, Any]) -> np.ndarray:
+    """The coverage rule for axons narrower than a pixel (bool, the pixels kept among ``candidates``).
+
+    A pixel's light is the length of fibre in it times the fibre's brightness. A pixel is kept where its contrast
+    is at least ``fraction`` of its fibre's *full crossing*, so that the brightness drops out:
+
+    * a connected group (8-neighbours) of at most :data:`AXON_SEGMENT_PX` candidates is one fibre segment: its
+      full crossing is its brightest pixel (pixels it only clips, and its ends, hold less);
+    * a larger group (crossing or overlapping fibres, a mesh, the injection site) has no one fibre brightness: its
+      pixels are judged against the image's typical full crossing, the median contrast of the isolated peaks
+      (:data:`AXON_MIN_PEAKS`), which overlaps and varicosities (bright) do not inflate as the local maximum does.
+
+    ``local_max`` is the contrast's 3 x 3 running maximum. ``docs/detection-bounds.md`` gives what it gains on
+    the second render family and why a per-pixel rule stops short of 0.9 / 0.9 there.
+    """
+    rows, cols = contrast.shape
+    cy, cx = np.nonzero(candidates)
+    keep = candidates.copy()
+    if cy.size == 0:
+        return keep
+    value = contrast[cy, cx]
+    peak = value >= local_max[cy, cx]
+    py, px = cy[peak], cx[peak]
+    if py.size == 0:
+        return keep
+    crowd = np.zeros(py.size, np.int32)  # candidates within 2 pixels of each peak (itself included)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            crowd += candidates[np.clip(py + dy, 0, rows - 1), np.clip(px + dx, 0, cols - 1)]
+    isolated = crowd <= AXON_SEGMENT_PX
+    peaks = value[peak][isolated] if np.count_nonzero(isolated) >= AXON_MIN_PEAKS else value[peak]
+    typical = float(np.median(peaks))
+    labels, n = ndimage.label(candidates, structure=np.ones((3, 3), bool))
+    own = labels[cy, cx]
+    size = np.bincount(own, minlength=n + 1)
+    brightest = np.asarray(ndimage.maximum(value, own, np.arange(n + 1)), np.float64)
+    reference = np.where(size <= AXON_SEGMENT_PX, brightest, typical)
+    keep[cy, cx] = value >= fraction * reference[own]
+    info.update(axon_full_crossing=typical, axon_isolated_peaks=float(np.count_nonzero(isolated)))
+    return keep
 
 
 def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: DetectionParams,
