@@ -38,12 +38,14 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    the peaks' log-curvature (:func:`_subpixel_cell_rule`): Gaussian-like spots (a uniform log-curvature) are cut
    at ``exp(-R^2 / (2 w))`` of a log-parabola's peak, ``w`` (px^2) the median spot width of those parabolas and
    ``R`` the measured radius; flat cells (a plateau, a steep edge: a widely spread log-curvature) at half the
-   vertex of a parabola through the contrast itself (the pixel half covered). **Axons (connectivity)**: an axon is
-   about one pixel wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to
-   the length of fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is
-   kept where ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
-   and a varicosity brightens a pixel by about half, so a pixel crossed over most of its width stays; one clipped
-   over under ~0.5 pixel goes).
+   vertex of a parabola through the contrast itself (the pixel half covered). **Axons (connectivity)**: at coarse
+   pixels (>= 2.5 um) an axon is narrower than a pixel. A pixel an axon crosses holds light in proportion to the
+   length of fibre in it times the fibre's brightness; one the fibre only clips, or where a segment ends, holds a
+   fraction of a full crossing. A candidate is kept where ``F >= axon_cover * (its fibre's full crossing)``
+   (0.6): the brightest pixel of its connected group when the group is one segment (2-6 pixels), else the image's
+   typical full crossing, the median contrast of its isolated peaks (:func:`_axon_cover_rule`; brightness drops
+   out, varicosities and overlapping fibres do not inflate it as a 3 x 3 maximum does). At finer pixels a
+   candidate is kept where ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4).
 6. **Injection site (connectivity)**: a bright plateau, near saturation. The pixels at least ``injection_level``
    of the way from the typical tissue background to the saturation level, opened by a square of
    ``injection_window_um`` (axons, however bright, are far narrower and vanish), holes filled
@@ -781,8 +783,10 @@ def _axon_cover_rule(contrast: np.ndarray, candidates: np.ndarray, local_max: np
     A pixel's light is the length of fibre in it times the fibre's brightness. A pixel is kept where its contrast
     is at least ``fraction`` of its fibre's *full crossing*, so that the brightness drops out:
 
-    * a connected group (8-neighbours) of at most :data:`AXON_SEGMENT_PX` candidates is one fibre segment: its
+    * a connected group (8-neighbours) of 2 to :data:`AXON_SEGMENT_PX` candidates is one fibre segment: its
       full crossing is its brightest pixel (pixels it only clips, and its ends, hold less);
+    * a lone candidate has no fibre to compare with (a noise singleton or a segment's one visible pixel): it is
+      judged, as the pixels of large groups, against the image's typical full crossing;
     * a larger group (crossing or overlapping fibres, a mesh, the injection site) has no one fibre brightness: its
       pixels are judged against the image's typical full crossing, the median contrast of the isolated peaks
       (:data:`AXON_MIN_PEAKS`), which overlaps and varicosities (bright) do not inflate as the local maximum does.
@@ -811,7 +815,7 @@ def _axon_cover_rule(contrast: np.ndarray, candidates: np.ndarray, local_max: np
     own = labels[cy, cx]
     size = np.bincount(own, minlength=n + 1)
     brightest = np.asarray(ndimage.maximum(value, own, np.arange(n + 1)), np.float64)
-    reference = np.where(size <= AXON_SEGMENT_PX, brightest, typical)
+    reference = np.where((size >= 2) & (size <= AXON_SEGMENT_PX), brightest, typical)
     keep[cy, cx] = value >= fraction * reference[own]
     info.update(axon_full_crossing=typical, axon_isolated_peaks=float(np.count_nonzero(isolated)))
     return keep
