@@ -267,8 +267,9 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     ``axis`` (exact overlap lengths), with the lateral drift of a tilted cut taken at the middle of each piece.
     The points of one column lie within ``res x tan(tilt)`` of each other along ``axis`` (< 0.1 voxel for a 5
     degree tilt), which is all a column's single position gives away. Cost: one ``bincount`` per quantity over
-    the points (four entries each with a footprint), then work per column. A voxel may appear more than once in
-    the result (the accumulator adds them up).
+    the points (four entries each with a footprint), then work per column. The result holds each voxel once,
+    ascending: :func:`reduce_partial` of the pieces taken plane by plane (the same bits), made without sorting
+    where no piece drifts out of its column and the cut runs along AP (the demo's).
     """
     points = np.asarray(points_um, dtype=np.float64)
     e = np.asarray(direction, dtype=np.float64)
@@ -330,78 +331,113 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     lo, hi = u - half, u + half
     first = np.floor(lo)
     planes = int(math.ceil(2 * half)) + 1 if half > 0 else 1
-    flats, weights, sources = [], [], []
     strides = (1, shape[0], shape[0] * shape[1])  # of spec.flat_index
-    for j in range(planes):
-        k = first + j
-        if half > 0:
-            seg_lo, seg_hi = np.maximum(lo, k), np.minimum(hi, k + 1)
-            w = np.maximum(seg_hi - seg_lo, 0.0) * (total_weight / (2 * half))
-            t = (seg_lo + seg_hi) * 0.5 - u  # along ``axis``, voxels, from the plane
-        else:
-            w, t = np.full(u.shape, total_weight), np.zeros(u.shape)
-        if drift > 1e-3:
-            i1 = np.floor(p1 + t * (e[o1] / e[axis])).astype(np.int64)
-            i2 = np.floor(p2 + t * (e[o2] / e[axis])).astype(np.int64)
-        else:
-            i1, i2 = c1, c2
-        ik = k.astype(np.int64)
-        # the columns inside the grid, and their flat (Fortran-order) indices from the 1-D voxel indices: the
-        # values of spec.flat_index without an (n, 3) array (a quarter of the demo's gridding time, measured)
-        good = ((w > 0) & (ik >= 0) & (ik < shape[axis]) & (i1 >= 0) & (i1 < shape[o1]) & (i2 >= 0)
-                & (i2 < shape[o2]))
-        source = np.flatnonzero(good)
-        flats.append(ik[source] * strides[axis] + i1[source] * strides[o1] + i2[source] * strides[o2])
-        weights.append(w[source])
-        sources.append(source)
-    flat = np.concatenate(flats)
-    if flat.size == 0:
+    # every (plane, column) piece at once: (planes, columns) arrays
+    k = first + np.arange(planes, dtype=np.float64)[:, None]
+    if half > 0:
+        seg_lo, seg_hi = np.maximum(lo, k), np.minimum(hi, k + 1)
+        w = np.maximum(seg_hi - seg_lo, 0.0) * (total_weight / (2 * half))
+        t = (seg_lo + seg_hi) * 0.5 - u  # along ``axis``, voxels, from the plane
+    else:
+        w, t = np.full(k.shape, total_weight), np.zeros(k.shape)
+    if drift > 1e-3:
+        i1 = np.floor(p1 + t * (e[o1] / e[axis])).astype(np.int64)
+        i2 = np.floor(p2 + t * (e[o2] / e[axis])).astype(np.int64)
+        if np.array_equal(i1, np.broadcast_to(c1, i1.shape)) and np.array_equal(i2, np.broadcast_to(c2, i2.shape)):
+            i1, i2 = c1, c2  # a drift too small to leave the column (the demo's: under half a voxel)
+    else:
+        i1, i2 = c1, c2
+    ik = k.astype(np.int64)
+    # the pieces inside the grid, and their flat (Fortran-order) indices from the 1-D voxel indices: the
+    # values of spec.flat_index without an (n, 3) array (a quarter of the demo's gridding time, measured)
+    good = ((w > 0) & (ik >= 0) & (ik < shape[axis]) & (i1 >= 0) & (i1 < shape[o1]) & (i2 >= 0)
+            & (i2 < shape[o2]))
+    if axis == 0 and i1 is c1:
+        # A coronal cut without lateral drift: columns ascend by (LR, DV) (their key) and AP is the flat index's
+        # fastest axis, so the pieces column by column, planes in order, are each voxel once, ascending --
+        # reduce_partial's output, with no sorting (docs/performance-demo.md, round 5).
+        cell = np.flatnonzero(good.T)
+        src = cell // planes
+        flat = ik.T.ravel()[cell] + (c1 * strides[o1] + c2 * strides[o2])[src]
+        if flat.size == 0:
+            return empty
+        wts = w.T.ravel()[cell]
+        return PartialGrid(spec, flat, {name: wts * q[src] for name, q in sums.items()})
+    cell = np.flatnonzero(good)  # plane by plane
+    if cell.size == 0:
         return empty
-    wts = np.concatenate(weights)
-    src = np.concatenate(sources)
-    return PartialGrid(spec, flat, {name: wts * q[src] for name, q in sums.items()})
+    src = cell % good.shape[1]
+    i1, i2 = (i.ravel()[cell] if i.ndim == 2 else i[src] for i in (i1, i2))
+    flat = ik.ravel()[cell] * strides[axis] + i1 * strides[o1] + i2 * strides[o2]
+    wts = w.ravel()[cell]
+    # Summed per voxel here, each quantity's values made in the voxels' order: reduce_partial's sums of the
+    # pieces in this order (wts * sums[src]) without making them first (docs/performance-demo.md, round 5)
+    unique, order, compact = _voxel_map(flat, shape[0])
+    if order is not None:  # each voxel once: a permutation
+        wts, src = wts[order], src[order]
+        return PartialGrid(spec, unique, {name: wts * q[src] for name, q in sums.items()})
+    return PartialGrid(spec, unique, {name: np.bincount(compact, weights=wts * q[src], minlength=unique.size)
+                                      for name, q in sums.items()})
 
 
-def reduce_partial(partial: PartialGrid) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A partial's sums per voxel: (flat indices, each voxel once, ascending; name -> float64 sums).
+def _voxel_map(index: np.ndarray, n_ap: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Where a partial's entries go once summed per voxel: ``(unique, order, compact)``.
 
-    Each voxel's entries are added in the partial's order, from 0.0 (``np.bincount``). The bincount runs over the
-    smallest window holding the partial: its range of flat indices (a sagittal section: a few LR planes) or its
-    range of AP planes (a coronal one: local index ``(ap - ap0) + n_ap_window x (dv + n_dv x lr)``), else
-    (a window more than 16 x its entries, e.g. a horizontal section) ``np.unique``. Summing a section's entries
-    per voxel first and adding those sums to the grid replaces ``np.add.at`` over the whole volume (a third of
-    the demo's 25 um grid stage) and changes the order of additions: a grid may differ from the old one in the
-    last bits.
+    ``unique``: the voxels (flat indices, ascending). ``order`` (when each voxel has one entry, else None): the
+    entries in that order, ``unique == index[order]``. ``compact`` (otherwise): each entry's position in
+    ``unique``. The voxels are counted over the smallest window holding the partial: its range of flat indices
+    (a sagittal section: a few LR planes) or of AP planes (a coronal one: local index ``(ap - ap0) + n_ap_window x
+    (dv + n_dv x lr)``, in the same order as the flat index), else (a window more than 16 x the entries, e.g. a
+    horizontal section) ``np.unique``.
     """
-    index = np.asarray(partial.index, dtype=np.int64)
-    names = list(partial.values)
-    values = [np.asarray(partial.values[name], dtype=np.float64) for name in names]
-    if index.size == 0:
-        return index, dict(zip(names, values))
-    n_ap = partial.spec.shape[0]
     lo, hi = int(index.min()), int(index.max()) + 1
     ap = index % n_ap
     rest = index // n_ap
     a0, a1 = int(ap.min()), int(ap.max()) + 1
     rest0, rest1 = int(rest.min()), int(rest.max()) + 1
     by_range, by_planes = hi - lo, (a1 - a0) * (rest1 - rest0)
-    limit = 16 * index.size + (1 << 16)
-    if min(by_range, by_planes) > limit:
+    if min(by_range, by_planes) > 16 * index.size + (1 << 16):
         unique, inverse = np.unique(index, return_inverse=True)
-        return unique, {name: np.bincount(inverse, weights=v, minlength=unique.size) for name, v in zip(names, values)}
+        if unique.size == index.size:
+            return unique, np.argsort(index, kind="stable"), None
+        return unique, None, inverse.ravel()
     if by_range <= by_planes:
         local, size = index - lo, by_range
     else:
         local, size = (ap - a0) + (a1 - a0) * (rest - rest0), by_planes
-    touched = np.flatnonzero(np.bincount(local, minlength=size))
+    seen = np.bincount(local, minlength=size) > 0
+    touched = np.flatnonzero(seen)
     if by_range <= by_planes:
         unique = touched + lo
-    else:
+    else:  # ascending: the local index orders voxels as the flat index does
         unique = (touched % (a1 - a0) + a0) + n_ap * (touched // (a1 - a0) + rest0)
-        unique_order = np.argsort(unique, kind="stable")
-        unique, touched = unique[unique_order], touched[unique_order]
-    sums = {name: np.bincount(local, weights=v, minlength=size)[touched] for name, v in zip(names, values)}
-    return unique, sums
+    position = (np.cumsum(seen) - 1)[local]
+    if unique.size < index.size:
+        return unique, None, position
+    order = np.empty(index.size, dtype=np.intp)
+    order[position] = np.arange(index.size)
+    return unique, order, None
+
+
+def reduce_partial(partial: PartialGrid) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A partial's sums per voxel: (flat indices, each voxel once, ascending; name -> float64 sums).
+
+    Each voxel's entries are added in the partial's order, from 0.0 (``np.bincount``); a partial whose index is
+    already ascending with each voxel once (:func:`splat_slab`'s) is returned as it is, and one whose voxels each
+    have one entry is put in order (the sums of a single entry, but for a -0.0 that a bincount would make 0.0:
+    an accumulator adds them to the same bits). Summing a section's entries per voxel first and adding those
+    sums to the grid replaces ``np.add.at`` over the whole volume (a third of the demo's 25 um grid stage) and
+    changes the order of additions: a grid may differ from the old one in the last bits.
+    """
+    index = np.asarray(partial.index, dtype=np.int64)
+    names = list(partial.values)
+    values = [np.asarray(partial.values[name], dtype=np.float64) for name in names]
+    if index.size < 2 or bool(np.all(index[1:] > index[:-1])):
+        return index, dict(zip(names, values))
+    unique, order, compact = _voxel_map(index, partial.spec.shape[0])
+    if order is not None:
+        return unique, {name: v[order] for name, v in zip(names, values)}
+    return unique, {name: np.bincount(compact, weights=v, minlength=unique.size) for name, v in zip(names, values)}
 
 
 class GridAccumulator:
@@ -502,13 +538,22 @@ class GridAccumulator:
         """The flat sums of a quantity (zeros if no section had it), a dense vector."""
         return self.get_range(name, 0, self.spec.n_voxels)
 
+    def get_entries(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A sparse quantity's sums at flat indices ``start .. stop - 1``: (their positions from ``start``, the
+        sums there; every other voxel of the range holds 0); None for a dense quantity."""
+        if name in self.sums:
+            return None
+        if name not in self.entries:
+            return np.zeros(0, np.int64), np.zeros(0)
+        index, values = self._consolidate(name)
+        lo, hi = np.searchsorted(index, [start, stop])
+        return index[lo:hi] - start, values[lo:hi]
+
     def get_range(self, name: str, start: int, stop: int) -> np.ndarray:
         """The sums at flat indices ``start .. stop - 1`` (a view for a dense quantity; do not write to it)."""
         if name in self.sums:
             return self.sums[name][start:stop]
         out = np.zeros(stop - start)
-        if name in self.entries:
-            index, values = self._consolidate(name)
-            lo, hi = np.searchsorted(index, [start, stop])
-            out[index[lo:hi] - start] = values[lo:hi]
+        at, values = self.get_entries(name, start, stop)  # type: ignore[misc]
+        out[at] = values
         return out
