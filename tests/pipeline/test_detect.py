@@ -295,7 +295,8 @@ def test_an_injection_site_that_does_not_saturate_is_found_on_the_second_family(
     sz = dataset.alignment3d.trv.apply(np.array(centre))[2]
     image = min(dataset.usable_images(), key=lambda im: abs(dataset.section_position_um(im.section_number) - sz))
     arrays, truth, _ = crop_second_family(vs, image, (200, 200), centre_reference_um=centre)
-    assert np.percentile(arrays["signal"][truth], 99) < 0.9 * 4095  # no saturated plateau
+    # no saturated plateau: a few % of the pixels saturate where fibres drawn at the true density overlap
+    assert np.percentile(arrays["signal"][truth], 90) < 0.9 * 4095 and np.mean(arrays["signal"][truth] >= 4095) < 0.03
     result = detect_section(arrays, DetectionParams.for_dataset(dataset))
     assert result.injection is not None and result.injection.sum() > 0.5 * truth.sum()
     precision, recall = precision_recall(result.signal, truth)
@@ -304,26 +305,43 @@ def test_an_injection_site_that_does_not_saturate_is_found_on_the_second_family(
 
 def test_pixels_an_axon_only_clips_are_not_signal_on_the_second_family():
     """The second family's axons are fibres of 1.2 um crossing 10 um pixels, a pixel being an axon pixel where the
-    fibre covers a tenth of it. Pixels a fibre only clips are bright enough to pass the noise threshold; the
-    3 x 3 rule (``axon_fraction``) drops them: precision rises while recall stays >= 0.9."""
+    fibre covers a tenth of it. Pixels a fibre only clips are bright enough to pass the noise threshold. The
+    coverage rule (``axon_cover``, the default at coarse pixels: contrast against the fibre's full crossing, its
+    segment's brightest pixel or the image's typical one) drops them: precision rises well above the noise
+    threshold's alone, and both precision and recall are above those of the 3 x 3 rule it replaces at coarse pixels
+    (``axon_fraction``: contrast against the 3 x 3 maximum, which varicosities and overlapping fibres inflate)."""
     from brainmap.specimen.synthetic.second_family import crop_second_family
 
     vs = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT, truth_resolution_um=100)
     images = vs.dataset.usable_images()
     params = DetectionParams.for_dataset(vs.dataset)
-    assert params.axon_fraction > 0
-    counts = {True: [0, 0, 0], False: [0, 0, 0]}
-    for image in images[10::len(images) // 6][2:4]:
+    assert params.axon_cover > 0 and params.axon_fraction == 0
+    rules = {"cover": params, "none": params.with_(axon_cover=0.0),
+             "3x3": params.with_(axon_cover=0.0, axon_fraction=0.4)}
+    counts = {rule: [0, 0, 0] for rule in rules}
+    for image in images[10::len(images) // 6][2:5]:  # sparse to dense (a mesh around the injection site)
         arrays, truth, _ = crop_second_family(vs, image, (300, 300), centre_reference_um=(8500.0, 3500.0, 8500.0))
-        for rule in (True, False):
-            signal = detect_section(arrays, params if rule else params.with_(axon_fraction=0.0)).signal
+        for rule, rule_params in rules.items():
+            signal = detect_section(arrays, rule_params).signal
             counts[rule][0] += np.count_nonzero(signal & truth)
             counts[rule][1] += np.count_nonzero(signal & ~truth)
             counts[rule][2] += np.count_nonzero(~signal & truth)
-    (tp, fp, fn), (tp0, fp0, fn0) = counts[True], counts[False]
-    assert tp + fn > 1000
-    assert tp / (tp + fp) > tp0 / (tp0 + fp0) + 0.03
-    assert tp / (tp + fn) >= 0.9
+    scores = {rule: (tp / (tp + fp), tp / (tp + fn)) for rule, (tp, fp, fn) in counts.items()}
+    print("precision, recall", scores)
+    assert sum(counts["cover"][::2]) > 1000
+    assert scores["cover"][0] > scores["none"][0] + 0.05
+    assert scores["cover"][0] > scores["3x3"][0] and scores["cover"][1] > scores["3x3"][1]
+    assert scores["cover"][1] >= 0.85
+
+
+def test_the_coverage_rule_is_the_default_only_where_an_axon_is_narrower_than_a_pixel():
+    coarse = DetectionParams.for_product("connectivity", 10.0)
+    fine = DetectionParams.for_product("connectivity", 0.35)
+    assert coarse.axon_cover > 0 and coarse.axon_fraction == 0
+    assert fine.axon_cover == 0 and fine.axon_fraction > 0
+    assert DetectionParams.for_product("ish", 10.0).axon_cover == 0
+    with pytest.raises(ValueError, match="axon_cover"):
+        DetectionParams(axon_cover=1.2)
 
 
 def test_the_cut_of_cells_of_one_or_two_pixels_follows_their_measured_profile():
@@ -385,8 +403,8 @@ def _second_family_connectivity_crop(index: int, fibre_rate: str, size: int = 30
 
 def test_the_second_family_draws_axon_pixels_at_the_true_density_when_asked():
     """``fibre_rate="axon"`` draws as many fibre segments as make the expected fraction of axon pixels (fibre over
-    a tenth of the pixel) the truth's density; the first rule ("touched", the default) makes that of the pixels a
-    fibre touches, and only ~0.4 of them are axon pixels at 10 um."""
+    a tenth of the pixel) the truth's density (the family's default); the first rule ("touched") makes that of the
+    pixels a fibre touches, and only ~0.4 of them are axon pixels at 10 um."""
     _, _, truth, density, tissue = _second_family_connectivity_crop(3, "axon")
     _, _, first, _, _ = _second_family_connectivity_crop(3, "touched")
     expected = float(density[tissue].sum())

@@ -38,12 +38,14 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    the peaks' log-curvature (:func:`_subpixel_cell_rule`): Gaussian-like spots (a uniform log-curvature) are cut
    at ``exp(-R^2 / (2 w))`` of a log-parabola's peak, ``w`` (px^2) the median spot width of those parabolas and
    ``R`` the measured radius; flat cells (a plateau, a steep edge: a widely spread log-curvature) at half the
-   vertex of a parabola through the contrast itself (the pixel half covered). **Axons (connectivity)**: an axon is
-   about one pixel wide at the virtual microscope's pixels. A pixel an axon crosses holds light in proportion to
-   the length of fibre in it; one the fibre only clips holds a fraction of its neighbours' light. A candidate is
-   kept where ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4: a full crossing is 1-1.4 pixels of fibre,
-   and a varicosity brightens a pixel by about half, so a pixel crossed over most of its width stays; one clipped
-   over under ~0.5 pixel goes).
+   vertex of a parabola through the contrast itself (the pixel half covered). **Axons (connectivity)**: at coarse
+   pixels (>= 2.5 um) an axon is narrower than a pixel. A pixel an axon crosses holds light in proportion to the
+   length of fibre in it times the fibre's brightness; one the fibre only clips, or where a segment ends, holds a
+   fraction of a full crossing. A candidate is kept where ``F >= axon_cover * (its fibre's full crossing)``
+   (0.6): the brightest pixel of its connected group when the group is one segment (2-6 pixels), else the image's
+   typical full crossing, the median contrast of its isolated peaks (:func:`_axon_cover_rule`; brightness drops
+   out, varicosities and overlapping fibres do not inflate it as a 3 x 3 maximum does). At finer pixels a
+   candidate is kept where ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4).
 6. **Injection site (connectivity)**: a bright plateau, near saturation. The pixels at least ``injection_level``
    of the way from the typical tissue background to the saturation level, opened by a square of
    ``injection_window_um`` (axons, however bright, are far narrower and vanish), holes filled
@@ -87,6 +89,16 @@ NOISE_MAX_BLOCKS = 1600
 #: The noise model is fitted again without the candidates (``noise_refits``) only where they cover more than this
 #: fraction of the tissue (sparse signal leaves the first fit's lower envelope clear).
 REFIT_DENSITY = 0.02
+#: Connectivity: the coverage rule (``axon_cover``) is the default at pixels at least this coarse (um), where an axon
+#: (about a micron wide) crosses well under half a pixel's width; finer pixels keep the 3 x 3 rule (``axon_fraction``).
+AXON_COVER_MIN_PIXEL_UM = 2.5
+#: The coverage rule: a connected group of at most this many candidates is one fibre segment, judged against its own
+#: brightest pixel; larger groups (crossing fibres, a mesh) against the image's typical full crossing.
+AXON_SEGMENT_PX = 6
+#: The typical full crossing is the median contrast of the isolated peaks: 3 x 3 maxima of the candidates with at
+#: most :data:`AXON_SEGMENT_PX` candidates within 2 pixels (one fibre, not a mesh of overlapping ones); at least
+#: this many of them, else all the peaks.
+AXON_MIN_PEAKS = 20
 #: Bit depths whose full scale (2**k - 1) is taken for the saturation level when it is not given.
 _BIT_DEPTHS = (8, 10, 12, 14, 16)
 
@@ -134,7 +146,11 @@ class DetectionParams:
             pixels.
         axon_fraction: connectivity: keep a candidate whose contrast is at least this fraction of the largest in
             its 3 x 3 neighbourhood (a pixel an axon only clips is dimmer than those it crosses); 0 disables the
-            rule. Connectivity default 0.4.
+            rule. Connectivity default 0.4 at pixels finer than :data:`AXON_COVER_MIN_PIXEL_UM`, else 0.
+        axon_cover: connectivity: keep a candidate whose contrast is at least this fraction of its fibre's full
+            crossing -- the brightest pixel of its connected group when the group is one segment (at most
+            :data:`AXON_SEGMENT_PX` pixels), else the image's typical full crossing (:func:`_axon_cover_rule`); 0
+            disables the rule. Connectivity default 0.6 at pixels of at least :data:`AXON_COVER_MIN_PIXEL_UM`, else 0.
         detect_injection: find the injection site (connectivity only).
         saturation_counts: the saturation level (counts); ``None``: the full scale of the smallest bit depth
             (8, 10, 12, 14, 16) holding the image's maximum.
@@ -167,6 +183,7 @@ class DetectionParams:
     speck_um: float = 3.0
     peak_smooth_um: float = 0.0
     axon_fraction: float = 0.0
+    axon_cover: float = 0.0
     subpixel_cells: bool = True
     detect_injection: bool = True
     saturation_counts: float | None = None
@@ -186,7 +203,7 @@ class DetectionParams:
                 raise ValueError(f"DetectionParams.{name} must be a positive number, got {value!r}")
         if self.background_window_um is not None and not self.background_window_um > 0:
             raise ValueError(f"DetectionParams.background_window_um must be positive, got {self.background_window_um!r}")
-        for name in ("tissue_level_fraction", "peak_fraction", "injection_level", "axon_fraction"):
+        for name in ("tissue_level_fraction", "peak_fraction", "injection_level", "axon_fraction", "axon_cover"):
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ValueError(f"DetectionParams.{name} must be in [0, 1), got {value!r}")
@@ -205,7 +222,9 @@ class DetectionParams:
             base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0,
                                         peak_smooth_um=3.0)
         elif product == "connectivity":
-            base = dict(peak_fraction=0.0, detect_injection=True, axon_fraction=0.4, noise_refits=1)
+            coarse = float(pixel_size_um) >= AXON_COVER_MIN_PIXEL_UM  # an axon crosses under half a pixel
+            base = dict(peak_fraction=0.0, detect_injection=True, noise_refits=1, axon_fraction=0.0 if coarse else 0.4,
+                        axon_cover=0.6 if coarse else 0.0)
         else:
             raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
         return cls(product=product, pixel_size_um=float(pixel_size_um), **{**base, **overrides})
@@ -709,6 +728,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         detected &= tissue
     contrast = work - background  # the opening never exceeds the image: no wrap-around
     subpixel: dict[str, float] = {}
+    info: dict[str, Any] = {}
     if params.peak_fraction > 0 and params.subpixel_cells and params.cell_window_px <= 3:
         # cells of 1-3 pixels: the sub-pixel peak and the spot's measured width set the cut (module docstring)
         detected &= _subpixel_cell_rule(contrast, detected, params, subpixel)
@@ -723,15 +743,19 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     if params.peak_fraction > 0:
         detected = _binary_opening(detected, params.speck_px)
         detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
-    if params.axon_fraction > 0 and params.product == "connectivity":
+    if params.product == "connectivity" and (params.axon_fraction > 0 or params.axon_cover > 0):
         # a pixel an axon only clips holds a fraction of the light of the pixels it crosses
-        axon_table = np.ceil(np.arange(65536) * params.axon_fraction).astype(np.uint16)
-        detected &= contrast >= axon_table[running_max(contrast, 3)]
+        local_max = running_max(contrast, 3)
+        if params.axon_fraction > 0:
+            axon_table = np.ceil(np.arange(65536) * params.axon_fraction).astype(np.uint16)
+            detected &= contrast >= axon_table[local_max]
+        if params.axon_cover > 0:
+            detected &= _axon_cover_rule(contrast, detected, local_max, params.axon_cover, info)
 
     injection = None
     saturation = None
-    info: dict[str, Any] = {"background_window_px": params.background_window_px,
-                            "cell_diameter_um": params.cell_diameter_um, **subpixel}
+    info.update(background_window_px=params.background_window_px, cell_diameter_um=params.cell_diameter_um,
+                **subpixel)
     if params.detect_injection and params.product == "connectivity":
         saturation = saturation_level(work, params)
         sub_tissue = _subsample(tissue)
@@ -750,6 +774,51 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     mask = contrast * detected
     return DetectionResult(mask=mask, tissue=tissue, injection=injection, signal_counts=counts, noise=noise,
                            tissue_threshold=threshold, saturation_counts=saturation, info=info)
+
+
+def _axon_cover_rule(contrast: np.ndarray, candidates: np.ndarray, local_max: np.ndarray, fraction: float,
+                     info: dict[str, Any]) -> np.ndarray:
+    """The coverage rule for axons narrower than a pixel (bool, the pixels kept among ``candidates``).
+
+    A pixel's light is the length of fibre in it times the fibre's brightness. A pixel is kept where its contrast
+    is at least ``fraction`` of its fibre's *full crossing*, so that the brightness drops out:
+
+    * a connected group (8-neighbours) of 2 to :data:`AXON_SEGMENT_PX` candidates is one fibre segment: its
+      full crossing is its brightest pixel (pixels it only clips, and its ends, hold less);
+    * a lone candidate has no fibre to compare with (a noise singleton or a segment's one visible pixel): it is
+      judged, as the pixels of large groups, against the image's typical full crossing;
+    * a larger group (crossing or overlapping fibres, a mesh, the injection site) has no one fibre brightness: its
+      pixels are judged against the image's typical full crossing, the median contrast of the isolated peaks
+      (:data:`AXON_MIN_PEAKS`), which overlaps and varicosities (bright) do not inflate as the local maximum does.
+
+    ``local_max`` is the contrast's 3 x 3 running maximum. ``docs/detection-bounds.md`` gives what it gains on
+    the second render family and why a per-pixel rule stops short of 0.9 / 0.9 there.
+    """
+    rows, cols = contrast.shape
+    cy, cx = np.nonzero(candidates)
+    keep = candidates.copy()
+    if cy.size == 0:
+        return keep
+    value = contrast[cy, cx]
+    peak = value >= local_max[cy, cx]
+    py, px = cy[peak], cx[peak]
+    if py.size == 0:
+        return keep
+    crowd = np.zeros(py.size, np.int32)  # candidates within 2 pixels of each peak (itself included)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            crowd += candidates[np.clip(py + dy, 0, rows - 1), np.clip(px + dx, 0, cols - 1)]
+    isolated = crowd <= AXON_SEGMENT_PX
+    peaks = value[peak][isolated] if np.count_nonzero(isolated) >= AXON_MIN_PEAKS else value[peak]
+    typical = float(np.median(peaks))
+    labels, n = ndimage.label(candidates, structure=np.ones((3, 3), bool))
+    own = labels[cy, cx]
+    size = np.bincount(own, minlength=n + 1)
+    brightest = np.asarray(ndimage.maximum(value, own, np.arange(n + 1)), np.float64)
+    reference = np.where((size >= 2) & (size <= AXON_SEGMENT_PX), brightest, typical)
+    keep[cy, cx] = value >= fraction * reference[own]
+    info.update(axon_full_crossing=typical, axon_isolated_peaks=float(np.count_nonzero(isolated)))
+    return keep
 
 
 def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: DetectionParams,

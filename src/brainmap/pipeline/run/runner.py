@@ -54,8 +54,8 @@ UNIONIZE_FILE = PipelineFolder.UNIONIZE
 #: it, so folders made by an earlier brainmap are redone, not taken as done (2: Allen's ISH smoothing and
 #: sum_pixel_intensity grids, AllenSDK's unionize rules; 3: the detector's rules for coarse ISH cells and
 #: clipped axons; 4: the connectivity noise refit where axons are dense; 5: flat coarse ISH cells cut at half
-#: their plateau).
-STAGE_FORMAT = 5
+#: their plateau; 6: coarse axon pixels judged against their fibre's full crossing).
+STAGE_FORMAT = 6
 
 
 @dataclass(frozen=True)

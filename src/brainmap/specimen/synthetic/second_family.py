@@ -267,13 +267,14 @@ def axon_pixels_per_segment(pixel_um: float, samples: int = 3000) -> float:
     return max(float(axon) / k.size, 1e-3)
 
 
-def render_connectivity_second_family(plan, section, sources, seed: int = 0, fibre_rate: str = "touched"
+def render_connectivity_second_family(plan, section, sources, seed: int = 0, fibre_rate: str = "axon"
                                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``(images {"tissue", "signal"} uint16, true signal pixels bool)`` of one connectivity section drawn by this
     family: axons as curved fibre segments with varicosities, rasterized by their length in each pixel (a pixel
     is an axon pixel when fibre covers at least :data:`FIBRE_MIN_COVER` of it) at Poisson positions whose
-    rate gives the density's fraction of pixels a fibre touches (``fibre_rate="touched"``, as first drawn) or of
-    axon pixels (``"axon"``: the truth's own definition; denser fibres); the injection site (fraction >= 0.5) a bright textured
+    rate gives the density's fraction of axon pixels (``fibre_rate="axon"``, the default: the truth's own
+    definition) or, as first drawn, of the pixels a fibre touches (``"touched"``: only ~0.42 of those are axon
+    pixels at 10 um, so its truth masks hold ~0.42 d along axons; kept for scale); the injection site (fraction >= 0.5) a bright textured
     cloud at 55-75 % of full scale -- not saturated -- with a wide glow that is not signal; the structured
     noise and camera of the ISH family."""
     rng = np.random.default_rng([int(seed), int(section.section_number), 0xC3])
@@ -330,7 +331,7 @@ def render_connectivity_second_family(plan, section, sources, seed: int = 0, fib
 
 
 def crop_second_family(specimen, image, size_px: tuple[int, int], *, centre_reference_um,
-                       fibre_rate: str = "touched"):
+                       fibre_rate: str = "axon"):
     """As :meth:`VirtualSpecimen.crop <brainmap.specimen.synthetic.replay.VirtualSpecimen.crop>`, drawn by this
     family: ``(images, truth, the window's SectionImage with its true Alignment2d)``; ``fibre_rate`` as
     :func:`render_connectivity_second_family`'s (connectivity only)."""
