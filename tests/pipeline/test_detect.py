@@ -327,7 +327,6 @@ def test_pixels_an_axon_only_clips_are_not_signal_on_the_second_family():
             counts[rule][1] += np.count_nonzero(signal & ~truth)
             counts[rule][2] += np.count_nonzero(~signal & truth)
     scores = {rule: (tp / (tp + fp), tp / (tp + fn)) for rule, (tp, fp, fn) in counts.items()}
-    print("precision, recall", scores)
     assert sum(counts["cover"][::2]) > 1000
     assert scores["cover"][0] > scores["none"][0] + 0.05
     assert scores["cover"][0] > scores["3x3"][0] and scores["cover"][1] > scores["3x3"][1]
