@@ -179,8 +179,9 @@ def _flatten_border(a: np.ndarray) -> np.ndarray:
         residual = values - design @ coef
         mad = 1.4826 * np.median(np.abs(residual[keep])) + 1e-9
         keep = np.abs(residual) < 3 * mad
-    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    yy, xx = yy / rows - 0.5, xx / cols - 0.5
+    # a row and a column broadcast (the same values, element by element, as full coordinate grids)
+    yy = np.arange(rows, dtype=np.float32)[:, None] / rows - 0.5
+    xx = np.arange(cols, dtype=np.float32)[None, :] / cols - 0.5
     surface = (coef[0] + coef[1] * xx + coef[2] * yy + coef[3] * xx * xx + coef[4] * xx * yy
                + coef[5] * yy * yy).astype(np.float32)
     return a - surface + np.float32(np.median(surface))

@@ -368,41 +368,63 @@ class Sampler:
             grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
             physical = grads[::-1] if reverse else grads  # gradient along physical axes
             self.packed = np.stack([values, *physical], axis=-1).reshape(-1, k + 1)
+        # the packed rows as single 16-byte items (3-D: value + 3 gradients, float32) for the corner gathers:
+        # np.take of 1-D complex128 items moves the same bytes ~25 % faster than of (n, 4) float32 rows
+        self._rows = self.packed.view(np.complex128).ravel() if k == 3 and self.packed is not None else None
 
     def __call__(self, points: np.ndarray, gradient: bool = True):
         """``(values, inside)`` or ``(values, inside, gradient (k, n))`` at ``(k, n)`` physical points."""
+        if gradient and self.packed is None:
+            raise ValueError("this Sampler was made without gradients")
         coords = (points - self.origin) / self.spacing
         if self.reverse:
             coords = coords[::-1]
         lower = np.floor(coords)
         frac = (coords - lower).astype(np.float32)
         lower = lower.astype(np.int64)
-        inside = np.ones(coords.shape[1], dtype=bool)
-        for a in range(len(self.shape)):
+        k, n = frac.shape
+        inside = np.ones(n, dtype=bool)
+        for a in range(k):
             inside &= (lower[a] >= 0) & (lower[a] < self.shape[a] - 1)
             np.clip(lower[a], 0, self.shape[a] - 2, out=lower[a])
         base = np.einsum("a,an->n", self.strides, lower)
-        if gradient and self.packed is None:
-            raise ValueError("this Sampler was made without gradients")
-        table = self.packed if gradient else self.values
+        # Each corner's weight is the product of its per-axis factors, multiplied left to right; the products of
+        # the leading axes are shared between corners (the same float32 operations in the same order).
         one = np.float32(1.0)
+        factors = [(one - frac[a], frac[a]) for a in range(k)]
+        weights: list[tuple[np.ndarray, int]] = [(factors[0][0], 0), (factors[0][1], int(self.strides[0]))]
+        for a in range(1, k):
+            stride = int(self.strides[a])
+            weights = [(w * factors[a][bit], offset + bit * stride) for w, offset in weights for bit in (0, 1)]
         out = None
-        for corner in np.ndindex(*([2] * len(self.shape))):
-            weight = None
-            offset = 0
-            for a, bit in enumerate(corner):
-                factor = frac[a] if bit else one - frac[a]
-                weight = factor if weight is None else weight * factor
-                offset += bit * int(self.strides[a])
-            sample = np.take(table, base + offset, axis=0)  # np.take: ~10x faster than fancy indexing here
-            term = sample * (weight[:, None] if gradient else weight)
-            out = term if out is None else out + term
+        index = np.empty(n, dtype=np.int64)
+        for weight, offset in weights:
+            np.add(base, offset, out=index)
+            # np.take: ~10x faster than fancy indexing here
+            if not gradient:
+                sample = np.take(self.values, index)
+                sample *= weight
+            elif self._rows is not None:
+                sample = np.take(self._rows, index).view(np.float32).reshape(n, k + 1)
+                # the weight repeated per channel: a contiguous product, 2x faster than broadcasting (n, 1)
+                # against (n, 4) rows (whose inner loop is 4 long); the same float32 products
+                sample.ravel()[...] *= np.repeat(weight, k + 1)
+            else:
+                sample = np.take(self.packed, index, axis=0)
+                sample *= weight[:, None]
+            if out is None:
+                out = sample
+            else:
+                out += sample
         assert out is not None
-        weights = inside.astype(np.float64)
+        valid = inside.astype(np.float64)
         if not gradient:
-            return out.astype(np.float64) * weights, weights
-        result = out.astype(np.float64) * weights[:, None]
-        return result[:, 0], weights, np.ascontiguousarray(result[:, 1:].T)
+            result = out.astype(np.float64)
+            result *= valid
+            return result, valid
+        result = out.astype(np.float64)
+        result *= valid[:, None]
+        return result[:, 0], valid, np.ascontiguousarray(result[:, 1:].T)
 
 
 def _affine_points(q: np.ndarray, matrix: np.ndarray, shift: np.ndarray) -> np.ndarray:
