@@ -338,6 +338,32 @@ def _weighted_correlation(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
     return _wsum(w, da * db) / den if den > 0 else 0.0
 
 
+def _pack_with_gradient(values: np.ndarray, array_spacing: np.ndarray, reverse: bool) -> np.ndarray:
+    """``(n, k + 1)`` float32 rows: each element of a ``k``-D float32 array and its gradient along the physical
+    axes (array axes reversed when ``reverse``), per unit of ``array_spacing``.
+
+    The same values as ``np.stack([values, *np.gradient(values, *array_spacing)], -1)`` (central differences
+    inside, one-sided at the ends: numpy's expressions, float64 division by the float64 spacing, one rounding to
+    float32), written straight into the packed rows: no per-axis gradient arrays, no stacking copy (about half
+    the time on a 50 um template)."""
+    k = values.ndim
+    packed = np.empty(values.shape + (k + 1,), dtype=np.float32)
+    packed[..., 0] = values
+    difference = np.empty(values.shape, dtype=np.float32)
+    for axis in range(k):
+        if values.shape[axis] < 2:
+            raise ValueError("every axis of a Sampler's image needs at least 2 elements")
+        dx = array_spacing[axis]
+        f = np.moveaxis(values, axis, 0)  # views with the axis first
+        out = np.moveaxis(packed[..., 1 + (k - 1 - axis if reverse else axis)], axis, 0)
+        inner = np.moveaxis(difference, axis, 0)[1:-1]
+        np.subtract(f[2:], f[:-2], out=inner)
+        np.divide(inner, 2.0 * dx, out=out[1:-1])
+        np.divide(f[1] - f[0], dx, out=out[0])
+        np.divide(f[-1] - f[-2], dx, out=out[-1])
+    return packed.reshape(-1, k + 1)
+
+
 class Sampler:
     """Linear interpolation of a 2-D or 3-D image, and of its gradient, at physical points.
 
@@ -363,11 +389,8 @@ class Sampler:
         self.strides = np.array([int(np.prod(values.shape[a + 1:])) for a in range(k)], dtype=np.int64)
         self.packed: np.ndarray | None = None
         if with_gradient:
-            array_spacing = self.spacing[::-1, 0] if reverse else self.spacing[:, 0]
-            grads = np.gradient(values, *array_spacing)
-            grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
-            physical = grads[::-1] if reverse else grads  # gradient along physical axes
-            self.packed = np.stack([values, *physical], axis=-1).reshape(-1, k + 1)
+            self.packed = _pack_with_gradient(values, self.spacing[::-1, 0] if reverse else self.spacing[:, 0],
+                                              reverse)
         # the packed rows as single 16-byte items (3-D: value + 3 gradients, float32) for the corner gathers:
         # np.take of 1-D complex128 items moves the same bytes ~25 % faster than of (n, 4) float32 rows
         self._rows = self.packed.view(np.complex128).ravel() if k == 3 and self.packed is not None else None
