@@ -268,6 +268,14 @@ def edge_step(values: np.ndarray, mask: np.ndarray, width: int = 2, gap: int = 1
     frame = np.zeros(mask.shape, dtype=bool)
     margin = 2 * (width + gap)
     frame[margin:-margin, margin:-margin] = True
+    # Every mask below is within width + gap pixels of the mask (erosions with border_value=1 only reach in from
+    # an image edge): on the mask's bounding box plus that much room (and one pixel) they are the same as on the
+    # whole image, in the same row-major order, at a fraction of the cost.
+    rows, cols = np.nonzero(np.any(mask, axis=1))[0], np.nonzero(np.any(mask, axis=0))[0]
+    if rows.size:
+        room = width + gap + 1
+        box = (slice(max(0, rows[0] - room), rows[-1] + room + 1), slice(max(0, cols[0] - room), cols[-1] + room + 1))
+        values, mask, frame = values[box], mask[box], frame[box]
     inside = ndimage.binary_erosion(mask, iterations=gap, border_value=1) if gap else mask
     outside = ndimage.binary_dilation(mask, iterations=gap) if gap else mask
     inner = inside & ~ndimage.binary_erosion(inside, iterations=width, border_value=1) & frame
