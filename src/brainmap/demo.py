@@ -28,6 +28,7 @@ import pandas as pd
 from brainmap.atlas import ReferenceSpace, StructureTree
 from brainmap.figures import Colorbar, heat_colormap, write_figure
 from brainmap.io.atomic import atomic_write
+from brainmap.pipeline.run import RunSettings
 
 #: Structure set "Brain - Major Divisions" (12 structures: isocortex, olfactory areas, hippocampal formation, ...).
 MAJOR_DIVISIONS_SET = 687527670
@@ -49,6 +50,21 @@ ZOOM = 4
 SYNTHETIC_NOTE = "synthetic: the virtual microscope's images, not Allen's"
 #: Coarse pixels keep the demo to minutes on two cores (the defaults are 10 and 8 um).
 DEMO_PIXEL_SIZE_UM = {"connectivity": 50.0, "ish": 40.0}
+#: The pipeline's settings for the demo's specimens.
+# The demo's specimens are drawn in the template's Nissl-like contrast and without a non-linear warp, so
+# the template similarity and the affine stages are what they need. Measured on this 2-core machine in a
+# fresh clone, the contrast-agnostic default made the demo take 158 s, its alignment 117 s of it; the
+# template path aligns this appearance better too (9 / 22 um median / p95 against 22 / 60 um, issue 13's
+# measurement). Real images of any stain get the default (brainmap run, brainmap align).
+# The connectivity grids are written at 25 um too, as Allen serves them (AllenSDK's documented example
+# asks MouseConnectivityCache(resolution=25) for a projection density); the unionizer reads the 100 um.
+# The first alignment round skips one smoothing level in 3-D (200 um) and one in 2-D (100 um): measured on
+# the demo's six data sets against their truth (issue 18, round 4; one process each, loaded machine),
+# alignment CPU 45.6 -> 41.7 s, error 44.5/52.4 -> 44.4/52.0 um median/p95 (mostly a constant ~43 um
+# offset, half a 50 um voxel on each axis; without it 6.8/15.9 -> 6.5/15.7 um). Real data keep all levels.
+DEMO_SETTINGS = RunSettings(reference_resolution_um=50, grid_resolution_um=100, nonlinear=False, contrast="template",
+                            extra_grid_resolutions_um=(25,),
+                            first_alignment_levels_um=((400.0, 100.0, 0.0), (200.0, 50.0, 0.0)))
 
 
 def major_division_volumes(space: ReferenceSpace) -> pd.DataFrame:
@@ -228,30 +244,16 @@ def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | Non
     space = ReferenceSpace.from_files(annotation) if annotation is not None else ReferenceSpace.bundled(resolution)
     written = _atlas_summary(space, out)
     if specimens:
-        from brainmap.pipeline.run import RunSettings, run_pipeline, summarize_runs
+        from brainmap.pipeline.run import run_pipeline, summarize_runs
         from brainmap.pipeline.run.runner import dask_client
 
         print("\nmaking virtual specimens (connectivity experiments %s; ISH genes %s)"
               % (", ".join(map(str, DEMO_EXPERIMENTS)), ", ".join(f"{g} {p}" for g, p in DEMO_GENES)))
-        # The demo's specimens are drawn in the template's Nissl-like contrast and without a non-linear warp, so
-        # the template similarity and the affine stages are what they need. Measured on this 2-core machine in a
-        # fresh clone, the contrast-agnostic default made the demo take 158 s, its alignment 117 s of it; the
-        # template path aligns this appearance better too (9 / 22 um median / p95 against 22 / 60 um, issue 13's
-        # measurement). Real images of any stain get the default (brainmap run, brainmap align).
-        # The connectivity grids are written at 25 um too, as Allen serves them (AllenSDK's documented example
-        # asks MouseConnectivityCache(resolution=25) for a projection density); the unionizer reads the 100 um.
-        # The first alignment round skips one smoothing level in 3-D (200 um) and one in 2-D (100 um): measured on
-        # the demo's six data sets against their truth (issue 18, round 4; one process each, loaded machine),
-        # alignment CPU 45.6 -> 41.7 s, error 44.5/52.4 -> 44.4/52.0 um median/p95 (mostly a constant ~43 um
-        # offset, half a 50 um voxel on each axis; without it 6.8/15.9 -> 6.5/15.7 um). Real data keep all levels.
-        settings = RunSettings(reference_resolution_um=50, grid_resolution_um=100, nonlinear=False,
-                               contrast="template", extra_grid_resolutions_um=(25,),
-                               first_alignment_levels_um=((400.0, 100.0, 0.0), (200.0, 50.0, 0.0)))
         # One Dask cluster makes the specimens (in parallel) and runs the pipeline on them.
         with dask_client(scheduler, workers) as client:
             folders = _make_specimens(out / "specimens", client)
             print("running the pipeline: align -> detect -> grid -> unionize")
-            runs = run_pipeline(folders, settings, scheduler=client.scheduler.address)
+            runs = run_pipeline(folders, DEMO_SETTINGS, scheduler=client.scheduler.address)
         print(summarize_runs(runs))
         written.update(_pipeline_summary(folders, space.structure_tree, out))
     for path in written.values():

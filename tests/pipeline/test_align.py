@@ -235,6 +235,35 @@ def test_sampler_matches_map_coordinates():
     assert gradient.shape == (3, 200)
 
 
+
+@pytest.mark.parametrize("shape, spacing, reverse", [((20, 16, 18), (50.0, 50.0, 50.0), False),
+                                                     ((9, 5, 7), (30.0, 70.0, 50.0), False),
+                                                     ((31, 23), (40.0, 25.0), True), ((2, 3), (1.0, 3.0), True)])
+def test_sampler_rows_are_numpys_gradient_bit_for_bit(shape, spacing, reverse):
+    """The Sampler's packed rows (value + gradient along the physical axes) are numpy's own np.gradient stacked,
+    to the bit, although written straight into the rows."""
+    values = np.random.default_rng(4).random(shape).astype(np.float32) * np.float32(3.7)
+    physical = spacing[::-1] if reverse else spacing  # Sampler takes the physical spacing
+    sampler = Sampler(values, origin=(0.0,) * len(shape), spacing=physical, reverse=reverse)
+    gradients = np.gradient(values, *spacing)
+    gradients = list(gradients) if isinstance(gradients, (list, tuple)) else [gradients]
+    expected = np.stack([values, *(gradients[::-1] if reverse else gradients)], axis=-1).reshape(-1, len(shape) + 1)
+    assert sampler.packed is not None and sampler.packed.dtype == np.float32
+    assert np.array_equal(sampler.packed.view(np.uint32), expected.view(np.uint32))
+
+
+def test_sampler_gradient_interpolates_numpys_gradient():
+    rng = np.random.default_rng(5)
+    volume = ndimage.gaussian_filter(rng.random((20, 16, 18)), 2).astype(np.float32)
+    sampler = Sampler(volume, origin=(25.0, 25.0, 25.0), spacing=50.0, reverse=False)
+    points = rng.uniform(30, 780, size=(3, 500))
+    values, inside, gradient = sampler(points)
+    only_values, only_inside = sampler(points, gradient=False)
+    assert np.array_equal(values, only_values) and np.array_equal(inside, only_inside)
+    for axis, g in enumerate(np.gradient(volume, 50.0)):
+        expected = ndimage.map_coordinates(g, (points - 25.0) / 50.0, order=1)
+        assert np.allclose(gradient[axis][inside > 0], expected[inside > 0], atol=1e-6)
+
 def test_affine_2d_registration_recovers_a_known_transform():
     """A smooth random image seen through a known affine (rotation 4 deg, scale 1.03, shift (120, -80) um)."""
     rng = np.random.default_rng(2)

@@ -244,7 +244,7 @@ class ReferenceTemplate:
     labels: np.ndarray | None = field(default=None, repr=False, compare=False)
     pyramid: TemplatePyramid = field(init=False, repr=False, compare=False)
     sampler: Sampler = field(init=False, repr=False, compare=False)
-    _sitk: dict = field(init=False, repr=False, compare=False, default_factory=dict)
+    _sitk: dict = field(init=False, repr=False, compare=False, default_factory=dict)  # made once: images, centroids
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pyramid", TemplatePyramid(self.volume, self.resolution_um))
@@ -252,7 +252,10 @@ class ReferenceTemplate:
                                                     self.resolution_um, reverse=False, with_gradient=False))
 
     def centroids_um(self) -> dict[str, np.ndarray]:
-        """Reference (AP, DV, LR) um of the centre of mass of the whole brain and of each hemisphere."""
+        """Reference (AP, DV, LR) um of the centre of mass of the whole brain and of each hemisphere (computed
+        once per template: three passes over the brain mask)."""
+        if "centroids" in self._sitk:
+            return {name: value.copy() for name, value in self._sitk["centroids"].items()}
         res = self.resolution_um
         n_lr = self.brain.shape[2]
         mid = (n_lr + 1) // 2
@@ -261,6 +264,7 @@ class ReferenceTemplate:
             idx = np.array(np.nonzero(self.brain[:, :, lr]), dtype=np.float64).mean(axis=1)
             idx[2] += lr.start
             out[name] = (idx + 0.5) * res
+        self._sitk["centroids"] = {name: value.copy() for name, value in out.items()}
         return out
 
     def brain_pyramid(self) -> TemplatePyramid:

@@ -179,8 +179,9 @@ def _flatten_border(a: np.ndarray) -> np.ndarray:
         residual = values - design @ coef
         mad = 1.4826 * np.median(np.abs(residual[keep])) + 1e-9
         keep = np.abs(residual) < 3 * mad
-    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    yy, xx = yy / rows - 0.5, xx / cols - 0.5
+    # a row and a column broadcast (the same values, element by element, as full coordinate grids)
+    yy = np.arange(rows, dtype=np.float32)[:, None] / rows - 0.5
+    xx = np.arange(cols, dtype=np.float32)[None, :] / cols - 0.5
     surface = (coef[0] + coef[1] * xx + coef[2] * yy + coef[3] * xx * xx + coef[4] * xx * yy
                + coef[5] * yy * yy).astype(np.float32)
     return a - surface + np.float32(np.median(surface))
@@ -267,6 +268,14 @@ def edge_step(values: np.ndarray, mask: np.ndarray, width: int = 2, gap: int = 1
     frame = np.zeros(mask.shape, dtype=bool)
     margin = 2 * (width + gap)
     frame[margin:-margin, margin:-margin] = True
+    # Every mask below is within width + gap pixels of the mask (erosions with border_value=1 only reach in from
+    # an image edge): on the mask's bounding box plus that much room (and one pixel) they are the same as on the
+    # whole image, in the same row-major order, at a fraction of the cost.
+    rows, cols = np.nonzero(np.any(mask, axis=1))[0], np.nonzero(np.any(mask, axis=0))[0]
+    if rows.size:
+        room = width + gap + 1
+        box = (slice(max(0, rows[0] - room), rows[-1] + room + 1), slice(max(0, cols[0] - room), cols[-1] + room + 1))
+        values, mask, frame = values[box], mask[box], frame[box]
     inside = ndimage.binary_erosion(mask, iterations=gap, border_value=1) if gap else mask
     outside = ndimage.binary_dilation(mask, iterations=gap) if gap else mask
     inner = inside & ~ndimage.binary_erosion(inside, iterations=width, border_value=1) & frame

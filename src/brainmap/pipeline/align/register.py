@@ -338,6 +338,32 @@ def _weighted_correlation(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
     return _wsum(w, da * db) / den if den > 0 else 0.0
 
 
+def _pack_with_gradient(values: np.ndarray, array_spacing: np.ndarray, reverse: bool) -> np.ndarray:
+    """``(n, k + 1)`` float32 rows: each element of a ``k``-D float32 array and its gradient along the physical
+    axes (array axes reversed when ``reverse``), per unit of ``array_spacing``.
+
+    The same values as ``np.stack([values, *np.gradient(values, *array_spacing)], -1)`` (central differences
+    inside, one-sided at the ends: numpy's expressions, float64 division by the float64 spacing, one rounding to
+    float32), written straight into the packed rows: no per-axis gradient arrays, no stacking copy (a fifth of
+    the time on a 50 um template: 0.42 -> 0.09 s)."""
+    k = values.ndim
+    packed = np.empty(values.shape + (k + 1,), dtype=np.float32)
+    packed[..., 0] = values
+    difference = np.empty(values.shape, dtype=np.float32)
+    for axis in range(k):
+        if values.shape[axis] < 2:
+            raise ValueError("every axis of a Sampler's image needs at least 2 elements")
+        dx = array_spacing[axis]
+        f = np.moveaxis(values, axis, 0)  # views with the axis first
+        out = np.moveaxis(packed[..., 1 + (k - 1 - axis if reverse else axis)], axis, 0)
+        inner = np.moveaxis(difference, axis, 0)[1:-1]
+        np.subtract(f[2:], f[:-2], out=inner)
+        np.divide(inner, 2.0 * dx, out=out[1:-1])
+        np.divide(f[1] - f[0], dx, out=out[0])
+        np.divide(f[-1] - f[-2], dx, out=out[-1])
+    return packed.reshape(-1, k + 1)
+
+
 class Sampler:
     """Linear interpolation of a 2-D or 3-D image, and of its gradient, at physical points.
 
@@ -363,46 +389,65 @@ class Sampler:
         self.strides = np.array([int(np.prod(values.shape[a + 1:])) for a in range(k)], dtype=np.int64)
         self.packed: np.ndarray | None = None
         if with_gradient:
-            array_spacing = self.spacing[::-1, 0] if reverse else self.spacing[:, 0]
-            grads = np.gradient(values, *array_spacing)
-            grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
-            physical = grads[::-1] if reverse else grads  # gradient along physical axes
-            self.packed = np.stack([values, *physical], axis=-1).reshape(-1, k + 1)
+            self.packed = _pack_with_gradient(values, self.spacing[::-1, 0] if reverse else self.spacing[:, 0],
+                                              reverse)
+        # the packed rows as single 16-byte items (3-D: value + 3 gradients, float32) for the corner gathers:
+        # np.take of 1-D complex128 items moves the same bytes ~25 % faster than of (n, 4) float32 rows
+        self._rows = self.packed.view(np.complex128).ravel() if k == 3 and self.packed is not None else None
 
     def __call__(self, points: np.ndarray, gradient: bool = True):
         """``(values, inside)`` or ``(values, inside, gradient (k, n))`` at ``(k, n)`` physical points."""
+        if gradient and self.packed is None:
+            raise ValueError("this Sampler was made without gradients")
         coords = (points - self.origin) / self.spacing
         if self.reverse:
             coords = coords[::-1]
         lower = np.floor(coords)
         frac = (coords - lower).astype(np.float32)
         lower = lower.astype(np.int64)
-        inside = np.ones(coords.shape[1], dtype=bool)
-        for a in range(len(self.shape)):
+        k, n = frac.shape
+        inside = np.ones(n, dtype=bool)
+        for a in range(k):
             inside &= (lower[a] >= 0) & (lower[a] < self.shape[a] - 1)
             np.clip(lower[a], 0, self.shape[a] - 2, out=lower[a])
         base = np.einsum("a,an->n", self.strides, lower)
-        if gradient and self.packed is None:
-            raise ValueError("this Sampler was made without gradients")
-        table = self.packed if gradient else self.values
+        # Each corner's weight is the product of its per-axis factors, multiplied left to right; the products of
+        # the leading axes are shared between corners (the same float32 operations in the same order).
         one = np.float32(1.0)
+        factors = [(one - frac[a], frac[a]) for a in range(k)]
+        weights: list[tuple[np.ndarray, int]] = [(factors[0][0], 0), (factors[0][1], int(self.strides[0]))]
+        for a in range(1, k):
+            stride = int(self.strides[a])
+            weights = [(w * factors[a][bit], offset + bit * stride) for w, offset in weights for bit in (0, 1)]
         out = None
-        for corner in np.ndindex(*([2] * len(self.shape))):
-            weight = None
-            offset = 0
-            for a, bit in enumerate(corner):
-                factor = frac[a] if bit else one - frac[a]
-                weight = factor if weight is None else weight * factor
-                offset += bit * int(self.strides[a])
-            sample = np.take(table, base + offset, axis=0)  # np.take: ~10x faster than fancy indexing here
-            term = sample * (weight[:, None] if gradient else weight)
-            out = term if out is None else out + term
+        index = np.empty(n, dtype=np.int64)
+        for weight, offset in weights:
+            np.add(base, offset, out=index)
+            # np.take: ~10x faster than fancy indexing here
+            if not gradient:
+                sample = np.take(self.values, index)
+                sample *= weight
+            elif self._rows is not None:
+                sample = np.take(self._rows, index).view(np.float32).reshape(n, k + 1)
+                # the weight repeated per channel: a contiguous product, 2x faster than broadcasting (n, 1)
+                # against (n, 4) rows (whose inner loop is 4 long); the same float32 products
+                sample.ravel()[...] *= np.repeat(weight, k + 1)
+            else:
+                sample = np.take(self.packed, index, axis=0)
+                sample *= weight[:, None]
+            if out is None:
+                out = sample
+            else:
+                out += sample
         assert out is not None
-        weights = inside.astype(np.float64)
+        valid = inside.astype(np.float64)
         if not gradient:
-            return out.astype(np.float64) * weights, weights
-        result = out.astype(np.float64) * weights[:, None]
-        return result[:, 0], weights, np.ascontiguousarray(result[:, 1:].T)
+            result = out.astype(np.float64)
+            result *= valid
+            return result, valid
+        result = out.astype(np.float64)
+        result *= valid[:, None]
+        return result[:, 0], valid, np.ascontiguousarray(result[:, 1:].T)
 
 
 def _affine_points(q: np.ndarray, matrix: np.ndarray, shift: np.ndarray) -> np.ndarray:
