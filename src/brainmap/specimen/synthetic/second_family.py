@@ -83,9 +83,9 @@ def _partners(rng: np.random.Generator, cells: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def cluster_area_um2(samples: int = 50_000, points: int = 32) -> float:
-    """The mean area (um^2) one of :func:`_cells`' clusters covers: a cell, and with probability
-    :data:`PARTNER_SHARE` its partner, less the two's overlap (a fixed Monte Carlo sample of the overlap: points
-    uniform in the cell, the share inside its partner). Clusters at a Poisson rate ``-ln(1 - d) / area`` cover a
+    """The mean area (um^2) one of :func:`_cells`' clusters covers: a cell (``pi / 4 E[d^2]``), and with
+    probability :data:`PARTNER_SHARE` its partner, less the two's overlap (a fixed Monte Carlo sample of the
+    overlap: points uniform in the cell, the share inside its partner). Clusters at a Poisson rate ``-ln(1 - d) / area`` cover a
     fraction ``d`` of the plane on average (overlaps of independent clusters included)."""
     rng = np.random.default_rng(0xCE11)
     a, b, angle, bright = _shapes(rng, samples, 1.0)
@@ -98,7 +98,9 @@ def cluster_area_um2(samples: int = 50_000, points: int = 32) -> float:
     cos, sin = np.cos(partner[:, 4:5]), np.sin(partner[:, 4:5])
     inside = ((x * cos + y * sin) / partner[:, 2:3]) ** 2 + ((-x * sin + y * cos) / partner[:, 3:4]) ** 2 <= 1.0
     area = np.pi * a * b
-    return float(np.mean(area) + PARTNER_SHARE * np.mean(area * (1.0 - inside.mean(axis=1))))
+    overlap = np.mean(area * inside.mean(axis=1)) / np.mean(area)  # the share of a cell its partner covers: 0.044
+    mean_area = np.pi / 4.0 * CELL_DIAMETER_UM ** 2 * np.exp(2.0 * _DIAMETER_SIGMA ** 2)  # lognormal: E[d^2]
+    return float(mean_area * (1.0 + PARTNER_SHARE * (1.0 - overlap)))
 
 
 def _cells(rng: np.random.Generator, density: np.ndarray, pixel_um: float) -> np.ndarray:
