@@ -9,7 +9,8 @@ truth), and draws everything else another way:
 
 * **cells**: ellipses (axis ratio 1 to 2.2, any orientation) of their own size (equivalent diameter lognormal
   about :data:`CELL_DIAMETER_UM`, not the gene's), a flat soma with granular texture and a dimmer nucleus, a
-  third of them with a touching partner; rendered on a sub-pixel lattice and averaged into pixels;
+  third of them with a touching partner; at a rate that makes the density the expected covered fraction
+  (:func:`cluster_area_um2`); rendered on a sub-pixel lattice and averaged into pixels;
 * **optics**: an out-of-focus pillbox PSF (radius 1-3 um per section) plus a long exponential halo, not a
   Gaussian;
 * **stain and background**: unspecific stain following the tissue with a strong smooth modulation (+-40 %)
@@ -85,8 +86,8 @@ def _partners(rng: np.random.Generator, cells: np.ndarray) -> np.ndarray:
 def cluster_area_um2(samples: int = 50_000, points: int = 32) -> float:
     """The mean area (um^2) one of :func:`_cells`' clusters covers: a cell (``pi / 4 E[d^2]``), and with
     probability :data:`PARTNER_SHARE` its partner, less the two's overlap (a fixed Monte Carlo sample of the
-    overlap: points uniform in the cell, the share inside its partner). Clusters at a Poisson rate ``-ln(1 - d) / area`` cover a
-    fraction ``d`` of the plane on average (overlaps of independent clusters included)."""
+    overlap: points uniform in the cell, the share inside its partner). Clusters at a Poisson rate
+    ``-ln(1 - d) / area`` cover a fraction ``d`` of the plane on average (overlaps of independent clusters included)."""
     rng = np.random.default_rng(0xCE11)
     a, b, angle, bright = _shapes(rng, samples, 1.0)
     cells = np.stack([np.zeros(samples), np.zeros(samples), a, b, angle, bright], axis=1)
