@@ -22,15 +22,15 @@ Accuracy: see ``tests/pipeline/test_detect.py`` and ``test_grid.py`` for the met
 compared with the truth on the same grid -- the mean over each voxel of the density field the virtual
 microscope draws from (``TruthVolumes.density_on_grid``) -- and, for scale, with the raw voxel-centre values of
 the truth volume; beside them a perfect detector's grid (the true masks gridded the same way) and the gridding of
-the expected density itself (geometry alone). On the second family two realizations of one truth (the render seed
-changed) are gridded by a perfect detector: their test-retest Pearson bounds what one specimen's grid can reach
-(about its square root; ``docs/detection-bounds.md``). Its connectivity is drawn at its true density of axon pixels
-(``fibre_rate="axon"``, the family's default: the targets' figures) and, for scale only, as first drawn (fibres at
-the rate of touched pixels, ``"touched"``: its truth holds ~0.42 of the density along axons, no target). The closed
-loop renders real experiments of both connectivity
-tables whole (25 um pixels), aligns, detects, grids at 100 um and unionizes, and correlates the recovered
-normalized projection volumes with the real Oh 2014 table over its structures with signal
-(``brainmap.specimen.synthetic.closed_loop``).
+the expected density itself (geometry alone; ISH grids too: one section plane per 200 um voxel). On the second
+family two realizations of one truth (the render seed changed) are gridded by a perfect detector: their
+test-retest Pearson bounds what one specimen's grid can reach (about its square root times the geometry's figure;
+``docs/detection-bounds.md``). Its connectivity is drawn at its true density of axon pixels (``fibre_rate="axon"``,
+the family's default: the targets' figures) and, for scale only, as first drawn (fibres at the rate of touched
+pixels, ``"touched"``: its truth holds ~0.42 of the density along axons, no target). The closed loop renders real
+experiments of both connectivity tables whole (25 um pixels), aligns, detects, grids at 100 um and unionizes, and
+correlates the recovered normalized projection volumes with the real Oh 2014 table over its structures with
+signal (``brainmap.specimen.synthetic.closed_loop``).
 """
 
 from __future__ import annotations
@@ -196,17 +196,26 @@ def _connectivity_pearson(pixel_um: float = 10.0, sections: int = 12, field_um: 
 def _ish_pearson(gene: str, sections: int = 12, size: int = 640, family: str = "virtual", seed: int | None = None
                  ) -> dict[str, Any]:
     """Pearson of the 200 um density grid with the truth, with Allen's smoothing (the default) and without; beside
-    them a perfect detector's grid (the true masks gridded the same way, smoothed)."""
+    them a perfect detector's grid (the true masks gridded the same way, smoothed) and the gridding of the expected
+    density itself (the truth sampled at the pixels, as an intensity: ``energy`` = its mean over the tissue)."""
+    from brainmap.specimen.synthetic.render import pixel_reference_um, sample_volume
+
     vs = VirtualSpecimen.make("ish", gene=gene)
     if seed is not None:  # another realization (the cells drawn again) of the same truth
         vs = dataclasses.replace(vs, seed=seed)
     gridder = Gridder.for_dataset(vs.dataset)
-    accumulator, perfect = gridder.accumulator(), gridder.accumulator()
+    accumulator, perfect, expected = gridder.accumulator(), gridder.accumulator(), gridder.accumulator()
     for image in gridder.usable_images()[20:20 + sections]:
         arrays, truth, window = _crop(vs, image, size, CENTRE_ISH, family)
         detection = gridder.detect(arrays)
         accumulator.add(gridder.grid_section(window, detection))
         perfect.add(gridder.grid_section(window, dataclasses.replace(detection, mask=truth.astype(np.uint16))))
+        plan = dataclasses.replace(vs.plan, width=size, height=size)
+        section = dataclasses.replace(vs.sections[image.id], alignment2d=window.alignment2d, damage=[])
+        density = np.clip(sample_volume(vs.sources.signal_density, vs.sources.resolution_um,
+                                        pixel_reference_um(plan, section)), 0, 1)
+        expected.add(gridder.grid_section(window, dataclasses.replace(
+            detection, mask=np.rint(density * 1e4).astype(np.uint16))))
     volumes = gridder.volumes(accumulator)
     inside = (vs.space.annotation > 0).astype(float)
     truth = np.zeros(GridSpec.allen(200).shape)
@@ -223,6 +232,7 @@ def _ish_pearson(gene: str, sections: int = 12, size: int = 640, family: str = "
         out[key] = float(np.corrcoef(grid["density"][data], truth[data])[0, 1])
     data = volumes["density"] >= 0
     out["perfect"] = float(np.corrcoef(volumes["density"][data], ideal["density"][data])[0, 1])
+    out["geometry"] = float(np.corrcoef(gridder.volumes(expected)["energy"][data], truth[data])[0, 1])
     out.update(_ideal=ideal["density"], _data=(ideal["density"] >= 0) & data, _truth=truth)
     return out
 
@@ -354,11 +364,14 @@ def run() -> Iterator[Figure]:
                         Figure("  ... a perfect detector's grid vs true density", r["ceiling"], None, "",
                                better="higher"),
                         Figure("  ... gridded vs the perfect detector's grid", r["perfect"], None, "",
-                               better="higher")]
+                               better="higher"),
+                        Figure("  ... gridding of the expected density itself (geometry)", r["geometry"], None, "",
+                               better="higher", note="one plane per 200 um voxel; the detector's tissue")]
             if family == "second":
                 retest, mean = _realizations(r, _ish_pearson(gene, family=family, seed=1))
                 figures += [Figure("  ... perfect detector, two realizations: test-retest Pearson", retest, None,
-                                   "", better="higher", note=f"one realization's bound ~ sqrt = {np.sqrt(retest):.3f}"),
+                                   "", better="higher", note=f"sqrt {np.sqrt(retest):.3f}; one realization's bound "
+                                   f"~ geometry x sqrt = {r['geometry'] * np.sqrt(retest):.3f}"),
                             Figure("  ... perfect detector, mean of the two realizations vs true density", mean,
                                    None, "", better="higher")]
             yield from figures

@@ -9,7 +9,8 @@ truth), and draws everything else another way:
 
 * **cells**: ellipses (axis ratio 1 to 2.2, any orientation) of their own size (equivalent diameter lognormal
   about :data:`CELL_DIAMETER_UM`, not the gene's), a flat soma with granular texture and a dimmer nucleus, a
-  third of them with a touching partner; rendered on a sub-pixel lattice and averaged into pixels;
+  third of them with a touching partner; at a rate that makes the density the expected covered fraction
+  (:func:`cluster_area_um2`); rendered on a sub-pixel lattice and averaged into pixels;
 * **optics**: an out-of-focus pillbox PSF (radius 1-3 um per section) plus a long exponential halo, not a
   Gaussian;
 * **stain and background**: unspecific stain following the tissue with a strong smooth modulation (+-40 %)
@@ -34,11 +35,14 @@ from scipy import ndimage, signal
 
 from brainmap.specimen.synthetic.render import pixel_reference_um, sample_volume
 
-__all__ = ["CELL_DIAMETER_UM", "crop_second_family", "render_connectivity_second_family",
+__all__ = ["CELL_DIAMETER_UM", "cluster_area_um2", "crop_second_family", "render_connectivity_second_family",
            "render_ish_second_family"]
 
 #: Median equivalent diameter of this family's cells (um); each cell's is lognormal (sigma 0.2) about it.
 CELL_DIAMETER_UM = 16.0
+_DIAMETER_SIGMA = 0.2
+#: Share of cells drawn with a touching partner.
+PARTNER_SHARE = 0.33
 #: Sub-pixel lattice: at least this many sub-pixels per pixel side, and sub-pixels no larger than this (um).
 _SUB_MAX = 6
 _SUB_UM = 1.0
@@ -56,33 +60,65 @@ def _smooth(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -
     return out
 
 
+def _shapes(rng: np.random.Generator, n: int, pixel_um: float) -> tuple[np.ndarray, ...]:
+    """Semi-axes a, b (pixels), angle (rad) and brightness of ``n`` cells: equivalent diameter lognormal
+    (sigma :data:`_DIAMETER_SIGMA`) about :data:`CELL_DIAMETER_UM`, axis ratio uniform 1-2.2, any orientation."""
+    d = CELL_DIAMETER_UM * rng.lognormal(0.0, _DIAMETER_SIGMA, n) / pixel_um
+    ratio = rng.uniform(1.0, 2.2, n)
+    a, b = d / 2 * np.sqrt(ratio), d / 2 / np.sqrt(ratio)
+    return a, b, rng.uniform(0, np.pi, n), rng.lognormal(0.0, 0.35, n)
+
+
+def _partners(rng: np.random.Generator, cells: np.ndarray) -> np.ndarray:
+    """A touching partner of each of ``cells`` (rows as :func:`_cells`'): the same size, about one cell away
+    (``(a + b) x U(0.8, 1.05)`` in any direction), its own orientation and brightness."""
+    p = cells.copy()
+    direction = rng.uniform(0, 2 * np.pi, len(p))
+    reach = (p[:, 2] + p[:, 3]) * rng.uniform(0.8, 1.05, len(p))
+    p[:, 0] += reach * np.cos(direction)
+    p[:, 1] += reach * np.sin(direction)
+    p[:, 4] = rng.uniform(0, np.pi, len(p))
+    p[:, 5] = rng.lognormal(0.0, 0.35, len(p))
+    return p
+
+
+@lru_cache(maxsize=1)
+def cluster_area_um2(samples: int = 50_000, points: int = 32) -> float:
+    """The mean area (um^2) one of :func:`_cells`' clusters covers: a cell (``pi / 4 E[d^2]``), and with
+    probability :data:`PARTNER_SHARE` its partner, less the two's overlap (a fixed Monte Carlo sample of the
+    overlap: points uniform in the cell, the share inside its partner). Clusters at a Poisson rate
+    ``-ln(1 - d) / area`` cover a fraction ``d`` of the plane on average (overlaps of independent clusters included)."""
+    rng = np.random.default_rng(0xCE11)
+    a, b, angle, bright = _shapes(rng, samples, 1.0)
+    cells = np.stack([np.zeros(samples), np.zeros(samples), a, b, angle, bright], axis=1)
+    partner = _partners(rng, cells)
+    r, t = np.sqrt(rng.random((samples, points))), rng.uniform(0, 2 * np.pi, (samples, points))
+    u, v = a[:, None] * r * np.cos(t), b[:, None] * r * np.sin(t)  # in the cell's own axes
+    x = u * np.cos(angle)[:, None] - v * np.sin(angle)[:, None] - partner[:, :1]
+    y = u * np.sin(angle)[:, None] + v * np.cos(angle)[:, None] - partner[:, 1:2]
+    cos, sin = np.cos(partner[:, 4:5]), np.sin(partner[:, 4:5])
+    inside = ((x * cos + y * sin) / partner[:, 2:3]) ** 2 + ((-x * sin + y * cos) / partner[:, 3:4]) ** 2 <= 1.0
+    area = np.pi * a * b
+    overlap = np.mean(area * inside.mean(axis=1)) / np.mean(area)  # the share of a cell its partner covers: 0.044
+    mean_area = np.pi / 4.0 * CELL_DIAMETER_UM ** 2 * np.exp(2.0 * _DIAMETER_SIGMA ** 2)  # lognormal: E[d^2]
+    return float(mean_area * (1.0 + PARTNER_SHARE * (1.0 - overlap)))
+
+
 def _cells(rng: np.random.Generator, density: np.ndarray, pixel_um: float) -> np.ndarray:
-    """Cells ``(n, 6)``: centre x, y (pixels), semi-axes a, b (pixels), angle (rad), brightness."""
+    """Cells ``(n, 6)``: centre x, y (pixels), semi-axes a, b (pixels), angle (rad), brightness. Clusters (a cell
+    and perhaps its partner) at a Poisson rate that makes ``density`` the expected covered fraction
+    (:func:`cluster_area_um2`)."""
     height, width = density.shape
-    diameter = CELL_DIAMETER_UM * np.exp(0.02)  # mean of the lognormal
-    area_um2 = np.pi * diameter ** 2 / 4.0
-    rate = -np.log1p(-np.clip(density, 0.0, 0.9)) / area_um2 * pixel_um ** 2 / 1.33  # partners add a third
+    rate = -np.log1p(-np.clip(density, 0.0, 0.9)) / cluster_area_um2() * pixel_um ** 2
     counts = rng.poisson(rate).ravel()
     pixel = np.repeat(np.arange(counts.size), counts)
     n = pixel.size
     x = pixel % width + rng.random(n)
     y = pixel // width + rng.random(n)
-    d = CELL_DIAMETER_UM * rng.lognormal(0.0, 0.2, n) / pixel_um
-    ratio = rng.uniform(1.0, 2.2, n)
-    a, b = d / 2 * np.sqrt(ratio), d / 2 / np.sqrt(ratio)
-    angle = rng.uniform(0, np.pi, n)
-    bright = rng.lognormal(0.0, 0.35, n)
-    cells = np.stack([x, y, a, b, angle, bright], axis=1)
-    partner = rng.random(n) < 0.33  # touching cells: a partner about one cell away
+    cells = np.stack([x, y, *_shapes(rng, n, pixel_um)], axis=1)
+    partner = rng.random(n) < PARTNER_SHARE
     if partner.any():
-        p = cells[partner].copy()
-        direction = rng.uniform(0, 2 * np.pi, len(p))
-        reach = (p[:, 2] + p[:, 3]) * rng.uniform(0.8, 1.05, len(p))
-        p[:, 0] += reach * np.cos(direction)
-        p[:, 1] += reach * np.sin(direction)
-        p[:, 4] = rng.uniform(0, np.pi, len(p))
-        p[:, 5] = rng.lognormal(0.0, 0.35, len(p))
-        cells = np.concatenate([cells, p])
+        cells = np.concatenate([cells, _partners(rng, cells[partner])])
     return cells
 
 
