@@ -13,6 +13,9 @@ the 10 um peak at most 2 GB above the 25 um one; no target for the time. The spe
 Measured 2026-12-05 on a machine shared with other jobs (load average ~13 on 2 cores): 10 um peak 2.56 GB, 25 um
 4.61 GB (the dense 25 um accumulator in the main process); 10 um 292 s (grid stage 227 s, unionize 65 s), 25 um
 77 s; an earlier, less loaded run: 10 um 209 s (grid stage 154 s, unionize 55 s), 25 um 56 s.
+Quiet, after a 50 um pixel's footprint was shared over every 10 um voxel under it (2026-12-05 22:30, the lead):
+10 um 4.24 GB / 191 s (grid stage 159 s), 25 um 4.51 GB / 25 s; the whole brain's projection volume 10/25 um
+0.9986 (1.0858 with the footprint capped at half a voxel, which left voxels between the pixels' centres empty).
 """
 
 from __future__ import annotations
