@@ -224,16 +224,20 @@ def test_block_mean_keeps_pixel_geometry():
     assert small[1, 2] == image[3:6, 6:9].mean()
 
 
-def test_sampler_matches_map_coordinates():
-    rng = np.random.default_rng(1)
+def _smooth_sampler(seed: int, points: int) -> tuple[np.ndarray, Sampler, np.ndarray]:
+    """A smooth random 50 um volume, its Sampler and random points inside it (um)."""
+    rng = np.random.default_rng(seed)
     volume = ndimage.gaussian_filter(rng.random((20, 16, 18)), 2).astype(np.float32)
     sampler = Sampler(volume, origin=(25.0, 25.0, 25.0), spacing=50.0, reverse=False)
-    points = rng.uniform(30, 780, size=(3, 200))
+    return volume, sampler, rng.uniform(30, 780, size=(3, points))
+
+
+def test_sampler_matches_map_coordinates():
+    volume, sampler, points = _smooth_sampler(1, 200)
     values, inside, gradient = sampler(points)
     expected = ndimage.map_coordinates(volume, (points - 25.0) / 50.0, order=1)
     assert np.allclose(values[inside > 0], expected[inside > 0], atol=1e-5)
     assert gradient.shape == (3, 200)
-
 
 
 @pytest.mark.parametrize("shape, spacing, reverse", [((20, 16, 18), (50.0, 50.0, 50.0), False),
@@ -253,10 +257,7 @@ def test_sampler_rows_are_numpys_gradient_bit_for_bit(shape, spacing, reverse):
 
 
 def test_sampler_gradient_interpolates_numpys_gradient():
-    rng = np.random.default_rng(5)
-    volume = ndimage.gaussian_filter(rng.random((20, 16, 18)), 2).astype(np.float32)
-    sampler = Sampler(volume, origin=(25.0, 25.0, 25.0), spacing=50.0, reverse=False)
-    points = rng.uniform(30, 780, size=(3, 500))
+    volume, sampler, points = _smooth_sampler(5, 500)
     values, inside, gradient = sampler(points)
     only_values, only_inside = sampler(points, gradient=False)
     assert np.array_equal(values, only_values) and np.array_equal(inside, only_inside)
