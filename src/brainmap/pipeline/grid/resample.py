@@ -304,9 +304,9 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     The points of one column lie within ``res x tan(tilt)`` of each other along ``axis`` (< 0.1 voxel for a 5
     degree tilt), which is all a column's single position gives away. Cost: one ``bincount`` per quantity over
     the points (four entries each with a footprint, more for a pixel coarser than half a voxel), then work per
-    column. The result holds each voxel once,
-    ascending: :func:`reduce_partial` of the pieces taken plane by plane (the same bits), made without sorting
-    where no piece drifts out of its column and the cut runs along AP (the demo's).
+    column. The result holds each voxel once, ascending: :func:`reduce_partial` of the pieces taken plane by
+    plane (the same bits), made without sorting where no piece drifts out of its column and the cut runs along AP
+    (the demo's).
     """
     points = np.asarray(points_um, dtype=np.float64)
     e = np.asarray(direction, dtype=np.float64)
