@@ -244,7 +244,7 @@ class ReferenceTemplate:
     labels: np.ndarray | None = field(default=None, repr=False, compare=False)
     pyramid: TemplatePyramid = field(init=False, repr=False, compare=False)
     sampler: Sampler = field(init=False, repr=False, compare=False)
-    _sitk: dict = field(init=False, repr=False, compare=False, default_factory=dict)  # made once: images, centroids
+    _cache: dict = field(init=False, repr=False, compare=False, default_factory=dict)  # images, pyramids, centroids
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pyramid", TemplatePyramid(self.volume, self.resolution_um))
@@ -254,8 +254,8 @@ class ReferenceTemplate:
     def centroids_um(self) -> dict[str, np.ndarray]:
         """Reference (AP, DV, LR) um of the centre of mass of the whole brain and of each hemisphere (computed
         once per template: three passes over the brain mask)."""
-        if "centroids" in self._sitk:
-            return {name: value.copy() for name, value in self._sitk["centroids"].items()}
+        if "centroids" in self._cache:
+            return {name: value.copy() for name, value in self._cache["centroids"].items()}
         res = self.resolution_um
         n_lr = self.brain.shape[2]
         mid = (n_lr + 1) // 2
@@ -264,14 +264,14 @@ class ReferenceTemplate:
             idx = np.array(np.nonzero(self.brain[:, :, lr]), dtype=np.float64).mean(axis=1)
             idx[2] += lr.start
             out[name] = (idx + 0.5) * res
-        self._sitk["centroids"] = {name: value.copy() for name, value in out.items()}
+        self._cache["centroids"] = {name: value.copy() for name, value in out.items()}
         return out
 
     def brain_pyramid(self) -> TemplatePyramid:
         """The brain mask (0/1) as a pyramid: the shape stage's moving image."""
-        if "brain" not in self._sitk:
-            self._sitk["brain"] = TemplatePyramid(self.brain.astype(np.float32), self.resolution_um)
-        return self._sitk["brain"]
+        if "brain" not in self._cache:
+            self._cache["brain"] = TemplatePyramid(self.brain.astype(np.float32), self.resolution_um)
+        return self._cache["brain"]
 
     def modelled(self, volume: SpecimenVolume, tvr: Affine3d, deformation: DeformationField | None = None
                  ) -> ReferenceTemplate:
@@ -285,9 +285,9 @@ class ReferenceTemplate:
     def sitk_image(self, voxel_um: float):
         """The template block-averaged to about ``voxel_um`` as a SimpleITK image (physical AP, DV, LR um)."""
         factor = max(1, int(round(voxel_um / self.resolution_um)))
-        if factor not in self._sitk:
-            self._sitk[factor] = reference_image(block_mean(self.volume, factor), self.resolution_um * factor)
-        return self._sitk[factor]
+        if factor not in self._cache:
+            self._cache[factor] = reference_image(block_mean(self.volume, factor), self.resolution_um * factor)
+        return self._cache[factor]
 
 
 @functools.lru_cache(maxsize=1)

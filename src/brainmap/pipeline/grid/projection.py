@@ -220,9 +220,9 @@ def write_projection_grids_streamed(folder: str | os.PathLike[str], accumulator:
             origin_um=spec.origin_um, deflate=deflate)) for name, path in paths.items()}
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers),
                                                       thread_name_prefix="grid-write"))
+        entries = getattr(accumulator, "get_entries", None)  # a GridAccumulator's sparse quantities
         for k0 in range(0, spec.shape[2], planes):
             k1 = min(k0 + planes, spec.shape[2])
-            entries = getattr(accumulator, "get_entries", None)  # a GridAccumulator's sparse quantities
             values = _volume_values(lambda name: accumulator.get_range(name, k0 * plane, k1 * plane), full,
                                     min_coverage, entries and (lambda name: entries(name, k0 * plane, k1 * plane)))
             shape = spec.shape[:2] + (k1 - k0,)
