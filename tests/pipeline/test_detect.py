@@ -262,22 +262,24 @@ def test_cell_size_is_measured_from_the_image_on_both_render_families(pixel_um, 
     """The ISH cell diameter comes from the image, not from metadata: on the virtual microscope's Gaussian cells
     it finds the gene's diameter (which :meth:`DetectionParams.for_dataset` no longer reads), and on the second
     family's textured ellipses of another size (``second_family.CELL_DIAMETER_UM``) it finds theirs."""
-    from brainmap.pipeline.detect.cell_size import estimate_cell_diameter_um
+    from brainmap.pipeline.detect.cell_size import FALLBACK_DIAMETER_UM, estimate_cell_diameter_um
     from brainmap.specimen.synthetic.second_family import CELL_DIAMETER_UM, crop_second_family
 
     vs = VirtualSpecimen.make("ish", gene="Gad1", pixel_size_um=pixel_um, truth_resolution_um=100)
     params = DetectionParams.for_dataset(vs.dataset)
     assert params.cell_diameter_um is None  # not from the generator's metadata
     gene_diameter = vs.dataset.metadata["cell_diameter_um"]
-    image = vs.dataset.usable_images()[25]
-    centre = (6000.0, 4000.0, 5700.0)
+    # a window with cells (~1 % of its pixels; a window without them would read the fallback size)
+    image = vs.dataset.usable_images()[40]
+    centre = (4000.0, 4500.0, 7000.0)
     for render, diameter, tolerance in (
-        (lambda: vs.crop(image, size_px=(size, size), centre_reference_um=centre), gene_diameter, 0.12),
-        (lambda: crop_second_family(vs, image, (size, size), centre_reference_um=centre), CELL_DIAMETER_UM, 0.25),
+        (lambda: vs.crop(image, size_px=(size, size), centre_reference_um=centre), gene_diameter, 0.05),
+        (lambda: crop_second_family(vs, image, (size, size), centre_reference_um=centre), CELL_DIAMETER_UM, 0.12),
     ):
         arrays, truth, _ = render()
         tissue, _ = detect_tissue(arrays["tissue"], params)
         estimate = estimate_cell_diameter_um(arrays["signal"], tissue, pixel_um)
+        assert estimate != FALLBACK_DIAMETER_UM and truth.mean() > 0.005
         assert estimate == pytest.approx(diameter, rel=tolerance)
         assert detect_section(arrays, params).info["cell_diameter_um"] == pytest.approx(estimate)
 

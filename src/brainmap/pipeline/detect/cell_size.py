@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import ndtr
 
 #: The opening window of the estimate (um): wider than any cell, narrower than the tissue's features.
 ESTIMATE_WINDOW_UM = 60.0
@@ -106,16 +108,55 @@ def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size
     if len(profile) < 2 or not np.isfinite(profile[0]) or profile[0] <= 0:
         return FALLBACK_DIAMETER_UM
     below = np.flatnonzero(profile < 0.1 * profile[0])
-    stop = int(below[0]) if below.size else len(lags)
-    if stop < 2:  # fallen to a tenth within one pixel: cells far smaller than a pixel pair
-        s2 = 1.0 / (4.0 * math.log(max(profile[0] / max(profile[1], 1e-12 * profile[0]), 1.0001)))
-    else:
-        x = lags[:stop].astype(np.float64) ** 2
-        y = np.log(profile[:stop])
-        slope = np.polyfit(x, y, 1)[0]
-        s2 = -1.0 / (4.0 * slope) if slope < 0 else float("inf")
-    s2_cell = max(s2 - 1.0 / 12.0, 1e-3)
+    stop = max(int(below[0]) if below.size else len(lags), 2)  # to a tenth; at least two lags
+    s2_cell = _fit_cell_variance(lags[:stop], profile[:stop], window)
     diameter = 2.3548 * math.sqrt(s2_cell) * pixel_size_um
     if not math.isfinite(diameter):
         return FALLBACK_DIAMETER_UM
     return float(min(max(diameter, MIN_DIAMETER_UM), MAX_DIAMETER_UM))
+
+
+def box_autocorrelation(lags: np.ndarray, cell_variance_px2: float) -> np.ndarray:
+    """The autocorrelation, at integer ``lags`` (pixels) along one axis and relative to its value at no lag, of
+    Gaussian cells of variance ``cell_variance_px2`` (px^2) recorded by a camera (each pixel the integral of the
+    light over its box): a Gaussian of variance ``2 v`` convolved with the box's own autocorrelation, the unit
+    triangle -- the second difference of ``t Phi(t / s) + s phi(t / s)`` (``s^2 = 2 v``)."""
+    s = math.sqrt(max(2.0 * cell_variance_px2, 1e-12))
+
+    def ramp(t: np.ndarray) -> np.ndarray:
+        return t * ndtr(t / s) + s * np.exp(-0.5 * (t / s) ** 2) / math.sqrt(2.0 * math.pi)
+
+    def at(t: np.ndarray) -> np.ndarray:
+        return ramp(t + 1.0) - 2.0 * ramp(t) + ramp(t - 1.0)
+
+    return at(np.asarray(lags, np.float64)) / at(np.zeros(1))[0]
+
+
+def _fit_cell_variance(lags: np.ndarray, profile: np.ndarray, mean_window_px: int) -> float:
+    """The cell variance (px^2) whose autocorrelation as the estimate sees it has the shape of ``profile`` over
+    ``lags`` (least squares on the logarithm relative to the first lag: the value at no lag holds the noise).
+
+    The model is exact for Gaussian cells at random positions recorded by a camera: :func:`box_autocorrelation`
+    (the pixel's box enters as a triangle, not as its variance alone), less what subtracting the local mean over
+    squares of ``W = mean_window_px`` removes, ``A(0) F^2 (1 + L / W) / W^2`` for lags ``L`` small against ``W``
+    (``F`` the sum of the normalized autocorrelation over all lags of one axis). Left out, that term reads
+    box-integrated Gaussian cells ~6 % small at 8 um pixels (measured: 10.39 um for 11.03 um cells on a flat
+    density; 10.93 um with the local mean not subtracted)."""
+    good = profile > 0
+    lags, profile = lags[good], profile[good]
+    if lags.size < 2:
+        return float("inf")
+    target = np.log(profile / profile[0])
+
+    def misfit(log_v: float) -> float:
+        v = math.exp(log_v)
+        reach = int(math.ceil(8.0 * math.sqrt(2.0 * v))) + 2
+        total = float(box_autocorrelation(np.arange(-reach, reach + 1), v).sum())
+        model = box_autocorrelation(lags, v) - total * total * (1.0 + lags / mean_window_px) / mean_window_px ** 2
+        if model[-1] <= 0:
+            return 1e6 * (1.0 - float(model[-1]))
+        return float(np.sum((np.log(model / model[0]) - target) ** 2))
+
+    result = minimize_scalar(misfit, bounds=(math.log(1e-3), math.log(1e4)), method="bounded",
+                             options=dict(xatol=1e-4))
+    return float(math.exp(result.x))
