@@ -158,5 +158,5 @@ def _fit_cell_variance(lags: np.ndarray, profile: np.ndarray, mean_window_px: in
         return float(np.sum((np.log(model / model[0]) - target) ** 2))
 
     result = minimize_scalar(misfit, bounds=(math.log(1e-3), math.log(1e4)), method="bounded",
-                             options=dict(xatol=1e-4))
+                             options=dict(xatol=1e-3))
     return float(math.exp(result.x))
