@@ -3,9 +3,10 @@
 The top-hat contrast of the signal channel (counts over a grey opening of ``ESTIMATE_WINDOW_UM``), less its local
 mean, has its autocorrelation taken over the tissue (both axes pooled, lag by lag), in one window of the image. Cells placed at random
 give an autocorrelation that is the autocorrelation of one cell's profile; white noise adds only a spike at lag 0,
-which is left out. A Gaussian ``exp(-L^2 / (4 s^2))`` is fitted to the lags from 1 pixel to where it has fallen to
-a tenth, and the cell's full width at half maximum, ``2.3548 s`` with the pixel's own width (``1/12`` px^2)
-removed, is its diameter. A flat disc of diameter ``D`` has the autocorrelation width of a Gaussian of FWHM
+which is left out. The autocorrelation of Gaussian cells of variance ``s^2`` recorded by a camera (a Gaussian of
+variance ``2 s^2`` convolved with the pixel box's triangle, less what the local mean's subtraction removes) is
+fitted to the lags from 1 pixel to where it has fallen to a tenth, and the cell's full width at half maximum,
+``2.3548 s``, is its diameter. A flat disc of diameter ``D`` has the autocorrelation width of a Gaussian of FWHM
 ~0.9 ``D``, so discs and Gaussians of one size give nearly the same figure.
 """
 
