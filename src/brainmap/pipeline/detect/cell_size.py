@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import ndtr
 
 #: The opening window of the estimate (um): wider than any cell, narrower than the tissue's features.
@@ -117,20 +116,28 @@ def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size
     return float(min(max(diameter, MIN_DIAMETER_UM), MAX_DIAMETER_UM))
 
 
-def box_autocorrelation(lags: np.ndarray, cell_variance_px2: float) -> np.ndarray:
+def box_autocorrelation(lags: np.ndarray, cell_variance_px2: float | np.ndarray) -> np.ndarray:
     """The autocorrelation, at integer ``lags`` (pixels) along one axis and relative to its value at no lag, of
-    Gaussian cells of variance ``cell_variance_px2`` (px^2) recorded by a camera (each pixel the integral of the
-    light over its box): a Gaussian of variance ``2 v`` convolved with the box's own autocorrelation, the unit
-    triangle -- the second difference of ``t Phi(t / s) + s phi(t / s)`` (``s^2 = 2 v``)."""
-    s = math.sqrt(max(2.0 * cell_variance_px2, 1e-12))
+    Gaussian cells of variance ``cell_variance_px2`` (px^2; an array gives one row per variance) recorded by a
+    camera (each pixel the integral of the light over its box): a Gaussian of variance ``2 v`` convolved with the
+    box's own autocorrelation, the unit triangle -- the second difference of ``t Phi(t / s) + s phi(t / s)``
+    (``s^2 = 2 v``). Unnormalized, its sum over all integer lags is exactly 1 (the triangle's Fourier transform
+    vanishes at the nonzero integers), so the normalized sum is ``1 / f(0)``."""
+    at = _camera_autocorrelation(np.concatenate([[0.0], np.asarray(lags, np.float64)]),
+                                 np.atleast_1d(np.asarray(cell_variance_px2, np.float64)))
+    out = at[:, 1:] / at[:, :1]
+    return out[0] if np.ndim(cell_variance_px2) == 0 else out
 
-    def ramp(t: np.ndarray) -> np.ndarray:
-        return t * ndtr(t / s) + s * np.exp(-0.5 * (t / s) ** 2) / math.sqrt(2.0 * math.pi)
 
-    def at(t: np.ndarray) -> np.ndarray:
-        return ramp(t + 1.0) - 2.0 * ramp(t) + ramp(t - 1.0)
+def _camera_autocorrelation(lags: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Unnormalized :func:`box_autocorrelation`, ``(variances, lags)``."""
+    s = np.sqrt(np.maximum(2.0 * variances, 1e-12))[:, None]
 
-    return at(np.asarray(lags, np.float64)) / at(np.zeros(1))[0]
+    def ramp(x: np.ndarray) -> np.ndarray:
+        return x * ndtr(x / s) + s * np.exp(-0.5 * (x / s) ** 2) / math.sqrt(2.0 * math.pi)
+
+    t = np.asarray(lags, np.float64)[None, :]
+    return ramp(t + 1.0) - 2.0 * ramp(t) + ramp(t - 1.0)
 
 
 def _fit_cell_variance(lags: np.ndarray, profile: np.ndarray, mean_window_px: int) -> float:
@@ -142,22 +149,26 @@ def _fit_cell_variance(lags: np.ndarray, profile: np.ndarray, mean_window_px: in
     squares of ``W = mean_window_px`` removes, ``A(0) F^2 (1 + L / W) / W^2`` for lags ``L`` small against ``W``
     (``F`` the sum of the normalized autocorrelation over all lags of one axis). Left out, that term reads
     box-integrated Gaussian cells ~6 % small at 8 um pixels (measured: 10.39 um for 11.03 um cells on a flat
-    density; 10.93 um with the local mean not subtracted)."""
+    density; 10.93 um with the local mean not subtracted). A log-spaced grid of variances, then a finer one
+    around its best (vectorized: ~0.1 ms).
+    """
     good = profile > 0
-    lags, profile = lags[good], profile[good]
+    lags, profile = lags[good].astype(np.float64), profile[good]
     if lags.size < 2:
         return float("inf")
     target = np.log(profile / profile[0])
 
-    def misfit(log_v: float) -> float:
-        v = math.exp(log_v)
-        reach = int(math.ceil(8.0 * math.sqrt(2.0 * v))) + 2
-        total = float(box_autocorrelation(np.arange(-reach, reach + 1), v).sum())
-        model = box_autocorrelation(lags, v) - total * total * (1.0 + lags / mean_window_px) / mean_window_px ** 2
-        if model[-1] <= 0:
-            return 1e6 * (1.0 - float(model[-1]))
-        return float(np.sum((np.log(model / model[0]) - target) ** 2))
+    def misfit(log_v: np.ndarray) -> np.ndarray:
+        at = _camera_autocorrelation(np.concatenate([[0.0], lags]), np.exp(log_v))
+        total = 1.0 / at[:, :1]  # the normalized autocorrelation's sum over all lags
+        model = at[:, 1:] * total - total * total * (1.0 + lags[None, :] / mean_window_px) / mean_window_px ** 2
+        bad = model[:, -1] <= 0
+        ratio = np.log(np.maximum(model / model[:, :1], 1e-300))
+        cost = np.sum((ratio - target[None, :]) ** 2, axis=1)
+        return np.where(bad, np.inf, cost)
 
-    result = minimize_scalar(misfit, bounds=(math.log(1e-3), math.log(1e4)), method="bounded",
-                             options=dict(xatol=1e-3))
-    return float(math.exp(result.x))
+    grid = np.linspace(math.log(1e-3), math.log(1e4), 512)
+    best = int(np.argmin(misfit(grid)))
+    step = grid[1] - grid[0]
+    fine = np.linspace(grid[best] - step, grid[best] + step, 201)
+    return float(math.exp(fine[int(np.argmin(misfit(fine)))]))
