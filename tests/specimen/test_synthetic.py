@@ -281,6 +281,35 @@ def test_rendered_fractions_follow_density():
         assert (cells > 0.5).mean() == pytest.approx(d, rel=0.3)
 
 
+@pytest.mark.parametrize("pixel_um", [40.0, 8.0, 4.0])
+def test_cells_are_recorded_as_a_camera_integrates_light_over_each_pixel(pixel_um):
+    """A camera pixel's value is the light falling on its area: a lone cell's stain per pixel is the Gaussian's
+    integral over the pixel's box, here by brute force (the Gaussian evaluated at 40 x 40 points in each pixel and
+    averaged), wherever in its pixel the cell lies. (The old bilinear splat, then a blur sampled at the pixels'
+    centres, spread a cell on a pixel's corner over four pixels equally, even a cell far smaller than a pixel.)"""
+    from brainmap.specimen.synthetic.render import _cell_signal
+
+    diameter = 11.0
+    sigma = diameter / 2.3548 / pixel_um
+    area_px = np.pi * (diameter / 2) ** 2 / pixel_um ** 2
+    density = np.zeros((32, 32), np.float32)
+    density[16, 16] = 1 - np.exp(-0.8 * area_px)  # 0.8 cells expected in that one pixel
+    sub = np.arange(32)[:, None] + (np.arange(40) + 0.5)[None, :] / 40  # pixel i spans [i, i + 1]
+    lone = 0
+    for seed in range(12):
+        stain, centres = _cell_signal(np.random.default_rng(seed), density, np.ones_like(density), pixel_um,
+                                      diameter)
+        if len(centres) != 1:
+            continue
+        lone += 1
+        (cx, cy), = centres
+        gx = np.exp(-0.5 * ((sub - cx) / sigma) ** 2).mean(axis=1)
+        gy = np.exp(-0.5 * ((sub - cy) / sigma) ** 2).mean(axis=1)
+        shape = gy[:, None] * gx[None, :]
+        np.testing.assert_allclose(stain / stain.sum(), shape / shape.sum(), atol=2e-3)
+    assert lone >= 3
+
+
 def test_stratified_fibres_keep_the_density_and_even_it_out(monkeypatch):
     """The fibre field stays uniform after stratification, and the fraction of signal pixels of 100 um windows
     varies far less around ``d`` than without it."""

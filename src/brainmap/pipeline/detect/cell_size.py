@@ -3,9 +3,10 @@
 The top-hat contrast of the signal channel (counts over a grey opening of ``ESTIMATE_WINDOW_UM``), less its local
 mean, has its autocorrelation taken over the tissue (both axes pooled, lag by lag), in one window of the image. Cells placed at random
 give an autocorrelation that is the autocorrelation of one cell's profile; white noise adds only a spike at lag 0,
-which is left out. A Gaussian ``exp(-L^2 / (4 s^2))`` is fitted to the lags from 1 pixel to where it has fallen to
-a tenth, and the cell's full width at half maximum, ``2.3548 s`` with the pixel's own width (``1/12`` px^2)
-removed, is its diameter. A flat disc of diameter ``D`` has the autocorrelation width of a Gaussian of FWHM
+which is left out. The autocorrelation of Gaussian cells of variance ``s^2`` recorded by a camera (a Gaussian of
+variance ``2 s^2`` convolved with the pixel box's triangle, less what the local mean's subtraction removes) is
+fitted to the lags from 1 pixel to where it has fallen to a tenth, and the cell's full width at half maximum,
+``2.3548 s``, is its diameter. A flat disc of diameter ``D`` has the autocorrelation width of a Gaussian of FWHM
 ~0.9 ``D``, so discs and Gaussians of one size give nearly the same figure.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.special import ndtr
 
 #: The opening window of the estimate (um): wider than any cell, narrower than the tissue's features.
 ESTIMATE_WINDOW_UM = 60.0
@@ -106,16 +108,67 @@ def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size
     if len(profile) < 2 or not np.isfinite(profile[0]) or profile[0] <= 0:
         return FALLBACK_DIAMETER_UM
     below = np.flatnonzero(profile < 0.1 * profile[0])
-    stop = int(below[0]) if below.size else len(lags)
-    if stop < 2:  # fallen to a tenth within one pixel: cells far smaller than a pixel pair
-        s2 = 1.0 / (4.0 * math.log(max(profile[0] / max(profile[1], 1e-12 * profile[0]), 1.0001)))
-    else:
-        x = lags[:stop].astype(np.float64) ** 2
-        y = np.log(profile[:stop])
-        slope = np.polyfit(x, y, 1)[0]
-        s2 = -1.0 / (4.0 * slope) if slope < 0 else float("inf")
-    s2_cell = max(s2 - 1.0 / 12.0, 1e-3)
+    stop = max(int(below[0]) if below.size else len(lags), 2)  # to a tenth; at least two lags
+    s2_cell = _fit_cell_variance(lags[:stop], profile[:stop], window)
     diameter = 2.3548 * math.sqrt(s2_cell) * pixel_size_um
     if not math.isfinite(diameter):
         return FALLBACK_DIAMETER_UM
     return float(min(max(diameter, MIN_DIAMETER_UM), MAX_DIAMETER_UM))
+
+
+def box_autocorrelation(lags: np.ndarray, cell_variance_px2: float | np.ndarray) -> np.ndarray:
+    """The autocorrelation, at integer ``lags`` (pixels) along one axis and relative to its value at no lag, of
+    Gaussian cells of variance ``cell_variance_px2`` (px^2; an array gives one row per variance) recorded by a
+    camera (each pixel the integral of the light over its box): a Gaussian of variance ``2 v`` convolved with the
+    box's own autocorrelation, the unit triangle -- the second difference of ``t Phi(t / s) + s phi(t / s)``
+    (``s^2 = 2 v``). Unnormalized, its sum over all integer lags is exactly 1 (the triangle's Fourier transform
+    vanishes at the nonzero integers), so the normalized sum is ``1 / f(0)``."""
+    at = _camera_autocorrelation(np.concatenate([[0.0], np.asarray(lags, np.float64)]),
+                                 np.atleast_1d(np.asarray(cell_variance_px2, np.float64)))
+    out = at[:, 1:] / at[:, :1]
+    return out[0] if np.ndim(cell_variance_px2) == 0 else out
+
+
+def _camera_autocorrelation(lags: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Unnormalized :func:`box_autocorrelation`, ``(variances, lags)``."""
+    s = np.sqrt(np.maximum(2.0 * variances, 1e-12))[:, None]
+
+    def ramp(x: np.ndarray) -> np.ndarray:
+        return x * ndtr(x / s) + s * np.exp(-0.5 * (x / s) ** 2) / math.sqrt(2.0 * math.pi)
+
+    t = np.asarray(lags, np.float64)[None, :]
+    return ramp(t + 1.0) - 2.0 * ramp(t) + ramp(t - 1.0)
+
+
+def _fit_cell_variance(lags: np.ndarray, profile: np.ndarray, mean_window_px: int) -> float:
+    """The cell variance (px^2) whose autocorrelation as the estimate sees it has the shape of ``profile`` over
+    ``lags`` (least squares on the logarithm relative to the first lag: the value at no lag holds the noise).
+
+    The model is exact for Gaussian cells at random positions recorded by a camera: :func:`box_autocorrelation`
+    (the pixel's box enters as a triangle, not as its variance alone), less what subtracting the local mean over
+    squares of ``W = mean_window_px`` removes, ``A(0) F^2 (1 + L / W) / W^2`` for lags ``L`` small against ``W``
+    (``F`` the sum of the normalized autocorrelation over all lags of one axis). Left out, that term reads
+    box-integrated Gaussian cells ~6 % small at 8 um pixels (measured: 10.39 um for 11.03 um cells on a flat
+    density; 10.93 um with the local mean not subtracted). A log-spaced grid of variances, then a finer one
+    around its best (vectorized: ~0.1 ms).
+    """
+    good = profile > 0
+    lags, profile = lags[good].astype(np.float64), profile[good]
+    if lags.size < 2:
+        return float("inf")
+    target = np.log(profile / profile[0])
+
+    def misfit(log_v: np.ndarray) -> np.ndarray:
+        at = _camera_autocorrelation(np.concatenate([[0.0], lags]), np.exp(log_v))
+        total = 1.0 / at[:, :1]  # the normalized autocorrelation's sum over all lags
+        model = at[:, 1:] * total - total * total * (1.0 + lags[None, :] / mean_window_px) / mean_window_px ** 2
+        bad = model[:, -1] <= 0
+        ratio = np.log(np.maximum(model / model[:, :1], 1e-300))
+        cost = np.sum((ratio - target[None, :]) ** 2, axis=1)
+        return np.where(bad, np.inf, cost)
+
+    grid = np.linspace(math.log(1e-3), math.log(1e4), 512)
+    best = int(np.argmin(misfit(grid)))
+    step = grid[1] - grid[0]
+    fine = np.linspace(grid[best] - step, grid[best] + step, 201)
+    return float(math.exp(fine[int(np.argmin(misfit(fine)))]))

@@ -5,7 +5,8 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
 
 1. **Tissue** (tissue channel): glass (the camera offset) and tissue are two modes of the counts. Otsu on the
    logarithm of a subsample separates them and the threshold sits at ``glass + tissue_level_fraction * (tissue -
-   glass)`` (the two class medians). Tears, lost tissue and ventricles are not tissue.
+   glass)`` (the two class medians), for ISH lowered to the glass's noise floor where that is lower (its mode plus
+   ``tissue_noise_sigmas`` sigmas: dim tissue at the edges). Tears, lost tissue and ventricles are not tissue.
 2. **Background** (signal channel): the grey *opening* (erosion then dilation) by a flat square of
    ``background_window_um``. Objects narrower than the window -- axons, cells -- are removed, and what is wider
    -- tissue, structures, their edges and ramps, the illumination, the glow around an injection -- is kept:
@@ -115,6 +116,9 @@ class DetectionParams:
         signal_channel, tissue_channel: channel names in the image mapping.
         tissue_threshold: tissue-channel counts above which a pixel is tissue; ``None``: automatic.
         tissue_level_fraction: where the automatic threshold sits between the glass and tissue medians (0..1).
+        tissue_noise_sigmas: the automatic threshold is lowered to the glass's noise floor, its mode plus this
+            many glass noise sigmas, where that is lower (dim tissue at the brain's edge, pale fibre tracts);
+            ``None``: off. ISH default 6, connectivity off (measured on ISH only).
         background_window_um: side of the square of the grey opening (um); wider than the signal objects
             (axons, cells and their clusters), narrower than the background's features. ``None``: 50 um for
             connectivity, 3 cell diameters for ISH.
@@ -170,6 +174,7 @@ class DetectionParams:
     tissue_channel: str = "tissue"
     tissue_threshold: float | None = None
     tissue_level_fraction: float = 0.1
+    tissue_noise_sigmas: float | None = None
     background_window_um: float | None = None
     background_block_um: float = 200.0
     background_quantile: float = 0.1
@@ -211,6 +216,9 @@ class DetectionParams:
             raise ValueError(f"DetectionParams.background_quantile must be in (0, 0.5), got {self.background_quantile!r}")
         if not (self.background_block_um > 0 and (self.background_excess is None or self.background_excess >= 0)):
             raise ValueError("DetectionParams: background_block_um must be positive and background_excess >= 0")
+        if self.tissue_noise_sigmas is not None and not self.tissue_noise_sigmas > 0:
+            raise ValueError(f"DetectionParams.tissue_noise_sigmas must be positive or None, got "
+                             f"{self.tissue_noise_sigmas!r}")
         if self.noise_samples < 4:
             raise ValueError(f"DetectionParams.noise_samples must be >= 4, got {self.noise_samples}")
 
@@ -220,7 +228,7 @@ class DetectionParams:
         connectivity: axons and the injection site. Keyword arguments override any field."""
         if product == "ish":
             base: dict[str, Any] = dict(peak_fraction=0.5, detect_injection=False, background_excess=2.0,
-                                        peak_smooth_um=3.0)
+                                        peak_smooth_um=3.0, tissue_noise_sigmas=TISSUE_NOISE_SIGMAS)
         elif product == "connectivity":
             coarse = float(pixel_size_um) >= AXON_COVER_MIN_PIXEL_UM  # an axon crosses under half a pixel
             base = dict(peak_fraction=0.0, detect_injection=True, noise_refits=1, axon_fraction=0.0 if coarse else 0.4,
@@ -456,13 +464,18 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def tissue_threshold(tissue_counts: np.ndarray, level_fraction: float = 0.1) -> float:
+def tissue_threshold(tissue_counts: np.ndarray, level_fraction: float = 0.1,
+                     noise_sigmas: float | None = None) -> float:
     """Automatic tissue threshold (counts) of a tissue-channel image.
 
     Otsu on ``log(1 + counts)`` of a subsample splits glass from tissue; the threshold is
     ``glass + level_fraction * (tissue - glass)`` with the two classes' medians. If the classes differ by less
     than a factor 2.5 the image is one class (e.g. a crop inside the brain, all tissue): the threshold is then a
-    quarter of the median, so only holes are not tissue.
+    quarter of the median, so only holes are not tissue. With ``noise_sigmas`` the threshold is lowered to the
+    glass's noise floor where that is lower: the mode of the glass class plus ``noise_sigmas`` times its noise
+    sigma, measured on the mode's dark side (1.4826 x the median distance below the mode: what lies above the
+    mode may be dim tissue), at least the counts' quantum. Where the glass class is dim tissue (an image with almost no
+    glass) its floor lies above the level threshold and nothing changes.
     """
     sample = _subsample(np.asarray(tissue_counts)).astype(np.float32).ravel()
     if sample.size == 0:
@@ -477,14 +490,42 @@ def tissue_threshold(tissue_counts: np.ndarray, level_fraction: float = 0.1) -> 
     glass, tissue = float(np.median(low)), float(np.median(high))
     if tissue < 2.5 * max(glass, 1.0):
         return float(np.median(sample)) * 0.25
-    return glass + level_fraction * (tissue - glass)
+    threshold = glass + level_fraction * (tissue - glass)
+    if noise_sigmas is not None:
+        # the counts' quantum (1 for a camera's counts, 257 for 8-bit values scaled to 16 bits): glass saturated
+        # white reads one value, and a pale mark one quantum from it (a scale bar) is not tissue
+        steps = np.diff(np.unique(sample[:: max(1, sample.size // 4096)]))  # a few thousand values tell it
+        threshold = min(threshold, _glass_floor(low, noise_sigmas, float(steps.min()) if steps.size else 1.0))
+    return threshold
+
+
+#: :attr:`DetectionParams.tissue_noise_sigmas` of ISH: the glass's noise floor, in glass noise sigmas. Far enough
+#: out that glass noise is not tissue (Gaussian tail ~1e-9), near enough to keep tissue of a few percent of the
+#: full tissue signal (the second family's dim edges: ~7 sigma above its glass).
+TISSUE_NOISE_SIGMAS = 6.0
+
+
+def _glass_floor(glass: np.ndarray, sigmas: float, quantum: float) -> float:
+    """The mode of the glass class's counts plus ``sigmas`` noise sigmas (its dark side's spread, at least the
+    counts' ``quantum``), counts; +inf where the class is too small to tell."""
+    if glass.size < 100:
+        return float("inf")
+    glass = glass[:: max(1, glass.size // 16384)]  # the mode and the spread of a few thousand values suffice
+    lo, hi = np.percentile(glass, [0.5, 99.5])
+    hist, edges = np.histogram(glass, bins=128, range=(float(lo), float(hi) + 1.0))
+    top = int(np.argmax(hist))
+    mode = float(edges[top] + edges[top + 1]) / 2.0
+    below = mode - glass[glass <= mode]
+    if below.size < 20:
+        return float("inf")
+    return mode + sigmas * max(1.4826 * float(np.median(below)), quantum, 1.0)
 
 
 def detect_tissue(tissue_counts: np.ndarray, params: DetectionParams) -> tuple[np.ndarray, float]:
     """``(tissue mask, threshold)``: tissue-channel pixels above the threshold (counts; automatic unless
     ``params.tissue_threshold`` is set)."""
     threshold = (params.tissue_threshold if params.tissue_threshold is not None
-                 else tissue_threshold(tissue_counts, params.tissue_level_fraction))
+                 else tissue_threshold(tissue_counts, params.tissue_level_fraction, params.tissue_noise_sigmas))
     return np.asarray(tissue_counts) > threshold, float(threshold)
 
 
@@ -898,9 +939,9 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
 
 
 #: The log-curvature's spread over the peaks (interquartile range / median) up to which :func:`_subpixel_cell_rule`
-#: takes the cells for Gaussian-like spots. Spots of one shape give a nearly uniform log-curvature (measured 0.29-0.32
-#: on the virtual microscope's, whose splat of the cells between pixel centres widens some spots) and flat cells a
-#: wide one (0.76-0.93 on the second family's ellipses); 0.5 lies between, a factor ~1.6 from each.
+#: takes the cells for Gaussian-like spots. Spots of one shape give a nearly uniform log-curvature (measured 0.08 on
+#: the virtual microscope's, each integrated over the pixels' boxes; 0.29-0.32 when it splatted them bilinearly) and
+#: flat cells a wide one (0.76-0.93 on the second family's ellipses); 0.5 lies between.
 GAUSSIAN_SPREAD = 0.5
 
 

@@ -54,8 +54,9 @@ UNIONIZE_FILE = PipelineFolder.UNIONIZE
 #: it, so folders made by an earlier brainmap are redone, not taken as done (2: Allen's ISH smoothing and
 #: sum_pixel_intensity grids, AllenSDK's unionize rules; 3: the detector's rules for coarse ISH cells and
 #: clipped axons; 4: the connectivity noise refit where axons are dense; 5: flat coarse ISH cells cut at half
-#: their plateau; 6: coarse axon pixels judged against their fibre's full crossing).
-STAGE_FORMAT = 6
+#: their plateau; 6: coarse axon pixels judged against their fibre's full crossing; 7: the ISH cell size fitted
+#: with the camera's box and the local mean exactly, the ISH tissue mask down to the glass's noise floor).
+STAGE_FORMAT = 7
 
 
 @dataclass(frozen=True)
