@@ -125,13 +125,14 @@ class AlignSettings:
         early_volume_points, early_section_points: the same in every round but the last (a random subset of the
             last round's points): those rounds only make the volume the next round registers, and their errors
             average out over its sections and voxels (docs/performance-demo.md, round 6: the demo's six data
-            sets aligned with 28 % less CPU and no larger error).
+            sets 44.2 -> 33.0 s CPU, error against their truth no larger).
         first_centroid_start: in the first round, always also try each section from its centroid start (else
             only when its first result correlates poorly).
         first_volume_sigmas_um: smoothing levels (coarse to fine, microns) of the first 3-D registration.
         volume_sigmas_um: smoothing levels of the later 3-D registrations (unsmoothed only: they start from the
             previous round's transform, tens of microns off; the demo's six data sets measured 6.35/15.29 um
-            without the 100 um level, 6.86/16.19 um with it, and ~10 % less CPU; docs/performance-demo.md, round 6).
+            without the 100 um level, 6.86/16.19 um with it, and a few seconds less CPU; docs/performance-demo.md,
+            round 6).
         first_sigmas_um: smoothing levels (coarse to fine, microns) of the first 2-D refinement (sections may
             be off by a few hundred microns).
         sigmas_um: smoothing levels of the later 2-D refinements.
