@@ -265,6 +265,32 @@ def test_sampler_gradient_interpolates_numpys_gradient():
         expected = ndimage.map_coordinates(g, (points - 25.0) / 50.0, order=1)
         assert np.allclose(gradient[axis][inside > 0], expected[inside > 0], atol=1e-6)
 
+@pytest.mark.parametrize("angle, scale, shift", [(0.0, 1.0, (0.0, 0.0)), (0.3, 1.07, (-130.0, 85.0)),
+                                                  (-1.2, 0.93, (410.0, -260.0))])
+def test_section_and_mask_placed_together_match_ndimage(angle, scale, shift):
+    """build_volume's one-pass placement of a section and its mask gives what scipy's affine_transform (order 1,
+    constant mode) gives for each, edges and the image's outside included."""
+    from brainmap.pipeline.align.reconstruct import (SectionStack, SpecimenGrid, place_section,
+                                                     place_section_and_mask)
+
+    rng = np.random.default_rng(6)
+    image = ndimage.gaussian_filter(rng.random((37, 45)), 1.5).astype(np.float32)
+    mask = image > np.median(image)
+    stack = SectionStack(images=[image], masks=[mask], factor=2, pixel_size_um=25.0, section_images=[],
+                         sz_um=np.zeros(1), failed=np.zeros(1, dtype=bool))
+    c, s = np.cos(angle), np.sin(angle)
+    transform = Affine2d(scale * np.array([[c, -s], [s, c]]), np.array(shift))
+    grid = SpecimenGrid((-1400.0, -900.0), 50.0, (61, 70))  # wider than the placed image on every side
+    values, tissue = place_section_and_mask(stack, 0, transform, grid)
+    expected_values = place_section(stack, 0, transform, grid)
+    expected_tissue = place_section(stack, 0, transform, grid, mask=True)
+    assert values.dtype == tissue.dtype == np.float32 and values.shape == grid.shape
+    assert np.count_nonzero(expected_values) > 100 and np.count_nonzero(expected_values == 0) > 100
+    assert np.allclose(values, expected_values, atol=2e-6)
+    assert np.allclose(tissue, expected_tissue, atol=2e-6)
+    assert np.array_equal(values == 0, expected_values == 0)
+
+
 def test_affine_2d_registration_recovers_a_known_transform():
     """A smooth random image seen through a known affine (rotation 4 deg, scale 1.03, shift (120, -80) um)."""
     rng = np.random.default_rng(2)

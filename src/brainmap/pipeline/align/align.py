@@ -122,10 +122,17 @@ class AlignSettings:
             (off by default: on the virtual microscope's specimens its drift hurt more than it helped).
         volume_points: at most this many tissue voxels of the specimen volume in the 3-D metric.
         section_points: at most this many tissue pixels of a section in the 2-D metric.
+        early_volume_points, early_section_points: the same in every round but the last (a random subset of the
+            last round's points): those rounds only make the volume the next round registers, and their errors
+            average out over its sections and voxels (docs/performance-demo.md, round 6: the demo's six data
+            sets 44.2 -> 33.0 s CPU, error against their truth no larger).
         first_centroid_start: in the first round, always also try each section from its centroid start (else
             only when its first result correlates poorly).
         first_volume_sigmas_um: smoothing levels (coarse to fine, microns) of the first 3-D registration.
-        volume_sigmas_um: smoothing levels of the later 3-D registrations.
+        volume_sigmas_um: smoothing levels of the later 3-D registrations (unsmoothed only: they start from the
+            previous round's transform, tens of microns off; the demo's six data sets measured 6.35/15.29 um
+            without the 100 um level, 6.86/16.19 um with it, and a few seconds less CPU; docs/performance-demo.md,
+            round 6).
         first_sigmas_um: smoothing levels (coarse to fine, microns) of the first 2-D refinement (sections may
             be off by a few hundred microns).
         sigmas_um: smoothing levels of the later 2-D refinements.
@@ -153,9 +160,11 @@ class AlignSettings:
     neighbour_registration: bool = False
     volume_points: int = 100000
     section_points: int = 20000
+    early_volume_points: int = 25000
+    early_section_points: int = 5000
     first_centroid_start: bool = False
     first_volume_sigmas_um: tuple[float, ...] = (400.0, 200.0, 100.0, 0.0)
-    volume_sigmas_um: tuple[float, ...] = (100.0, 0.0)
+    volume_sigmas_um: tuple[float, ...] = (0.0,)
     first_sigmas_um: tuple[float, ...] = (200.0, 100.0, 50.0, 0.0)
     sigmas_um: tuple[float, ...] = (0.0,)
     channel: str | None = None
@@ -760,6 +769,12 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
     shape_placed = False  # a half brain: the shape stage's 3-D transform is kept (see HALF_BRAIN_SHAPE_ONLY)
     for round_ in range(1, rounds + 1):
         first = round_ == 1
+        # the earlier rounds only feed the next round's volume: fewer points (AlignSettings.early_*_points)
+        last = round_ == rounds
+        volume_points = settings.volume_points if last else min(settings.volume_points,
+                                                                 settings.early_volume_points)
+        section_points = settings.section_points if last else min(settings.section_points,
+                                                                  settings.early_section_points)
         volume = build_volume(coarse, transforms, grid)
         target = template
         if contrast == "model":
@@ -777,7 +792,7 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
             target = template.modelled(volume, tvr)
         shape_tvr = tvr
         tvr, volume_correlation = register_to_template(
-            volume, target, dataset.plane, initial=tvr, max_points=settings.volume_points,
+            volume, target, dataset.plane, initial=tvr, max_points=volume_points,
             sigmas_um=settings.first_volume_sigmas_um if first else settings.volume_sigmas_um,
             iterations=20 if not shape_placed or HALF_BRAIN_MAX_SHIFT > 0 else 0)
         if shape_placed and HALF_BRAIN_MAX_SHIFT > 0:
@@ -787,7 +802,7 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
                      round_, rounds, shift, "kept" if shift <= limit else f"over {limit:.0f} um: refused")
             if shift > limit:
                 tvr, volume_correlation = register_to_template(
-                    volume, target, dataset.plane, initial=shape_tvr, max_points=settings.volume_points,
+                    volume, target, dataset.plane, initial=shape_tvr, max_points=volume_points,
                     sigmas_um=settings.volume_sigmas_um, iterations=0)
         log.info("round %d/%d, 3-D (correlation %.3f): %.1f s", round_, rounds, volume_correlation,
                  time.perf_counter() - started)
@@ -814,7 +829,7 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
             if likeness >= TEMPLATE_LIKENESS:
                 contrast = "template"
                 tvr, volume_correlation = register_to_template(volume, template, dataset.plane, initial=tvr,
-                                                               max_points=settings.volume_points,
+                                                               max_points=volume_points,
                                                                sigmas_um=settings.volume_sigmas_um)
         if contrast == "model":
             target = template.modelled(volume, tvr)
@@ -826,7 +841,7 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         transforms, correlation, rejected = refine_sections(
             coarse if first else stack, transforms, target, tvr, progress=progress, expected=expected,
             centroid_start=first and settings.first_centroid_start,
-            max_points=settings.section_points,
+            max_points=section_points,
             sigmas_um=settings.first_sigmas_um if first else settings.sigmas_um,
             description=f"round {round_}/{rounds}: refining sections")
         log.info("round %d/%d, 2-D at %g um: %.1f s", round_, rounds, (coarse if first else stack).working_um,
