@@ -20,7 +20,6 @@ Everything is written into ``out``; a second run reuses the specimens and skips 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -137,18 +136,14 @@ def projection_picture(density: np.ndarray, outline: np.ndarray, zoom: int = ZOO
     return np.repeat(np.repeat(picture, zoom, axis=0), zoom, axis=1), scale
 
 
-def _atlas_summary(space: ReferenceSpace, out: Path) -> tuple[str, dict[str, Path]]:
-    """The atlas summary's text (printed by the caller: this may run beside the specimens' start) and the files
-    written."""
+def _atlas_summary(space: ReferenceSpace, out: Path) -> dict[str, Path]:
     labels = space.direct_voxel_counts()
     res = "x".join(f"{r:g}" for r in space.resolution)
+    print("brainmap demo: the Allen CCF v3 (2017) reference space")
+    print(f"  annotation  {' x '.join(map(str, space.shape))} voxels (AP x DV x LR) at {res} um")
+    print(f"  ontology    {len(space.structure_tree)} structures; {int((labels > 0).sum())} label the annotation directly")
     table = major_division_volumes(space)
-    text = "\n".join([
-        "brainmap demo: the Allen CCF v3 (2017) reference space",
-        f"  annotation  {' x '.join(map(str, space.shape))} voxels (AP x DV x LR) at {res} um",
-        f"  ontology    {len(space.structure_tree)} structures; {int((labels > 0).sum())} label the annotation directly",
-        table.to_string(index=False, float_format=lambda v: f"{v:8.2f}"),
-    ])
+    print(table.to_string(index=False, float_format=lambda v: f"{v:8.2f}"))
     pixel_um = float(space.resolution[0])
     written = {
         "coronal": write_figure(out / "annotation_coronal.png", space.get_slice_image("coronal", CORONAL_POSITION_UM),
@@ -166,12 +161,7 @@ def _atlas_summary(space: ReferenceSpace, out: Path) -> tuple[str, dict[str, Pat
     with atomic_write(out / "major_divisions.csv", "w", newline="") as fh:
         table.to_csv(fh, index=False)
     written["major_divisions"] = out / "major_divisions.csv"
-    return text, written
-
-
-def _load_atlas(resolution: int, annotation: str | Path | None, out: Path) -> tuple[ReferenceSpace, str, dict[str, Path]]:
-    space = ReferenceSpace.from_files(annotation) if annotation is not None else ReferenceSpace.bundled(resolution)
-    return (space, *_atlas_summary(space, out))
+    return written
 
 
 def _make_one_specimen(product: str, target: str, what: dict) -> str:
@@ -182,10 +172,9 @@ def _make_one_specimen(product: str, target: str, what: dict) -> str:
     return target
 
 
-def _submit_specimens(folder: Path, client=None) -> tuple[list[Path], list]:
-    """The demo's virtual specimen folders (kept between runs: a folder with its dataset.json is complete) and
-    the Dask futures making the missing ones on the ``client``'s workers (the specimens are independent; the
-    largest are started first); without a client they are made here, one after another."""
+def _make_specimens(folder: Path, client=None) -> list[Path]:
+    """The demo's virtual specimens (kept between runs: a folder with its dataset.json is complete), made on the
+    Dask ``client``'s workers when given (the specimens are independent; the largest are started first)."""
     plans = [("connectivity", f"connectivity_{e}", {"experiment_id": e}) for e in DEMO_EXPERIMENTS]
     plans += [("ish", f"ish_{g}_{plane}", {"gene": g, "plane": plane}) for g, plane in DEMO_GENES]
     folder = folder.resolve()  # workers share no working directory
@@ -199,12 +188,6 @@ def _submit_specimens(folder: Path, client=None) -> tuple[list[Path], list]:
                 futures.append(client.submit(_make_one_specimen, product, str(target), what, pure=False,
                                              priority=len(plans) - rank))
         folders.append(target)
-    return folders, futures
-
-
-def _make_specimens(folder: Path, client=None) -> list[Path]:
-    """The demo's virtual specimens, made (see :func:`_submit_specimens`) before this returns."""
-    folders, futures = _submit_specimens(folder, client)
     for future in futures:
         future.result()
     return folders
@@ -258,31 +241,19 @@ def run_demo(out: str | Path, resolution: int = 25, annotation: str | Path | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if not specimens:
-        space, text, written = _load_atlas(resolution, annotation, out)
-        print(text)
-    else:
+    space = ReferenceSpace.from_files(annotation) if annotation is not None else ReferenceSpace.bundled(resolution)
+    written = _atlas_summary(space, out)
+    if specimens:
         from brainmap.pipeline.run import run_pipeline, summarize_runs
         from brainmap.pipeline.run.runner import dask_client
 
-        # The atlas summary (one core, ~3 s quiet) is made in a thread while the Dask cluster starts and its
-        # workers make the specimens; its text is printed first all the same. One Dask cluster makes the
-        # specimens (in parallel) and runs the pipeline on them.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            atlas = pool.submit(_load_atlas, resolution, annotation, out)
-            try:
-                with dask_client(scheduler, workers) as client:
-                    folders, futures = _submit_specimens(out / "specimens", client)
-                    space, text, written = atlas.result()
-                    print(text)
-                    print("\nmaking virtual specimens (connectivity experiments %s; ISH genes %s)"
-                          % (", ".join(map(str, DEMO_EXPERIMENTS)), ", ".join(f"{g} {p}" for g, p in DEMO_GENES)))
-                    for future in futures:
-                        future.result()
-                    print("running the pipeline: align -> detect -> grid -> unionize")
-                    runs = run_pipeline(folders, DEMO_SETTINGS, scheduler=client.scheduler.address)
-            finally:
-                atlas.cancel()  # a failure starting the cluster: no summary wanted (the thread runs on if started)
+        print("\nmaking virtual specimens (connectivity experiments %s; ISH genes %s)"
+              % (", ".join(map(str, DEMO_EXPERIMENTS)), ", ".join(f"{g} {p}" for g, p in DEMO_GENES)))
+        # One Dask cluster makes the specimens (in parallel) and runs the pipeline on them.
+        with dask_client(scheduler, workers) as client:
+            folders = _make_specimens(out / "specimens", client)
+            print("running the pipeline: align -> detect -> grid -> unionize")
+            runs = run_pipeline(folders, DEMO_SETTINGS, scheduler=client.scheduler.address)
         print(summarize_runs(runs))
         written.update(_pipeline_summary(folders, space.structure_tree, out))
     for path in written.values():
