@@ -63,3 +63,28 @@ def test_permissions(tmp_path):
     with atomic_write(target) as fh:
         fh.write(b"2")
     assert stat.S_IMODE(target.stat().st_mode) == 0o640  # an existing file keeps its mode
+
+
+def test_not_durable_is_still_atomic_and_fsync_paths(tmp_path, monkeypatch):
+    from brainmap.io import atomic
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    target = tmp_path / "image.tif"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, durable=False) as fh:
+            fh.write(b"half")
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+    with atomic_write(target, durable=False) as fh:
+        fh.write(b"pixels")
+    assert target.read_bytes() == b"pixels" and synced == []  # renamed into place, not fsync'ed
+    others = [tmp_path / f"{k}.bin" for k in range(9)]
+    for path in others:
+        with atomic_write(path, durable=False) as fh:
+            fh.write(b"x")
+    atomic.fsync_paths([target, *others], [tmp_path])
+    assert len(synced) == 11  # each file and the folder
+    with pytest.raises(FileNotFoundError):
+        atomic.fsync_paths([tmp_path / "gone.bin"])

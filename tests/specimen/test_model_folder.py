@@ -467,3 +467,54 @@ def test_damaged_image_file(written):
     (folder / "images" / dataset.images[0].channels["red"]).write_bytes(b"not a tiff at all")
     with pytest.raises(FormatError, match="not a readable TIFF"):
         read_dataset(folder)
+
+
+def test_images_are_deflated_strips_every_reader_inflates(tmp_path, rng):
+    """Large images go out in several ~256 KB strips deflated by ISA-L: tifffile and Pillow (a reader brainmap
+    does not use) read the very pixels back; the header is tifffile's own for such an image."""
+    from PIL import Image
+    import tifffile
+
+    for shape in [(700, 500), (1, 3), (9, 131073)]:  # 2 strips (last one short), one pixel row, one row per strip
+        array = rng.integers(0, 65536, shape).astype(np.uint16)
+        array[: shape[0] // 2] //= 64  # partly compressible
+        path = tmp_path / f"{shape[0]}x{shape[1]}.tif"
+        folder_module._write_tiff(path, array)
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            assert page.compression == 8 and page.dtype == np.uint16 and page.shape == shape
+            assert len(page.dataoffsets) == -(-shape[0] // max(1, min(shape[0], 262144 // (2 * shape[1]))))
+            np.testing.assert_array_equal(page.asarray(), array)
+        with Image.open(path) as image:
+            np.testing.assert_array_equal(np.asarray(image).astype(np.uint16), array)
+        reference = tmp_path / "reference.tif"  # tifffile compressing the same pixels itself: the same layout
+        tifffile.imwrite(reference, array, photometric="minisblack", compression="zlib", metadata=None)
+        with tifffile.TiffFile(reference) as ours, tifffile.TiffFile(path) as theirs:
+            keep = {256, 257, 258, 259, 262, 277, 278}
+            assert ({t.code: t.value for t in ours.pages[0].tags.values() if t.code in keep}
+                    == {t.code: t.value for t in theirs.pages[0].tags.values() if t.code in keep})
+
+
+def test_images_are_made_durable_before_dataset_json(tmp_path, rng, monkeypatch):
+    """The images are not fsync'ed one by one; all of them are, together, before dataset.json is written."""
+    events = []
+    real_fsync = folder_module.fsync_paths
+
+    def fsync_paths(files, directories=()):
+        files = list(files)
+        events.append(("fsync", sorted(p.name for p in files), [Path(d).name for d in directories]))
+        real_fsync(files, directories)
+
+    real_atomic = folder_module.atomic_write
+
+    def atomic_write(path, *args, **kwargs):
+        events.append(("write", Path(path).name, kwargs.get("durable", True)))
+        return real_atomic(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder_module, "fsync_paths", fsync_paths)
+    monkeypatch.setattr(folder_module, "atomic_write", atomic_write)
+    dataset = make_dataset(rng, n_sections=2)
+    write_dataset(tmp_path / "d", dataset, make_arrays(dataset, rng))
+    names = sorted(f for _, _, f in iter_image_files(dataset))
+    assert events == [*(("write", name, False) for name in (f for _, _, f in iter_image_files(dataset))),
+                      ("fsync", names, ["images"]), ("write", DATASET_FILE, True)]

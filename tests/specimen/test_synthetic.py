@@ -535,3 +535,31 @@ def test_bad_inputs(tmp_path, conn):
         make_specimen("connectivity", conn, experiment_id=EXPERIMENT, progress=False)
     assert not any((tmp_path / name).exists() for name in "abcdefg")
     assert json.loads((conn / "dataset.json").read_text())["id"] == EXPERIMENT  # untouched
+
+
+@pytest.mark.parametrize("volume_dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize("coords_dtype", [np.float32, np.float64])
+def test_sample_volume_is_map_coordinates_to_the_bit(volume_dtype, coords_dtype):
+    """The compiled sampler gives scipy.ndimage.map_coordinates' float32 values bit for bit: inside, on the last
+    voxel, at integer coordinates, just outside, NaN, order 0 and 1, any cval."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    shape = (23, 17, 29)
+    volume = (rng.random(shape) * 200).astype(volume_dtype)
+    n = 60_000
+    reference = rng.uniform(-0.2, 1.2, (3, n)) * (np.array(shape, float)[:, None] * 50.0)
+    edges = np.array(shape, float)[:, None] * 50.0 - 25.0  # the last voxel's centre (c = n - 1)
+    reference[:, :300] = np.round(reference[:, :300] / 50.0) * 50.0 + 25.0  # voxel centres: integer c
+    reference[0, 300:400], reference[1, 400:500], reference[2, 500:600] = edges[0], edges[1], edges[2]
+    reference[:, 600:700] = 25.0 - rng.choice([1e-9, 1e-3, 0.0], (3, 100))  # at, and just below, c = 0
+    reference[1, 700:710] = np.nan
+    reference = reference.astype(coords_dtype).reshape(3, 300, 200)
+    for order in (0, 1):
+        for cval in (0.0, 3.5):
+            ours = sample_volume(volume, 50.0, reference, order=order, cval=cval)
+            coords = reference / np.float32(50.0) - np.float32(0.5)
+            theirs = ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=cval,
+                                             prefilter=False, output=np.float32)
+            assert ours.shape == (300, 200) and ours.dtype == np.float32
+            np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))

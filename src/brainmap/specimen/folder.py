@@ -1,8 +1,9 @@
 """A SectionDataSet on disk: a folder with ``dataset.json`` and ``images/`` (one 16-bit TIFF per section and
 channel). The format is documented in ``docs/dataset-format.md``.
 
-Every file is written atomically (temporary file + rename), the images first and ``dataset.json`` last, so a
-folder holding a ``dataset.json`` is always complete; a folder without one is an unfinished write.
+Every file is written atomically (temporary file + rename), the images first (made durable together) and
+``dataset.json`` last, so a folder holding a ``dataset.json`` is always complete; a folder without one is an
+unfinished write.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from brainmap.errors import FormatError
-from brainmap.io.atomic import atomic_write
+from brainmap.io.atomic import atomic_write, fsync_paths
 from brainmap.specimen.model import (
     InvalidDataSetError,
     NotInDataSetError,
@@ -237,12 +238,35 @@ def _checked_array(array: Any, image: SectionImage, channel: str) -> np.ndarray:
     return a.astype(np.uint16)
 
 
-def _write_tiff(path: Path, array: np.ndarray) -> None:
-    """A one-page, zlib-compressed (lossless) grayscale TIFF, written atomically."""
+try:  # python-isal (a dependency): ISA-L's deflate, a zlib stream any inflater reads
+    from isal import isal_zlib as _deflate  # type: ignore[import-not-found]
+
+    #: Measured on the demo's 374 images of two specimens (41 MB of pixels, 2026-12-06): zlib level 1 0.59-0.68 s
+    #: CPU and 24.9 MB; ISA-L level 2 0.14 s and 25.0 MB (level 1: 0.13 s, 25.4 MB).
+    _DEFLATE_LEVEL = 2
+except ImportError:  # pragma: no cover - isal is a dependency
+    import zlib as _deflate
+
+    _DEFLATE_LEVEL = 1  # ~5x faster than zlib's default level, ~1 % larger
+
+#: Bytes of pixels per compressed strip: tifffile's own choice for a compressed image (~256 KB).
+_STRIP_BYTES = 262144
+
+
+def _write_tiff(path: Path, array: np.ndarray, durable: bool = True) -> None:
+    """A one-page, deflate-compressed (lossless) little-endian uint16 grayscale TIFF, written atomically (fsync'ed
+    unless ``durable=False``: see :func:`~brainmap.io.atomic.fsync_paths`).
+
+    The strips (tifffile's layout: ~256 KB of pixels each) are deflated here with ISA-L and handed to tifffile
+    already encoded; TIFF compression 8 (Adobe deflate: a zlib stream per strip), which every TIFF reader inflates.
+    """
+    pixels = np.ascontiguousarray(array, dtype="<u2")
+    rows = min(max(1, _STRIP_BYTES // max(pixels.shape[1] * 2, 1)), max(pixels.shape[0], 1))
+    strips = (_deflate.compress(pixels[k: k + rows], _DEFLATE_LEVEL) for k in range(0, pixels.shape[0], rows))
     encoded = io.BytesIO()  # tifffile wants a named file or a memory buffer; the temporary file has no name
-    _tifffile().imwrite(encoded, array, photometric="minisblack", compression="zlib",
-                          compressionargs={"level": 1}, metadata=None)  # ~5x faster than the default, ~1 % larger
-    with atomic_write(path) as fh:
+    _tifffile().imwrite(encoded, strips, shape=pixels.shape, dtype=pixels.dtype, byteorder="<",
+                        photometric="minisblack", compression="zlib", rowsperstrip=rows, metadata=None)
+    with atomic_write(path, durable=durable) as fh:
         fh.write(encoded.getbuffer())
 
 
@@ -313,11 +337,16 @@ def write_dataset(folder: str | os.PathLike[str], dataset: SectionDataSet, image
         json_path.unlink()
     (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     files = list(iter_image_files(dataset))
+    written = []
     for (image, channel, _), array in tqdm(zip(files, arrays), total=len(files), disable=not progress,
                                            desc=f"writing data set {dataset.id}", unit="image"):
-        _write_tiff(image_path(folder, image, channel), _checked_array(array, image, channel))
+        written.append(image_path(folder, image, channel))
+        _write_tiff(written[-1], _checked_array(array, image, channel), durable=False)
     for _ in arrays:  # the iterable must be exhausted too: too many arrays is an error
         pass
+    # The images are made durable together, before dataset.json says the folder is complete (one fsync per file
+    # as it was written cost ~1.7 s per 370 images; a few at a time at the end ~0.3 s: io/atomic.py).
+    fsync_paths(written, [folder / IMAGES_DIR])
     with atomic_write(json_path, "w", encoding="utf-8") as fh:
         fh.write(text)
     return json_path
