@@ -84,6 +84,56 @@ def test_accumulator_gives_the_dense_bits(dense_fraction):
     assert merged.sections == len(partials)
 
 
+@pytest.mark.parametrize("dense_fraction", [0.25, 1e-2, 0.0])
+def test_packed_partials_added_as_they_travel_give_the_dense_bits(dense_fraction):
+    """The runner adds a worker's packed partial (a bit mask of each quantity's non-zero entries and their values)
+    without unpacking it: the compiled adds into dense quantities and the masked entries of sparse ones must give
+    np.add.at's bits, whether a quantity is dense from the start, goes dense part way or stays sparse."""
+    from brainmap.pipeline.run.runner import PackedPartial
+
+    spec = GridSpec.allen(50)
+    partials = _partials(spec)
+    reference = _dense(spec, partials)
+    accumulator = GridAccumulator(spec, dense_fraction=dense_fraction)
+    for partial in partials:
+        packed = PackedPartial.pack(partial)
+        assert any(bits is not None for bits, _ in packed.values.values())
+        accumulator.add_masked(packed.spec, packed.index, packed.values)
+    assert ("covered" in accumulator.sums) == (dense_fraction < 0.1)
+    assert accumulator.sections == len(partials)
+    for name, values in reference.items():
+        assert _bits(accumulator.get(name)) == _bits(values), name
+
+
+def test_compiled_adds_are_numpys_and_refuse_what_does_not_fit():
+    from brainmap.pipeline.grid._scatter import add_masked, add_unique
+    from brainmap.pipeline.grid.resample import POPULATE_BYTES, zeroed
+
+    rng = np.random.default_rng(6)
+    index = np.sort(rng.choice(10**6, 50_000, replace=False)).astype(np.int32)
+    values = rng.normal(size=index.size) * 10.0 ** rng.integers(-8, 8, index.size)
+    mask = rng.random(index.size) < 0.4
+    start = rng.normal(size=10**6)
+    want = start.copy()
+    want[index] += values
+    got = start.copy()
+    add_unique(got, index, values)
+    assert _bits(got) == _bits(want)
+    want[index[mask]] += values[mask]
+    add_masked(got, index, np.packbits(mask), values[mask])
+    assert _bits(got) == _bits(want)
+    with pytest.raises(ValueError, match="selects"):
+        add_masked(got, index, np.packbits(mask), values[mask][1:])
+    with pytest.raises(IndexError):
+        add_unique(np.zeros(10), np.array([3, 10]), np.ones(2))
+    with pytest.raises(ValueError, match="float64"):
+        add_unique(np.zeros(10, np.float32), np.array([3]), np.ones(1))
+    big = zeroed(POPULATE_BYTES // 8 + 1)  # mapped with its pages (Linux), zeros, writable
+    assert big.dtype == np.float64 and big.flags.writeable and not big.any()
+    big[-1] += 1.0
+    assert big.sum() == 1.0
+
+
 def test_streamed_files_equal_the_whole_volume_files(tmp_path):
     spec = GridSpec.allen(100)
     accumulator = GridAccumulator(spec).add_all(_partials(spec))
