@@ -17,11 +17,11 @@ from brainmap.pipeline.grid.projection import (
 from brainmap.specimen import Affine2d, Affine3d, Alignment2d, Alignment3d, SectionDataSet, SectionImage, nominal_tvr
 
 
-def _partials(spec: GridSpec, sections: int = 4):
+def _partials(spec: GridSpec, sections: int = 4, tilt_deg: float = 4.0):
     """Partial grids of tilted coronal sections: tissue over part of the image, sparse signal, an injection site
     in two sections (hand-made detections; 40 um pixels)."""
     rows, cols, pixel = 200, 285, 40.0
-    theta = np.deg2rad(4.0)
+    theta = np.deg2rad(tilt_deg)
     tilt = np.array([[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]])
     images = [SectionImage(id=100 + n, section_number=n, channels=["tissue", "signal"], width=cols, height=rows,
                            alignment2d=Alignment2d.from_tsv(Affine2d(np.eye(2) * pixel, np.array([3.0, 7.0]))))
@@ -132,6 +132,41 @@ def test_compiled_adds_are_numpys_and_refuse_what_does_not_fit():
     assert big.dtype == np.float64 and big.flags.writeable and not big.any()
     big[-1] += 1.0
     assert big.sum() == 1.0
+
+
+@pytest.mark.parametrize("resolution, tilt_deg", [(25, 4.0), (50, 4.0), (100, 4.0), (25, 0.0), (50, 30.0)])
+def test_compiled_coronal_path_gives_the_numpy_paths_bits(monkeypatch, resolution, tilt_deg):
+    """splat_slab makes a coronal cut whose pieces stay in their columns in compiled loops (column sums, drift
+    test, pieces); forced down the numpy path (plane by plane, then per voxel) the same sections must give the same
+    partials bit for bit (30 degrees: pieces drift out of their columns, both runs take the numpy path)."""
+    from brainmap.pipeline.grid import resample
+
+    spec = GridSpec.allen(resolution)
+    compiled = _partials(spec, sections=2, tilt_deg=tilt_deg)
+    monkeypatch.setattr(resample, "drifts_out_of_columns", lambda *args: True)  # the numpy path
+    numpy_path = _partials(spec, sections=2, tilt_deg=tilt_deg)
+    for mine, theirs in zip(compiled, numpy_path, strict=True):
+        assert mine.index.size > 1000 and bool(np.all(np.diff(mine.index) > 0))
+        assert _bits(mine.index) == _bits(theirs.index)
+        assert list(mine.values) == list(theirs.values)
+        for name in mine.values:
+            assert _bits(mine.values[name]) == _bits(theirs.values[name]), name
+
+
+def test_column_sums_are_numpys_bincounts():
+    from brainmap.pipeline.grid._splat import column_sums
+
+    rng = np.random.default_rng(7)
+    n, copies, size = 5000, 4, 900
+    key = rng.integers(0, size, n * copies)
+    share = rng.random(n * copies)
+    values = rng.normal(size=(n, 3)) * 10.0 ** rng.integers(-6, 6, (n, 3))
+    got = column_sums(key, share, values, size)
+    for q in range(3):
+        want = np.bincount(key, weights=np.tile(values[:, q], copies) * share, minlength=size)
+        assert _bits(got[:, q]) == _bits(want)
+    with pytest.raises(IndexError):
+        column_sums(key, share, values, 10)
 
 
 def test_streamed_files_equal_the_whole_volume_files(tmp_path):

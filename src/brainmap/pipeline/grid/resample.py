@@ -46,6 +46,7 @@ import numpy as np
 from brainmap.atlas.expression_grid import (EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM,
                                              EXPRESSION_GRID_SHAPE)
 from brainmap.pipeline.grid._scatter import add_masked, add_unique
+from brainmap.pipeline.grid._splat import column_sums, coronal_pieces, drifts_out_of_columns
 from brainmap.specimen.model import SectionDataSet, SectionImage
 
 __all__ = [
@@ -344,23 +345,26 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     columns = np.flatnonzero(count > 0)
     count = count[columns]
 
-    def column_sum(values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64).ravel()
-        return np.bincount(key, weights=np.tile(values, copies) * share, minlength=size)[columns]
-
-    sums = {name: column_sum(q) for name, q in quantities.items()}
+    # Each quantity's np.bincount(key, weights=np.tile(values, copies) * share, minlength=size)[columns], all in
+    # one compiled pass (the same additions: _splat.column_sums); without the plane, the weighted positions too.
+    normal = None if plane is None else np.asarray(plane[0], dtype=np.float64)
+    by_plane = normal is not None and abs(normal[axis]) > 1e-9
+    names = list(quantities)
+    table = [np.asarray(quantities[name], dtype=np.float64).ravel() for name in names]
+    if not by_plane:
+        scaled = (points - origin) / res  # voxel units
+        table += [w_point * scaled[:, axis], w_point * scaled[:, o1], w_point * scaled[:, o2]]
+    summed = column_sums(key, share, np.stack(table, axis=1), size)[columns].T.copy()
+    sums = dict(zip(names, summed))
     c1 = columns % n1 + l1_lo
     c2 = columns // n1 + l2_lo
-    normal = None if plane is None else np.asarray(plane[0], dtype=np.float64)
-    if normal is not None and abs(normal[axis]) > 1e-9:
+    if by_plane:
         p1, p2 = c1 + 0.5, c2 + 0.5
         through = (np.asarray(plane[1], dtype=np.float64) - origin) / res
         u = (normal @ through - normal[o1] * p1 - normal[o2] * p2) / normal[axis]
     else:
-        scaled = (points - origin) / res  # voxel units
-        u = column_sum(w_point * scaled[:, axis]) / count
-        p1 = column_sum(w_point * scaled[:, o1]) / count
-        p2 = column_sum(w_point * scaled[:, o2]) / count
+        u, p1, p2 = (summed[len(names) + a] / count for a in range(3))
+        summed = summed[: len(names)]
     # -- along the cut: exact overlaps with the voxel planes, lateral drift at each piece's middle
     total_weight = slab_um / res
     half = 0.5 * slab_um * abs(e[axis]) / res
@@ -369,6 +373,18 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     first = np.floor(lo)
     planes = int(math.ceil(2 * half)) + 1 if half > 0 else 1
     strides = (1, shape[0], shape[0] * shape[1])  # of spec.flat_index
+    if axis == 0 and not drifts_out_of_columns(drift, lo, hi, u, first, planes, half > 0, p1, p2,
+                                                e[o1] / e[axis], e[o2] / e[axis], c1, c2):
+        # A coronal cut whose pieces stay in their columns: columns ascend by (LR, DV) (their key) and AP is the
+        # flat index's fastest axis, so the pieces column by column, planes in order, are each voxel once,
+        # ascending -- reduce_partial's output, with no sorting (docs/performance-demo.md, round 5); made in one
+        # compiled pass (_splat.coronal_pieces: the numpy expressions below, fused; round 6).
+        flat, values = coronal_pieces(lo, hi, first, planes, half > 0,
+                                      total_weight / (2 * half) if half > 0 else 0.0, total_weight, shape[axis],
+                                      c1 * strides[o1] + c2 * strides[o2], summed)
+        if flat.size == 0:
+            return empty
+        return PartialGrid(spec, flat, dict(zip(names, values)))
     # every (plane, column) piece at once: (planes, columns) arrays
     k = first + np.arange(planes, dtype=np.float64)[:, None]
     if half > 0:
@@ -389,17 +405,6 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     # values of spec.flat_index without an (n, 3) array (a quarter of the demo's gridding time, measured)
     good = ((w > 0) & (ik >= 0) & (ik < shape[axis]) & (i1 >= 0) & (i1 < shape[o1]) & (i2 >= 0)
             & (i2 < shape[o2]))
-    if axis == 0 and i1 is c1:
-        # A coronal cut without lateral drift: columns ascend by (LR, DV) (their key) and AP is the flat index's
-        # fastest axis, so the pieces column by column, planes in order, are each voxel once, ascending --
-        # reduce_partial's output, with no sorting (docs/performance-demo.md, round 5).
-        cell = np.flatnonzero(good.T)
-        src = cell // planes
-        flat = ik.T.ravel()[cell] + (c1 * strides[o1] + c2 * strides[o2])[src]
-        if flat.size == 0:
-            return empty
-        wts = w.T.ravel()[cell]
-        return PartialGrid(spec, flat, {name: wts * q[src] for name, q in sums.items()})
     cell = np.flatnonzero(good)  # plane by plane
     if cell.size == 0:
         return empty
