@@ -243,7 +243,8 @@ class PackedPartial:
     The worker first sums the partial per voxel (:func:`~brainmap.pipeline.grid.resample.reduce_partial`, what
     the accumulator would do; ``reduced``): the process that sums every section's partials is the grid stage's
     bottleneck (measured on the demo: ~85 ms per 25 um partial there against ~50 ms to detect and grid a section
-    in a worker, half of it this reduction).
+    in a worker, half of it this reduction). The runner adds it as it travelled (:func:`_add`,
+    ``GridAccumulator.add_masked``: no unpacking; docs/performance-demo.md, round 6).
     """
 
     spec: Any
