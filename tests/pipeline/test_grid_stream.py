@@ -17,11 +17,11 @@ from brainmap.pipeline.grid.projection import (
 from brainmap.specimen import Affine2d, Affine3d, Alignment2d, Alignment3d, SectionDataSet, SectionImage, nominal_tvr
 
 
-def _partials(spec: GridSpec, sections: int = 4):
+def _partials(spec: GridSpec, sections: int = 4, tilt_deg: float = 4.0):
     """Partial grids of tilted coronal sections: tissue over part of the image, sparse signal, an injection site
     in two sections (hand-made detections; 40 um pixels)."""
     rows, cols, pixel = 200, 285, 40.0
-    theta = np.deg2rad(4.0)
+    theta = np.deg2rad(tilt_deg)
     tilt = np.array([[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]])
     images = [SectionImage(id=100 + n, section_number=n, channels=["tissue", "signal"], width=cols, height=rows,
                            alignment2d=Alignment2d.from_tsv(Affine2d(np.eye(2) * pixel, np.array([3.0, 7.0]))))
@@ -82,6 +82,91 @@ def test_accumulator_gives_the_dense_bits(dense_fraction):
         want = halves[0].get(name, np.zeros(spec.n_voxels)) + halves[1].get(name, np.zeros(spec.n_voxels))
         assert _bits(merged.get(name)) == _bits(want), name
     assert merged.sections == len(partials)
+
+
+@pytest.mark.parametrize("dense_fraction", [0.25, 1e-2, 0.0])
+def test_packed_partials_added_as_they_travel_give_the_dense_bits(dense_fraction):
+    """The runner adds a worker's packed partial (a bit mask of each quantity's non-zero entries and their values)
+    without unpacking it: the compiled adds into dense quantities and the masked entries of sparse ones must give
+    np.add.at's bits, whether a quantity is dense from the start, goes dense part way or stays sparse."""
+    from brainmap.pipeline.run.runner import PackedPartial
+
+    spec = GridSpec.allen(50)
+    partials = _partials(spec)
+    reference = _dense(spec, partials)
+    accumulator = GridAccumulator(spec, dense_fraction=dense_fraction)
+    for partial in partials:
+        packed = PackedPartial.pack(partial)
+        assert any(bits is not None for bits, _ in packed.values.values())
+        accumulator.add_masked(packed.spec, packed.index, packed.values)
+    assert ("covered" in accumulator.sums) == (dense_fraction < 0.1)
+    assert accumulator.sections == len(partials)
+    for name, values in reference.items():
+        assert _bits(accumulator.get(name)) == _bits(values), name
+
+
+def test_compiled_adds_are_numpys_and_refuse_what_does_not_fit():
+    from brainmap.pipeline.grid._scatter import add_masked, add_unique
+    from brainmap.pipeline.grid.resample import POPULATE_BYTES, zeroed
+
+    rng = np.random.default_rng(6)
+    index = np.sort(rng.choice(10**6, 50_000, replace=False)).astype(np.int32)
+    values = rng.normal(size=index.size) * 10.0 ** rng.integers(-8, 8, index.size)
+    mask = rng.random(index.size) < 0.4
+    start = rng.normal(size=10**6)
+    want = start.copy()
+    want[index] += values
+    got = start.copy()
+    add_unique(got, index, values)
+    assert _bits(got) == _bits(want)
+    want[index[mask]] += values[mask]
+    add_masked(got, index, np.packbits(mask), values[mask])
+    assert _bits(got) == _bits(want)
+    with pytest.raises(ValueError, match="selects"):
+        add_masked(got, index, np.packbits(mask), values[mask][1:])
+    with pytest.raises(IndexError):
+        add_unique(np.zeros(10), np.array([3, 10]), np.ones(2))
+    with pytest.raises(ValueError, match="float64"):
+        add_unique(np.zeros(10, np.float32), np.array([3]), np.ones(1))
+    big = zeroed(POPULATE_BYTES // 8 + 1)  # mapped with its pages (Linux), zeros, writable
+    assert big.dtype == np.float64 and big.flags.writeable and not big.any()
+    big[-1] += 1.0
+    assert big.sum() == 1.0
+
+
+@pytest.mark.parametrize("resolution, tilt_deg", [(25, 4.0), (50, 4.0), (100, 4.0), (25, 0.0), (50, 30.0)])
+def test_compiled_coronal_path_gives_the_numpy_paths_bits(monkeypatch, resolution, tilt_deg):
+    """splat_slab makes a coronal cut whose pieces stay in their columns in compiled loops (column sums, drift
+    test, pieces); forced down the numpy path (plane by plane, then per voxel) the same sections must give the same
+    partials bit for bit (30 degrees: pieces drift out of their columns, both runs take the numpy path)."""
+    from brainmap.pipeline.grid import resample
+
+    spec = GridSpec.allen(resolution)
+    compiled = _partials(spec, sections=2, tilt_deg=tilt_deg)
+    monkeypatch.setattr(resample, "drifts_out_of_columns", lambda *args: True)  # the numpy path
+    numpy_path = _partials(spec, sections=2, tilt_deg=tilt_deg)
+    for mine, theirs in zip(compiled, numpy_path, strict=True):
+        assert mine.index.size > 1000 and bool(np.all(np.diff(mine.index) > 0))
+        assert _bits(mine.index) == _bits(theirs.index)
+        assert list(mine.values) == list(theirs.values)
+        for name in mine.values:
+            assert _bits(mine.values[name]) == _bits(theirs.values[name]), name
+
+
+def test_column_sums_are_numpys_bincounts():
+    from brainmap.pipeline.grid._splat import column_sums
+
+    rng = np.random.default_rng(7)
+    n, copies, size = 5000, 4, 900
+    key = rng.integers(0, size, n * copies)
+    share = rng.random(n * copies)
+    values = rng.normal(size=(n, 3)) * 10.0 ** rng.integers(-6, 6, (n, 3))
+    got = column_sums(key, share, values, size)
+    for q in range(3):
+        want = np.bincount(key, weights=np.tile(values[:, q], copies) * share, minlength=size)
+        assert _bits(got[:, q]) == _bits(want)
+    with pytest.raises(IndexError):
+        column_sums(key, share, values, 10)
 
 
 def test_streamed_files_equal_the_whole_volume_files(tmp_path):

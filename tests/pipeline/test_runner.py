@@ -236,7 +236,7 @@ def test_packed_partials_unpack_to_the_same_bits_in_fewer_bytes(specimens):
 
     from brainmap.pipeline.grid import Gridder, PartialGrid
     from brainmap.pipeline.grid.resample import reduce_partial
-    from brainmap.pipeline.run.runner import PackedPartial, _add, _grid_one_section, _reduced, _unpack
+    from brainmap.pipeline.run.runner import PackedPartial, _add, _grid_one_section
     from brainmap.specimen.folder import read_dataset, read_section_image
 
     folder = specimens / "conn"
@@ -247,8 +247,8 @@ def test_packed_partials_unpack_to_the_same_bits_in_fewer_bytes(specimens):
     sent = _grid_one_section(gridder, str(folder), image)
     assert all(isinstance(p, PackedPartial) for p in sent)
     received = pickle.loads(pickle.dumps(sent, protocol=5))
-    got = _unpack(received)
-    assert _reduced(received) == [True, True]
+    got = [p.unpack() for p in received]
+    assert [p.reduced for p in received] == [True, True]
     for mine, theirs in zip(made, got, strict=True):
         index, sums = reduce_partial(mine)
         assert isinstance(theirs, PartialGrid) and theirs.spec == mine.spec
@@ -257,13 +257,20 @@ def test_packed_partials_unpack_to_the_same_bits_in_fewer_bytes(specimens):
         for name, values in sums.items():
             assert theirs.values[name].dtype == np.float64
             assert theirs.values[name].tobytes() == values.tobytes(), name
-    # summed as the gridder's own partials are
-    ours, theirs = gridder.accumulator().add(made), gridder.accumulator()
-    _add(theirs, got, _reduced(received))
-    for mine, sent_part in zip(ours.parts, theirs.parts, strict=True):
-        assert mine.names and set(mine.names) == set(sent_part.names)
-        for name in mine.names:
-            assert mine.get(name).tobytes() == sent_part.get(name).tobytes(), name
+    # summed as the gridder's own partials are, the packed ones added as they travelled (no unpacking); with
+    # the dense quantities too (an accumulator whose quantities are dense from the first entry)
+    for dense_fraction in (0.25, 0.0):
+        ours, theirs = gridder.accumulator(), gridder.accumulator()
+        for accumulator in (ours, theirs):
+            for part in accumulator.parts:
+                part._dense_limit = dense_fraction * part.spec.n_voxels / 2
+        ours.add(made)
+        _add(theirs, received)
+        for mine, sent_part in zip(ours.parts, theirs.parts, strict=True):
+            assert mine.names and set(mine.names) == set(sent_part.names)
+            assert bool(sent_part.sums) == (dense_fraction == 0.0)
+            for name in mine.names:
+                assert mine.get(name).tobytes() == sent_part.get(name).tobytes(), name
     fine = made[1]
     assert fine.spec.resolution_um == 25 and fine.index.size > 100_000
     assert len(pickle.dumps(sent[1], protocol=5)) < 0.6 * len(pickle.dumps(fine, protocol=5))

@@ -37,6 +37,7 @@ raw files) of the voxels it touched and the sums there -- small, and summed over
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -44,6 +45,8 @@ import numpy as np
 
 from brainmap.atlas.expression_grid import (EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM,
                                              EXPRESSION_GRID_SHAPE)
+from brainmap.pipeline.grid._scatter import add_masked, add_unique
+from brainmap.pipeline.grid._splat import column_sums, coronal_pieces, drifts_out_of_columns
 from brainmap.specimen.model import SectionDataSet, SectionImage
 
 __all__ = [
@@ -342,23 +345,26 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     columns = np.flatnonzero(count > 0)
     count = count[columns]
 
-    def column_sum(values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64).ravel()
-        return np.bincount(key, weights=np.tile(values, copies) * share, minlength=size)[columns]
-
-    sums = {name: column_sum(q) for name, q in quantities.items()}
+    # Each quantity's np.bincount(key, weights=np.tile(values, copies) * share, minlength=size)[columns], all in
+    # one compiled pass (the same additions: _splat.column_sums); without the plane, the weighted positions too.
+    normal = None if plane is None else np.asarray(plane[0], dtype=np.float64)
+    by_plane = normal is not None and abs(normal[axis]) > 1e-9
+    names = list(quantities)
+    table = [np.asarray(quantities[name], dtype=np.float64).ravel() for name in names]
+    if not by_plane:
+        scaled = (points - origin) / res  # voxel units
+        table += [w_point * scaled[:, axis], w_point * scaled[:, o1], w_point * scaled[:, o2]]
+    summed = column_sums(key, share, np.stack(table, axis=1), size)[columns].T.copy()
+    sums = dict(zip(names, summed))
     c1 = columns % n1 + l1_lo
     c2 = columns // n1 + l2_lo
-    normal = None if plane is None else np.asarray(plane[0], dtype=np.float64)
-    if normal is not None and abs(normal[axis]) > 1e-9:
+    if by_plane:
         p1, p2 = c1 + 0.5, c2 + 0.5
         through = (np.asarray(plane[1], dtype=np.float64) - origin) / res
         u = (normal @ through - normal[o1] * p1 - normal[o2] * p2) / normal[axis]
     else:
-        scaled = (points - origin) / res  # voxel units
-        u = column_sum(w_point * scaled[:, axis]) / count
-        p1 = column_sum(w_point * scaled[:, o1]) / count
-        p2 = column_sum(w_point * scaled[:, o2]) / count
+        u, p1, p2 = (summed[len(names) + a] / count for a in range(3))
+        summed = summed[: len(names)]
     # -- along the cut: exact overlaps with the voxel planes, lateral drift at each piece's middle
     total_weight = slab_um / res
     half = 0.5 * slab_um * abs(e[axis]) / res
@@ -367,6 +373,18 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     first = np.floor(lo)
     planes = int(math.ceil(2 * half)) + 1 if half > 0 else 1
     strides = (1, shape[0], shape[0] * shape[1])  # of spec.flat_index
+    if axis == 0 and not drifts_out_of_columns(drift, lo, hi, u, first, planes, half > 0, p1, p2,
+                                                e[o1] / e[axis], e[o2] / e[axis], c1, c2):
+        # A coronal cut whose pieces stay in their columns: columns ascend by (LR, DV) (their key) and AP is the
+        # flat index's fastest axis, so the pieces column by column, planes in order, are each voxel once,
+        # ascending -- reduce_partial's output, with no sorting (docs/performance-demo.md, round 5); made in one
+        # compiled pass (_splat.coronal_pieces: the numpy expressions below, fused; round 6).
+        flat, values = coronal_pieces(lo, hi, first, planes, half > 0,
+                                      total_weight / (2 * half) if half > 0 else 0.0, total_weight, shape[axis],
+                                      c1 * strides[o1] + c2 * strides[o2], summed)
+        if flat.size == 0:
+            return empty
+        return PartialGrid(spec, flat, dict(zip(names, values)))
     # every (plane, column) piece at once: (planes, columns) arrays
     k = first + np.arange(planes, dtype=np.float64)[:, None]
     if half > 0:
@@ -387,17 +405,6 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     # values of spec.flat_index without an (n, 3) array (a quarter of the demo's gridding time, measured)
     good = ((w > 0) & (ik >= 0) & (ik < shape[axis]) & (i1 >= 0) & (i1 < shape[o1]) & (i2 >= 0)
             & (i2 < shape[o2]))
-    if axis == 0 and i1 is c1:
-        # A coronal cut without lateral drift: columns ascend by (LR, DV) (their key) and AP is the flat index's
-        # fastest axis, so the pieces column by column, planes in order, are each voxel once, ascending --
-        # reduce_partial's output, with no sorting (docs/performance-demo.md, round 5).
-        cell = np.flatnonzero(good.T)
-        src = cell // planes
-        flat = ik.T.ravel()[cell] + (c1 * strides[o1] + c2 * strides[o2])[src]
-        if flat.size == 0:
-            return empty
-        wts = w.T.ravel()[cell]
-        return PartialGrid(spec, flat, {name: wts * q[src] for name, q in sums.items()})
     cell = np.flatnonzero(good)  # plane by plane
     if cell.size == 0:
         return empty
@@ -475,6 +482,27 @@ def reduce_partial(partial: PartialGrid) -> tuple[np.ndarray, dict[str, np.ndarr
     return unique, {name: np.bincount(compact, weights=v, minlength=unique.size) for name, v in zip(names, values)}
 
 
+#: Dense volumes from this many bytes are mapped with their pages at once (:func:`zeroed`).
+POPULATE_BYTES = 1 << 26
+
+
+def zeroed(n: int) -> np.ndarray:
+    """A float64 vector of ``n`` zeros, its pages mapped at once when it is large (a 25 um volume: 616 MB).
+
+    ``np.zeros`` maps the memory lazily and asks for transparent huge pages: the accumulator's first adds into a
+    new dense volume (scattered over every column of the grid) then fault each 2 MB page in, and where the
+    machine's memory is fragmented the kernel compacts memory to make each one -- measured in the demo's main
+    process, 1.0-1.3 s of CPU per 25 um volume (six per demo), 0.05 s when free huge pages were at hand. An
+    anonymous ``mmap`` with ``MAP_POPULATE`` (Linux) maps zeroed 4 KiB pages in one call: 0.17-0.19 s, whatever
+    the fragmentation (docs/performance-demo.md, round 6). Elsewhere, or for small vectors, ``np.zeros``."""
+    nbytes = int(n) * 8
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is None or nbytes < POPULATE_BYTES:
+        return np.zeros(n)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return np.frombuffer(memory, dtype=np.float64)  # the array holds the mapping; unmapped with it
+
+
 class GridAccumulator:
     """Sums :class:`PartialGrid` s, each quantity sparse (its non-zero entries) until it touches many voxels.
 
@@ -504,23 +532,39 @@ class GridAccumulator:
     def names(self) -> list[str]:
         return [*self.sums, *self.entries]
 
-    def _add_entries(self, name: str, index: np.ndarray, values: np.ndarray) -> None:
-        """Add entries whose ``index`` holds each voxel once (:func:`reduce_partial`)."""
+    def _add_entries(self, name: str, index: np.ndarray, values: np.ndarray, bits: np.ndarray | None = None
+                     ) -> None:
+        """Add entries whose ``index`` holds each voxel once (:func:`reduce_partial`), in range (checked by the
+        caller); with ``bits`` (``np.packbits`` of a mask over ``index``) ``values`` are those of the entries
+        whose bit is set, every other entry being 0."""
         if name in self.sums:
-            self.sums[name][index] += values  # unique indices: np.add.at's bits, without its cost
+            # unique indices: the bits of ``sums[index] += values`` (np.add.at's), in one compiled pass
+            if bits is None:
+                add_unique(self.sums[name], index, values, check=False)
+            else:
+                add_masked(self.sums[name], index, bits, values, check=False)
             return
-        keep = values != 0
-        if not keep.all():
-            index, values = index[keep], values[keep]
+        if bits is not None:
+            index = index[np.unpackbits(bits, count=index.size).view(bool)]
+            if index.size != values.size:
+                raise ValueError(f"{name}: the mask selects {index.size} entries for {values.size} values")
+        else:
+            keep = values != 0
+            if not keep.all():
+                index, values = index[keep], values[keep]
         self._consolidated.pop(name, None)
-        self.entries.setdefault(name, []).append((index, values))
+        self.entries.setdefault(name, []).append((index.astype(np.int64, copy=False), values))
         self._entry_count[name] = self._entry_count.get(name, 0) + len(index)
         if self._entry_count[name] > self._dense_limit:
-            dense = np.zeros(self.spec.n_voxels)
+            dense = zeroed(self.spec.n_voxels)
             for chunk_index, chunk_values in self.entries.pop(name):
-                dense[chunk_index] += chunk_values
+                add_unique(dense, chunk_index, chunk_values, check=False)
             del self._entry_count[name]
             self.sums[name] = dense
+
+    def _check_index(self, index: np.ndarray) -> None:
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= self.spec.n_voxels):
+            raise IndexError(f"a partial's flat indices fall outside the grid's {self.spec.n_voxels} voxels")
 
     def add(self, partial: PartialGrid, *, reduced: bool = False) -> GridAccumulator:
         """Add a partial; ``reduced``: it is already :func:`reduce_partial`'s output (each voxel once, ascending),
@@ -528,8 +572,26 @@ class GridAccumulator:
         if partial.spec != self.spec:
             raise ValueError(f"partial grid on {partial.spec}, accumulator on {self.spec}")
         index, values = (partial.index, partial.values) if reduced else reduce_partial(partial)
+        self._check_index(index)
         for name, sums in values.items():
-            self._add_entries(name, index, sums)
+            self._add_entries(name, index, np.asarray(sums, dtype=np.float64))
+        self.sections += 1
+        return self
+
+    def add_masked(self, spec: GridSpec, index: np.ndarray,
+                   values: Mapping[str, tuple[np.ndarray | None, np.ndarray]]) -> GridAccumulator:
+        """Add a reduced partial (each voxel once, ascending) given as its ``index`` (int32 or int64) and, per
+        quantity, ``(bits, values)``: ``bits`` an ``np.packbits`` mask of the entries that are not 0 and
+        ``values`` theirs, or ``(None, values)`` with every entry's value (``runner.PackedPartial``'s form).
+        The same bits as :meth:`add` of the unpacked partial: the entries that are 0 add nothing."""
+        if spec != self.spec:
+            raise ValueError(f"partial grid on {spec}, accumulator on {self.spec}")
+        self._check_index(index)
+        for name, (bits, nonzero) in values.items():
+            nonzero = np.asarray(nonzero, dtype=np.float64)
+            if bits is None and nonzero.size != index.size:
+                raise ValueError(f"{name}: {nonzero.size} values for {index.size} entries")
+            self._add_entries(name, index, nonzero, bits)
         self.sections += 1
         return self
 

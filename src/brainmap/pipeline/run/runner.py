@@ -214,31 +214,22 @@ def _grid_one_section(gridder, folder: str, image: SectionImage):
     return PackedPartial.pack(result) if isinstance(result, PartialGrid) else result
 
 
-def _unpack(result: Any) -> Any:
-    if isinstance(result, list):
-        return [_unpack(r) for r in result]
-    return result.unpack() if isinstance(result, PackedPartial) else result
-
-
-def _reduced(result: Any) -> Any:
-    """Whether a section's result (or each of a list's) was summed per voxel in the worker."""
-    if isinstance(result, list):
-        return [_reduced(r) for r in result]
-    return isinstance(result, PackedPartial) and result.reduced
-
-
-def _add(accumulator: Any, partial: Any, reduced: Any) -> None:
-    """Add a section's unpacked result to its data set's accumulator, telling it which partials are summed per
-    voxel already (:func:`_reduced`)."""
+def _add(accumulator: Any, result: Any) -> None:
+    """Add a section's result, as it came from its worker, to its data set's accumulator: a packed partial that
+    was summed per voxel in the worker (:class:`PackedPartial`, ``reduced``) goes into a
+    :class:`~brainmap.pipeline.grid.GridAccumulator` as it travelled (no unpacking: its 0 entries add nothing),
+    anything else unpacked (e.g. into a SpillAccumulator, or an ISH section's grid)."""
     from brainmap.pipeline.grid import GridAccumulator, GridAccumulators
 
     if isinstance(accumulator, GridAccumulators):
-        for part, one, done in zip(accumulator.parts, partial, reduced, strict=True):
-            _add(part, one, done)
-    elif reduced and isinstance(accumulator, GridAccumulator):
-        accumulator.add(partial, reduced=True)
-    else:  # e.g. a SpillAccumulator (a reduced partial is still a partial) or an ISH accumulator
-        accumulator.add(partial)
+        for part, one in zip(accumulator.parts, result, strict=True):
+            _add(part, one)
+    elif isinstance(result, PackedPartial) and result.reduced and isinstance(accumulator, GridAccumulator):
+        accumulator.add_masked(result.spec, result.index, result.values)
+    elif isinstance(result, PackedPartial):  # e.g. a SpillAccumulator (a reduced partial is still a partial)
+        accumulator.add(result.unpack())
+    else:
+        accumulator.add(result)
 
 
 @dataclass
@@ -253,7 +244,8 @@ class PackedPartial:
     The worker first sums the partial per voxel (:func:`~brainmap.pipeline.grid.resample.reduce_partial`, what
     the accumulator would do; ``reduced``): the process that sums every section's partials is the grid stage's
     bottleneck (measured on the demo: ~85 ms per 25 um partial there against ~50 ms to detect and grid a section
-    in a worker, half of it this reduction).
+    in a worker, half of it this reduction). The runner adds it as it travelled (:func:`_add`,
+    ``GridAccumulator.add_masked``: no unpacking; docs/performance-demo.md, round 6).
     """
 
     spec: Any
@@ -334,11 +326,10 @@ class SectionReduction:
         # Partials are added in section order whatever order they finish in: floating-point sums depend on the
         # order of their additions, and a run must write the same bytes with one worker or many.
         waiting = self._waiting[folder]
-        result = future.result()
-        waiting[position] = (_unpack(result), _reduced(result))
+        waiting[position] = future.result()
         future.release()
         while self._added[folder] in waiting:
-            _add(self.accumulators[folder], *waiting.pop(self._added[folder]))
+            _add(self.accumulators[folder], waiting.pop(self._added[folder]))
             self._added[folder] += 1
         if self.finish is not None and self._added[folder] == self._count[folder]:
             self.finish(folder, self.accumulators.pop(folder))
