@@ -29,6 +29,23 @@ def shared_file(relative: str) -> Path:
     return path
 
 
+#: Test folders whose tests share costly session-scoped set-ups (a served data directory, a database cluster, a
+#: browser): each runs in one test process. Elsewhere a module is the unit handed to a process.
+_SHARED_SETUP_FOLDERS = {"conformance", "portal", "server", "store", "sdk", "search"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests for pytest-xdist's ``--dist loadgroup`` (pyproject's addopts): one group per folder of
+    :data:`_SHARED_SETUP_FOLDERS`, else one per module, so no set-up is made twice."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        relative = Path(str(item.path)).resolve().relative_to(root)
+        folder = relative.parts[0] if len(relative.parts) > 1 else ""
+        group = folder if folder in _SHARED_SETUP_FOLDERS else relative.as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """``shared_data("ish/x.mnc")``: the path of an optional ../shared/data file, or skip saying why."""
