@@ -37,7 +37,8 @@ _SHARED_SETUP_FOLDERS = {"conformance", "portal", "server", "store", "sdk", "sea
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Group the tests for pytest-xdist's ``--dist loadgroup`` (pyproject's addopts): one group per folder of
-    :data:`_SHARED_SETUP_FOLDERS`, else one per module, so no set-up is made twice."""
+    :data:`_SHARED_SETUP_FOLDERS`, else one per module, so no set-up is made twice (before xdist's own
+    hook reads the marks)."""
     root = Path(__file__).resolve().parent
     for item in items:
         relative = Path(str(item.path)).resolve().relative_to(root)
