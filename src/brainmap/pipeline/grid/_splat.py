@@ -92,14 +92,19 @@ def _piece_weight(lo, hi, k, use_half, scale, total_weight):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True)
+def _kept_weight(lo, hi, k, use_half, scale, total_weight, n_axis):  # pragma: no cover - compiled
+    """A piece's weight where it is kept (positive, its plane inside the grid), else 0."""
+    w = _piece_weight(lo, hi, k, use_half, scale, total_weight)
+    ik = np.int64(k)
+    return w if (w > 0 and ik >= 0 and ik < n_axis) else 0.0
+
+
+@numba.njit(nogil=True, cache=True)
 def _count_pieces(lo, hi, first, planes, use_half, scale, total_weight, n_axis):  # pragma: no cover - compiled
     m = 0
     for c in range(first.size):
         for j in range(planes):
-            k = first[c] + j
-            w = _piece_weight(lo[c], hi[c], k, use_half, scale, total_weight)
-            ik = np.int64(k)
-            if w > 0 and ik >= 0 and ik < n_axis:
+            if _kept_weight(lo[c], hi[c], first[c] + j, use_half, scale, total_weight, n_axis) > 0:
                 m += 1
     return m
 
@@ -111,11 +116,10 @@ def _coronal_pieces(lo, hi, first, planes, use_half, scale, total_weight, n_axis
     for c in range(first.size):
         for j in range(planes):
             k = first[c] + j
-            w = _piece_weight(lo[c], hi[c], k, use_half, scale, total_weight)
-            ik = np.int64(k)
-            if not (w > 0 and ik >= 0 and ik < n_axis):
+            w = _kept_weight(lo[c], hi[c], k, use_half, scale, total_weight, n_axis)
+            if not w > 0:
                 continue
-            flat[m] = ik + offset[c]
+            flat[m] = np.int64(k) + offset[c]
             for q in range(len(values)):
                 values[q][m] = w * sums[q, c]
             m += 1
