@@ -23,8 +23,11 @@ what the runner does about Dask's costs).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import queue
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,12 +292,23 @@ class SectionReduction:
     detect, grid) and their partial grids summed per data set, in section order whatever order they arrive in.
 
     :meth:`submit` a data set's :class:`~brainmap.pipeline.grid.Gridder` (its section futures are returned),
-    :meth:`take` each finished section future. ``finish(folder, accumulator)`` is called as soon as all of a data
-    set's sections are in, after which the accumulator is dropped (so only the data sets still being gridded are
-    held: a 25 um connectivity accumulator is 1-2 GB); :attr:`accumulators` keeps the others.
+    :meth:`take` each finished section future, then :meth:`join`. ``finish(folder, accumulator)`` is called as
+    soon as all of a data set's sections are in, after which the accumulator is dropped (so only the data sets
+    still being gridded are held: a 25 um connectivity accumulator is 1-2 GB); :attr:`accumulators` keeps the
+    others.
+
+    The caller's thread only hands futures over: one thread fetches the partials from the workers (in the order
+    the futures were taken), another adds them and a third finishes data sets, so a section's fetch, the adds
+    of the sections before it and the writing of a finished data set overlap (numba's adds, deflate and the
+    comms release the GIL; docs/performance-demo.md, round 7). At most ``prefetch`` fetched partials wait for
+    the adder, and one finished data set waits for the finisher (the adder waits for it after that).
+    Use it as a context manager (or call :meth:`close`): the threads stop and an error in any of them is raised
+    in the caller's thread, by :meth:`take`, :meth:`finished` or :meth:`join`.
     """
 
-    def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None) -> None:
+    _STOP = object()
+
+    def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None, *, prefetch: int = 4) -> None:
         self.client = client
         self.finish = finish
         self.accumulators: dict[Path, Any] = {}
@@ -302,13 +316,35 @@ class SectionReduction:
         self._count: dict[Path, int] = {}
         self._waiting: dict[Path, dict[int, Any]] = {}
         self._added: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._taken = 0  # futures handed over
+        self._done = 0  # of them added (or dropped after an error)
+        self._progress = threading.Condition(self._lock)
+        self._finished: list[Path] = []
+        self._to_fetch: queue.Queue[Any] = queue.Queue()
+        self._to_add: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
+        self._finishing: concurrent.futures.Future[None] | None = None
+        self._finishes = 0  # data sets handed to the finisher and not yet finished
+        self._finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainmap-finish")
+        self._threads = [threading.Thread(target=self._fetch_loop, name="brainmap-fetch", daemon=True),
+                         threading.Thread(target=self._add_loop, name="brainmap-add", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
+    # ------------------------------------------------------------------ the caller's thread
     def submit(self, folder: Path, gridder: Any, priority: int = 0) -> list[Any]:
         """Submit every usable section of the data set in ``folder`` (a higher ``priority`` runs first)."""
-        self.accumulators[folder] = gridder.accumulator()
-        self._waiting[folder], self._added[folder] = {}, 0
         images = gridder.usable_images()
-        self._count[folder] = len(images)
+        with self._lock:
+            self.accumulators[folder] = gridder.accumulator()
+            self._waiting[folder], self._added[folder] = {}, 0
+            self._count[folder] = len(images)
+        if not images:  # nothing to wait for: finished (empty) now
+            self._to_add.put((folder, -1, None))
+            with self._lock:
+                self._taken += 1
+            return []
         shared = self.client.scatter(gridder, broadcast=True)
         futures = []
         for position, image in enumerate(images):
@@ -321,18 +357,122 @@ class SectionReduction:
         return future in self._pending
 
     def take(self, future: Any) -> None:
-        """Add a finished section's partial grid (once every section before it in its data set is in)."""
+        """Hand over a finished section future: its partial is fetched and added (once every section before it
+        in its data set is in) by this object's threads."""
+        self._raise()
         folder, position = self._pending.pop(future)
+        with self._lock:
+            self._taken += 1
+        self._to_fetch.put((folder, position, future))
+
+    def finished(self) -> list[Path]:
+        """The data sets finished (``finish`` returned) since the last call."""
+        self._raise()
+        with self._lock:
+            folders, self._finished = self._finished, []
+        return folders
+
+    def join(self) -> Iterator[Path]:
+        """Wait until every section taken is added and every complete data set finished; yields each data set as
+        its ``finish`` returns (those finished before too, if not yet collected by :meth:`finished`)."""
+        while True:
+            with self._progress:
+                while not self._finished and self._error is None and not self._idle():
+                    self._progress.wait()
+                folders, self._finished = self._finished, []
+                idle = self._idle()
+            self._raise()
+            yield from folders
+            if idle:  # a finish appends its folder before it counts itself done: nothing is left to collect
+                return
+
+    def _idle(self) -> bool:
+        return self._done >= self._taken and self._finishes == 0
+
+    def close(self) -> None:
+        """Stop the threads (after what they hold) and wait for a finish in progress."""
+        self._to_fetch.put(self._STOP)
+        for thread in self._threads:
+            thread.join()
+        self._finisher.shutdown(wait=True)
+
+    def __enter__(self) -> SectionReduction:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None:
+            with self._lock:  # the threads drop what they still hold
+                self._error = self._error or exc[1]
+        self.close()
+
+    def _raise(self) -> None:
+        with self._lock:
+            error = self._error
+        if error is not None:
+            raise error
+
+    def _fail(self, error: BaseException) -> None:
+        with self._progress:
+            self._error = self._error or error
+            self._progress.notify_all()
+
+    # ------------------------------------------------------------------ the threads
+    def _fetch_loop(self) -> None:
+        while (item := self._to_fetch.get()) is not self._STOP:
+            folder, position, future = item
+            result = None
+            if self._error is None:
+                try:
+                    result = future.result()
+                except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
+                    self._fail(error)
+            future.release()
+            self._to_add.put((folder, position, result))
+        self._to_add.put(self._STOP)
+
+    def _add_loop(self) -> None:
+        while (item := self._to_add.get()) is not self._STOP:
+            folder, position, result = item
+            if self._error is None:
+                try:
+                    self._add_in_order(folder, position, result)
+                except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
+                    self._fail(error)
+            with self._progress:
+                self._done += 1
+                self._progress.notify_all()
+
+    def _add_in_order(self, folder: Path, position: int, result: Any) -> None:
         # Partials are added in section order whatever order they finish in: floating-point sums depend on the
         # order of their additions, and a run must write the same bytes with one worker or many.
         waiting = self._waiting[folder]
-        waiting[position] = future.result()
-        future.release()
+        if position >= 0:
+            waiting[position] = result
         while self._added[folder] in waiting:
             _add(self.accumulators[folder], waiting.pop(self._added[folder]))
             self._added[folder] += 1
         if self.finish is not None and self._added[folder] == self._count[folder]:
-            self.finish(folder, self.accumulators.pop(folder))
+            if self._finishing is not None:
+                self._finishing.result()  # one data set finishing at a time (memory); its error is the finisher's
+            with self._lock:
+                accumulator = self.accumulators.pop(folder)
+                self._finishes += 1
+            self._finishing = self._finisher.submit(self._finish_one, folder, accumulator)
+
+    def _finish_one(self, folder: Path, accumulator: Any) -> None:
+        error = None
+        try:
+            self.finish(folder, accumulator)
+        except BaseException as caught:  # noqa: BLE001 (re-raised in the caller's thread)
+            error = caught
+        del accumulator
+        with self._progress:
+            if error is None:
+                self._finished.append(folder)
+            else:
+                self._error = self._error or error
+            self._finishes -= 1
+            self._progress.notify_all()
 
 
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
@@ -353,14 +493,16 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
     """
     from distributed import as_completed
 
-    reduction = SectionReduction(client, finish)
-    futures = []
-    for rank, (folder, gridder) in enumerate(gridders.items()):
-        # One data set after another (a higher priority runs first), so few accumulators are held at once.
-        futures += reduction.submit(folder, gridder, priority=len(gridders) - rank)
-    for future in tqdm(as_completed(futures), total=len(futures), desc="detect + grid", unit="section",
-                       disable=not progress):
-        reduction.take(future)
+    with SectionReduction(client, finish) as reduction:
+        futures = []
+        for rank, (folder, gridder) in enumerate(gridders.items()):
+            # One data set after another (a higher priority runs first), so few accumulators are held at once.
+            futures += reduction.submit(folder, gridder, priority=len(gridders) - rank)
+        for future in tqdm(as_completed(futures), total=len(futures), desc="detect + grid", unit="section",
+                           disable=not progress):
+            reduction.take(future)
+        for _ in reduction.join():
+            pass
     return reduction.accumulators
 
 
@@ -421,6 +563,10 @@ def dask_client(scheduler: str | None = None, workers: int = 2) -> Iterator[Any]
             yield client
 
 
+#: Unionize tasks run after every section task (lower priority): while sections wait, they are the grid's
+#: critical path; after the last one, a worker would otherwise idle while the main process writes grids.
+_UNIONIZE_PRIORITY = -1000
+
 #: Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (its ``distributed.nanny.pre-spawn-environ``
 #: default). Setting any glibc malloc threshold freezes the mmap threshold at 128 KiB, so every numpy array above
 #: it is a fresh mmap: its pages are faulted in and zeroed by the kernel on first touch and unmapped when freed.
@@ -466,56 +612,63 @@ def run_pipeline(
     with dask_client(scheduler, workers) as client:
         # Align every data set at once; as soon as one is aligned, its sections are detected and gridded (one
         # task each, after the alignments still waiting: a worker left without a data set to align takes
-        # sections) and their partial grids summed as they arrive.
+        # sections) and their partial grids summed as they arrive (in SectionReduction's threads); as soon as a
+        # data set's grids are written, it is unionized (after every section: it fills the workers' idle time).
         expected_grid: dict[Path, str] = {}
         gridders: dict[Path, Any] = {}
+        unionizing: dict[Any, Path] = {}
 
-        def finish(folder: Path, accumulator: Any) -> None:
+        def finish(folder: Path, accumulator: Any) -> None:  # in the reduction's finishing thread
             _finish_grid(PipelineFolder.of(folder), gridders.pop(folder), accumulator, expected_grid[folder])
             runs[folder].stages["grid"] = "done"
 
-        reduction = SectionReduction(client, finish)
+        def unionize(folder: Path) -> None:
+            unionizing[client.submit(unionize_stage, str(folder), pure=False, priority=_UNIONIZE_PRIORITY)] = folder
+
         aligning = {client.submit(align_stage, str(f), settings, pure=False, priority=1): f for f in folders}
         align_bar = tqdm(total=len(folders), desc="align", unit="data set", disable=not progress)
         grid_bar = tqdm(total=0, desc="detect + grid", unit="section", disable=not progress)
-        done = as_completed(list(aligning))
-        for future in done:
-            if future in reduction:
-                reduction.take(future)
-                grid_bar.update()
-                continue
-            folder = aligning.pop(future)
-            runs[folder].stages["align"] = future.result()
-            align_bar.update()
-            if not aligning:
-                align_bar.close()
-            dataset = read_dataset(folder)
-            run = runs[folder]
-            run.dataset_id, run.product = dataset.id, dataset.product
-            expected = _grid_fingerprint(folder, dataset, settings)
-            if stage_is_done(PipelineFolder.of(folder).work, "grid", expected):
-                run.stages["grid"] = "skipped"
-                continue
-            gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product),
-                                                   also_um=settings.extra_grid_resolutions_um,
-                                                   smoothing=settings.ish_smoothing,
-                                                   spill_dir=PipelineFolder.of(folder).work)  # 10 um grids
-            expected_grid[folder] = expected
-            # Data sets in the order they were aligned (earlier ones first), so few accumulators are held at once.
-            sections = reduction.submit(folder, gridders[folder], priority=-len(expected_grid))
-            grid_bar.total += len(sections)
-            grid_bar.refresh()
-            done.update(sections)
-        align_bar.close()
-        grid_bar.close()
-        for folder, accumulator in list(reduction.accumulators.items()):
-            finish(folder, accumulator)  # data sets without usable sections
+        with SectionReduction(client, finish) as reduction:
+            done = as_completed(list(aligning))
+            for future in done:
+                for folder in reduction.finished():
+                    unionize(folder)
+                if future in reduction:
+                    reduction.take(future)
+                    grid_bar.update()
+                    continue
+                folder = aligning.pop(future)
+                runs[folder].stages["align"] = future.result()
+                align_bar.update()
+                if not aligning:
+                    align_bar.close()
+                dataset = read_dataset(folder)
+                run = runs[folder]
+                run.dataset_id, run.product = dataset.id, dataset.product
+                expected = _grid_fingerprint(folder, dataset, settings)
+                if stage_is_done(PipelineFolder.of(folder).work, "grid", expected):
+                    run.stages["grid"] = "skipped"
+                    unionize(folder)
+                    continue
+                gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product),
+                                                       also_um=settings.extra_grid_resolutions_um,
+                                                       smoothing=settings.ish_smoothing,
+                                                       spill_dir=PipelineFolder.of(folder).work)  # 10 um grids
+                expected_grid[folder] = expected
+                # Data sets in the order they were aligned (earlier ones first), so few accumulators are held.
+                sections = reduction.submit(folder, gridders[folder], priority=-len(expected_grid))
+                grid_bar.total += len(sections)
+                grid_bar.refresh()
+                done.update(sections)
+            align_bar.close()
+            grid_bar.close()
+            for folder in reduction.join():  # data sets without usable sections included
+                unionize(folder)
 
-        # Unionize every data set.
-        futures = {client.submit(unionize_stage, str(f), pure=False): f for f in folders}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="unionize", unit="data set",
+        # Unionize every data set (most are under way).
+        for future in tqdm(as_completed(unionizing), total=len(unionizing), desc="unionize", unit="data set",
                            disable=not progress):
-            folder = futures[future]
+            folder = unionizing[future]
             runs[folder].stages["unionize"] = future.result()
             runs[folder].unionize_path = PipelineFolder.of(folder).unionize
 
