@@ -294,19 +294,21 @@ class SectionReduction:
     :meth:`submit` a data set's :class:`~brainmap.pipeline.grid.Gridder` (its section futures are returned),
     :meth:`take` each finished section future, then :meth:`join`. ``finish(folder, accumulator)`` is called as
     soon as all of a data set's sections are in, after which the accumulator is dropped (so only the data sets
-    still being gridded are held: a 25 um connectivity accumulator is 1-2 GB); :attr:`accumulators` keeps the
-    others.
+    still being gridded are held); :attr:`accumulators` keeps the others.
 
     The caller's thread only hands futures over: one thread fetches the partials from the workers (in the order
-    the futures were taken), another adds them and a third finishes data sets, so a section's fetch, the adds
-    of the sections before it and the writing of a finished data set overlap (numba's adds, deflate and the
-    comms release the GIL; docs/performance-demo.md, round 7). At most ``prefetch`` fetched partials wait for
-    the adder, and one finished data set waits for the finisher (the adder waits for it after that).
-    Use it as a context manager (or call :meth:`close`): the threads stop and an error in any of them is raised
-    in the caller's thread, by :meth:`take`, :meth:`finished` or :meth:`join`.
+    they were taken; at most ``prefetch`` ahead of the adds), one adds them, one finishes data sets (one at a
+    time), so a section's fetch, the adds before it and the writing of a finished data set overlap (numba's adds,
+    deflate and the comms release the GIL; docs/performance-demo.md, round 7). Memory: large data sets
+    (:func:`_is_large`: a 25 um connectivity accumulator is 1-2 GB) are summed one at a time, in the order they
+    were submitted: the sections of the next one stay on their workers until the one before is finished (its
+    grids written); the sections of small ones (ISH) are fetched and added meanwhile.
+    Use it as a context manager (or call :meth:`close`): the threads stop, and an error in any of them is raised
+    in the caller's thread by :meth:`take`, :meth:`finished` or :meth:`join`.
     """
 
     _STOP = object()
+    _FINISHED = object()
 
     def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None, *, prefetch: int = 4) -> None:
         self.client = client
@@ -316,16 +318,21 @@ class SectionReduction:
         self._count: dict[Path, int] = {}
         self._waiting: dict[Path, dict[int, Any]] = {}
         self._added: dict[Path, int] = {}
-        self._lock = threading.Lock()
+        self._large: dict[Path, bool] = {}
+        self._progress = threading.Condition()  # guards the counts and lists below
         self._error: BaseException | None = None
         self._taken = 0  # futures handed over
-        self._done = 0  # of them added (or dropped after an error)
-        self._progress = threading.Condition(self._lock)
-        self._finished: list[Path] = []
-        self._to_fetch: queue.Queue[Any] = queue.Queue()
-        self._to_add: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
-        self._finishing: concurrent.futures.Future[None] | None = None
-        self._finishes = 0  # data sets handed to the finisher and not yet finished
+        self._done = 0  # of them through the adder (added, waiting for their turn, or dropped after an error)
+        self._finished: list[Path] = []  # finished, not yet collected by the caller
+        self._ready: list[tuple[Path, Any]] = []  # complete, waiting for the finisher
+        self._finishing: Path | None = None
+        self._tokens = 0  # finishes done whose token the adder has not yet handled
+        self._prefetch = max(1, prefetch)
+        self._in_flight = 0  # fetched, not yet through the adder
+        self._to_fetch: list[tuple[Path, int, Any]] = []  # taken, not yet fetched
+        self._stopping = False
+        self._large_order: list[Path] = []  # the large data sets not yet through, in submit order
+        self._to_add: queue.Queue[Any] = queue.Queue()
         self._finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainmap-finish")
         self._threads = [threading.Thread(target=self._fetch_loop, name="brainmap-fetch", daemon=True),
                          threading.Thread(target=self._add_loop, name="brainmap-add", daemon=True)]
@@ -336,14 +343,18 @@ class SectionReduction:
     def submit(self, folder: Path, gridder: Any, priority: int = 0) -> list[Any]:
         """Submit every usable section of the data set in ``folder`` (a higher ``priority`` runs first)."""
         images = gridder.usable_images()
-        with self._lock:
-            self.accumulators[folder] = gridder.accumulator()
+        accumulator = gridder.accumulator()
+        with self._progress:
+            self.accumulators[folder] = accumulator
             self._waiting[folder], self._added[folder] = {}, 0
             self._count[folder] = len(images)
-        if not images:  # nothing to wait for: finished (empty) now
-            self._to_add.put((folder, -1, None))
-            with self._lock:
+            self._large[folder] = _is_large(accumulator)
+            if self._large[folder]:
+                self._large_order.append(folder)
+        if not images:  # nothing to wait for: complete (empty) now
+            with self._progress:
                 self._taken += 1
+            self._to_add.put((folder, -1, None))
             return []
         shared = self.client.scatter(gridder, broadcast=True)
         futures = []
@@ -361,20 +372,21 @@ class SectionReduction:
         in its data set is in) by this object's threads."""
         self._raise()
         folder, position = self._pending.pop(future)
-        with self._lock:
+        with self._progress:
             self._taken += 1
-        self._to_fetch.put((folder, position, future))
+            self._to_fetch.append((folder, position, future))
+            self._progress.notify_all()
 
     def finished(self) -> list[Path]:
         """The data sets finished (``finish`` returned) since the last call."""
-        self._raise()
-        with self._lock:
+        with self._progress:
             folders, self._finished = self._finished, []
+        self._raise()
         return folders
 
     def join(self) -> Iterator[Path]:
         """Wait until every section taken is added and every complete data set finished; yields each data set as
-        its ``finish`` returns (those finished before too, if not yet collected by :meth:`finished`)."""
+        its ``finish`` returns (and those finished before, if not yet collected by :meth:`finished`)."""
         while True:
             with self._progress:
                 while not self._finished and self._error is None and not self._idle():
@@ -383,15 +395,14 @@ class SectionReduction:
                 idle = self._idle()
             self._raise()
             yield from folders
-            if idle:  # a finish appends its folder before it counts itself done: nothing is left to collect
+            if idle:  # a finish is listed before it counts as done: nothing is left to collect
                 return
-
-    def _idle(self) -> bool:
-        return self._done >= self._taken and self._finishes == 0
 
     def close(self) -> None:
         """Stop the threads (after what they hold) and wait for a finish in progress."""
-        self._to_fetch.put(self._STOP)
+        with self._progress:
+            self._stopping = True
+            self._progress.notify_all()
         for thread in self._threads:
             thread.join()
         self._finisher.shutdown(wait=True)
@@ -400,13 +411,18 @@ class SectionReduction:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if exc[0] is not None:
-            with self._lock:  # the threads drop what they still hold
-                self._error = self._error or exc[1]
+        if exc[1] is not None:
+            self._fail(exc[1])  # the threads drop what they still hold
         self.close()
 
+    def _idle(self) -> bool:
+        complete = all(self._added[f] == self._count[f] or self._added[f] not in self._waiting[f]
+                       for f in self._waiting)  # nothing held back that could be added
+        return (self._done >= self._taken and complete and not self._ready and self._finishing is None
+                and self._tokens == 0)
+
     def _raise(self) -> None:
-        with self._lock:
+        with self._progress:
             error = self._error
         if error is not None:
             raise error
@@ -417,14 +433,28 @@ class SectionReduction:
             self._progress.notify_all()
 
     # ------------------------------------------------------------------ the threads
+    def _next_to_fetch(self) -> tuple[Path, int, Any] | None:
+        """The first future taken whose data set may be added to now (None: stop), once fewer than ``prefetch``
+        fetched partials wait for the adder."""
+        with self._progress:
+            while True:
+                if self._stopping:
+                    return None
+                if self._in_flight < self._prefetch or self._error is not None:
+                    for i, (folder, _, _) in enumerate(self._to_fetch):
+                        if self._error is not None or not self._large[folder] or self._large_order[0] == folder:
+                            self._in_flight += 1
+                            return self._to_fetch.pop(i)
+                self._progress.wait()
+
     def _fetch_loop(self) -> None:
-        while (item := self._to_fetch.get()) is not self._STOP:
+        while (item := self._next_to_fetch()) is not None:
             folder, position, future = item
             result = None
             if self._error is None:
                 try:
                     result = future.result()
-                except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
+                except BaseException as error:  # noqa: BLE001 (raised in the caller's thread)
                     self._fail(error)
             future.release()
             self._to_add.put((folder, position, result))
@@ -432,47 +462,86 @@ class SectionReduction:
 
     def _add_loop(self) -> None:
         while (item := self._to_add.get()) is not self._STOP:
-            folder, position, result = item
-            if self._error is None:
-                try:
-                    self._add_in_order(folder, position, result)
-                except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
-                    self._fail(error)
+            try:
+                if item is self._FINISHED:
+                    with self._progress:
+                        self._finishing = None
+                    try:
+                        if self._error is None:
+                            self._start_finish()
+                    finally:
+                        with self._progress:
+                            self._tokens -= 1
+                else:
+                    folder, position, result = item
+                    if position >= 0:
+                        with self._progress:
+                            self._in_flight -= 1
+                    if self._error is None:
+                        if position >= 0:
+                            self._waiting[folder][position] = result
+                        self._add_in_order(folder)
+                    with self._progress:
+                        self._done += 1
+            except BaseException as error:  # noqa: BLE001 (raised in the caller's thread)
+                self._fail(error)
             with self._progress:
-                self._done += 1
                 self._progress.notify_all()
 
-    def _add_in_order(self, folder: Path, position: int, result: Any) -> None:
+    def _add_in_order(self, folder: Path) -> None:
         # Partials are added in section order whatever order they finish in: floating-point sums depend on the
         # order of their additions, and a run must write the same bytes with one worker or many.
         waiting = self._waiting[folder]
-        if position >= 0:
-            waiting[position] = result
         while self._added[folder] in waiting:
             _add(self.accumulators[folder], waiting.pop(self._added[folder]))
             self._added[folder] += 1
-        if self.finish is not None and self._added[folder] == self._count[folder]:
-            if self._finishing is not None:
-                self._finishing.result()  # one data set finishing at a time (memory); its error is the finisher's
-            with self._lock:
-                accumulator = self.accumulators.pop(folder)
-                self._finishes += 1
-            self._finishing = self._finisher.submit(self._finish_one, folder, accumulator)
+        if self._added[folder] == self._count[folder] and folder in self.accumulators:
+            if self.finish is None:
+                self._through(folder)
+                return
+            with self._progress:
+                self._ready.append((folder, self.accumulators.pop(folder)))
+            self._start_finish()
+
+    def _start_finish(self) -> None:
+        with self._progress:
+            if self._finishing is not None or not self._ready:
+                return
+            folder, accumulator = self._ready.pop(0)
+            self._finishing = folder
+        self._finisher.submit(self._finish_one, folder, accumulator)
 
     def _finish_one(self, folder: Path, accumulator: Any) -> None:
-        error = None
         try:
             self.finish(folder, accumulator)
-        except BaseException as caught:  # noqa: BLE001 (re-raised in the caller's thread)
-            error = caught
-        del accumulator
-        with self._progress:
-            if error is None:
+        except BaseException as error:  # noqa: BLE001 (raised in the caller's thread)
+            self._fail(error)
+        else:
+            with self._progress:
                 self._finished.append(folder)
-            else:
-                self._error = self._error or error
-            self._finishes -= 1
+        del accumulator
+        self._through(folder)
+        with self._progress:
+            self._tokens += 1
+        self._to_add.put(self._FINISHED)
+
+
+    def _through(self, folder: Path) -> None:
+        """``folder`` is summed (and finished): the next large data set's sections may be fetched."""
+        with self._progress:
+            if folder in self._large_order:
+                self._large_order.remove(folder)
             self._progress.notify_all()
+
+
+def _is_large(accumulator: Any) -> bool:
+    """Whether an accumulator may grow to whole dense volumes of 64 MB or more (25 um connectivity grids and
+    finer); ISH accumulators and 100 um grids are small."""
+    from brainmap.pipeline.grid.resample import POPULATE_BYTES
+
+    parts = getattr(accumulator, "parts", [accumulator])
+    return any(getattr(part, "spec", None) is not None and part.spec.n_voxels * 8 >= POPULATE_BYTES
+               for part in parts)
 
 
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,

@@ -1,0 +1,129 @@
+"""The runner's section reduction: partials fetched, added and finished in its threads, in section order whatever
+order the sections finish in, none lost, and an error in a section or a finish raised in the caller's thread."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from brainmap.pipeline.grid import Gridder
+from brainmap.pipeline.run.runner import SectionReduction, _add, _grid_one_section, _is_large, grid_sections
+from brainmap.specimen.folder import read_dataset
+from brainmap.specimen.synthetic import make_specimen
+
+
+@pytest.fixture(scope="module")
+def connectivity(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("reduction") / "conn"
+    make_specimen("connectivity", folder, experiment_id=112672974, pixel_size_um=50, truth_resolution_um=100,
+                  alignment="all", progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    # threads in this process: four sections at once, finishing in a shuffled order (the delays below)
+    with LocalCluster(n_workers=1, threads_per_worker=4, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+@dataclass
+class ShuffledGridder(Gridder):
+    """The data set's gridder, each section delayed by a random few milliseconds (so they finish out of order);
+    ``fail_at`` (an image id) raises there."""
+
+    fail_at: int | None = None
+
+    def process(self, image, arrays):
+        if image.id == self.fail_at:
+            raise ValueError(f"section {image.id} is unreadable")
+        time.sleep(random.Random(image.id).uniform(0.0, 0.05))
+        return super().process(image, arrays)
+
+
+def _gridder(folder: Path, **extra) -> ShuffledGridder:
+    made = Gridder.for_dataset(read_dataset(folder), 100, also_um=(50,))
+    return ShuffledGridder(**{name: getattr(made, name) for name in made.__dataclass_fields__}, **extra)
+
+
+def test_large_accumulators_are_25_um_connectivity_and_finer(connectivity):
+    dataset = read_dataset(connectivity)
+    assert _is_large(Gridder.for_dataset(dataset, 100, also_um=(25,)).accumulator())
+    assert not _is_large(Gridder.for_dataset(dataset, 100).accumulator())
+
+
+def _serial(gridder: Gridder, folder: Path):
+    accumulator = gridder.accumulator()
+    for image in gridder.usable_images():
+        _add(accumulator, _grid_one_section(gridder, str(folder), image))
+    return accumulator
+
+
+def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, client):
+    """Two large data sets (a 50 um grid: 77 MB volumes), sections finishing out of order: each summed to the
+    bits of a serial sum in section order, finished in the reduction's thread, and the second one's sections
+    held back (not added) until the first one is finished (memory: one large accumulator at a time)."""
+    from distributed import as_completed
+
+    gridder = _gridder(connectivity)
+    other = connectivity.parent / "again"  # the same data set twice
+    if not other.exists():
+        shutil.copytree(connectivity, other)
+    finished = []
+
+    def finish(folder, accumulator):
+        held = reduction.accumulators.get(other)
+        before = held.sections if held is not None else None
+        time.sleep(0.5)  # a slow writer: the other data set's sections arrive meanwhile
+        after = held.sections if held is not None else None
+        finished.append((folder, accumulator, threading.current_thread() is threading.main_thread(), before, after))
+
+    with SectionReduction(client, finish) as reduction:
+        futures = reduction.submit(connectivity, gridder, priority=2) + reduction.submit(other, gridder, priority=1)
+        for future in as_completed(futures):
+            reduction.take(future)
+        assert list(reduction.join()) == [connectivity, other]
+    assert reduction.accumulators == {}
+    assert [f for f, *_ in finished] == [connectivity, other]
+    assert not any(on_main for _, _, on_main, _, _ in finished)  # finished in the reduction's thread
+    _, _, _, before, after = finished[0]
+    assert before == after == 0  # large data sets summed one at a time: the other one waits for this one's finish
+    expected = _serial(gridder, connectivity)
+    for _, accumulator, *_ in finished:
+        assert accumulator.sections == len(gridder.usable_images())
+        for ours, theirs in zip(expected.parts, accumulator.parts, strict=True):
+            assert ours.names and ours.names == theirs.names
+            for name in ours.names:  # the very bits: the same additions in the same order
+                assert ours.get(name).tobytes() == theirs.get(name).tobytes(), name
+
+
+def test_without_finish_the_accumulators_are_returned(connectivity, client):
+    gridder = _gridder(connectivity)
+    (accumulator,) = grid_sections(client, {connectivity: gridder}, progress=False).values()
+    expected = _serial(gridder, connectivity)
+    assert accumulator.sections == expected.sections
+    for ours, theirs in zip(expected.parts, accumulator.parts, strict=True):
+        for name in ours.names:
+            assert ours.get(name).tobytes() == theirs.get(name).tobytes(), name
+
+
+def test_a_failing_section_or_finish_is_raised_in_the_callers_thread(connectivity, client):
+    images = _gridder(connectivity).usable_images()
+    broken = _gridder(connectivity, fail_at=images[len(images) // 2].id)
+    with pytest.raises(ValueError, match="unreadable"):
+        grid_sections(client, {connectivity: broken}, progress=False, finish=lambda f, a: None)
+
+    def finish(folder, accumulator):
+        raise OSError(f"disk full writing {folder}")
+
+    with pytest.raises(OSError, match="disk full"):
+        grid_sections(client, {connectivity: _gridder(connectivity)}, progress=False, finish=finish)
