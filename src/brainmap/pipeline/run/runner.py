@@ -297,8 +297,8 @@ class SectionReduction:
     still being gridded are held); :attr:`accumulators` keeps the others.
 
     The caller's thread only hands futures over: one thread fetches the partials from the workers (in the order
-    they were taken; at most ``prefetch`` ahead of the adds), one adds them, one finishes data sets (one at a
-    time), so a section's fetch, the adds before it and the writing of a finished data set overlap (numba's adds,
+    they were taken, straight from the worker; at most ``prefetch`` ahead of the adds), one adds them, and two
+    finish data sets (one large and one small at a time), so a section's fetch, the adds before it and the writing of a finished data set overlap (numba's adds,
     deflate and the comms release the GIL; docs/performance-demo.md, round 7). Memory: large data sets
     (:func:`_is_large`: a 25 um connectivity accumulator is 1-2 GB) are summed one at a time, in the order they
     were submitted: the sections of the next one stay on their workers until the one before is finished (its
@@ -325,7 +325,7 @@ class SectionReduction:
         self._done = 0  # of them through the adder (added, waiting for their turn, or dropped after an error)
         self._finished: list[Path] = []  # finished, not yet collected by the caller
         self._ready: list[tuple[Path, Any]] = []  # complete, waiting for the finisher
-        self._finishing: Path | None = None
+        self._finishing: set[Path] = set()  # at most one large and one small data set at a time
         self._tokens = 0  # finishes done whose token the adder has not yet handled
         self._prefetch = max(1, prefetch)
         self._in_flight = 0  # fetched, not yet through the adder
@@ -333,7 +333,7 @@ class SectionReduction:
         self._stopping = False
         self._large_order: list[Path] = []  # the large data sets not yet through, in submit order
         self._to_add: queue.Queue[Any] = queue.Queue()
-        self._finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainmap-finish")
+        self._finisher = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="brainmap-finish")
         self._threads = [threading.Thread(target=self._fetch_loop, name="brainmap-fetch", daemon=True),
                          threading.Thread(target=self._add_loop, name="brainmap-add", daemon=True)]
         for thread in self._threads:
@@ -418,7 +418,7 @@ class SectionReduction:
     def _idle(self) -> bool:
         complete = all(self._added[f] == self._count[f] or self._added[f] not in self._waiting[f]
                        for f in self._waiting)  # nothing held back that could be added
-        return (self._done >= self._taken and complete and not self._ready and self._finishing is None
+        return (self._done >= self._taken and complete and not self._ready and not self._finishing
                 and self._tokens == 0)
 
     def _raise(self) -> None:
@@ -453,7 +453,10 @@ class SectionReduction:
             result = None
             if self._error is None:
                 try:
-                    result = future.result()
+                    # straight from the worker that holds it (by default the data would pass through the
+                    # scheduler, which a local cluster runs in this process: twice the bytes through this
+                    # process's event loop; a partial the client cannot reach is gathered by the scheduler)
+                    result = self.client.gather(future, direct=True)
                 except BaseException as error:  # noqa: BLE001 (raised in the caller's thread)
                     self._fail(error)
             future.release()
@@ -463,9 +466,9 @@ class SectionReduction:
     def _add_loop(self) -> None:
         while (item := self._to_add.get()) is not self._STOP:
             try:
-                if item is self._FINISHED:
+                if item[0] is self._FINISHED:
                     with self._progress:
-                        self._finishing = None
+                        self._finishing.discard(item[1])
                     try:
                         if self._error is None:
                             self._start_finish()
@@ -504,12 +507,17 @@ class SectionReduction:
             self._start_finish()
 
     def _start_finish(self) -> None:
-        with self._progress:
-            if self._finishing is not None or not self._ready:
-                return
-            folder, accumulator = self._ready.pop(0)
-            self._finishing = folder
-        self._finisher.submit(self._finish_one, folder, accumulator)
+        """Hand complete data sets to the finisher, at most one large and one small being finished at a time."""
+        while True:
+            with self._progress:
+                busy = {self._large[f] for f in self._finishing}
+                chosen = next((i for i, (f, _) in enumerate(self._ready) if self._large[f] not in busy), None)
+                if chosen is None:
+                    return
+                folder, accumulator = self._ready.pop(chosen)
+                self._finishing.add(folder)
+            self._finisher.submit(self._finish_one, folder, accumulator)
+            del accumulator
 
     def _finish_one(self, folder: Path, accumulator: Any) -> None:
         try:
@@ -523,7 +531,7 @@ class SectionReduction:
         self._through(folder)
         with self._progress:
             self._tokens += 1
-        self._to_add.put(self._FINISHED)
+        self._to_add.put((self._FINISHED, folder))
 
 
     def _through(self, folder: Path) -> None:
