@@ -442,7 +442,7 @@ class SectionReduction:
                     return None
                 if self._in_flight < self._prefetch or self._error is not None:
                     for i, (folder, _, _) in enumerate(self._to_fetch):
-                        if self._error is not None or not self._large[folder] or self._large_order[0] == folder:
+                        if self._error is not None or not self._large[folder] or self._large_order[:1] == [folder]:
                             self._in_flight += 1
                             return self._to_fetch.pop(i)
                 self._progress.wait()
@@ -532,7 +532,6 @@ class SectionReduction:
         with self._progress:
             self._tokens += 1
         self._to_add.put((self._FINISHED, folder))
-
 
     def _through(self, folder: Path) -> None:
         """``folder`` is summed (and finished): the next large data set's sections may be fetched."""
