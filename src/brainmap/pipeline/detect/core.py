@@ -752,7 +752,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         np.minimum(background, cap, out=background)
     noise = fit_noise_model(work, background, tissue, params)
     table = noise.threshold_table(params.threshold_sigmas)
-    detected = work > table[background]
+    detected = work > np.take(table, background)  # np.take: ~2x a fancy index here
     detected &= tissue
     for _ in range(params.noise_refits):
         # Signal inflates the variance of the blocks it covers; where it is dense (a mesh of axons) whole level
@@ -765,7 +765,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
             break  # too little tissue left clear of signal to fit on: keep the first fit
         noise = fit_noise_model(work, background, clear, params)
         table = noise.threshold_table(params.threshold_sigmas)
-        detected = work > table[background]
+        detected = work > np.take(table, background)
         detected &= tissue
     contrast = work - background  # the opening never exceeds the image: no wrap-around
     subpixel: dict[str, float] = {}
@@ -884,27 +884,31 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
       ``F`` itself and the edge, the pixel half covered, holds half the plateau: ``params.peak_fraction``.
     """
     rows, cols = contrast.shape
-    # Only the candidates are looked at (a few percent of the pixels): their 3 x 3 neighbourhoods are gathered.
-    cy, cx = np.nonzero(candidates)
+    # Only the candidates are looked at (a few percent of the pixels): their 3 x 3 neighbourhoods are gathered, by
+    # flat indices (np.nonzero's two index arrays and 2-D gathers cost ~5x more).
+    flat = contrast.ravel()
+    at = np.flatnonzero(candidates)
+    cy, cx = np.divmod(at, cols)
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    rows_at = {d: np.clip(cy + d, 0, rows - 1) for d in (-1, 0, 1)}  # the border replicated
+    rows_at = {d: np.clip(cy + d, 0, rows - 1) * cols for d in (-1, 0, 1)}  # the border replicated
     cols_at = {d: np.clip(cx + d, 0, cols - 1) for d in (-1, 0, 1)}
-    local = np.zeros(cy.size, np.uint16)
+    local = np.take(flat, at)
     for dy, dx in offsets:
-        np.maximum(local, contrast[rows_at[dy], cols_at[dx]], out=local)
-    value = contrast[cy, cx]
+        if dy or dx:
+            np.maximum(local, np.take(flat, rows_at[dy] + cols_at[dx]), out=local)
+    value = np.take(flat, at)
     inner = (cy > 0) & (cy < rows - 1) & (cx > 0) & (cx < cols - 1)
     is_peak = (value >= local) & inner
-    ys, xs = cy[is_peak], cx[is_peak]
-    keep = np.zeros((rows, cols), bool)
-    if ys.size < 10:
+    peaks = at[is_peak]
+    keep = candidates.copy()
+    if peaks.size < 10:
         fraction = params.effective_peak_fraction
         info.update(cut_fraction=float(fraction))
-        keep[cy, cx] = value >= np.ceil(local * fraction)
+        keep.ravel()[at] = value >= np.ceil(local * fraction)
         return keep
 
     def values(dy: int, dx: int) -> np.ndarray:
-        return np.maximum(contrast[ys + dy, xs + dx], 1).astype(np.float64)
+        return np.maximum(np.take(flat, peaks + (dy * cols + dx)), 1).astype(np.float64)  # peaks are inner
 
     linear = values(0, 0), values(0, -1), values(0, 1), values(-1, 0), values(1, 0)
     logs = tuple(np.log(v) for v in linear)
@@ -920,11 +924,14 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
     # the vertex of each axis' parabola lies at most half a pixel away: its rise is at most curve / 8
     rise = np.minimum((right - left) ** 2 / (8 * curve_x), curve_x / 8) + np.minimum((down - up) ** 2 / (8 * curve_y),
                                                                                       curve_y / 8)
-    peak = np.zeros((rows, cols), np.float32)
-    peak[ys, xs] = np.exp(centre + rise) if gaussian else centre + rise
-    reference = local.astype(np.float32)
-    for dy, dx in offsets:
-        np.maximum(reference, peak[rows_at[dy], cols_at[dx]], out=reference)
+    # each peak's sub-pixel peak reaches its 3 x 3 neighbours (all inside the image: a peak is inner); a pixel's
+    # reference is the largest of them and its own local maximum
+    crest = (np.exp(centre + rise) if gaussian else centre + rise).astype(np.float32)
+    reach = np.zeros(rows * cols, np.float32)
+    for dy, dx in offsets:  # the peaks are distinct pixels: no index repeats within one offset
+        near = peaks + (dy * cols + dx)
+        reach[near] = np.maximum(reach[near], crest)
+    reference = np.maximum(local.astype(np.float32), np.take(reach, at))
     if gaussian:
         width = float(1.0 / np.median(np.concatenate([curve_x, curve_y])))  # px^2
         radius = params.diameter_um / 2.0 / params.pixel_size_um
@@ -933,8 +940,8 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
     else:
         fraction = float(params.peak_fraction)
     info.update(cut_fraction=fraction, log_curvature_spread=spread, flat_cells=float(not gaussian),
-                cells=float(ys.size))
-    keep[cy, cx] = value >= fraction * reference
+                cells=float(peaks.size))
+    keep.ravel()[at] = value >= fraction * reference
     return keep
 
 
