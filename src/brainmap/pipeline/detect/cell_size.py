@@ -134,23 +134,15 @@ def _median_and_spread(values: np.ndarray, integral: bool) -> tuple[float, float
     if not integral or values.size == 0 or float(values.min()) < 0:
         median = float(np.median(values))
         return median, float(np.median(np.abs(values - median)))
-    whole = values.astype(np.intp)
-    hist = np.bincount(whole)
-    n = whole.size
-    median2 = _ordered_pair_sum(np.arange(hist.size), hist, n)  # twice the median: a whole number
+    from brainmap.pipeline.detect.core import _middle_pair_sum
+
+    hist = np.bincount(values.astype(np.intp))
+    levels = np.flatnonzero(hist)
+    median2 = _middle_pair_sum(levels, hist[levels])  # twice the median: a whole number
     # the distances |2 v - 2 median|, doubled to stay whole, weighted by the histogram
-    spread2 = _ordered_pair_sum(np.abs(2 * np.arange(hist.size) - median2), hist, n)
-    return median2 / 2.0, spread2 / 4.0
-
-
-def _ordered_pair_sum(keys: np.ndarray, weights: np.ndarray, n: int) -> int:
-    """The sum of the two middle values (the middle one twice when ``n`` is odd) of ``n`` whole values given as
-    ``weights[i]`` copies of ``keys[i]``: twice their median, as ``np.median`` takes it."""
-    hist = np.bincount(keys, weights=weights)
-    cumulative = np.cumsum(hist)
-    upper = int(np.searchsorted(cumulative, n // 2, side="right"))  # the (n // 2)-th smallest, from 0
-    lower = upper if n % 2 else int(np.searchsorted(cumulative, n // 2 - 1, side="right"))
-    return lower + upper
+    distance = np.bincount(np.abs(2 * levels - median2), weights=hist[levels])
+    at = np.flatnonzero(distance)
+    return median2 / 2.0, _middle_pair_sum(at, distance[at]) / 4.0
 
 
 def _box_sums(image: np.ndarray, size: int) -> np.ndarray:

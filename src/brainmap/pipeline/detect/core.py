@@ -450,9 +450,9 @@ def _subsample(image: np.ndarray, target: int = 65_536) -> np.ndarray:
     return image[::step, ::step]
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D sample."""
-    hist, edges = np.histogram(values, bins=bins)
+def _otsu(values: np.ndarray, bins: int = 256, weights: np.ndarray | None = None) -> float:
+    """Otsu's threshold of a 1-D sample (``weights``: how many times each value occurs)."""
+    hist, edges = np.histogram(values, bins=bins, weights=weights)
     hist = hist.astype(np.float64)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
@@ -477,19 +477,38 @@ def tissue_threshold(tissue_counts: np.ndarray, level_fraction: float = 0.1,
     mode may be dim tissue), at least the counts' quantum. Where the glass class is dim tissue (an image with almost no
     glass) its floor lies above the level threshold and nothing changes.
     """
-    sample = _subsample(np.asarray(tissue_counts)).astype(np.float32).ravel()
+    counts = _subsample(np.asarray(tissue_counts)).ravel()
+    sample = counts.astype(np.float32)
     if sample.size == 0:
         return 0.0
-    logs = np.log1p(sample)
-    if float(logs.max()) - float(logs.min()) < 1e-6:
-        return float(sample[0]) * 0.25
-    split = _otsu(logs)
-    low, high = sample[logs < split], sample[logs >= split]
-    if low.size == 0 or high.size == 0:
-        return float(np.median(sample)) * 0.25
-    glass, tissue = float(np.median(low)), float(np.median(high))
+    integral = counts.dtype.kind in "ui" and counts.dtype.itemsize <= 2
+    if integral:
+        # whole counts: Otsu and the class medians from the histogram of the counts, each value's logarithm
+        # taken once (the same numbers as on every pixel: ~3x less on a small image)
+        hist = np.bincount(counts)
+        levels = np.flatnonzero(hist)
+        level_logs = np.log1p(levels.astype(np.float32))
+        if float(level_logs[-1]) - float(level_logs[0]) < 1e-6:
+            return float(sample[0]) * 0.25
+        below = level_logs < _otsu(level_logs, weights=hist[levels])
+        in_low = np.zeros(hist.size, bool)
+        in_low[levels[below]] = True
+        low = sample[np.take(in_low, counts)] if noise_sigmas is not None else sample
+        if not below.any() or below.all():
+            return _median_of_counts(levels, hist[levels]) * 0.25
+        glass = _median_of_counts(levels[below], hist[levels[below]])
+        tissue = _median_of_counts(levels[~below], hist[levels[~below]])
+    else:
+        logs = np.log1p(sample)
+        if float(logs.max()) - float(logs.min()) < 1e-6:
+            return float(sample[0]) * 0.25
+        split = _otsu(logs)
+        low, high = sample[logs < split], sample[logs >= split]
+        if low.size == 0 or high.size == 0:
+            return float(np.median(sample)) * 0.25
+        glass, tissue = float(np.median(low)), float(np.median(high))
     if tissue < 2.5 * max(glass, 1.0):
-        return float(np.median(sample)) * 0.25
+        return (_median_of_counts(levels, hist[levels]) if integral else float(np.median(sample))) * 0.25
     threshold = glass + level_fraction * (tissue - glass)
     if noise_sigmas is not None:
         # the counts' quantum (1 for a camera's counts, 257 for 8-bit values scaled to 16 bits): glass saturated
@@ -497,6 +516,22 @@ def tissue_threshold(tissue_counts: np.ndarray, level_fraction: float = 0.1,
         steps = np.diff(np.unique(sample[:: max(1, sample.size // 4096)]))  # a few thousand values tell it
         threshold = min(threshold, _glass_floor(low, noise_sigmas, float(steps.min()) if steps.size else 1.0))
     return threshold
+
+
+def _median_of_counts(values: np.ndarray, counts: np.ndarray) -> float:
+    """``np.median`` of the whole numbers ``values[i]`` each occurring ``counts[i]`` times (``values`` ascending,
+    distinct, ``counts`` > 0): the mean of the two middle ones."""
+    return _middle_pair_sum(values, counts) / 2.0
+
+
+def _middle_pair_sum(values: np.ndarray, counts: np.ndarray) -> int:
+    """The sum of the two middle values (the middle one twice when the total is odd) of ``counts[i]`` copies of
+    ``values[i]`` (``values`` ascending): twice their median, as ``np.median`` takes it."""
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+    upper = int(values[np.searchsorted(cumulative, n // 2, side="right")])  # the (n // 2)-th smallest, from 0
+    lower = upper if n % 2 else int(values[np.searchsorted(cumulative, n // 2 - 1, side="right")])
+    return lower + upper
 
 
 #: :attr:`DetectionParams.tissue_noise_sigmas` of ISH: the glass's noise floor, in glass noise sigmas. Far enough
@@ -530,16 +565,19 @@ def detect_tissue(tissue_counts: np.ndarray, params: DetectionParams) -> tuple[n
 
 
 # -- large-scale background -----------------------------------------------------------------------------------
-def _fill_from_neighbours(values: np.ndarray, valid: np.ndarray, fallback: float) -> np.ndarray:
+def _fill_from_neighbours(values: np.ndarray, valid: np.ndarray, fallback: float,
+                          needed: np.ndarray | None = None) -> np.ndarray:
     """Replace invalid entries of a small 2-D array by the mean of valid neighbours, growing outwards
-    (normalized 3 x 3 box, repeated); ``fallback`` if nothing is valid."""
+    (normalized 3 x 3 box, repeated); ``fallback`` if nothing is valid. With ``needed`` (bool, the entries whose
+    value is used) the growth stops once those are filled: the others keep ``fallback`` (an entry's value depends
+    only on the steps before it was filled, so the needed ones are what they would be)."""
     if not valid.any():
         return np.full(values.shape, fallback, dtype=np.float64)
     out = np.where(valid, values, 0.0).astype(np.float64)
     have = valid.astype(np.float64)
     todo = ~valid
     for _ in range(sum(values.shape)):
-        if not todo.any():
+        if not (todo.any() if needed is None else (todo & needed).any()):
             break
         sums = ndimage.uniform_filter(out * have, 3, mode="nearest")
         weights = ndimage.uniform_filter(have, 3, mode="nearest")
@@ -558,7 +596,8 @@ def large_scale_background(counts: np.ndarray, tissue: np.ndarray, params: Detec
 
     Per block, ``params.background_quantile`` of its tissue pixels (a subsample of at most 16 x 16); blocks with
     under a quarter tissue, and outliers (above ``Q50 + 4 (Q50 - Q05)`` of the blocks: full of signal), take the
-    mean of their valid neighbours, spreading outwards.
+    mean of their valid neighbours, spreading outwards; blocks without any tissue pixel may be left at the median
+    of the valid blocks (nothing of theirs is detected).
     """
     rows, cols = counts.shape
     block = max(2, params._px(params.background_block_um, 2))
@@ -579,7 +618,11 @@ def large_scale_background(counts: np.ndarray, tissue: np.ndarray, params: Detec
         q05, q50 = np.quantile(level[valid], [0.05, 0.5])
         valid &= level <= q50 + 4.0 * (q50 - q05) + 1.0
     fallback = float(np.median(level[valid])) if valid.any() else 0.0
-    return _fill_from_neighbours(level, valid, fallback), block
+    # only blocks holding tissue are used (nothing outside the tissue is detected): the growth into the glass
+    # stops there (half the fill's passes on a whole section)
+    starts = [np.arange(0, n, block) for n in (rows, cols)]
+    needed = np.logical_or.reduceat(np.logical_or.reduceat(tissue, starts[0], axis=0), starts[1], axis=1)
+    return _fill_from_neighbours(level, valid, fallback, needed), block
 
 
 # -- noise ----------------------------------------------------------------------------------------------------
@@ -607,9 +650,14 @@ def _lower_envelope_fit(level: np.ndarray, variance: np.ndarray, bins: int = 8, 
     block's variance, so in each of ``bins`` level bins (equal counts) the ``q`` quantile of the variance and the
     median level are taken, and a line with ``a >= 0.25``, ``b >= 0`` is fitted to those points."""
     order = np.argsort(level)
-    groups = [g for g in np.array_split(order, min(bins, level.size)) if g.size]
-    x = np.array([np.median(level[g]) for g in groups])
-    y = np.array([np.quantile(variance[g], q) for g in groups])
+    # np.array_split's groups (the first n % k one longer) as the rows of two arrays: one call per statistic and
+    # length instead of one per group (the same numbers: the statistics are taken row by row alike)
+    k = min(bins, level.size)
+    size, longer = divmod(level.size, k)
+    rows = [part for part in (order[: longer * (size + 1)].reshape(longer, size + 1),
+                              order[longer * (size + 1):].reshape(k - longer, size)) if part.size]
+    x = np.concatenate([np.median(level[part], axis=1) for part in rows])
+    y = np.concatenate([np.quantile(variance[part], q, axis=1) for part in rows])
     if x.size >= 2 and np.ptp(x) > 0:
         b, a = np.polyfit(x, y, 1)
         if b < 0:
@@ -751,7 +799,8 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         cap = np.repeat(np.repeat(cap, block, axis=0)[:rows], block, axis=1)[:, :cols]
         np.minimum(background, cap, out=background)
     noise = fit_noise_model(work, background, tissue, params)
-    table = noise.threshold_table(params.threshold_sigmas)
+    levels_used = int(background.max()) + 1 if background.size else 1  # the table up to the highest background
+    table = noise.threshold_table(params.threshold_sigmas, levels_used)
     detected = work > np.take(table, background)  # np.take: ~2x a fancy index here
     detected &= tissue
     for _ in range(params.noise_refits):
@@ -764,7 +813,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         if np.count_nonzero(_subsample(clear)) < 0.25 * np.count_nonzero(sub_tissue):
             break  # too little tissue left clear of signal to fit on: keep the first fit
         noise = fit_noise_model(work, background, clear, params)
-        table = noise.threshold_table(params.threshold_sigmas)
+        table = noise.threshold_table(params.threshold_sigmas, levels_used)
         detected = work > np.take(table, background)
         detected &= tissue
     contrast = work - background  # the opening never exceeds the image: no wrap-around
