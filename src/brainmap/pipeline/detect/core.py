@@ -661,7 +661,9 @@ def _lower_envelope_fit(level: np.ndarray, variance: np.ndarray, bins: int = 8, 
     size, longer = divmod(level.size, k)
     rows = [part for part in (order[: longer * (size + 1)].reshape(longer, size + 1),
                               order[longer * (size + 1):].reshape(k - longer, size)) if part.size]
-    x = np.concatenate([np.median(level[part], axis=1) for part in rows])
+    # each row of ``level[order]`` is sorted: its median is its middle (np.median's mean of the middle two)
+    x = np.concatenate([(level[part[:, (part.shape[1] - 1) // 2]] + level[part[:, part.shape[1] // 2]]) / 2
+                        for part in rows])
     y = np.concatenate([np.quantile(variance[part], q, axis=1) for part in rows])
     if x.size >= 2 and np.ptp(x) > 0:
         b, a = np.polyfit(x, y, 1)
@@ -900,9 +902,12 @@ def _axon_cover_rule(contrast: np.ndarray, candidates: np.ndarray, local_max: np
     if py.size == 0:
         return keep
     crowd = np.zeros(py.size, np.int32)  # candidates within 2 pixels of each peak (itself included)
+    flat = candidates.ravel()
+    rows_at = {d: np.clip(py + d, 0, rows - 1) * cols for d in range(-2, 3)}  # the border replicated
+    cols_at = {d: np.clip(px + d, 0, cols - 1) for d in range(-2, 3)}
     for dy in range(-2, 3):
         for dx in range(-2, 3):
-            crowd += candidates[np.clip(py + dy, 0, rows - 1), np.clip(px + dx, 0, cols - 1)]
+            crowd += np.take(flat, rows_at[dy] + cols_at[dx])
     isolated = crowd <= AXON_SEGMENT_PX
     peaks = value[peak][isolated] if np.count_nonzero(isolated) >= AXON_MIN_PEAKS else value[peak]
     typical = float(np.median(peaks))
