@@ -625,8 +625,10 @@ def large_scale_background(counts: np.ndarray, tissue: np.ndarray, params: Detec
     fallback = float(np.median(level[valid])) if valid.any() else 0.0
     # only blocks holding tissue are used (nothing outside the tissue is detected): the growth into the glass
     # stops there (half the fill's passes on a whole section)
-    starts = [np.arange(0, n, block) for n in (rows, cols)]
-    needed = np.logical_or.reduceat(np.logical_or.reduceat(tissue, starts[0], axis=0), starts[1], axis=1)
+    # (the tissue's rows ORed per block as bits, 8 pixels a byte: ~6x less than on the bool image)
+    tissue_rows = np.bitwise_or.reduceat(np.packbits(tissue, axis=1), np.arange(0, rows, block), axis=0)
+    needed = np.logical_or.reduceat(np.unpackbits(tissue_rows, axis=1, count=cols).view(bool),
+                                    np.arange(0, cols, block), axis=1)
     return _fill_from_neighbours(level, valid, fallback, needed), block
 
 
