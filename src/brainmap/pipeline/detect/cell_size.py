@@ -75,7 +75,8 @@ def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size
     if np.count_nonzero(inside) < 1000:
         return FALLBACK_DIAMETER_UM
     values = contrast[inside]
-    integral = counts.dtype.kind in "ui" and background.dtype.kind in "ui"  # whole counts over an opening
+    # whole counts over an opening (never above them): non-negative whole numbers
+    integral = counts.dtype.kind in "ui" and background.dtype.kind in "ui" and float(values.min()) >= 0
     median, spread = _median_and_spread(values, integral)
     spread = 1.4826 * spread + 1e-6
     if np.count_nonzero(values > median + 5.0 * spread) < 50:  # too few bright pixels: no cells to measure

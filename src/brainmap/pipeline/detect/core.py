@@ -486,7 +486,7 @@ def tissue_threshold(tissue_counts: np.ndarray, level_fraction: float = 0.1,
     sample = counts.astype(np.float32)
     if sample.size == 0:
         return 0.0
-    integral = counts.dtype.kind in "ui" and counts.dtype.itemsize <= 2
+    integral = counts.dtype.kind == "u" and counts.dtype.itemsize <= 2  # (np.bincount takes no negatives)
     if integral:
         # whole counts: Otsu and the class medians from the histogram of the counts, each value's logarithm
         # taken once (the same numbers as on every pixel: ~3x less on a small image)
