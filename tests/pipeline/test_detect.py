@@ -481,3 +481,42 @@ def test_a_dense_mesh_of_axons_is_not_taken_for_noise():
     assert again.noise.sigma(250.0) < 0.5 * once.noise.sigma(250.0)
     recall_once, recall_again = precision_recall(once.signal, truth)[1], precision_recall(again.signal, truth)[1]
     assert recall_again > recall_once + 0.15 and recall_again > 0.75
+
+
+# -- the fast paths give numpy's and scipy's numbers -----------------------------------------------------------
+def test_tissue_threshold_of_whole_counts_is_the_same_number_as_of_their_values():
+    """Whole tissue counts take Otsu and the class medians from their histogram (one logarithm per value); the
+    same values as floats take numpy's histogram and medians pixel by pixel: the thresholds are the same number."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 4000, (300, 400)).astype(np.uint16), rng.integers(0, 3, (90, 70)).astype(np.uint8)]
+    glass_and_tissue = rng.normal(60, 8, (200, 300))
+    glass_and_tissue[50:150, 80:220] = rng.normal(1000, 60, (100, 140))
+    images.append(np.clip(glass_and_tissue, 0, None).astype(np.uint16))
+    for path in sorted((Path(__file__).resolve().parents[1] / "data" / "glta").glob("*.png"))[:4]:
+        grey = np.asarray(Image.open(path).convert("L"))
+        images += [255 - grey, (255 - grey).astype(np.uint16) * 257]
+    for image in images:
+        for sigmas in (None, 6.0):
+            for fraction in (0.1, 0.3):
+                assert tissue_threshold(image, fraction, sigmas) == tissue_threshold(
+                    image.astype(np.float64), fraction, sigmas), (image.dtype, image.shape, sigmas, fraction)
+
+
+def test_cell_size_statistics_are_numpys_and_scipys():
+    """The cell-size estimate's medians (one histogram of whole counts) are np.median's, and its box sums
+    (doubling, in integers) are scipy's uniform_filter times the square's area, even and odd sides alike."""
+    from brainmap.pipeline.detect.cell_size import _box_sums, _median_and_spread
+
+    rng = np.random.default_rng(3)
+    for n, top in ((1001, 3), (1002, 40), (50_000, 3000), (7, 65535)):
+        values = rng.integers(0, top, n).astype(np.float32)
+        median = float(np.median(values))
+        assert _median_and_spread(values, True) == (median, float(np.median(np.abs(values - median))))
+    image = rng.integers(0, 1000, (61, 130))
+    for size in (3, 4, 19, 38, 100):
+        expected = ndimage.uniform_filter(image.astype(np.float64), size, mode="constant") * size * size
+        np.testing.assert_allclose(_box_sums(image.astype(np.int64), size), expected, rtol=1e-9, atol=1e-6)

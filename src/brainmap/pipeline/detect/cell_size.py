@@ -72,35 +72,47 @@ def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size
         background = background_opening(counts.astype(np.uint16, copy=False), size + (size + 1) % 2)
     contrast = counts.astype(np.float32) - background.astype(np.float32)
     inside = np.asarray(tissue, bool)
-    if inside.sum() < 1000:
+    if np.count_nonzero(inside) < 1000:
         return FALLBACK_DIAMETER_UM
     values = contrast[inside]
-    median = float(np.median(values))
-    spread = 1.4826 * float(np.median(np.abs(values - median))) + 1e-6
+    # whole counts over an opening (never above them): non-negative whole numbers
+    integral = counts.dtype.kind in "ui" and background.dtype.kind in "ui" and float(values.min()) >= 0
+    median, spread = _median_and_spread(values, integral)
+    spread = 1.4826 * spread + 1e-6
     if np.count_nonzero(values > median + 5.0 * spread) < 50:  # too few bright pixels: no cells to measure
         return FALLBACK_DIAMETER_UM
     # Not clipped: at coarse pixels a cell's neighbours are below any threshold, and white noise only adds a
     # spike at lag 0, which is left out.
     excess = np.where(inside, contrast, 0.0).astype(np.float64)
     # Fluctuations about the local mean (cell density varies between structures: a global mean would add
-    # correlations over their scale), over the tissue only.
-    from scipy import ndimage
-
+    # correlations over their scale), over the tissue only: the mean over squares of the tissue pixels (box sums,
+    # whole numbers where the counts are: exact in integers).
     window = max(3, int(round(MEAN_WINDOW_UM / pixel_size_um)))
-    weight = ndimage.uniform_filter(inside.astype(np.float64), window, mode="constant")
-    local = ndimage.uniform_filter(excess, window, mode="constant") / np.maximum(weight, 1e-9)
+    if integral and float(values.max()) * window * window < 2**31:
+        sums = _box_sums(excess.astype(np.int32), window)
+    else:
+        sums = _box_sums(excess, window)
+    local = sums / np.maximum(_box_sums(inside.astype(np.int32), window), 1e-9)
     excess = (excess - local) * inside
     # The autocorrelation along both axes, lag by lag until it has fallen to a tenth (a few cell diameters).
     rows, cols = excess.shape
     max_lag = min(int(math.ceil(3 * MAX_DIAMETER_UM / pixel_size_um)), rows - 1, cols - 1)
-    weight = inside.astype(np.float64)
+    # Each lag's sum of products is one dot product of the flattened image with itself shifted: along a row by
+    # ``lag``, along a column by ``lag`` padded rows (the zero columns of the padding stop a row's end pairing
+    # with the next row's start).
+    width = cols + max(max_lag, 2)
+    padded = np.zeros((rows, width))
+    padded[:, :cols] = excess
+    flat = padded.ravel()
     values_at: list[float] = []
     for lag in range(1, max(max_lag, 2) + 1):
-        pairs = (weight[lag:] * weight[:-lag]).sum() + (weight[:, lag:] * weight[:, :-lag]).sum()
+        pairs = np.count_nonzero(inside[lag:] & inside[:-lag]) + np.count_nonzero(inside[:, lag:] & inside[:, :-lag])
         if pairs <= 0:
             break
-        total = (excess[lag:] * excess[:-lag]).sum() + (excess[:, lag:] * excess[:, :-lag]).sum()
-        values_at.append(total / pairs)
+        # einsum, not np.dot: BLAS threads spin on a busy machine (measured ~10 ms of CPU per lag here)
+        total = (np.einsum("i,i->", flat[lag * width:], flat[: flat.size - lag * width])
+                 + np.einsum("i,i->", flat[lag:], flat[:-lag]))
+        values_at.append(float(total) / pairs)
         if len(values_at) >= 3 and values_at[-1] < 0.1 * values_at[0]:
             break
     profile = np.asarray(values_at)
@@ -114,6 +126,61 @@ def estimate_cell_diameter_um(counts: np.ndarray, tissue: np.ndarray, pixel_size
     if not math.isfinite(diameter):
         return FALLBACK_DIAMETER_UM
     return float(min(max(diameter, MIN_DIAMETER_UM), MAX_DIAMETER_UM))
+
+
+def _median_and_spread(values: np.ndarray, integral: bool) -> tuple[float, float]:
+    """``np.median(values)`` and ``np.median(np.abs(values - median))`` of a 1-D float32 array, the same numbers.
+    ``integral``: the values are whole non-negative counts (a contrast over an opening), and both medians are read
+    off one histogram instead of two partitions (~10x less)."""
+    if not integral or values.size == 0 or float(values.min()) < 0:
+        median = float(np.median(values))
+        return median, float(np.median(np.abs(values - median)))
+    from brainmap.pipeline.detect.core import _middle_pair_sum
+
+    hist = np.bincount(values.astype(np.intp))
+    levels = np.flatnonzero(hist)
+    median2 = _middle_pair_sum(levels, hist[levels])  # twice the median: a whole number
+    # the distances |2 v - 2 median|, doubled to stay whole, weighted by the histogram
+    distance = np.bincount(np.abs(2 * levels - median2), weights=hist[levels])
+    at = np.flatnonzero(distance)
+    return median2 / 2.0, _middle_pair_sum(at, distance[at]) / 4.0
+
+
+def _box_sums(image: np.ndarray, size: int) -> np.ndarray:
+    """Sums over ``size`` x ``size`` squares, zeros outside the image, in ``image``'s dtype (which must hold them);
+    the square of ``scipy.ndimage``'s filters (rows ``i - size // 2`` to ``i + (size - 1) // 2``)."""
+    return _window_sums(_window_sums(image, size, 0), size, 1)
+
+
+def _window_sums(image: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Sums over windows of ``size`` along ``axis`` (zeros outside), by doubling: the sums of 1, 2, 4, ...
+    neighbours, those of ``size``'s binary digits added side by side (``2 log2(size)`` passes at most; on whole
+    numbers any order of the additions gives the same sums). ~4x less than ``scipy.ndimage.uniform_filter``'s
+    line-by-line running means on a 512 x 512 window."""
+    n = image.shape[axis]
+
+    def cut(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return array[start:stop] if axis == 0 else array[:, start:stop]
+
+    shape = list(image.shape)
+    shape[axis] += size - 1
+    sums = np.zeros(shape, image.dtype)  # sums[i] over 1 pixel from i, then 2, 4, ...: first the image, zero-padded
+    cut(sums, size // 2, size // 2 + n)[...] = image
+
+    out: np.ndarray | None = None
+    offset, span = 0, 1
+    while size:
+        if size & 1:  # the next ``span`` pixels of the window
+            part = cut(sums, offset, offset + n)
+            out = part.copy() if out is None else np.add(out, part, out=out)
+            offset += span
+        size >>= 1
+        if size:
+            length = sums.shape[axis]
+            sums = cut(sums, 0, length - span) + cut(sums, span, length)
+            span *= 2
+    assert out is not None
+    return out
 
 
 def box_autocorrelation(lags: np.ndarray, cell_variance_px2: float | np.ndarray) -> np.ndarray:

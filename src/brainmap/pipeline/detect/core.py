@@ -377,15 +377,20 @@ def _running_1d(image: np.ndarray, size: int, axis: int, op: Callable) -> np.nda
         return image.copy()
     n = image.shape[axis]
     r = size // 2
-    width = [(0, 0)] * image.ndim
-    width[axis] = (r, size - 1 - r)
-    buf = np.pad(image, width, mode="edge")
-    other = np.empty_like(buf)
 
-    def cut(start: int, stop: int) -> tuple[slice, ...]:
+    def cut(start: int | None, stop: int | None) -> tuple[slice, ...]:
         index = [slice(None)] * image.ndim
         index[axis] = slice(start, stop)
         return tuple(index)
+
+    # the border replicated (np.pad's "edge", by three copies: np.pad's own overhead is ~10x on a small image)
+    shape = list(image.shape)
+    shape[axis] += size - 1
+    buf = np.empty(shape, image.dtype)
+    buf[cut(r, r + n)] = image
+    buf[cut(0, r)] = image[cut(0, 1)]
+    buf[cut(r + n, None)] = image[cut(n - 1, n)]
+    other = np.empty_like(buf)
 
     span, length = 1, buf.shape[axis]
     while span * 2 <= size:
@@ -450,9 +455,9 @@ def _subsample(image: np.ndarray, target: int = 65_536) -> np.ndarray:
     return image[::step, ::step]
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D sample."""
-    hist, edges = np.histogram(values, bins=bins)
+def _otsu(values: np.ndarray, bins: int = 256, weights: np.ndarray | None = None) -> float:
+    """Otsu's threshold of a 1-D sample (``weights``: how many times each value occurs)."""
+    hist, edges = np.histogram(values, bins=bins, weights=weights)
     hist = hist.astype(np.float64)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
@@ -477,19 +482,38 @@ def tissue_threshold(tissue_counts: np.ndarray, level_fraction: float = 0.1,
     mode may be dim tissue), at least the counts' quantum. Where the glass class is dim tissue (an image with almost no
     glass) its floor lies above the level threshold and nothing changes.
     """
-    sample = _subsample(np.asarray(tissue_counts)).astype(np.float32).ravel()
+    counts = _subsample(np.asarray(tissue_counts)).ravel()
+    sample = counts.astype(np.float32)
     if sample.size == 0:
         return 0.0
-    logs = np.log1p(sample)
-    if float(logs.max()) - float(logs.min()) < 1e-6:
-        return float(sample[0]) * 0.25
-    split = _otsu(logs)
-    low, high = sample[logs < split], sample[logs >= split]
-    if low.size == 0 or high.size == 0:
-        return float(np.median(sample)) * 0.25
-    glass, tissue = float(np.median(low)), float(np.median(high))
+    integral = counts.dtype.kind == "u" and counts.dtype.itemsize <= 2  # (np.bincount takes no negatives)
+    if integral:
+        # whole counts: Otsu and the class medians from the histogram of the counts, each value's logarithm
+        # taken once (the same numbers as on every pixel: ~3x less on a small image)
+        hist = np.bincount(counts)
+        levels = np.flatnonzero(hist)
+        level_logs = np.log1p(levels.astype(np.float32))
+        if float(level_logs[-1]) - float(level_logs[0]) < 1e-6:
+            return float(sample[0]) * 0.25
+        below = level_logs < _otsu(level_logs, weights=hist[levels])
+        in_low = np.zeros(hist.size, bool)
+        in_low[levels[below]] = True
+        low = sample[np.take(in_low, counts)] if noise_sigmas is not None else sample
+        if not below.any() or below.all():
+            return _median_of_counts(levels, hist[levels]) * 0.25
+        glass = _median_of_counts(levels[below], hist[levels[below]])
+        tissue = _median_of_counts(levels[~below], hist[levels[~below]])
+    else:
+        logs = np.log1p(sample)
+        if float(logs.max()) - float(logs.min()) < 1e-6:
+            return float(sample[0]) * 0.25
+        split = _otsu(logs)
+        low, high = sample[logs < split], sample[logs >= split]
+        if low.size == 0 or high.size == 0:
+            return float(np.median(sample)) * 0.25
+        glass, tissue = float(np.median(low)), float(np.median(high))
     if tissue < 2.5 * max(glass, 1.0):
-        return float(np.median(sample)) * 0.25
+        return (_median_of_counts(levels, hist[levels]) if integral else float(np.median(sample))) * 0.25
     threshold = glass + level_fraction * (tissue - glass)
     if noise_sigmas is not None:
         # the counts' quantum (1 for a camera's counts, 257 for 8-bit values scaled to 16 bits): glass saturated
@@ -497,6 +521,22 @@ def tissue_threshold(tissue_counts: np.ndarray, level_fraction: float = 0.1,
         steps = np.diff(np.unique(sample[:: max(1, sample.size // 4096)]))  # a few thousand values tell it
         threshold = min(threshold, _glass_floor(low, noise_sigmas, float(steps.min()) if steps.size else 1.0))
     return threshold
+
+
+def _median_of_counts(values: np.ndarray, counts: np.ndarray) -> float:
+    """``np.median`` of the whole numbers ``values[i]`` each occurring ``counts[i]`` times (``values`` ascending,
+    distinct, ``counts`` > 0): the mean of the two middle ones."""
+    return _middle_pair_sum(values, counts) / 2.0
+
+
+def _middle_pair_sum(values: np.ndarray, counts: np.ndarray) -> int:
+    """The sum of the two middle values (the middle one twice when the total is odd) of ``counts[i]`` copies of
+    ``values[i]`` (``values`` ascending): twice their median, as ``np.median`` takes it."""
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+    upper = int(values[np.searchsorted(cumulative, n // 2, side="right")])  # the (n // 2)-th smallest, from 0
+    lower = upper if n % 2 else int(values[np.searchsorted(cumulative, n // 2 - 1, side="right")])
+    return lower + upper
 
 
 #: :attr:`DetectionParams.tissue_noise_sigmas` of ISH: the glass's noise floor, in glass noise sigmas. Far enough
@@ -530,16 +570,19 @@ def detect_tissue(tissue_counts: np.ndarray, params: DetectionParams) -> tuple[n
 
 
 # -- large-scale background -----------------------------------------------------------------------------------
-def _fill_from_neighbours(values: np.ndarray, valid: np.ndarray, fallback: float) -> np.ndarray:
+def _fill_from_neighbours(values: np.ndarray, valid: np.ndarray, fallback: float,
+                          needed: np.ndarray | None = None) -> np.ndarray:
     """Replace invalid entries of a small 2-D array by the mean of valid neighbours, growing outwards
-    (normalized 3 x 3 box, repeated); ``fallback`` if nothing is valid."""
+    (normalized 3 x 3 box, repeated); ``fallback`` if nothing is valid. With ``needed`` (bool, the entries whose
+    value is used) the growth stops once those are filled: the others keep ``fallback`` (an entry's value depends
+    only on the steps before it was filled, so the needed ones are what they would be)."""
     if not valid.any():
         return np.full(values.shape, fallback, dtype=np.float64)
     out = np.where(valid, values, 0.0).astype(np.float64)
     have = valid.astype(np.float64)
     todo = ~valid
     for _ in range(sum(values.shape)):
-        if not todo.any():
+        if not (todo.any() if needed is None else (todo & needed).any()):
             break
         sums = ndimage.uniform_filter(out * have, 3, mode="nearest")
         weights = ndimage.uniform_filter(have, 3, mode="nearest")
@@ -558,7 +601,8 @@ def large_scale_background(counts: np.ndarray, tissue: np.ndarray, params: Detec
 
     Per block, ``params.background_quantile`` of its tissue pixels (a subsample of at most 16 x 16); blocks with
     under a quarter tissue, and outliers (above ``Q50 + 4 (Q50 - Q05)`` of the blocks: full of signal), take the
-    mean of their valid neighbours, spreading outwards.
+    mean of their valid neighbours, spreading outwards; blocks without any tissue pixel may be left at the median
+    of the valid blocks (nothing of theirs is detected).
     """
     rows, cols = counts.shape
     block = max(2, params._px(params.background_block_um, 2))
@@ -579,7 +623,13 @@ def large_scale_background(counts: np.ndarray, tissue: np.ndarray, params: Detec
         q05, q50 = np.quantile(level[valid], [0.05, 0.5])
         valid &= level <= q50 + 4.0 * (q50 - q05) + 1.0
     fallback = float(np.median(level[valid])) if valid.any() else 0.0
-    return _fill_from_neighbours(level, valid, fallback), block
+    # only blocks holding tissue are used (nothing outside the tissue is detected): the growth into the glass
+    # stops there (half the fill's passes on a whole section)
+    # (the tissue's rows ORed per block as bits, 8 pixels a byte: ~6x less than on the bool image)
+    tissue_rows = np.bitwise_or.reduceat(np.packbits(tissue, axis=1), np.arange(0, rows, block), axis=0)
+    needed = np.logical_or.reduceat(np.unpackbits(tissue_rows, axis=1, count=cols).view(bool),
+                                    np.arange(0, cols, block), axis=1)
+    return _fill_from_neighbours(level, valid, fallback, needed), block
 
 
 # -- noise ----------------------------------------------------------------------------------------------------
@@ -607,9 +657,16 @@ def _lower_envelope_fit(level: np.ndarray, variance: np.ndarray, bins: int = 8, 
     block's variance, so in each of ``bins`` level bins (equal counts) the ``q`` quantile of the variance and the
     median level are taken, and a line with ``a >= 0.25``, ``b >= 0`` is fitted to those points."""
     order = np.argsort(level)
-    groups = [g for g in np.array_split(order, min(bins, level.size)) if g.size]
-    x = np.array([np.median(level[g]) for g in groups])
-    y = np.array([np.quantile(variance[g], q) for g in groups])
+    # np.array_split's groups (the first n % k one longer) as the rows of two arrays: one call per statistic and
+    # length instead of one per group (the same numbers: the statistics are taken row by row alike)
+    k = min(bins, level.size)
+    size, longer = divmod(level.size, k)
+    rows = [part for part in (order[: longer * (size + 1)].reshape(longer, size + 1),
+                              order[longer * (size + 1):].reshape(k - longer, size)) if part.size]
+    # each row of ``level[order]`` is sorted: its median is its middle (np.median's mean of the middle two)
+    x = np.concatenate([(level[part[:, (part.shape[1] - 1) // 2]] + level[part[:, part.shape[1] // 2]]) / 2
+                        for part in rows])
+    y = np.concatenate([np.quantile(variance[part], q, axis=1) for part in rows])
     if x.size >= 2 and np.ptp(x) > 0:
         b, a = np.polyfit(x, y, 1)
         if b < 0:
@@ -751,8 +808,9 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         cap = np.repeat(np.repeat(cap, block, axis=0)[:rows], block, axis=1)[:, :cols]
         np.minimum(background, cap, out=background)
     noise = fit_noise_model(work, background, tissue, params)
-    table = noise.threshold_table(params.threshold_sigmas)
-    detected = work > table[background]
+    levels_used = int(background.max()) + 1 if background.size else 1  # the table up to the highest background
+    table = noise.threshold_table(params.threshold_sigmas, levels_used)
+    detected = work > np.take(table, background)  # np.take: ~2x a fancy index here
     detected &= tissue
     for _ in range(params.noise_refits):
         # Signal inflates the variance of the blocks it covers; where it is dense (a mesh of axons) whole level
@@ -764,8 +822,8 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         if np.count_nonzero(_subsample(clear)) < 0.25 * np.count_nonzero(sub_tissue):
             break  # too little tissue left clear of signal to fit on: keep the first fit
         noise = fit_noise_model(work, background, clear, params)
-        table = noise.threshold_table(params.threshold_sigmas)
-        detected = work > table[background]
+        table = noise.threshold_table(params.threshold_sigmas, levels_used)
+        detected = work > np.take(table, background)
         detected &= tissue
     contrast = work - background  # the opening never exceeds the image: no wrap-around
     subpixel: dict[str, float] = {}
@@ -846,9 +904,12 @@ def _axon_cover_rule(contrast: np.ndarray, candidates: np.ndarray, local_max: np
     if py.size == 0:
         return keep
     crowd = np.zeros(py.size, np.int32)  # candidates within 2 pixels of each peak (itself included)
+    flat = candidates.ravel()
+    rows_at = {d: np.clip(py + d, 0, rows - 1) * cols for d in range(-2, 3)}  # the border replicated
+    cols_at = {d: np.clip(px + d, 0, cols - 1) for d in range(-2, 3)}
     for dy in range(-2, 3):
         for dx in range(-2, 3):
-            crowd += candidates[np.clip(py + dy, 0, rows - 1), np.clip(px + dx, 0, cols - 1)]
+            crowd += np.take(flat, rows_at[dy] + cols_at[dx])
     isolated = crowd <= AXON_SEGMENT_PX
     peaks = value[peak][isolated] if np.count_nonzero(isolated) >= AXON_MIN_PEAKS else value[peak]
     typical = float(np.median(peaks))
@@ -884,27 +945,31 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
       ``F`` itself and the edge, the pixel half covered, holds half the plateau: ``params.peak_fraction``.
     """
     rows, cols = contrast.shape
-    # Only the candidates are looked at (a few percent of the pixels): their 3 x 3 neighbourhoods are gathered.
-    cy, cx = np.nonzero(candidates)
+    # Only the candidates are looked at (a few percent of the pixels): their 3 x 3 neighbourhoods are gathered, by
+    # flat indices (np.nonzero's two index arrays and 2-D gathers cost ~5x more).
+    flat = contrast.ravel()
+    at = np.flatnonzero(candidates)
+    cy, cx = np.divmod(at, cols)
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    rows_at = {d: np.clip(cy + d, 0, rows - 1) for d in (-1, 0, 1)}  # the border replicated
+    rows_at = {d: np.clip(cy + d, 0, rows - 1) * cols for d in (-1, 0, 1)}  # the border replicated
     cols_at = {d: np.clip(cx + d, 0, cols - 1) for d in (-1, 0, 1)}
-    local = np.zeros(cy.size, np.uint16)
+    local = np.take(flat, at)
     for dy, dx in offsets:
-        np.maximum(local, contrast[rows_at[dy], cols_at[dx]], out=local)
-    value = contrast[cy, cx]
+        if dy or dx:
+            np.maximum(local, np.take(flat, rows_at[dy] + cols_at[dx]), out=local)
+    value = np.take(flat, at)
     inner = (cy > 0) & (cy < rows - 1) & (cx > 0) & (cx < cols - 1)
     is_peak = (value >= local) & inner
-    ys, xs = cy[is_peak], cx[is_peak]
-    keep = np.zeros((rows, cols), bool)
-    if ys.size < 10:
+    peaks = at[is_peak]
+    keep = candidates.copy()
+    if peaks.size < 10:
         fraction = params.effective_peak_fraction
         info.update(cut_fraction=float(fraction))
-        keep[cy, cx] = value >= np.ceil(local * fraction)
+        keep.ravel()[at] = value >= np.ceil(local * fraction)
         return keep
 
     def values(dy: int, dx: int) -> np.ndarray:
-        return np.maximum(contrast[ys + dy, xs + dx], 1).astype(np.float64)
+        return np.maximum(np.take(flat, peaks + (dy * cols + dx)), 1).astype(np.float64)  # peaks are inner
 
     linear = values(0, 0), values(0, -1), values(0, 1), values(-1, 0), values(1, 0)
     logs = tuple(np.log(v) for v in linear)
@@ -920,11 +985,14 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
     # the vertex of each axis' parabola lies at most half a pixel away: its rise is at most curve / 8
     rise = np.minimum((right - left) ** 2 / (8 * curve_x), curve_x / 8) + np.minimum((down - up) ** 2 / (8 * curve_y),
                                                                                       curve_y / 8)
-    peak = np.zeros((rows, cols), np.float32)
-    peak[ys, xs] = np.exp(centre + rise) if gaussian else centre + rise
-    reference = local.astype(np.float32)
-    for dy, dx in offsets:
-        np.maximum(reference, peak[rows_at[dy], cols_at[dx]], out=reference)
+    # each peak's sub-pixel peak reaches its 3 x 3 neighbours (all inside the image: a peak is inner); a pixel's
+    # reference is the largest of them and its own local maximum
+    crest = (np.exp(centre + rise) if gaussian else centre + rise).astype(np.float32)
+    reach = np.zeros(rows * cols, np.float32)
+    for dy, dx in offsets:  # the peaks are distinct pixels: no index repeats within one offset
+        near = peaks + (dy * cols + dx)
+        reach[near] = np.maximum(reach[near], crest)
+    reference = np.maximum(local.astype(np.float32), np.take(reach, at))
     if gaussian:
         width = float(1.0 / np.median(np.concatenate([curve_x, curve_y])))  # px^2
         radius = params.diameter_um / 2.0 / params.pixel_size_um
@@ -933,8 +1001,8 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
     else:
         fraction = float(params.peak_fraction)
     info.update(cut_fraction=fraction, log_curvature_spread=spread, flat_cells=float(not gaussian),
-                cells=float(ys.size))
-    keep[cy, cx] = value >= fraction * reference
+                cells=float(peaks.size))
+    keep.ravel()[at] = value >= fraction * reference
     return keep
 
 
