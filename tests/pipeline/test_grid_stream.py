@@ -153,22 +153,6 @@ def test_compiled_coronal_path_gives_the_numpy_paths_bits(monkeypatch, resolutio
             assert _bits(mine.values[name]) == _bits(theirs.values[name]), name
 
 
-def test_column_sums_are_numpys_bincounts():
-    from brainmap.pipeline.grid._splat import column_sums
-
-    rng = np.random.default_rng(7)
-    n, copies, size = 5000, 4, 900
-    key = rng.integers(0, size, n * copies)
-    share = rng.random(n * copies)
-    values = rng.normal(size=(n, 3)) * 10.0 ** rng.integers(-6, 6, (n, 3))
-    got = column_sums(key, share, values, size)
-    for q in range(3):
-        want = np.bincount(key, weights=np.tile(values[:, q], copies) * share, minlength=size)
-        assert _bits(got[:, q]) == _bits(want)
-    with pytest.raises(IndexError):
-        column_sums(key, share, values, 10)
-
-
 @pytest.mark.parametrize("half", [0.0, 0.2, 0.5, 0.75, 1.0, 1.6])
 def test_footprint_column_sums_are_numpys_expressions(half):
     """The compiled column sums give splat_slab's former numpy expressions bit for bit: footprints of every

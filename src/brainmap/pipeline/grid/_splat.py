@@ -11,42 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["column_sums", "coronal_pieces", "drifts_out_of_columns", "footprint_column_sums"]
-
-
-@numba.njit(nogil=True, cache=True)
-def _column_sums(key, share, values, size):  # pragma: no cover - compiled
-    n, nq = values.shape
-    out = np.zeros((size, nq))
-    for e in range(key.size):
-        k = key[e]
-        s = share[e]
-        p = e % n  # np.tile(values, copies)[e]
-        for q in range(nq):
-            out[k, q] += values[p, q] * s
-    return out
-
-
-def column_sums(key: np.ndarray, share: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
-    """Each column of ``values`` (``(n points, quantities)``) tiled over the footprint copies, times ``share``
-    and summed per ``key``: ``np.bincount(key, np.tile(values[:, q], copies) * share, minlength=size)`` for every
-    quantity ``q`` at once, as a ``(size, quantities)`` array (the same additions in the same order).
-
-    Parameters
-    ----------
-    key : (copies * n,) int64 bins in ``0 .. size - 1``.
-    share : (copies * n,) float64.
-    values : (n, quantities) float64.
-    size : number of bins.
-    """
-    key = np.ascontiguousarray(key, dtype=np.int64)
-    share = np.ascontiguousarray(share, dtype=np.float64)
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    if key.shape != share.shape or values.ndim != 2 or (values.shape[0] and key.size % values.shape[0]):
-        raise ValueError("column_sums: key and share must be copies of the points")
-    if key.size and (int(key.min()) < 0 or int(key.max()) >= size):
-        raise IndexError(f"column_sums: bins outside 0..{size - 1}")
-    return _column_sums(key, share, values, int(size))
+__all__ = ["coronal_pieces", "drifts_out_of_columns", "footprint_column_sums"]
 
 
 @numba.njit(nogil=True, cache=True)
