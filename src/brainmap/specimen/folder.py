@@ -445,7 +445,8 @@ def read_dataset(folder: str | os.PathLike[str], *, check_files: bool = True) ->
     A ``deformation.nrrd`` beside ``dataset.json`` (the non-linear part of the alignment) is read into
     ``dataset.deformation``. With ``check_files`` (the default) every image file must exist and its TIFF header
     must say uint16 and the
-    size ``dataset.json`` gives (headers only, no pixels are read). Errors name the folder or file and the
+    size ``dataset.json`` gives (headers only, no pixels are read; a header found good earlier in this process is
+    not parsed again while its file is unchanged: :func:`_check_tiff`). Errors name the folder or file and the
     problem: :class:`MissingFileError` (also a ``FileNotFoundError``) or :class:`FormatError`.
     """
     folder = Path(folder)
