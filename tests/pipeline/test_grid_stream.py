@@ -153,20 +153,40 @@ def test_compiled_coronal_path_gives_the_numpy_paths_bits(monkeypatch, resolutio
             assert _bits(mine.values[name]) == _bits(theirs.values[name]), name
 
 
-def test_column_sums_are_numpys_bincounts():
-    from brainmap.pipeline.grid._splat import column_sums
+@pytest.mark.parametrize("half", [0.0, 0.2, 0.5, 0.75, 1.0, 1.6])
+def test_footprint_column_sums_are_numpys_expressions(half):
+    """The compiled column sums give splat_slab's former numpy expressions bit for bit: footprints of every
+    width (none, under half a voxel, a coarse pixel over several voxels), points on voxel edges, outside the
+    grid or the window, of weight 0."""
+    from brainmap.pipeline.grid._splat import footprint_column_sums
+    from brainmap.pipeline.grid.resample import _footprint_pairs
 
-    rng = np.random.default_rng(7)
-    n, copies, size = 5000, 4, 900
-    key = rng.integers(0, size, n * copies)
-    share = rng.random(n * copies)
-    values = rng.normal(size=(n, 3)) * 10.0 ** rng.integers(-6, 6, (n, 3))
-    got = column_sums(key, share, values, size)
-    for q in range(3):
+    rng = np.random.default_rng(11)
+    n, shape = 4000, (40, 30)
+    f1, f2 = rng.uniform(-3, 43, n), rng.uniform(-3, 33, n)
+    f1[:200] = np.round(f1[:200] * 4) / 4  # on voxel edges and quarters
+    f2[100:300] = np.round(f2[100:300])
+    w = rng.integers(0, 5, n).astype(float)  # weight 0 for a fifth
+    values = np.stack([w, rng.normal(size=n) * 10.0 ** rng.integers(-6, 6, n), rng.random(n)], axis=1)
+    lo, counts = (0, 0), shape  # splat_slab's window holds every column the points reach inside the grid
+    if half > 0:
+        l1, l2, share, copies = _footprint_pairs(f1, f2, half)
+    else:
+        l1, l2, share, copies = np.floor(f1).astype(np.int64), np.floor(f2).astype(np.int64), np.ones(n), 1
+    w0 = np.tile(w, copies) * share
+    ok = (w0 > 0) & (l1 >= 0) & (l1 < shape[0]) & (l2 >= 0) & (l2 < shape[1])
+    key = np.where(ok, (l1 - lo[0]) + counts[0] * (l2 - lo[1]), 0)
+    size = counts[0] * counts[1]
+    want_count = np.bincount(key, weights=np.where(ok, w0, 0.0), minlength=size)
+    share = np.where(ok, share, 0.0)
+    count, sums, kept = footprint_column_sums(f1, f2, half, w, values, lo, counts, shape)
+    assert kept == int(ok.sum()) > 1000
+    assert _bits(count) == _bits(want_count)
+    for q in range(values.shape[1]):
         want = np.bincount(key, weights=np.tile(values[:, q], copies) * share, minlength=size)
-        assert _bits(got[:, q]) == _bits(want)
-    with pytest.raises(IndexError):
-        column_sums(key, share, values, 10)
+        assert _bits(np.ascontiguousarray(sums[:, q])) == _bits(want), q
+    with pytest.raises(IndexError, match="outside the window"):  # never a write outside the table
+        footprint_column_sums(f1, f2, half, w, values, (2, 1), (30, 20), shape)
 
 
 def test_streamed_files_equal_the_whole_volume_files(tmp_path):

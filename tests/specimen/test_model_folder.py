@@ -469,6 +469,60 @@ def test_damaged_image_file(written):
         read_dataset(folder)
 
 
+def _count_tiff_opens(monkeypatch):
+    import tifffile
+
+    opened = []
+    real = tifffile.TiffFile
+
+    def counting(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile, "TiffFile", counting)
+    return opened
+
+
+def test_image_file_replaced_after_a_first_read(written, monkeypatch):
+    """A header found good is not parsed again while the file is unchanged; a file replaced (a new file renamed
+    over it) or rewritten in place after that first read is checked again and its fault found."""
+    folder, dataset, _ = written
+    monkeypatch.setattr(folder_module, "_GOOD_HEADERS", {})
+    monkeypatch.setattr(folder_module, "_SETTLED_S", 0.0)  # the files were just written: take them as settled
+    opened = _count_tiff_opens(monkeypatch)
+    read_dataset(folder)
+    n_files = len(opened)
+    assert n_files == sum(len(image.channels) for image in dataset.images)
+    read_dataset(folder)
+    assert len(opened) == n_files  # unchanged files: no header parsed again
+    image = dataset.images[2]
+    path = folder / "images" / image.channels["red"]
+    replacement = folder / "replacement.tif"
+    folder_module._tifffile().imwrite(replacement, np.zeros((HEIGHT, WIDTH + 1), np.uint16))
+    replacement.replace(path)  # a new file (inode) under the same name
+    with pytest.raises(FormatError, match=r"the image is \(48, 65\) pixels"):
+        read_dataset(folder)
+    assert opened[n_files:] == [path.name]  # only the changed file was parsed again
+    with pytest.raises(FormatError, match=r"the image is \(48, 65\) pixels"):
+        read_dataset(folder)  # a bad file is never remembered as good
+
+    monkeypatch.setattr(folder_module, "_SETTLED_S", 2.0)  # as in use: a file changed < 2 s ago is checked again
+    folder_module._GOOD_HEADERS.clear()
+    folder_module._tifffile().imwrite(path, np.zeros((HEIGHT, WIDTH), np.uint16))
+    read_dataset(folder)  # good again, but just written: not remembered
+    assert not any(key.startswith(str(path)) for key in folder_module._GOOD_HEADERS)
+    with open(path, "r+b") as fh:  # rewritten in place, the same size and (maybe) the same timestamps
+        fh.write(b"not a tiff")
+    with pytest.raises(FormatError, match="not a readable TIFF"):
+        read_dataset(folder)
+    path.unlink()
+    with pytest.raises(MissingFileError, match="the image file is missing"):
+        read_dataset(folder)
+    path.mkdir()  # a folder where the file was
+    with pytest.raises(MissingFileError, match="the image file is missing"):
+        read_dataset(folder)
+
+
 def test_images_are_deflated_strips_every_reader_inflates(tmp_path, rng):
     """Large images go out in several ~256 KB strips deflated by ISA-L: tifffile and Pillow (a reader brainmap
     does not use) read the very pixels back; the header is tifffile's own for such an image."""

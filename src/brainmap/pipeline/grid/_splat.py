@@ -11,42 +11,109 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["column_sums", "coronal_pieces", "drifts_out_of_columns"]
+__all__ = ["coronal_pieces", "drifts_out_of_columns", "footprint_column_sums"]
 
 
 @numba.njit(nogil=True, cache=True)
-def _column_sums(key, share, values, size):  # pragma: no cover - compiled
+def _taps(f, half, taps, index, share):  # pragma: no cover - compiled
+    """resample._footprint_taps (and _footprint_shares under half a voxel; a point without a footprint: one tap
+    of share 1): ``index[j, p]``, ``share[j, p]``; np.minimum/np.maximum/np.clip as numpy takes them (a tie
+    gives the second operand)."""
+    for p in range(f.size):
+        x = f[p]
+        if half <= 0:
+            index[0, p] = np.int64(np.floor(x))
+            share[0, p] = 1.0
+        elif half <= 0.5:
+            main = np.floor(x)
+            frac = x - main
+            below = half - frac
+            below = below if below > 0.0 else 0.0
+            above = frac + half - 1.0
+            above = above if above > 0.0 else 0.0
+            spill = (below + above) / (2.0 * half)
+            index[0, p] = np.int64(main)
+            share[0, p] = 1.0 - spill
+            index[1, p] = np.int64(main) + 1 if above > 0 else np.int64(main) - 1
+            share[1, p] = spill
+        else:
+            lo = x - half
+            hi = x + half
+            first = np.floor(lo)
+            for j in range(taps):
+                voxel = first + j
+                index[j, p] = np.int64(voxel)
+                v1 = voxel + 1
+                top = hi if hi < v1 else v1
+                bottom = lo if lo > voxel else voxel
+                d = top - bottom
+                share[j, p] = (d if d > 0.0 else 0.0) / (2 * half)
+
+
+@numba.njit(nogil=True, cache=True)
+def _footprint_column_sums(f1, f2, half, taps, w_point, values, lo1, lo2, n1, n2, s1, s2
+                           ):  # pragma: no cover - compiled
     n, nq = values.shape
-    out = np.zeros((size, nq))
-    for e in range(key.size):
-        k = key[e]
-        s = share[e]
-        p = e % n  # np.tile(values, copies)[e]
-        for q in range(nq):
-            out[k, q] += values[p, q] * s
-    return out
+    index1 = np.empty((taps, n), np.int64)
+    share1 = np.empty((taps, n))
+    index2 = np.empty((taps, n), np.int64)
+    share2 = np.empty((taps, n))
+    _taps(f1, half, taps, index1, share1)
+    _taps(f2, half, taps, index2, share2)
+    count = np.zeros(n1 * n2)
+    out = np.zeros((n1 * n2, nq))
+    kept = 0
+    for b in range(taps):  # the entries in _footprint_pairs' order: copies (axis 2's tap slowest), then points
+        for a in range(taps):
+            for p in range(n):
+                i1 = index1[a, p]
+                i2 = index2[b, p]
+                s = share1[a, p] * share2[b, p]
+                w0 = w_point[p] * s
+                if w0 > 0 and i1 >= 0 and i1 < s1 and i2 >= 0 and i2 < s2:
+                    if i1 < lo1 or i1 >= lo1 + n1 or i2 < lo2 or i2 >= lo2 + n2:
+                        return count, out, -1  # a column outside the window: the caller's error
+                    k = (i1 - lo1) + n1 * (i2 - lo2)
+                    kept += 1
+                else:
+                    k = 0
+                    s = 0.0
+                    w0 = 0.0
+                count[k] += w0
+                for q in range(nq):
+                    out[k, q] += values[p, q] * s
+    return count, out, kept
 
 
-def column_sums(key: np.ndarray, share: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
-    """Each column of ``values`` (``(n points, quantities)``) tiled over the footprint copies, times ``share``
-    and summed per ``key``: ``np.bincount(key, np.tile(values[:, q], copies) * share, minlength=size)`` for every
-    quantity ``q`` at once, as a ``(size, quantities)`` array (the same additions in the same order).
+def footprint_column_sums(f1: np.ndarray, f2: np.ndarray, half: float, w_point: np.ndarray, values: np.ndarray,
+                          lo: tuple[int, int], n: tuple[int, int], shape: tuple[int, int]
+                          ) -> tuple[np.ndarray, np.ndarray, int]:
+    """``splat_slab``'s column sums from the points, in one compiled pass: each point's square footprint of
+    half-side ``half`` (voxels) at ``(f1, f2)`` (voxel units) split over the columns it overlaps
+    (``resample._footprint_pairs``; one tap of share 1 without a footprint), its weight ``w_point`` times each
+    share and each of its ``values`` (``(n points, quantities)``) times each share summed per column of the
+    window of ``n = (n1, n2)`` columns from ``lo = (lo1, lo2)``: the numpy expressions' ``np.bincount(key,
+    np.tile(w_point, copies) * share)`` and ``np.bincount(key, np.tile(values[:, q], copies) * share)``, the
+    entries outside the grid ``shape = (s1, s2)`` or of weight <= 0 going to column 0 with share 0, in the same
+    order: the same bits, without the ``copies * n`` index, share and weight arrays (see ``splat_slab``).
 
-    Parameters
-    ----------
-    key : (copies * n,) int64 bins in ``0 .. size - 1``.
-    share : (copies * n,) float64.
-    values : (n, quantities) float64.
-    size : number of bins.
+    Returns
+    -------
+    count : (n1 * n2,) float64, the weights per column.
+    sums : (n1 * n2, quantities) float64.
+    kept : the number of entries inside the grid with a positive weight.
     """
-    key = np.ascontiguousarray(key, dtype=np.int64)
-    share = np.ascontiguousarray(share, dtype=np.float64)
+    taps = 1 if half <= 0 else 2 if half <= 0.5 else int(np.ceil(2 * half)) + 1
+    f1, f2, w_point = (np.ascontiguousarray(a, dtype=np.float64).ravel() for a in (f1, f2, w_point))
     values = np.ascontiguousarray(values, dtype=np.float64)
-    if key.shape != share.shape or values.ndim != 2 or (values.shape[0] and key.size % values.shape[0]):
-        raise ValueError("column_sums: key and share must be copies of the points")
-    if key.size and (int(key.min()) < 0 or int(key.max()) >= size):
-        raise IndexError(f"column_sums: bins outside 0..{size - 1}")
-    return _column_sums(key, share, values, int(size))
+    if not (f1.size == f2.size == w_point.size == values.shape[0]) or values.ndim != 2:
+        raise ValueError("footprint_column_sums: f1, f2, w_point and values' rows must be the points")
+    count, sums, kept = _footprint_column_sums(f1, f2, float(half), taps, w_point, values, int(lo[0]), int(lo[1]),
+                                               int(n[0]), int(n[1]), int(shape[0]), int(shape[1]))
+    if kept < 0:
+        raise IndexError(f"footprint_column_sums: a footprint inside the grid falls outside the window of {n} "
+                         f"columns from {lo}")
+    return count, sums, kept
 
 
 @numba.njit(nogil=True, cache=True)

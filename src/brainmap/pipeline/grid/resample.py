@@ -46,7 +46,7 @@ import numpy as np
 from brainmap.atlas.expression_grid import (EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM,
                                              EXPRESSION_GRID_SHAPE)
 from brainmap.pipeline.grid._scatter import add_masked, add_unique
-from brainmap.pipeline.grid._splat import column_sums, coronal_pieces, drifts_out_of_columns
+from brainmap.pipeline.grid._splat import coronal_pieces, drifts_out_of_columns, footprint_column_sums
 from brainmap.specimen.model import SectionDataSet, SectionImage
 
 __all__ = [
@@ -322,31 +322,15 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     origin = np.asarray(spec.origin_um)
     half = 0.5 * footprint_um / res
     f1, f2 = (points[:, o1] - origin[o1]) / res, (points[:, o2] - origin[o2]) / res
-    m1, m2 = np.floor(f1).astype(np.int64), np.floor(f2).astype(np.int64)
-    if half > 0:
-        l1, l2, share, copies = _footprint_pairs(f1, f2, half)
-    else:
-        l1, l2, share, copies = m1, m2, np.ones(points.shape[0]), 1
-    w0 = np.tile(w_point, copies) * share
-    ok = (w0 > 0) & (l1 >= 0) & (l1 < shape[o1]) & (l2 >= 0) & (l2 < shape[o2])
-    if not ok.any():
+    if points.shape[0] == 0:
         return empty
-    # -- columns: sums (and, without the plane, weighted mean positions) per lateral voxel (bounded bincounts)
-    # bounds from the main indices (a footprint reaches ceil(half) voxels further, at least one), clipped
+    m1, m2 = np.floor(f1).astype(np.int64), np.floor(f2).astype(np.int64)
+    # -- columns: sums (and, without the plane, weighted mean positions) per lateral voxel, over a window of
+    # columns from the main indices (a footprint reaches ceil(half) voxels further, at least one), clipped
     reach = max(1, int(math.ceil(half)))
     l1_lo, l2_lo = max(int(m1.min()) - reach, 0), max(int(m2.min()) - reach, 0)
     n1 = min(int(m1.max()) + reach, shape[o1] - 1) - l1_lo + 1
     n2 = min(int(m2.max()) + reach, shape[o2] - 1) - l2_lo + 1
-    key = np.where(ok, (l1 - l1_lo) + n1 * (l2 - l2_lo), 0)
-    share = np.where(ok, share, 0.0)
-    w0 = np.where(ok, w0, 0.0)
-    size = n1 * n2
-    count = np.bincount(key, weights=w0, minlength=size)
-    columns = np.flatnonzero(count > 0)
-    count = count[columns]
-
-    # Each quantity's np.bincount(key, weights=np.tile(values, copies) * share, minlength=size)[columns], all in
-    # one compiled pass (the same additions: _splat.column_sums); without the plane, the weighted positions too.
     normal = None if plane is None else np.asarray(plane[0], dtype=np.float64)
     by_plane = normal is not None and abs(normal[axis]) > 1e-9
     names = list(quantities)
@@ -354,7 +338,23 @@ def splat_slab(points_um: np.ndarray, quantities: Mapping[str, np.ndarray], dire
     if not by_plane:
         scaled = (points - origin) / res  # voxel units
         table += [w_point * scaled[:, axis], w_point * scaled[:, o1], w_point * scaled[:, o2]]
-    summed = column_sums(key, share, np.stack(table, axis=1), size)[columns].T.copy()
+    # In one compiled pass (_splat.footprint_column_sums, round 7; the same additions in the same order) what
+    # was, in numpy:
+    #   l1, l2, share, copies = _footprint_pairs(f1, f2, half)      (m1, m2, ones, 1 without a footprint)
+    #   w0 = np.tile(w_point, copies) * share
+    #   ok = (w0 > 0) & (l1 >= 0) & (l1 < shape[o1]) & (l2 >= 0) & (l2 < shape[o2])
+    #   key = np.where(ok, (l1 - l1_lo) + n1 * (l2 - l2_lo), 0); share, w0 = (np.where(ok, a, 0.0) for a in ...)
+    #   count = np.bincount(key, weights=w0, minlength=n1 * n2)
+    #   each quantity's np.bincount(key, weights=np.tile(values, copies) * share, minlength=n1 * n2)
+    if n1 <= 0 or n2 <= 0:
+        return empty
+    count, column_table, kept = footprint_column_sums(f1, f2, half, w_point, np.stack(table, axis=1),
+                                                      (l1_lo, l2_lo), (n1, n2), (shape[o1], shape[o2]))
+    if not kept:
+        return empty
+    columns = np.flatnonzero(count > 0)
+    count = count[columns]
+    summed = column_table[columns].T.copy()
     sums = dict(zip(names, summed))
     c1 = columns % n1 + l1_lo
     c2 = columns // n1 + l2_lo
