@@ -20,7 +20,8 @@ import pytest
 from brainmap.atlas.expression_grid import expression_grid_space
 from brainmap.pipeline.run import RunSettings, run_pipeline
 from brainmap.pipeline.run.records import StageRecord
-from brainmap.pipeline.run.runner import PIPELINE_DIR, UNIONIZE_FILE
+from brainmap.pipeline.run import runner
+from brainmap.pipeline.run.runner import PIPELINE_DIR, UNIONIZE_FILE, align_stage
 from brainmap.pipeline.unionize import GridFolder, unionize_expression_by_hemisphere
 from brainmap.specimen.synthetic import make_specimen
 
@@ -111,6 +112,17 @@ def test_run_writes_every_stage_then_skips_and_redoes_what_changed(completed):
     redone = run_pipeline([ish], other, workers=1, progress=False)
     assert redone[0].stages == {"align": "skipped", "grid": "skipped", "unionize": "done"}
     assert pd.read_csv(ish / PIPELINE_DIR / UNIONIZE_FILE).shape[0] > 100
+
+
+def test_a_new_aligner_version_aligns_again(completed, monkeypatch):
+    """A folder aligned by an earlier aligner (another ``ALIGN_FORMAT``) is aligned again, not taken as done."""
+    _, ish, _, _ = completed
+    kept = RunSettings(grid_resolution_um=100, keep_alignment=True, reference_resolution_um=50)
+    align_stage(ish, kept)  # in this process, with the transforms already found (fast)
+    assert align_stage(ish, kept) == "skipped"
+    monkeypatch.setattr(runner, "ALIGN_FORMAT", runner.ALIGN_FORMAT + 1)
+    assert align_stage(ish, kept) == "done"
+    assert align_stage(ish, kept) == "skipped"
 
 
 def test_sigkill_in_the_middle_then_rerun_finishes_with_correct_outputs(specimens, completed, tmp_path):

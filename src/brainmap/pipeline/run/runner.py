@@ -60,6 +60,10 @@ UNIONIZE_FILE = PipelineFolder.UNIONIZE
 #: their plateau; 6: coarse axon pixels judged against their fibre's full crossing; 7: the ISH cell size fitted
 #: with the camera's box and the local mean exactly, the ISH tissue mask down to the glass's noise floor).
 STAGE_FORMAT = 7
+#: The version of what the align stage finds, in its fingerprint: a change of the aligner's results bumps it, so
+#: data sets aligned by an earlier brainmap are aligned again, not taken as done (1: round 6's aligner, nested
+#: point subsets in the early rounds and unsmoothed later 3-D rounds; folders aligned before it had no version).
+ALIGN_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,8 @@ def image_signature(folder: Path, dataset: SectionDataSet) -> list[tuple[str, in
 
 
 def _align_fingerprint(folder: Path, dataset: SectionDataSet, settings: RunSettings) -> str:
-    return fingerprint([], {"stage": "align", "dataset": _identity(dataset), "images": image_signature(folder, dataset),
+    return fingerprint([], {"stage": "align", "format": ALIGN_FORMAT, "dataset": _identity(dataset),
+                            "images": image_signature(folder, dataset),
                             "reference_resolution_um": settings.reference_resolution_um,
                             "keep_alignment": settings.keep_alignment,
                             **({} if settings.nonlinear else {"nonlinear": False}),
