@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from brainmap.errors import FormatError
+from brainmap.io.deflate import isal_zlib
 
 __all__ = [
     "CHUNK",
@@ -287,10 +288,7 @@ def _fast_gzip_decompressor(codec: str) -> Any:
     return _decompressor(codec)
 
 
-try:  # optional: ISA-L's inflate (python-isal), a drop-in for zlib's decompressobj
-    from isal import isal_zlib as _isal_zlib  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the installation
-    _isal_zlib = None
+_isal_zlib = isal_zlib  # ISA-L's inflate, a drop-in for zlib's decompressobj (None: not installed)
 if os.environ.get("BRAINMAP_INFLATE", "").lower() == "zlib":  # measure / fall back without uninstalling
     _isal_zlib = None
 if _isal_zlib is not None:

@@ -21,10 +21,7 @@ from brainmap.io.nrrd import (
     _WRITE_ENCODINGS, _file_bytes, _format_header, _header_fields, _prepare_data,
 )
 
-try:  # python-isal (a dependency); zlib if it is missing
-    from isal import isal_zlib as _isal_zlib  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover
-    _isal_zlib = None
+from brainmap.io.deflate import isal_zlib as _isal_zlib  # None without python-isal: zlib then
 
 __all__ = ["NrrdSlabWriter"]
 

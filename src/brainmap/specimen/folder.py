@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from brainmap.errors import FormatError
 from brainmap.io.atomic import atomic_write, fsync_paths
+from brainmap.io.deflate import fast_zlib as _deflate, isal_zlib
 from brainmap.specimen.model import (
     InvalidDataSetError,
     NotInDataSetError,
@@ -240,16 +241,10 @@ def _checked_array(array: Any, image: SectionImage, channel: str) -> np.ndarray:
     return a.astype(np.uint16)
 
 
-try:  # python-isal (a dependency): ISA-L's deflate, a zlib stream any inflater reads
-    from isal import isal_zlib as _deflate  # type: ignore[import-not-found]
-
-    #: Measured on the demo's 374 images of two specimens (41 MB of pixels, 2026-12-06): zlib level 1 0.59-0.68 s
-    #: CPU and 24.9 MB; ISA-L level 2 0.14 s and 25.0 MB (level 1: 0.13 s, 25.4 MB).
-    _DEFLATE_LEVEL = 2
-except ImportError:  # pragma: no cover - isal is a dependency
-    import zlib as _deflate
-
-    _DEFLATE_LEVEL = 1  # ~5x faster than zlib's default level, ~1 % larger
+#: Measured on the demo's 374 images of two specimens (41 MB of pixels, 2026-12-06): zlib level 1 0.59-0.68 s
+#: CPU and 24.9 MB; ISA-L level 2 0.14 s and 25.0 MB (level 1: 0.13 s, 25.4 MB). Without ISA-L, zlib's level 1
+#: (~5x faster than its default level, ~1 % larger).
+_DEFLATE_LEVEL = 2 if isal_zlib is not None else 1
 
 #: Bytes of pixels per compressed strip: tifffile's own choice for a compressed image (~256 KB).
 _STRIP_BYTES = 262144
