@@ -552,8 +552,12 @@ class GridAccumulator:
             keep = values != 0
             if not keep.all():
                 index, values = index[keep], values[keep]
+        # kept: views of something larger (a partial's shared-memory block, a received message) copied, so the
+        # accumulator holds only these entries
+        index = index.astype(np.int64, copy=False)
+        index, values = (a.copy() if a.base is not None else a for a in (index, values))
         self._consolidated.pop(name, None)
-        self.entries.setdefault(name, []).append((index.astype(np.int64, copy=False), values))
+        self.entries.setdefault(name, []).append((index, values))
         self._entry_count[name] = self._entry_count.get(name, 0) + len(index)
         if self._entry_count[name] > self._dense_limit:
             dense = zeroed(self.spec.n_voxels)

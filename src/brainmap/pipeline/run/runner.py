@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from brainmap.io.atomic import atomic_write
 from brainmap.pipeline.grid.resample import PartialGrid, reduce_partial
+from brainmap.pipeline.run.handoff import Handoff, SharedBlock
 from brainmap.pipeline.run.layout import PipelineFolder
 from brainmap.pipeline.run.records import (
     StageRecord,
@@ -212,14 +213,33 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
 
 
 # --------------------------------------------------------------------------- detect + grid
-def _grid_one_section(gridder, folder: str, image: SectionImage):
+def _grid_one_section(gridder, folder: str, image: SectionImage, handoff: Handoff | None = None):
     """The map step: read one section's channels, detect, grid; returns the partial grid (connectivity partials
-    packed for the trip to the process that sums them: :class:`PackedPartial`)."""
+    packed for the trip to the process that sums them: :class:`PackedPartial`; with a ``handoff`` usable here,
+    packed into shared memory and returned as a :class:`SharedPartial`)."""
     arrays = {channel: read_section_image(folder, image, channel) for channel in image.channels}
     result = gridder.process(image, arrays)
     if isinstance(result, list):
-        return [PackedPartial.pack(p) if isinstance(p, PartialGrid) else p for p in result]
-    return PackedPartial.pack(result) if isinstance(result, PartialGrid) else result
+        return [_pack(p, handoff) if isinstance(p, PartialGrid) else p for p in result]
+    return _pack(result, handoff) if isinstance(result, PartialGrid) else result
+
+
+def _pack(partial: PartialGrid, handoff: Handoff | None) -> PackedPartial | SharedPartial:
+    if handoff is None or not handoff.usable():
+        return PackedPartial.pack(partial)
+    shared: list[SharedBlock] = []
+
+    def allocate(layout: list[tuple[np.dtype, int]]) -> list[np.ndarray] | None:
+        made = handoff.allocate(layout)
+        if made is None:
+            return None
+        shared.append(made[0])
+        return made[1]
+
+    packed = PackedPartial.pack(partial, allocate=allocate)
+    if not shared:  # no shared memory for it: in-band
+        return packed
+    return SharedPartial.of(packed, shared[0])
 
 
 def _add(accumulator: Any, result: Any) -> None:
@@ -232,6 +252,8 @@ def _add(accumulator: Any, result: Any) -> None:
     if isinstance(accumulator, GridAccumulators):
         for part, one in zip(accumulator.parts, result, strict=True):
             _add(part, one)
+    elif isinstance(result, SharedPartial):
+        _add(accumulator, result.open())  # read in place; its memory freed when the views are dropped
     elif isinstance(result, PackedPartial) and result.reduced and isinstance(accumulator, GridAccumulator):
         accumulator.add_masked(result.spec, result.index, result.values)
     elif isinstance(result, PackedPartial):  # e.g. a SpillAccumulator (a reduced partial is still a partial)
@@ -262,22 +284,59 @@ class PackedPartial:
     reduced: bool = False
 
     @classmethod
-    def pack(cls, partial: PartialGrid, reduce: bool = True) -> PackedPartial:
+    def pack(cls, partial: PartialGrid, reduce: bool = True, *,
+             allocate: Callable[[list[tuple[np.dtype, int]]], list[np.ndarray] | None] | None = None
+             ) -> PackedPartial:
+        """Pack ``partial`` (summed per voxel first if ``reduce``). ``allocate`` (optional) gives the packed
+        arrays' memory: called once with every array's ``(dtype, length)``, it returns writable arrays of them
+        (e.g. shared memory: :func:`_pack`) or None (numpy's own then); the arrays are filled in place."""
         if reduce:
             partial = PartialGrid(partial.spec, *reduce_partial(partial))
-        index = partial.index
-        if partial.spec.n_voxels <= np.iinfo(np.int32).max:
-            index = index.astype(np.int32)
-        values: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+        n = partial.index.size
+        index_dtype = np.dtype(np.int32) if partial.spec.n_voxels <= np.iinfo(np.int32).max else \
+            partial.index.dtype
+        masks: dict[str, tuple[np.ndarray, np.ndarray | None, int]] = {}
+        layout: list[tuple[np.dtype, int]] = [(index_dtype, n)]
         for name, quantity in partial.values.items():
             quantity = np.asarray(quantity, dtype=np.float64)
             nonzero = quantity != 0
+            count = int(np.count_nonzero(nonzero))
             # a bit per entry, 8 bytes per non-zero value: smaller than the whole while under ~98% non-zero
-            if np.count_nonzero(nonzero) < 0.98 * quantity.size:
-                values[name] = (np.packbits(nonzero), quantity[nonzero])
+            if count < 0.98 * quantity.size:
+                masks[name] = (quantity, nonzero, count)
+                layout += [(np.dtype(np.uint8), (n + 7) // 8), (np.dtype(np.float64), count)]
             else:
-                values[name] = (None, quantity)
+                masks[name] = (quantity, None, quantity.size)
+                layout.append((np.dtype(np.float64), quantity.size))
+        buffers = allocate(layout) if allocate is not None else None
+        given = buffers is not None
+        if buffers is None:
+            buffers = [np.empty(length, dtype) for dtype, length in layout[:1]]
+            for quantity, nonzero, count in masks.values():
+                buffers += [quantity] if nonzero is None else [np.empty((n + 7) // 8, np.uint8), np.empty(count)]
+        arrays = iter(buffers)
+        index = next(arrays)
+        np.copyto(index, partial.index, casting="unsafe")  # astype's values: the grid's indices fit
+        values: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+        for name, (quantity, nonzero, _) in masks.items():
+            if nonzero is None:
+                out = next(arrays)
+                if given:
+                    np.copyto(out, quantity)
+                values[name] = (None, out)
+            else:
+                bits, out = next(arrays), next(arrays)
+                bits[...] = np.packbits(nonzero)
+                np.compress(nonzero, quantity, out=out)  # quantity[nonzero], written in place
+                values[name] = (bits, out)
         return cls(partial.spec, index, values, reduce)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The packed arrays in :meth:`pack`'s layout order (index, then each quantity's bits and values)."""
+        out = [self.index]
+        for bits, nonzero in self.values.values():
+            out += [nonzero] if bits is None else [bits, nonzero]
+        return out
 
     def unpack(self) -> PartialGrid:
         n = self.index.size
@@ -290,6 +349,40 @@ class PackedPartial:
                 full[np.unpackbits(bits, count=n).astype(bool)] = nonzero
                 values[name] = full
         return PartialGrid(self.spec, self.index.astype(np.int64), values)
+
+
+@dataclass(frozen=True)
+class SharedPartial:
+    """A :class:`PackedPartial` whose arrays wait in shared memory (:mod:`brainmap.pipeline.run.handoff`): what
+    a worker on the main process's host returns instead of the arrays (a few hundred bytes through Dask)."""
+
+    spec: Any
+    quantities: tuple[tuple[str, bool], ...]  # each quantity's name, and whether it travels with a bit mask
+    block: SharedBlock
+    reduced: bool
+
+    @classmethod
+    def of(cls, packed: PackedPartial, block: SharedBlock) -> SharedPartial:
+        return cls(packed.spec, tuple((name, bits is not None) for name, (bits, _) in packed.values.items()),
+                   block, packed.reduced)
+
+    def open(self) -> PackedPartial:
+        """The packed partial, its arrays read-only views of the shared memory (the block's file unlinked)."""
+        arrays = iter(self.block.open())
+        index = next(arrays)
+        values = {name: (next(arrays), next(arrays)) if masked else (None, next(arrays))
+                  for name, masked in self.quantities}
+        return PackedPartial(self.spec, index, values, self.reduced)
+
+    def discard(self) -> None:
+        self.block.discard()
+
+
+def _discard(result: Any) -> None:
+    """Free the shared memory of a section result dropped unread (after an error)."""
+    for one in result if isinstance(result, list) else [result]:
+        if isinstance(one, SharedPartial):
+            one.discard()
 
 
 class SectionReduction:
@@ -315,8 +408,11 @@ class SectionReduction:
     _STOP = object()
     _FINISHED = object()
 
-    def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None, *, prefetch: int = 4) -> None:
+    def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None, *, prefetch: int = 4,
+                 shared_memory: bool = True) -> None:
         self.client = client
+        # Workers on this host hand their partials over through shared memory (None: in-band, e.g. no /dev/shm).
+        self.handoff = Handoff.create() if shared_memory else None
         self.finish = finish
         self.accumulators: dict[Path, Any] = {}
         self._pending: dict[Any, tuple[Path, int]] = {}
@@ -364,7 +460,8 @@ class SectionReduction:
         shared = self.client.scatter(gridder, broadcast=True)
         futures = []
         for position, image in enumerate(images):
-            future = self.client.submit(_grid_one_section, shared, str(folder), image, pure=False, priority=priority)
+            future = self.client.submit(_grid_one_section, shared, str(folder), image, self.handoff, pure=False,
+                                        priority=priority)
             self._pending[future] = (folder, position)
             futures.append(future)
         return futures
@@ -411,6 +508,12 @@ class SectionReduction:
         for thread in self._threads:
             thread.join()
         self._finisher.shutdown(wait=True)
+        for waiting in self._waiting.values():  # after an error: partials held back, never added
+            for result in waiting.values():
+                _discard(result)
+            waiting.clear()
+        if self.handoff is not None:  # and whatever the workers left there (sections never fetched)
+            self.handoff.close()
 
     def __enter__(self) -> SectionReduction:
         return self
@@ -489,6 +592,8 @@ class SectionReduction:
                         if position >= 0:
                             self._waiting[folder][position] = result
                         self._add_in_order(folder)
+                    else:
+                        _discard(result)
                     with self._progress:
                         self._done += 1
             except BaseException as error:  # noqa: BLE001 (raised in the caller's thread)
