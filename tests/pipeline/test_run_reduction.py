@@ -3,6 +3,7 @@ order the sections finish in, none lost, and an error in a section or a finish r
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import threading
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from brainmap.pipeline.grid import Gridder
-from brainmap.pipeline.run.runner import SectionReduction, _add, _grid_one_section, _is_large, grid_sections
+from brainmap.pipeline.run.runner import (
+    SectionReduction, SharedPartial, _add, _grid_one_section, _is_large, grid_sections,
+)
 from brainmap.specimen.folder import read_dataset
 from brainmap.specimen.synthetic import make_specimen
 
@@ -127,3 +130,62 @@ def test_a_failing_section_or_finish_is_raised_in_the_callers_thread(connectivit
 
     with pytest.raises(OSError, match="disk full"):
         grid_sections(client, {connectivity: _gridder(connectivity)}, progress=False, finish=finish)
+
+
+def _our_blocks() -> list[str]:
+    """This process's hand-off directories in /dev/shm (none once a reduction is closed)."""
+    shm = Path("/dev/shm")
+    return [n for n in os.listdir(shm) if n.startswith(f"brainmap-handoff-{os.getpid()}-")] if shm.is_dir() else []
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this machine")
+def test_worker_processes_hand_partials_over_in_shared_memory_to_the_same_bits(connectivity):
+    """Real worker processes: their partials come back as shared-memory blocks, read to the bits of the in-band
+    path; nothing is left in /dev/shm after the run."""
+    from distributed import Client, LocalCluster
+
+    gridder = _gridder(connectivity)
+    images = gridder.usable_images()
+    expected = _serial(gridder, connectivity)  # in-band, in this process
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            with SectionReduction(client) as reduction:
+                result = client.submit(_grid_one_section, gridder, str(connectivity), images[0], reduction.handoff,
+                                       pure=False).result()
+                assert all(isinstance(one, SharedPartial) for one in result)
+                assert len(reduction.handoff.blocks()) == len(result)
+                one = gridder.accumulator()
+                _add(one, result)
+                assert reduction.handoff.blocks() == []
+                single = gridder.accumulator()
+                _add(single, _grid_one_section(gridder, str(connectivity), images[0]))
+                for ours, theirs in zip(single.parts, one.parts, strict=True):
+                    for name in ours.names:
+                        assert ours.get(name).tobytes() == theirs.get(name).tobytes(), name
+            assert _our_blocks() == []
+            (accumulator,) = grid_sections(client, {connectivity: gridder}, progress=False).values()
+    assert _our_blocks() == []
+    for ours, theirs in zip(expected.parts, accumulator.parts, strict=True):
+        for name in ours.names:
+            assert ours.get(name).tobytes() == theirs.get(name).tobytes(), name
+
+
+def test_nothing_is_left_in_shared_memory_after_an_error_or_an_interrupt(connectivity, client):
+    from distributed import as_completed
+
+    images = _gridder(connectivity).usable_images()
+    broken = _gridder(connectivity, fail_at=images[len(images) // 3].id)
+    with pytest.raises(ValueError, match="unreadable"):
+        grid_sections(client, {connectivity: broken}, progress=False, finish=lambda f, a: None)
+    assert _our_blocks() == []
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C with sections fetched, waiting, and never fetched
+        with SectionReduction(client, lambda f, a: None) as reduction:
+            futures = reduction.submit(connectivity, _gridder(connectivity))
+            for count, future in enumerate(as_completed(futures)):
+                if count == len(futures) // 2:
+                    raise KeyboardInterrupt
+                reduction.take(future)
+    client.cancel(futures)
+    assert reduction.handoff is not None and not os.path.exists(reduction.handoff.directory)
+    assert _our_blocks() == []
+    assert SectionReduction(client, shared_memory=False).handoff is None  # the in-band path, on request
