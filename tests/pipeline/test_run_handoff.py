@@ -1,5 +1,5 @@
 """The shared-memory hand-off of section partials (pipeline/run/handoff.py): blocks read back to the bits written,
-unlinked when read, a run's directory swept on close and a dead run's at the next start, and the in-band path
+reused once read, a run's directory swept on close and a dead run's at the next start, and the in-band path
 wherever shared memory cannot be used."""
 
 from __future__ import annotations
@@ -53,12 +53,31 @@ def test_a_block_reads_back_the_arrays_written_and_is_gone_once_read(handoff):
     del a, b, c, made
     assert handoff.blocks() == [os.path.basename(block.path)]
     x, y, z = block.open()
-    assert handoff.blocks() == []  # unlinked once mapped: its memory lives as long as the views
+    assert handoff.blocks() == [os.path.basename(block.path)]  # read in place
     assert x.dtype == np.int32 and x.tolist() == list(range(7))
     assert y.tolist() == [0b1010_0000] and z.tolist() == [0.5, -1.0, np.pi]
     with pytest.raises(ValueError):
         z[0] = 1.0  # read-only
     assert all(offset % 64 == 0 for _, _, offset in block.layout)
+    del x, y, z
+    block.recycle()  # read: back to the run's pool, its pages kept
+    assert handoff.blocks() == [] and len(handoff.pooled()) == 1
+    again, (w,) = handoff.allocate([(np.float64, 5)])  # a smaller block: the pooled file, reused
+    assert handoff.pooled() == [] and handoff.blocks() == [os.path.basename(again.path)]
+    w[:] = 7.0
+    del w
+    assert again.open()[0].tolist() == [7.0] * 5
+    again.discard()
+    assert handoff.blocks() == [] and handoff.pooled() == []
+
+
+def test_the_pool_of_free_blocks_is_bounded(handoff):
+    from brainmap.pipeline.run.handoff import POOL_BLOCKS
+
+    made = [handoff.allocate([(np.float64, 100)]) for _ in range(POOL_BLOCKS + 3)]
+    for block, _ in made:
+        block.recycle()
+    assert len(handoff.pooled()) == POOL_BLOCKS and handoff.blocks() == []
 
 
 def test_shared_partials_add_the_bits_of_in_band_ones(handoff):
@@ -73,9 +92,10 @@ def test_shared_partials_add_the_bits_of_in_band_ones(handoff):
         assert [a.tobytes() for a in opened.arrays()] == [a.tobytes() for a in packed.arrays()]
         assert [a.dtype for a in opened.arrays()] == [a.dtype for a in packed.arrays()]
         del opened
+        travelled.block.recycle()
         _add(inband, packed)
         _add(shared, _pack(partial, handoff))
-        assert handoff.blocks() == []  # read and unlinked
+        assert handoff.blocks() == [] and len(handoff.pooled()) == 1  # read, and its block reused
     assert shared.sums and shared.entries  # both kinds of quantity were exercised
     assert sorted(shared.names) == sorted(inband.names)
     for name in inband.names:

@@ -4,8 +4,9 @@ A run's main process makes a :class:`Handoff` (a private directory in ``/dev/shm
 and a random token); a worker on the same host allocates a section's output arrays in one file there
 (:meth:`Handoff.allocate`: the arrays are views of the file's mapping, so whatever fills them writes shared
 memory directly) and returns the small :class:`SharedBlock` naming it instead of the arrays; the main process
-maps the file (:meth:`SharedBlock.open`, which unlinks it at once: its pages live as long as the mapping) and
-reads the arrays in place. Nothing crosses a socket but the name (docs/performance-demo.md, round 8: 14 MB per
+maps the file (:meth:`SharedBlock.open`), reads the arrays in place and hands the block back to the run's pool
+(:meth:`SharedBlock.recycle`), whose blocks the workers reuse: a tmpfs file's pages are allocated, zeroed and
+freed once, not per section. Nothing crosses a socket but the name (docs/performance-demo.md, round 8: 14 MB per
 25 um connectivity section, ~3.5 GB per demo, were pickled, sent over loopback TCP and received).
 
 Why plain files in ``/dev/shm`` and not :mod:`multiprocessing.shared_memory`: on Python < 3.13 every process
@@ -14,8 +15,8 @@ warns of a "leaked" segment) when that process exits -- a worker's tracker would
 has not read, and the main process's would warn about blocks it already unlinked (CPython gh-82300; 3.13's
 ``track=False`` is not available on 3.11).
 A file opened with ``O_EXCL`` in a directory of our own has no tracker, and the directory gives a run one name to
-sweep: :meth:`Handoff.close` removes it with whatever is left in it (blocks of sections fetched but dropped after
-an error, or never fetched: a cancelled future, Ctrl-C), and :meth:`Handoff.create` removes the directories of
+sweep: :meth:`Handoff.close` removes it with whatever is left in it (the pool; blocks of sections fetched but
+dropped after an error, or never fetched: a cancelled future, Ctrl-C), and :meth:`Handoff.create` removes the directories of
 runs whose process is gone (killed). A worker that finds the directory gone (the run closed: a cancelled task
 still running) or on another host, or a full ``/dev/shm``, returns its arrays in-band instead (None from
 :meth:`Handoff.allocate`).
@@ -23,7 +24,6 @@ still running) or on another host, or a full ``/dev/shm``, returns its arrays in
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 import secrets
@@ -80,28 +80,46 @@ def sweep_stale(root: Path = SHM_ROOT) -> list[Path]:
     return removed
 
 
+#: Blocks read are kept for reuse (``free/`` in the run's directory), at most this many: a new tmpfs file's pages
+#: are allocated, zeroed and freed by the kernel, ~13 ms of system time per 14 MB block on both sides (measured,
+#: 2026-12-06: a fresh block written and read 15 ms, a reused one 4.5 ms), more than the socket copies it saves.
+POOL_BLOCKS = 16
+
+
 @dataclass(frozen=True)
 class SharedBlock:
     """One file of arrays in a run's hand-off directory: what a worker returns instead of the arrays.
 
-    ``layout`` holds each array's dtype (numpy's string), length and byte offset in the file."""
+    ``layout`` holds each array's dtype (numpy's string), length and byte offset in the file; ``size`` is the
+    bytes they take (the file may be larger: a reused block)."""
 
     path: str
     size: int
     layout: tuple[tuple[str, int, int], ...]
 
     def open(self) -> list[np.ndarray]:
-        """The arrays, read-only views of the file's mapping (one call maps every page: ``MAP_POPULATE``). The
-        file is unlinked at once: its memory is freed when the last view is dropped."""
+        """The arrays, read-only views of the file's mapping (one call maps every page: ``MAP_POPULATE``). Read
+        them, drop them, then :meth:`recycle` the block (or :meth:`discard` it)."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
             memory = mmap.mmap(fd, self.size, flags=flags, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-            self.discard()
         return [np.frombuffer(memory, dtype=np.dtype(dtype), count=count, offset=offset)
                 for dtype, count, offset in self.layout]
+
+    def recycle(self) -> None:
+        """Hand the block read back to the run's pool of free blocks (its pages kept for the next one a worker
+        allocates), or unlink it when the pool is full. No view of its arrays may be used after this."""
+        pool = os.path.join(os.path.dirname(self.path), "free")
+        try:
+            if len(os.listdir(pool)) < POOL_BLOCKS:
+                os.rename(self.path, os.path.join(pool, f"{_file_size(self.path)}-{secrets.token_hex(8)}"))
+                return
+        except OSError:  # the run closed meanwhile
+            pass
+        self.discard()
 
     def discard(self) -> None:
         """Unlink the file (a block dropped unread); nothing if it is gone."""
@@ -109,6 +127,10 @@ class SharedBlock:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _file_size(path: str) -> int:
+    return os.stat(path).st_size
 
 
 @dataclass(frozen=True)
@@ -130,7 +152,9 @@ class Handoff:
         directory = root / f"{_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         try:
             directory.mkdir(mode=0o700)
+            (directory / "free").mkdir(mode=0o700)
         except OSError:
+            shutil.rmtree(directory, ignore_errors=True)
             return None
         return cls(str(directory), _host())
 
@@ -138,10 +162,33 @@ class Handoff:
         """Whether this process shares the run's directory (the same host, the directory still there)."""
         return self.host == _host() and os.path.isdir(self.directory)
 
+    def _claim(self, size: int) -> tuple[str, int] | None:
+        """A free block taken from the pool (renamed out of it: one process wins it), the smallest of ``size``
+        bytes or more, else the largest (grown by the caller): its new path and open descriptor."""
+        pool = os.path.join(self.directory, "free")
+        try:
+            names = os.listdir(pool)
+        except OSError:
+            return None
+        sized = sorted((int(name.split("-", 1)[0]), name) for name in names if name.split("-", 1)[0].isdigit())
+        order = [item for item in sized if item[0] >= size] + [item for item in reversed(sized) if item[0] < size]
+        for _, name in order:
+            path = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(8)}")
+            try:
+                os.rename(os.path.join(pool, name), path)
+            except OSError:  # taken by another worker (or the run closed)
+                continue
+            try:
+                return path, os.open(path, os.O_RDWR)
+            except OSError:  # swept meanwhile: the run closed
+                return None
+        return None
+
     def allocate(self, arrays: Sequence[tuple[np.dtype | str, int]]) -> tuple[SharedBlock, list[np.ndarray]] | None:
-        """A file holding arrays of these ``(dtype, length)``, and writable views of them (fill them, drop them,
-        return the block). None where the block cannot be made here (another host, the run closed, no space:
-        the caller sends its arrays in-band); nothing is left behind then."""
+        """A file holding arrays of these ``(dtype, length)`` (a free block of the run's pool, else a new one),
+        and writable views of them (fill them, drop them, return the block). None where the block cannot be made
+        here (another host, the run closed, no space: the caller sends its arrays in-band); nothing is left
+        behind then."""
         layout, size = [], 0
         for dtype, count in arrays:
             dtype = np.dtype(dtype)
@@ -150,30 +197,45 @@ class Handoff:
             size += dtype.itemsize * int(count)
         if size == 0 or not self.usable():
             return None
-        path = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(8)}")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError:  # the directory removed (run closed), or not ours to write
-            return None
+        claimed = self._claim(size)
+        if claimed is not None:
+            path, fd = claimed
+        else:
+            path = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(8)}")
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError:  # the directory removed (run closed), or not ours to write
+                return None
         try:
             try:
-                # the pages reserved now: a full /dev/shm is an error here, not a SIGBUS while filling the map
-                os.posix_fallocate(fd, 0, size)
+                if os.fstat(fd).st_size < size:
+                    # the pages reserved now: a full /dev/shm is an error here, not a SIGBUS while filling the map
+                    os.posix_fallocate(fd, 0, size)
                 flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
                 memory = mmap.mmap(fd, size, flags=flags)
             finally:
                 os.close(fd)
         except OSError:  # no space (ENOSPC), no fallocate here, ...: in-band
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
             return None
         block = SharedBlock(path, size, tuple(layout))
         return block, [np.frombuffer(memory, dtype=np.dtype(dtype), count=count, offset=offset)
                        for dtype, count, offset in layout]
 
     def blocks(self) -> list[str]:
-        """The files now in the run's directory (blocks not yet read)."""
+        """The blocks now in the run's directory, written and not yet read or recycled."""
         try:
-            return sorted(os.listdir(self.directory))
+            return sorted(name for name in os.listdir(self.directory) if name != "free")
+        except FileNotFoundError:
+            return []
+
+    def pooled(self) -> list[str]:
+        """The free blocks kept for reuse."""
+        try:
+            return sorted(os.listdir(os.path.join(self.directory, "free")))
         except FileNotFoundError:
             return []
 
@@ -181,17 +243,7 @@ class Handoff:
         """Remove the run's directory and every block still in it. A worker that writes a block while this runs
         either finds the directory gone (and sends in-band) or has its file removed by the next pass."""
         for _ in range(100):
-            for name in self.blocks():
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                except FileNotFoundError:
-                    pass
-            try:
-                os.rmdir(self.directory)
+            shutil.rmtree(self.directory, ignore_errors=True)
+            if not os.path.exists(self.directory):
                 return
-            except FileNotFoundError:
-                return
-            except OSError as error:
-                if error.errno != errno.ENOTEMPTY:
-                    raise
-        shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.directory)  # still there: say why

@@ -253,7 +253,12 @@ def _add(accumulator: Any, result: Any) -> None:
         for part, one in zip(accumulator.parts, result, strict=True):
             _add(part, one)
     elif isinstance(result, SharedPartial):
-        _add(accumulator, result.open())  # read in place; its memory freed when the views are dropped
+        packed = result.open()  # read in place (the accumulator keeps no view of it: it copies what it keeps)
+        try:
+            _add(accumulator, packed)
+        finally:
+            del packed
+            result.block.recycle()  # its pages kept for a worker's next block
     elif isinstance(result, PackedPartial) and result.reduced and isinstance(accumulator, GridAccumulator):
         accumulator.add_masked(result.spec, result.index, result.values)
     elif isinstance(result, PackedPartial):  # e.g. a SpillAccumulator (a reduced partial is still a partial)
@@ -367,7 +372,7 @@ class SharedPartial:
                    block, packed.reduced)
 
     def open(self) -> PackedPartial:
-        """The packed partial, its arrays read-only views of the shared memory (the block's file unlinked)."""
+        """The packed partial, its arrays read-only views of the shared memory (then ``block.recycle()``)."""
         arrays = iter(self.block.open())
         index = next(arrays)
         values = {name: (next(arrays), next(arrays)) if masked else (None, next(arrays))
@@ -662,7 +667,7 @@ def _is_large(accumulator: Any) -> bool:
 
 
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
-                  finish: Callable[[Path, Any], None] | None = None) -> dict[Path, Any]:
+                  finish: Callable[[Path, Any], None] | None = None, shared_memory: bool = True) -> dict[Path, Any]:
     """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per
     section (read its channels, detect, grid), the partial grids summed in section order as they arrive
     (:class:`SectionReduction`).
@@ -673,13 +678,14 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
         progress: show a progress bar over sections.
         finish: called with a folder and its accumulator as soon as all its sections are in, after which the
             accumulator is dropped.
+        shared_memory: workers on this host hand partials over in shared memory (False: in-band).
 
     Returns the accumulator of each folder not handed to ``finish`` (``Gridder.volumes(accumulator)`` makes its
     volumes).
     """
     from distributed import as_completed
 
-    with SectionReduction(client, finish) as reduction:
+    with SectionReduction(client, finish, shared_memory=shared_memory) as reduction:
         futures = []
         for rank, (folder, gridder) in enumerate(gridders.items()):
             # One data set after another (a higher priority runs first), so few accumulators are held at once.
