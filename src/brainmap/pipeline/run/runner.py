@@ -755,6 +755,9 @@ def dask_client(scheduler: str | None = None, workers: int = 2) -> Iterator[Any]
             yield client
 
 
+#: Sections of small data sets (ISH; connectivity at 50 um and coarser) run after those of large ones.
+_SMALL_AFTER = 100
+
 #: Unionize tasks run after every section task (lower priority): while sections wait, they are the grid's
 #: critical path; after the last one, a worker would otherwise idle while the main process writes grids.
 _UNIONIZE_PRIORITY = -1000
@@ -847,8 +850,12 @@ def run_pipeline(
                                                        smoothing=settings.ish_smoothing,
                                                        spill_dir=PipelineFolder.of(folder).work)  # 10 um grids
                 expected_grid[folder] = expected
-                # Data sets in the order they were aligned (earlier ones first), so few accumulators are held.
-                sections = reduction.submit(folder, gridders[folder], priority=-len(expected_grid))
+                # Data sets in the order they were aligned (earlier ones first), so few accumulators are held;
+                # small ones' sections after the large ones' (still after every alignment waiting): a large data
+                # set's grids are written by the main process after its last section, and the small ones'
+                # sections keep the workers busy meanwhile instead of idling at the end (round 8).
+                rank = -len(expected_grid) - (0 if _is_large(gridders[folder].accumulator()) else _SMALL_AFTER)
+                sections = reduction.submit(folder, gridders[folder], priority=rank)
                 grid_bar.total += len(sections)
                 grid_bar.refresh()
                 done.update(sections)
