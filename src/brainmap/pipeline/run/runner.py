@@ -414,9 +414,12 @@ class SectionReduction:
     _FINISHED = object()
 
     def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None, *, prefetch: int = 4,
-                 shared_memory: bool = True) -> None:
+                 shared_memory: bool | None = None) -> None:
         self.client = client
-        # Workers on this host hand their partials over through shared memory (None: in-band, e.g. no /dev/shm).
+        # Workers on this host hand their partials over through shared memory (None: in-band, e.g. no /dev/shm);
+        # by default unless BRAINMAP_HANDOFF=inband (to measure one against the other).
+        if shared_memory is None:
+            shared_memory = os.environ.get("BRAINMAP_HANDOFF", "shared") != "inband"
         self.handoff = Handoff.create() if shared_memory else None
         self.finish = finish
         self.accumulators: dict[Path, Any] = {}
@@ -667,7 +670,8 @@ def _is_large(accumulator: Any) -> bool:
 
 
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
-                  finish: Callable[[Path, Any], None] | None = None, shared_memory: bool = True) -> dict[Path, Any]:
+                  finish: Callable[[Path, Any], None] | None = None, shared_memory: bool | None = None
+                  ) -> dict[Path, Any]:
     """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per
     section (read its channels, detect, grid), the partial grids summed in section order as they arrive
     (:class:`SectionReduction`).
@@ -678,7 +682,8 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
         progress: show a progress bar over sections.
         finish: called with a folder and its accumulator as soon as all its sections are in, after which the
             accumulator is dropped.
-        shared_memory: workers on this host hand partials over in shared memory (False: in-band).
+        shared_memory: workers on this host hand partials over in shared memory (False: in-band; None: unless
+            the environment's ``BRAINMAP_HANDOFF`` is ``inband``).
 
     Returns the accumulator of each folder not handed to ``finish`` (``Gridder.volumes(accumulator)`` makes its
     volumes).
