@@ -760,8 +760,9 @@ def dask_client(scheduler: str | None = None, workers: int = 2) -> Iterator[Any]
             yield client
 
 
-#: Sections of small data sets (ISH; connectivity at 50 um and coarser) run after those of large ones.
-_SMALL_AFTER = 100
+#: Section priorities: the first large data set (25 um connectivity), then the small ones (ISH, coarser grids),
+#: then the other large ones, each band in the order the data sets were aligned.
+_PRIORITY_BAND = 100
 
 #: Unionize tasks run after every section task (lower priority): while sections wait, they are the grid's
 #: critical path; after the last one, a worker would otherwise idle while the main process writes grids.
@@ -817,6 +818,7 @@ def run_pipeline(
         expected_grid: dict[Path, str] = {}
         gridders: dict[Path, Any] = {}
         unionizing: dict[Any, Path] = {}
+        large_first = False  # a large data set's sections submitted
 
         def finish(folder: Path, accumulator: Any) -> None:  # in the reduction's finishing thread
             _finish_grid(PipelineFolder.of(folder), gridders.pop(folder), accumulator, expected_grid[folder])
@@ -855,12 +857,16 @@ def run_pipeline(
                                                        smoothing=settings.ish_smoothing,
                                                        spill_dir=PipelineFolder.of(folder).work)  # 10 um grids
                 expected_grid[folder] = expected
-                # Data sets in the order they were aligned (earlier ones first), so few accumulators are held;
-                # small ones' sections after the large ones' (still after every alignment waiting): a large data
-                # set's grids are written by the main process after its last section, and the small ones'
-                # sections keep the workers busy meanwhile instead of idling at the end (round 8).
-                rank = -len(expected_grid) - (0 if _is_large(gridders[folder].accumulator()) else _SMALL_AFTER)
-                sections = reduction.submit(folder, gridders[folder], priority=rank)
+                # Data sets in the order they were aligned (earlier ones first), so few accumulators are held; the
+                # first large one's sections first, then the small ones', then the other large ones' (all after
+                # every alignment waiting): large data sets are summed one at a time, so the next one's sections
+                # waited, computed, while the main process wrote the first one's grids; the small ones' sections
+                # fill that time instead and the next large one is added as it arrives (round 8).
+                large = _is_large(gridders[folder].accumulator())
+                band = 0 if large and not large_first else (1 if not large else 2)
+                large_first = large_first or large
+                sections = reduction.submit(folder, gridders[folder],
+                                            priority=-len(expected_grid) - band * _PRIORITY_BAND)
                 grid_bar.total += len(sections)
                 grid_bar.refresh()
                 done.update(sections)
