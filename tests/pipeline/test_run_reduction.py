@@ -189,3 +189,12 @@ def test_nothing_is_left_in_shared_memory_after_an_error_or_an_interrupt(connect
     assert reduction.handoff is not None and not os.path.exists(reduction.handoff.directory)
     assert _our_blocks() == []
     assert SectionReduction(client, shared_memory=False).handoff is None  # the in-band path, on request
+
+
+def test_a_gridder_is_large_as_its_accumulator_is(connectivity):
+    from brainmap.pipeline.run.runner import _gridder_is_large
+
+    dataset = read_dataset(connectivity)
+    for gridder in (Gridder.for_dataset(dataset, 100, also_um=(25,)), Gridder.for_dataset(dataset, 100),
+                    Gridder.for_dataset(dataset, 50)):
+        assert _gridder_is_large(gridder) == _is_large(gridder.accumulator())

@@ -669,6 +669,17 @@ def _is_large(accumulator: Any) -> bool:
                for part in parts)
 
 
+def _gridder_is_large(gridder: Any) -> bool:
+    """Whether a gridder's accumulator is large (:func:`_is_large`), told from its grids without making one (a
+    10 um accumulator makes its spill folder)."""
+    from brainmap.pipeline.grid.resample import POPULATE_BYTES
+
+    if getattr(gridder, "lattice", None) is not None:  # ISH: an expression accumulator
+        return False
+    specs = [gridder.spec, *(getattr(gridder, "extra_specs", None) or ())]
+    return any(spec.n_voxels * 8 >= POPULATE_BYTES for spec in specs)
+
+
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
                   finish: Callable[[Path, Any], None] | None = None, shared_memory: bool | None = None
                   ) -> dict[Path, Any]:
@@ -862,7 +873,7 @@ def run_pipeline(
                 # every alignment waiting): large data sets are summed one at a time, so the next one's sections
                 # waited, computed, while the main process wrote the first one's grids; the small ones' sections
                 # fill that time instead and the next large one is added as it arrives (round 8).
-                large = _is_large(gridders[folder].accumulator())
+                large = _gridder_is_large(gridders[folder])
                 band = 0 if large and not large_first else (1 if not large else 2)
                 large_first = large_first or large
                 sections = reduction.submit(folder, gridders[folder],
