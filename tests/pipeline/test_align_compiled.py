@@ -1,0 +1,37 @@
+"""The alignment's compiled kernels give the same bits as the numpy expressions they replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainmap.pipeline.align.register import Sampler
+
+
+@pytest.mark.parametrize("k, reverse", [(2, True), (2, False), (3, False), (3, True)])
+def test_compiled_sampler_same_bits_as_numpy(k: int, reverse: bool) -> None:
+    rng = np.random.default_rng(k + 10 * reverse)
+    shape = (17, 23, 11)[:k]
+    values = rng.normal(size=shape).astype(np.float32)
+    origin, spacing = rng.normal(size=k) * 10, rng.uniform(1, 5, size=k)
+    extent = (np.array(shape)[::-1] if reverse else np.array(shape)) * spacing
+    inside_and_out = origin[:, None] + rng.uniform(-0.2, 1.2, size=(k, 4000)) * extent[:, None]
+    on_the_lattice = origin[:, None] + rng.integers(-1, max(shape) + 1, size=(k, 400)) * spacing[:, None]
+    points = np.concatenate([inside_and_out, on_the_lattice, np.full((k, 2), np.nan)], axis=1)
+    for sampler in (Sampler(values, origin, spacing, reverse=reverse),
+                    Sampler(values, origin, spacing, reverse=reverse, with_gradient=False)):
+        for gradient in (True, False) if sampler.packed is not None else (False,):
+            with np.errstate(invalid="ignore"):
+                compiled = sampler(points, gradient=gradient)
+                expected = sampler._sample_numpy(points, gradient=gradient)
+            assert len(compiled) == len(expected) == (3 if gradient else 2)
+            for a, b in zip(compiled, expected):
+                assert a.shape == b.shape and a.dtype == b.dtype
+                assert a.tobytes() == b.tobytes()
+            assert 0 < compiled[1].sum() < points.shape[1]  # points inside and outside were sampled
+
+
+def test_compiled_sampler_refuses_a_gradient_it_has_not() -> None:
+    sampler = Sampler(np.zeros((3, 3), np.float32), (0.0, 0.0), 1.0, reverse=True, with_gradient=False)
+    with pytest.raises(ValueError, match="without gradients"):
+        sampler(np.zeros((2, 1)))
