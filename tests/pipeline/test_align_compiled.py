@@ -35,3 +35,23 @@ def test_compiled_sampler_refuses_a_gradient_it_has_not() -> None:
     sampler = Sampler(np.zeros((3, 3), np.float32), (0.0, 0.0), 1.0, reverse=True, with_gradient=False)
     with pytest.raises(ValueError, match="without gradients"):
         sampler(np.zeros((2, 1)))
+
+
+def test_compiled_dilation_and_erosion_same_masks_as_scipy() -> None:
+    from scipy import ndimage
+
+    from brainmap.pipeline.align._morphology import dilate, erode
+
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        shape = tuple(int(v) for v in rng.integers(1, 40, size=2))
+        if trial % 2:
+            mask = rng.uniform(size=shape) < rng.uniform(0, 0.6)
+        else:  # blobs with holes and edges touching the border
+            mask = ndimage.gaussian_filter(rng.normal(size=shape), 2) > 0.1
+        for n in (1, 2, 3, 5):
+            assert np.array_equal(dilate(mask, n), ndimage.binary_dilation(mask, iterations=n))
+            assert np.array_equal(erode(mask, n), ndimage.binary_erosion(mask, iterations=n, border_value=1))
+    assert not dilate(np.zeros((4, 5), bool), 2).any() and erode(np.ones((4, 5), bool), 2).all()
+    with pytest.raises(ValueError):
+        dilate(np.zeros((2, 2, 2), bool), 1)

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from tqdm import tqdm
 
 from brainmap.atlas import ReferenceSpace
@@ -57,6 +56,7 @@ from brainmap.specimen.model import SPECIMEN_AXES, SectionDataSet, nominal_tvr
 from brainmap.specimen.deformation import DeformationField
 from brainmap.specimen.transforms import Affine2d, Affine3d, Alignment2d, Alignment3d
 
+from brainmap.pipeline.align import _morphology
 from brainmap.pipeline.align.contrast import intensity_model_volume, shape_refine, shape_register
 from brainmap.pipeline.align.nonlinear import CONTROL_UM, register_deformation
 from brainmap.pipeline.align.contrast import template_likeness
@@ -584,7 +584,7 @@ def refine_sections(stack: SectionStack, transforms: list[Affine2d], template: R
         if not stack.has_tissue(k):
             continue
         fixed = Grid2d(stack.images[k], stack.image_origin(), stack.working_um)
-        mask = ndimage.binary_dilation(stack.masks[k], iterations=2)
+        mask = _morphology.dilate(stack.masks[k], 2)  # ndimage.binary_dilation(..., iterations=2)
         # the slice around the section's tissue; over the brain's whole extent in the plane when the centroid
         # start is (or may be) needed
         box = plane_box if centroid_start else np.zeros((0, 2))
