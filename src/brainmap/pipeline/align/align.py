@@ -384,9 +384,11 @@ def _lr_extent_ratio(volume: SpecimenVolume, template: ReferenceTemplate, plane:
     axis = SPECIMEN_AXES[plane].index(2)  # the specimen axis that nominally runs along LR
     index = np.nonzero(volume.mask)[2 - axis]  # mask is indexed (sz, sy, sx)
     lo, hi = np.percentile(index, [1, 99]) * volume.spacing_um[axis]
-    lr = np.nonzero(np.any(template.brain, axis=(0, 1)))[0]
-    brain_lo, brain_hi = np.percentile(np.repeat(lr, np.count_nonzero(template.brain, axis=(0, 1))[lr]),
-                                       [1, 99]) * template.resolution_um
+    if "lr_extent" not in template._cache:  # the template's part, once per template
+        lr = np.nonzero(np.any(template.brain, axis=(0, 1)))[0]
+        template._cache["lr_extent"] = np.percentile(
+            np.repeat(lr, np.count_nonzero(template.brain, axis=(0, 1))[lr]), [1, 99]) * template.resolution_um
+    brain_lo, brain_hi = template._cache["lr_extent"]
     return float((hi - lo) / max(brain_hi - brain_lo, 1.0))
 
 
@@ -469,12 +471,19 @@ def implausible_tissue(stack: SectionStack, template: ReferenceTemplate, tvr: Af
         index = index[np.all((index >= 0) & (index < shape), axis=1)]
         return float(np.count_nonzero(template.brain[index[:, 0], index[:, 1], index[:, 2]])) * spacing_um ** 2 / 1e6
 
+    areas: dict[float, float] = {}  # by position: a section's neighbours measure the same planes
+
+    def brain_at(sz_um: float) -> float:
+        if sz_um not in areas:
+            areas[sz_um] = brain_mm2(sz_um)
+        return areas[sz_um]
+
     flagged = []
     for k in range(len(stack)):
         if not stack.has_tissue(k):
             continue
         tissue = float(stack.masks[k].sum()) * stack.working_um ** 2 / 1e6
-        brain = max(brain_mm2(float(stack.sz_um[k]) + d) for d in (-dz, 0.0, dz))
+        brain = max(brain_at(float(stack.sz_um[k]) + d) for d in (-dz, 0.0, dz))
         if tissue > TISSUE_AREA_RATIO * brain + TISSUE_AREA_SLACK_MM2:
             flagged.append(k)
     return flagged

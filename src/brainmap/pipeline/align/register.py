@@ -400,9 +400,15 @@ class Sampler:
     def __call__(self, points: np.ndarray, gradient: bool = True):
         """``(values, inside)`` or ``(values, inside, gradient (k, n))`` at ``(k, n)`` physical points.
 
-        Compiled (:func:`._sampler.sample`): the same bits as :meth:`_sample_numpy`, the numpy expressions."""
+        Compiled (:func:`._sampler.sample`): the same bits as :meth:`_sample_numpy`, the numpy expressions, which
+        still interpolate a 3-D image with its gradient: there numpy's one gather of 16-byte rows per corner over
+        all the points was measured faster than the compiled loop on the 50 um template (random points of the
+        brain: 14 against 17-21 ms per 100 000), the other cases 1.2-3x slower (docs/performance-demo.md,
+        round 8)."""
         if gradient and self.packed is None:
             raise ValueError("this Sampler was made without gradients")
+        if gradient and self._rows is not None:
+            return self._sample_numpy(points, gradient)
         if self._compiled is None:
             self._compiled = (self.origin[:, 0].copy(), self.spacing[:, 0].copy(), self.shape.astype(np.int64),
                               self.values.reshape(-1, 1))
