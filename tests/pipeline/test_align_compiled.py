@@ -55,3 +55,40 @@ def test_compiled_dilation_and_erosion_same_masks_as_scipy() -> None:
     assert not dilate(np.zeros((4, 5), bool), 2).any() and erode(np.ones((4, 5), bool), 2).all()
     with pytest.raises(ValueError):
         dilate(np.zeros((2, 2, 2), bool), 1)
+
+
+def test_compiled_placement_same_bits_as_numpy() -> None:
+    from scipy import ndimage
+
+    from brainmap.pipeline.align.reconstruct import (
+        SectionStack,
+        _place_section_and_mask_numpy,
+        covering_grid,
+        place_section_and_mask,
+    )
+    from brainmap.specimen.transforms import Affine2d
+
+    rng = np.random.default_rng(3)
+    shapes = [(40, 55), (2, 9), (31, 2), (60, 48)]
+    images, masks = [], []
+    for shape in shapes:
+        mask = ndimage.gaussian_filter(rng.normal(size=shape), 3) > -0.05
+        images.append(np.where(mask, rng.uniform(0, 4, size=shape), 0.0).astype(np.float32))
+        masks.append(mask)
+    images[0][0, :3] = -0.0  # signed zeros go through as numpy's complex products take them
+    stack = SectionStack(images, masks, 1, 25.0, [], np.arange(len(shapes)) * 100.0, np.zeros(len(shapes), bool))
+    transforms = []
+    for k in range(len(shapes)):
+        angle, scale = rng.normal() * 0.3, rng.uniform(0.8, 1.2)
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * scale
+        transforms.append(Affine2d(rotation, rng.normal(size=2) * 200))
+    identity = Affine2d(np.eye(2), np.zeros(2))  # on a 12.5 um grid: pixel centres on grid points, edges exactly
+    cases = [(k, transforms[k], covering_grid(stack, transforms, 20.0)) for k in range(len(shapes))]
+    cases += [(k, identity, covering_grid(stack, [identity] * len(shapes), 12.5)) for k in range(len(shapes))]
+    for k, transform, grid in cases:
+        compiled = place_section_and_mask(stack, k, transform, grid)
+        expected = _place_section_and_mask_numpy(stack, k, transform, grid)
+        for a, b in zip(compiled, expected):
+            assert a.dtype == b.dtype == np.float32 and a.shape == b.shape == grid.shape
+            assert a.tobytes() == b.tobytes()
+        assert compiled[1].max() > 0.5 or not masks[k].any()  # the section landed on the grid

@@ -26,7 +26,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from brainmap.errors import BrainmapError
-from brainmap.pipeline.align import _morphology
+from brainmap.pipeline.align import _morphology, _place
 from brainmap.specimen.folder import read_section_image
 from brainmap.specimen.model import SectionDataSet, SectionImage
 from brainmap.specimen.transforms import Affine2d
@@ -459,6 +459,21 @@ def place_section_and_mask(stack: SectionStack, k: int, transform: Affine2d, gri
     n_rows, n_cols = stack.images[k].shape
     if n_rows < 2 or n_cols < 2:
         return place_section(stack, k, transform, grid), place_section(stack, k, transform, grid, mask=True)
+    # compiled (_place.place_pair): the same bits as the numpy expressions of _place_section_and_mask_numpy
+    inverse = transform.inverse()
+    w = stack.working_um
+    a = inverse.matrix / w * grid.spacing  # d(col, row) / d(c, r)
+    b = (inverse.matrix @ np.asarray(grid.origin) + inverse.translation) / w - 0.5
+    image = np.ascontiguousarray(stack.images[k], dtype=np.float32)
+    mask = np.ascontiguousarray(stack.masks[k], dtype=bool)
+    return _place.place_pair(image, mask, a, b, *grid.shape)
+
+
+def _place_section_and_mask_numpy(stack: SectionStack, k: int, transform: Affine2d, grid: SpecimenGrid
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`place_section_and_mask` in numpy (the expressions the compiled one reproduces; kept for its
+    test)."""
+    n_rows, n_cols = stack.images[k].shape
     inverse = transform.inverse()
     w = stack.working_um
     a = inverse.matrix / w * grid.spacing  # d(col, row) / d(c, r)
