@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from tqdm import tqdm
 
 from brainmap.atlas import ReferenceSpace
@@ -57,6 +56,7 @@ from brainmap.specimen.model import SPECIMEN_AXES, SectionDataSet, nominal_tvr
 from brainmap.specimen.deformation import DeformationField
 from brainmap.specimen.transforms import Affine2d, Affine3d, Alignment2d, Alignment3d
 
+from brainmap.pipeline.align import _morphology
 from brainmap.pipeline.align.contrast import intensity_model_volume, shape_refine, shape_register
 from brainmap.pipeline.align.nonlinear import CONTROL_UM, register_deformation
 from brainmap.pipeline.align.contrast import template_likeness
@@ -384,9 +384,11 @@ def _lr_extent_ratio(volume: SpecimenVolume, template: ReferenceTemplate, plane:
     axis = SPECIMEN_AXES[plane].index(2)  # the specimen axis that nominally runs along LR
     index = np.nonzero(volume.mask)[2 - axis]  # mask is indexed (sz, sy, sx)
     lo, hi = np.percentile(index, [1, 99]) * volume.spacing_um[axis]
-    lr = np.nonzero(np.any(template.brain, axis=(0, 1)))[0]
-    brain_lo, brain_hi = np.percentile(np.repeat(lr, np.count_nonzero(template.brain, axis=(0, 1))[lr]),
-                                       [1, 99]) * template.resolution_um
+    if "lr_extent" not in template._cache:  # the template's part, once per template
+        lr = np.nonzero(np.any(template.brain, axis=(0, 1)))[0]
+        template._cache["lr_extent"] = np.percentile(
+            np.repeat(lr, np.count_nonzero(template.brain, axis=(0, 1))[lr]), [1, 99]) * template.resolution_um
+    brain_lo, brain_hi = template._cache["lr_extent"]
     return float((hi - lo) / max(brain_hi - brain_lo, 1.0))
 
 
@@ -469,12 +471,19 @@ def implausible_tissue(stack: SectionStack, template: ReferenceTemplate, tvr: Af
         index = index[np.all((index >= 0) & (index < shape), axis=1)]
         return float(np.count_nonzero(template.brain[index[:, 0], index[:, 1], index[:, 2]])) * spacing_um ** 2 / 1e6
 
+    areas: dict[float, float] = {}  # by position: a section's neighbours measure the same planes
+
+    def brain_at(sz_um: float) -> float:
+        if sz_um not in areas:
+            areas[sz_um] = brain_mm2(sz_um)
+        return areas[sz_um]
+
     flagged = []
     for k in range(len(stack)):
         if not stack.has_tissue(k):
             continue
         tissue = float(stack.masks[k].sum()) * stack.working_um ** 2 / 1e6
-        brain = max(brain_mm2(float(stack.sz_um[k]) + d) for d in (-dz, 0.0, dz))
+        brain = max(brain_at(float(stack.sz_um[k]) + d) for d in (-dz, 0.0, dz))
         if tissue > TISSUE_AREA_RATIO * brain + TISSUE_AREA_SLACK_MM2:
             flagged.append(k)
     return flagged
@@ -584,7 +593,7 @@ def refine_sections(stack: SectionStack, transforms: list[Affine2d], template: R
         if not stack.has_tissue(k):
             continue
         fixed = Grid2d(stack.images[k], stack.image_origin(), stack.working_um)
-        mask = ndimage.binary_dilation(stack.masks[k], iterations=2)
+        mask = _morphology.dilate(stack.masks[k], 2)  # ndimage.binary_dilation(..., iterations=2)
         # the slice around the section's tissue; over the brain's whole extent in the plane when the centroid
         # start is (or may be) needed
         box = plane_box if centroid_start else np.zeros((0, 2))

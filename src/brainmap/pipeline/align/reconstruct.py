@@ -26,6 +26,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from brainmap.errors import BrainmapError
+from brainmap.pipeline.align import _morphology, _place
 from brainmap.specimen.folder import read_section_image
 from brainmap.specimen.model import SectionDataSet, SectionImage
 from brainmap.specimen.transforms import Affine2d
@@ -112,7 +113,7 @@ class SectionStack:
         the metric), as a uint8 SimpleITK image in image-um."""
         mask = self.masks[k]
         if dilate_px > 0:
-            mask = ndimage.binary_dilation(mask, iterations=dilate_px)
+            mask = _morphology.dilate(mask, dilate_px)
         return image_2d(mask.astype(np.uint8), self.image_origin(), self.working_um)
 
     def centroid_um(self, k: int) -> np.ndarray:
@@ -216,7 +217,7 @@ def normalize_section(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mask = tissue_mask(smooth, noise=_border_noise(smooth))
     if 10 <= mask.sum() < mask.size * 0.9:
         # the slide's own level as a smooth surface from the pixels well away from the tissue
-        away = ~ndimage.binary_dilation(mask, iterations=3)
+        away = ~_morphology.dilate(mask, 3)
         # on a grid of ~48 cells across (the surface is smooth), then interpolated back
         f = max(1, int(max(rows, cols) // 48))
         weight = block_mean(away.astype(np.float32), f)
@@ -277,10 +278,11 @@ def edge_step(values: np.ndarray, mask: np.ndarray, width: int = 2, gap: int = 1
         room = width + gap + 1
         box = (slice(max(0, rows[0] - room), rows[-1] + room + 1), slice(max(0, cols[0] - room), cols[-1] + room + 1))
         values, mask, frame = values[box], mask[box], frame[box]
-    inside = ndimage.binary_erosion(mask, iterations=gap, border_value=1) if gap else mask
-    outside = ndimage.binary_dilation(mask, iterations=gap) if gap else mask
-    inner = inside & ~ndimage.binary_erosion(inside, iterations=width, border_value=1) & frame
-    outer = ndimage.binary_dilation(outside, iterations=width) & ~outside & frame
+    # ndimage.binary_erosion(..., border_value=1) and binary_dilation(...), iterated: the same masks compiled
+    inside = _morphology.erode(mask, gap) if gap else mask
+    outside = _morphology.dilate(mask, gap) if gap else mask
+    inner = inside & ~_morphology.erode(inside, width) & frame
+    outer = _morphology.dilate(outside, width) & ~outside & frame
     if inner.sum() < 3 or outer.sum() < 3:
         return float("inf")
     return float(np.median(values[inner]) - np.median(values[outer]))
@@ -457,6 +459,21 @@ def place_section_and_mask(stack: SectionStack, k: int, transform: Affine2d, gri
     n_rows, n_cols = stack.images[k].shape
     if n_rows < 2 or n_cols < 2:
         return place_section(stack, k, transform, grid), place_section(stack, k, transform, grid, mask=True)
+    # compiled (_place.place_pair): the same bits as the numpy expressions of _place_section_and_mask_numpy
+    inverse = transform.inverse()
+    w = stack.working_um
+    a = inverse.matrix / w * grid.spacing  # d(col, row) / d(c, r)
+    b = (inverse.matrix @ np.asarray(grid.origin) + inverse.translation) / w - 0.5
+    image = np.ascontiguousarray(stack.images[k], dtype=np.float32)
+    mask = np.ascontiguousarray(stack.masks[k], dtype=bool)
+    return _place.place_pair(image, mask, a, b, *grid.shape)
+
+
+def _place_section_and_mask_numpy(stack: SectionStack, k: int, transform: Affine2d, grid: SpecimenGrid
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`place_section_and_mask` in numpy (the expressions the compiled one reproduces; kept for its
+    test)."""
+    n_rows, n_cols = stack.images[k].shape
     inverse = transform.inverse()
     w = stack.working_um
     a = inverse.matrix / w * grid.spacing  # d(col, row) / d(c, r)
@@ -593,7 +610,7 @@ def build_volume(stack: SectionStack, transforms: Sequence[Affine2d], grid: Spec
         volume[s], tissue[s] = place_section_and_mask(stack, k, transforms[k], grid)
         placed_mask = tissue[s] >= 0.5
         if dilate_px:
-            placed_mask = ndimage.binary_dilation(placed_mask, iterations=dilate_px)
+            placed_mask = _morphology.dilate(placed_mask, dilate_px)
         mask[s] = placed_mask
         filled[s] = True
     good = np.flatnonzero(filled)

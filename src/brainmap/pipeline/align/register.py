@@ -43,6 +43,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from brainmap.pipeline.align import _sampler
 from brainmap.specimen.transforms import Affine2d, Affine3d
 
 __all__ = [
@@ -394,9 +395,32 @@ class Sampler:
         # the packed rows as single 16-byte items (3-D: value + 3 gradients, float32) for the corner gathers:
         # np.take of 1-D complex128 items moves the same bytes ~25 % faster than of (n, 4) float32 rows
         self._rows = self.packed.view(np.complex128).ravel() if k == 3 and self.packed is not None else None
+        self._compiled: tuple[np.ndarray, ...] | None = None
 
     def __call__(self, points: np.ndarray, gradient: bool = True):
-        """``(values, inside)`` or ``(values, inside, gradient (k, n))`` at ``(k, n)`` physical points."""
+        """``(values, inside)`` or ``(values, inside, gradient (k, n))`` at ``(k, n)`` physical points.
+
+        Compiled (:func:`._sampler.sample`): the same bits as :meth:`_sample_numpy`, the numpy expressions, which
+        still interpolate a 3-D image with its gradient: there numpy's one gather of 16-byte rows per corner over
+        all the points was measured faster than the compiled loop on the 50 um template (random points of the
+        brain: 14 against 17-21 ms per 100 000), the other cases 1.2-3x slower (docs/performance-demo.md,
+        round 8)."""
+        if gradient and self.packed is None:
+            raise ValueError("this Sampler was made without gradients")
+        if gradient and self._rows is not None:
+            return self._sample_numpy(points, gradient)
+        if self._compiled is None:
+            self._compiled = (self.origin[:, 0].copy(), self.spacing[:, 0].copy(), self.shape.astype(np.int64),
+                              self.values.reshape(-1, 1))
+        origin, spacing, shape, values = self._compiled
+        out, valid = _sampler.sample(points, origin, spacing, self.reverse, shape, self.strides,
+                                     self.packed if gradient else values)
+        if not gradient:
+            return out[0], valid
+        return out[0], valid, out[1:]
+
+    def _sample_numpy(self, points: np.ndarray, gradient: bool = True):
+        """:meth:`__call__` in numpy (the expressions the compiled sampler reproduces; kept for its tests)."""
         if gradient and self.packed is None:
             raise ValueError("this Sampler was made without gradients")
         coords = (points - self.origin) / self.spacing
