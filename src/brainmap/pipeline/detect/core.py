@@ -43,7 +43,7 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    pixels (>= 2.5 um) an axon is narrower than a pixel. A pixel an axon crosses holds light in proportion to the
    length of fibre in it times the fibre's brightness; one the fibre only clips, or where a segment ends, holds a
    fraction of a full crossing. A candidate is kept where ``F >= axon_cover * (its fibre's full crossing)``
-   (0.6): the brightest pixel of its connected group when the group is one segment (2-6 pixels), else the image's
+   (0.65): the brightest pixel of its connected group when the group is one segment (2-6 pixels), else the image's
    typical full crossing, the median contrast of its isolated peaks (:func:`_axon_cover_rule`; brightness drops
    out, varicosities and overlapping fibres do not inflate it as a 3 x 3 maximum does). At finer pixels a
    candidate is kept where ``F >= axon_fraction * max(F)`` over its 3 x 3 neighbourhood (0.4).
@@ -93,6 +93,11 @@ REFIT_DENSITY = 0.02
 #: Connectivity: the coverage rule (``axon_cover``) is the default at pixels at least this coarse (um), where an axon
 #: (about a micron wide) crosses well under half a pixel's width; finer pixels keep the 3 x 3 rule (``axon_fraction``).
 AXON_COVER_MIN_PIXEL_UM = 2.5
+#: Connectivity at pixels at least :data:`AXON_COVER_MIN_PIXEL_UM` coarse: the opening's window (um; 9 pixels at
+#: 10 um). A coarse pixel is bright wherever any fibre touches it, so in a mesh of axons (around an injection site)
+#: fibre-free pixels grow rare and a 50 um window (5 pixels at 10 um) sat on the mesh, eating a third of its
+#: contrast (docs/detection-bounds.md, round 8). Finer pixels resolve the gaps between axons: 50 um.
+AXON_BACKGROUND_WINDOW_UM = 90.0
 #: The coverage rule: a connected group of at most this many candidates is one fibre segment, judged against its own
 #: brightest pixel; larger groups (crossing fibres, a mesh) against the image's typical full crossing.
 AXON_SEGMENT_PX = 6
@@ -121,7 +126,8 @@ class DetectionParams:
             ``None``: off. ISH default 6, connectivity off (measured on ISH only).
         background_window_um: side of the square of the grey opening (um); wider than the signal objects
             (axons, cells and their clusters), narrower than the background's features. ``None``: 50 um for
-            connectivity, 3 cell diameters for ISH.
+            connectivity (:data:`AXON_BACKGROUND_WINDOW_UM`, 90 um, at pixels of at least
+            :data:`AXON_COVER_MIN_PIXEL_UM`), 3 cell diameters for ISH.
         background_block_um: side of the blocks of the large-scale background (um).
         background_quantile: the large-scale background of a block is this quantile of its tissue pixels.
         background_excess: the local background (the opening) is capped at ``(1 + background_excess)`` times the
@@ -154,7 +160,7 @@ class DetectionParams:
         axon_cover: connectivity: keep a candidate whose contrast is at least this fraction of its fibre's full
             crossing -- the brightest pixel of its connected group when the group is one segment (at most
             :data:`AXON_SEGMENT_PX` pixels), else the image's typical full crossing (:func:`_axon_cover_rule`); 0
-            disables the rule. Connectivity default 0.6 at pixels of at least :data:`AXON_COVER_MIN_PIXEL_UM`, else 0.
+            disables the rule. Connectivity default 0.65 at pixels of at least :data:`AXON_COVER_MIN_PIXEL_UM`, else 0.
         detect_injection: find the injection site (connectivity only).
         saturation_counts: the saturation level (counts); ``None``: the full scale of the smallest bit depth
             (8, 10, 12, 14, 16) holding the image's maximum.
@@ -232,7 +238,7 @@ class DetectionParams:
         elif product == "connectivity":
             coarse = float(pixel_size_um) >= AXON_COVER_MIN_PIXEL_UM  # an axon crosses under half a pixel
             base = dict(peak_fraction=0.0, detect_injection=True, noise_refits=1, axon_fraction=0.0 if coarse else 0.4,
-                        axon_cover=0.6 if coarse else 0.0)
+                        axon_cover=0.65 if coarse else 0.0)
         else:
             raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
         return cls(product=product, pixel_size_um=float(pixel_size_um), **{**base, **overrides})
@@ -265,7 +271,10 @@ class DetectionParams:
         """Side of the opening's square (pixels, odd, >= 3)."""
         um = self.background_window_um
         if um is None:
-            um = 3.0 * self.diameter_um if self.product == "ish" else 50.0
+            if self.product == "ish":
+                um = 3.0 * self.diameter_um
+            else:  # axons: coarse pixels need a wider window in a mesh (AXON_BACKGROUND_WINDOW_UM)
+                um = AXON_BACKGROUND_WINDOW_UM if self.pixel_size_um >= AXON_COVER_MIN_PIXEL_UM else 50.0
         size = self._px(um, 3)
         return size + (size + 1) % 2
 
