@@ -23,7 +23,8 @@ class Figure:
     def met(self) -> bool | None:
         if self.target is None:
             return None
-        return self.value <= self.target if self.better == "lower" else self.value >= self.target
+        # a Python bool: numpy's comparisons give np.bool_, which `is False` misses (the summary's count)
+        return bool(self.value <= self.target if self.better == "lower" else self.value >= self.target)
 
     def line(self) -> str:
         sign = "<=" if self.better == "lower" else ">="
