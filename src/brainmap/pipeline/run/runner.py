@@ -659,25 +659,25 @@ class SectionReduction:
             self._progress.notify_all()
 
 
-def _is_large(accumulator: Any) -> bool:
-    """Whether an accumulator may grow to whole dense volumes of 64 MB or more (25 um connectivity grids and
-    finer); ISH accumulators and 100 um grids are small."""
+def _large_grid(spec: Any) -> bool:
+    """Whether a grid's dense volumes take 64 MB or more each (25 um connectivity grids and finer)."""
     from brainmap.pipeline.grid.resample import POPULATE_BYTES
 
-    parts = getattr(accumulator, "parts", [accumulator])
-    return any(getattr(part, "spec", None) is not None and part.spec.n_voxels * 8 >= POPULATE_BYTES
-               for part in parts)
+    return spec is not None and spec.n_voxels * 8 >= POPULATE_BYTES
+
+
+def _is_large(accumulator: Any) -> bool:
+    """Whether an accumulator may grow to whole dense volumes of a large grid (:func:`_large_grid`); ISH
+    accumulators and 100 um grids are small."""
+    return any(_large_grid(getattr(part, "spec", None)) for part in getattr(accumulator, "parts", [accumulator]))
 
 
 def _gridder_is_large(gridder: Any) -> bool:
     """Whether a gridder's accumulator is large (:func:`_is_large`), told from its grids without making one (a
     10 um accumulator makes its spill folder)."""
-    from brainmap.pipeline.grid.resample import POPULATE_BYTES
-
     if getattr(gridder, "lattice", None) is not None:  # ISH: an expression accumulator
         return False
-    specs = [gridder.spec, *(getattr(gridder, "extra_specs", None) or ())]
-    return any(spec.n_voxels * 8 >= POPULATE_BYTES for spec in specs)
+    return any(_large_grid(spec) for spec in [gridder.spec, *(getattr(gridder, "extra_specs", None) or ())])
 
 
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
