@@ -217,7 +217,7 @@ def build_parser(services: bool = True) -> argparse.ArgumentParser:
     unionize.add_argument("--annotation", type=Path,
                           help="annotation NRRD on the grid, e.g. Allen's annotation_10.nrrd (default: an "
                                "annotation_{res}.nrrd in GRID_DIR, else the bundled one; at 10 um the bundled 25 um "
-                               "one upsampled by nearest neighbour); large ones are read slab by slab")
+                               "one upsampled by nearest neighbour); read slab by slab with the grids")
     unionize.add_argument("--out", type=Path, help="CSV to write (default GRID_DIR/structure_unionizes.csv)")
     unionize.set_defaults(run=_run_unionize)
     return parser
@@ -322,14 +322,12 @@ def _run_load(args: argparse.Namespace) -> int:
 
 
 def _run_unionize(args: argparse.Namespace) -> int:
-    from brainmap.atlas import ReferenceSpace
     from brainmap.io.atomic import atomic_write
     from brainmap.pipeline.unionize import GridFolder, unionize_annotation, unionize_expression, unionize_projection
 
     grids = GridFolder(args.grid_dir, resolution=args.grid_resolution)
     space = unionize_annotation(grids, args.annotation)
-    if not isinstance(space, ReferenceSpace):
-        print(f"annotation: {space.source}, read slab by slab", file=sys.stderr)
+    print(f"annotation: {space.source}, read slab by slab", file=sys.stderr)
     if args.product == "connectivity":
         table = unionize_projection(grids, space, experiment_id=args.experiment_id, pixel_size_um=args.pixel_size)
     else:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import bz2
 import importlib.util
 import sys
+import threading
+import zlib
 from importlib import resources
 from pathlib import Path
 
@@ -71,12 +73,19 @@ def test_bzip2_and_byte_skip_and_detached(tmp_path):
     assert_bit_equal(read_nrrd(tmp_path / "v.nhdr")[0], volume)
 
 
-def test_zlib_fallback_gives_the_same(tmp_path, monkeypatch):
-    """Without python-isal (or with BRAINMAP_INFLATE=zlib) the slabs come from zlib, bit for bit the same."""
+@pytest.mark.parametrize("inflater", ["zlib", "isal", "zlib-ng"])
+def test_every_inflate_gives_the_same(tmp_path, monkeypatch, inflater):
+    """zlib-ng (the default), python-isal and zlib (BRAINMAP_INFLATE=zlib / isal / zlib-ng) give the same slabs bit
+    for bit, and the same whole volume."""
     path = CCF / "annotation_100.nrrd"
-    fast = joined(path, 5)
-    monkeypatch.setattr(limits, "_isal_zlib", None)
-    assert_bit_equal(joined(path, 5), fast)
+    raw = path.read_bytes()
+    data = zlib.decompress(raw[raw.index(b"\n\n") + 2 :], zlib.MAX_WBITS | 16)  # the stdlib's, whole
+    reference = np.frombuffer(data, dtype="<u4").reshape(read_nrrd(path)[0].shape, order="F")
+    chosen = limits._choose_inflater(inflater)
+    assert chosen.__name__.split(".")[-1] == {"zlib": "zlib", "isal": "isal_zlib", "zlib-ng": "zlib_ng"}[inflater]
+    monkeypatch.setattr(limits, "_inflater", chosen)
+    assert_bit_equal(joined(path, 5), reference)
+    assert_bit_equal(read_nrrd(path)[0], reference)
 
 
 def test_volume_set_slabs_in_parallel(tmp_path):
@@ -94,6 +103,33 @@ def test_volume_set_slabs_in_parallel(tmp_path):
     assert starts == list(range(0, 33, 4))
     for name, volume in volumes.items():
         assert_bit_equal(np.concatenate(pieces[name], axis=-1), volume)
+
+
+@pytest.mark.parametrize("ahead", [1, 2, 5])
+def test_volume_set_read_ahead_gives_every_slab_once_and_stops_its_threads(tmp_path, ahead):
+    """Any read-ahead depth gives the same slabs in order; a caller that stops early (or a damaged volume) leaves
+    no decoding thread behind."""
+    rng = np.random.default_rng(2)
+    volumes = {name: rng.random((6, 5, 23)) for name in "abcd"}
+    for name, volume in volumes.items():
+        write_nrrd(tmp_path / f"{name}.nrrd", volume, spacing_um=25)
+    paths = {name: tmp_path / f"{name}.nrrd" for name in volumes}
+    slab_bytes = 6 * 5 * 8 * 2
+    got = {name: [] for name in volumes}
+    for _, slabs in iter_volume_slabs(paths, slab_bytes=slab_bytes, threads=3, ahead=ahead):
+        for name, slab in slabs.items():
+            got[name].append(slab)
+    for name, volume in volumes.items():
+        assert_bit_equal(np.concatenate(got[name], axis=-1), volume)
+    slabs_iter = iter_volume_slabs(paths, slab_bytes=slab_bytes, threads=2, ahead=ahead)
+    next(slabs_iter)
+    slabs_iter.close()  # the caller stops after one slab
+    assert not [t for t in threading.enumerate() if t.name.startswith("nrrd-slabs")]
+    bad = tmp_path / "c.nrrd"
+    bad.write_bytes(bad.read_bytes()[:-200])
+    with pytest.raises(FormatError, match="c.nrrd: gzip data is truncated"):
+        list(iter_volume_slabs(paths, slab_bytes=slab_bytes, threads=2, ahead=ahead))
+    assert not [t for t in threading.enumerate() if t.name.startswith("nrrd-slabs")]
 
 
 def test_volume_set_refuses_different_sizes(tmp_path):
@@ -132,7 +168,7 @@ def test_lying_header_costs_one_slab(tmp_path):
             pass
 
 
-@pytest.mark.parametrize("inflate", ["default", "zlib"])
+@pytest.mark.parametrize("inflate", ["zlib-ng", "isal", "zlib"])
 @pytest.mark.parametrize("piece", [65_536, 100_003, 1 << 20, 5 << 20])
 def test_iter_decompressed_pieces_mixed_ratios(monkeypatch, inflate, piece):
     """Runs of zeros (one call gives a whole piece: handed out without a copy) next to noise (pieces assembled from
@@ -140,8 +176,7 @@ def test_iter_decompressed_pieces_mixed_ratios(monkeypatch, inflate, piece):
     import gzip
     import io
 
-    if inflate == "zlib":
-        monkeypatch.setattr(limits, "_isal_zlib", None)
+    monkeypatch.setattr(limits, "_inflater", limits._choose_inflater(inflate))
     rng = np.random.default_rng(18)
     data = b"".join([bytes(3 << 20), rng.integers(0, 4, 1 << 20, dtype=np.uint8).tobytes(), bytes(1 << 20),
                      rng.integers(0, 256, 300_001, dtype=np.uint8).tobytes()])

@@ -48,23 +48,26 @@ def test_annotation_file_streamed_with_the_grids_gives_the_in_memory_sums(grids_
     assert (whole.voxels > 0).sum() > 500
 
 
-def test_unionize_command_streams_a_large_annotation_file(grids_100, tmp_path, monkeypatch):
-    """--annotation FILE and an annotation_{res}.nrrd in the grid folder, streamed (the voxel limit lowered to 0
-    so a 100 um file counts as large), write the CSV of the bundled annotation loaded whole."""
-    reference, via_option, via_folder = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
-    assert main(["unionize", str(grids_100), "--experiment-id", "3", "--out", str(reference)]) == 0
-    monkeypatch.setattr("brainmap.pipeline.unionize.grids.STREAM_ANNOTATION_VOXELS", 0)
+def test_unionize_command_streams_the_annotation_file(grids_100, tmp_path):
+    """The bundled annotation, --annotation FILE and an annotation_{res}.nrrd in the grid folder are each decoded
+    slab by slab with the grids; the CSVs equal that of the bundled annotation loaded whole (the in-memory pass)."""
+    reference, bundled_csv, via_option, via_folder = (tmp_path / f"{name}.csv" for name in "abcd")
+    files = GridFolder(grids_100)
+    in_memory = {name: files[name] for name in files}  # a plain dict: the in-memory pass, annotation whole
+    unionize_projection(in_memory, ReferenceSpace.bundled(100), experiment_id=3).to_csv(reference, index=False)
+    assert main(["unionize", str(grids_100), "--experiment-id", "3", "--out", str(bundled_csv)]) == 0
     assert main(["unionize", str(grids_100), "--experiment-id", "3", "--out", str(via_option),
                  "--annotation", str(bundled.annotation_path(100))]) == 0
-    assert isinstance(unionize_annotation(GridFolder(grids_100), bundled.annotation_path(100)), StreamedAnnotation)
+    for annotation in (None, bundled.annotation_path(100)):
+        assert isinstance(unionize_annotation(GridFolder(grids_100), annotation), StreamedAnnotation)
     folder = tmp_path / "with_annotation"
     folder.mkdir()
     for path in grids_100.iterdir():
         (folder / path.name).symlink_to(path)
     (folder / "annotation_100.nrrd").symlink_to(bundled.annotation_path(100))
     assert main(["unionize", str(folder), "--experiment-id", "3", "--out", str(via_folder)]) == 0
-    assert via_option.read_bytes() == reference.read_bytes()
-    assert via_folder.read_bytes() == reference.read_bytes()
+    for csv in (bundled_csv, via_option, via_folder):
+        assert csv.read_bytes() == reference.read_bytes(), csv.name
 
 
 def test_upsampled_annotation_is_the_coarse_one_repeated():

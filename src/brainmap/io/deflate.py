@@ -15,6 +15,11 @@ try:
 except ImportError:  # pragma: no cover - python-isal is a dependency
     isal_zlib = None
 
+try:
+    from zlib_ng import zlib_ng  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - zlib-ng is a dependency
+    zlib_ng = None
+
 fast_zlib: ModuleType = isal_zlib if isal_zlib is not None else zlib
 
-__all__ = ["fast_zlib", "isal_zlib"]
+__all__ = ["fast_zlib", "isal_zlib", "zlib_ng"]
