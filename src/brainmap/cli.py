@@ -327,7 +327,10 @@ def _run_unionize(args: argparse.Namespace) -> int:
 
     grids = GridFolder(args.grid_dir, resolution=args.grid_resolution)
     space = unionize_annotation(grids, args.annotation)
-    print(f"annotation: {space.source}, read slab by slab", file=sys.stderr)
+    source = getattr(space, "source", None)  # a StreamedAnnotation's; the 200 um ISH grid's space has none
+    print(f"annotation: {source}, read slab by slab" if source else
+          f"annotation: the bundled 25 um annotation on Allen's {grids.resolution} um ISH expression grid",
+          file=sys.stderr)
     if args.product == "connectivity":
         table = unionize_projection(grids, space, experiment_id=args.experiment_id, pixel_size_um=args.pixel_size)
     else:
@@ -335,7 +338,8 @@ def _run_unionize(args: argparse.Namespace) -> int:
     out = args.out or args.grid_dir / "structure_unionizes.csv"
     with atomic_write(out, "w", newline="") as fh:
         table.to_csv(fh, index=False)
-    print(f"wrote {out}: {len(table):,} rows ({table.structure_id.nunique()} structures x hemispheres 1, 2, 3)")
+    per = "x hemispheres 1, 2, 3" if args.product == "connectivity" else "one row each"
+    print(f"wrote {out}: {len(table):,} rows ({table.structure_id.nunique()} structures, {per})")
     return 0
 
 

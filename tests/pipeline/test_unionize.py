@@ -248,3 +248,30 @@ def test_cli_unionize_writes_the_rows(tmp_path, space100, projection_grids, caps
     np.testing.assert_allclose(written.sum_projection_pixels, expected.sum_projection_pixels, rtol=1e-12)
     assert main(["unionize", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_unionizes_ish_grids_at_200_um(tmp_path, capsys):
+    """`brainmap unionize --product ish` on 200 um expression grids (as the runner writes them) uses Allen's 200 um
+    expression grid annotation and writes the rows of :func:`unionize_expression` on it."""
+    from brainmap.atlas.expression_grid import EXPRESSION_GRID_SHAPE, expression_grid_space
+    from brainmap.cli import main
+    from brainmap.pipeline.unionize import unionize_expression
+    from brainmap.pipeline.unionize.ish import ISH_GRID_NAMES
+
+    rng = np.random.default_rng(200)
+    sum_pixels = rng.integers(0, 5000, EXPRESSION_GRID_SHAPE).astype(np.float32)
+    expressing = np.floor(sum_pixels * rng.random(EXPRESSION_GRID_SHAPE)).astype(np.float32)
+    intensity = sum_pixels * rng.uniform(50, 200, EXPRESSION_GRID_SHAPE).astype(np.float32)
+    expressing_intensity = expressing * rng.uniform(100, 250, EXPRESSION_GRID_SHAPE).astype(np.float32)
+    energy = np.where(sum_pixels > 0, expressing_intensity / np.maximum(sum_pixels, 1), -1).astype(np.float32)
+    grids = dict(zip(ISH_GRID_NAMES, [sum_pixels, expressing, intensity, expressing_intensity, energy]))
+    for name, volume in grids.items():
+        write_nrrd(tmp_path / f"{name}_200.nrrd", volume, spacing_um=200)
+    assert main(["unionize", str(tmp_path), "--product", "ish", "--experiment-id", "5"]) == 0
+    assert "200 um ISH expression grid" in capsys.readouterr().err
+    written = pd.read_csv(tmp_path / "structure_unionizes.csv")
+    expected = unionize_expression(grids, expression_grid_space(), section_data_set_id=5)
+    assert len(written) == len(expected) > 500
+    assert list(written.structure_id) == list(expected.structure_id)
+    np.testing.assert_allclose(written.expression_energy, expected.expression_energy, rtol=1e-12)
+    np.testing.assert_allclose(written.sum_pixels, expected.sum_pixels, rtol=1e-12)

@@ -86,12 +86,13 @@ def require(grids: Mapping[str, np.ndarray], names: list[str], where: str) -> No
 
 
 def unionize_annotation(grids: GridFolder, annotation: str | Path | None = None
-                        ) -> StreamedAnnotation:
+                        ) -> ReferenceSpace | StreamedAnnotation:
     """The annotation to unionize ``grids`` with, read slab by slab along with the grid files.
 
     In order: ``annotation`` (a NRRD on the grid, e.g. Allen's ``annotation_10.nrrd`` from ReferenceSpaceCache);
     an ``annotation_{res}.nrrd`` in the grid folder; the bundled annotation at the grid's resolution (25, 50,
-    100 um); else (10 um) the bundled 25 um annotation upsampled by nearest neighbour, slab by slab.
+    100 um); at 200 um, Allen's ISH expression grid (a ReferenceSpace: 159,326 voxels, held whole); else (10 um)
+    the bundled 25 um annotation upsampled by nearest neighbour, slab by slab.
 
     An annotation file is decoded in the same threads as the grids and relabelled slab by slab, whatever its
     size: at 25 um that is both faster and smaller than loading it whole first (``brainmap unionize`` on ten
@@ -101,6 +102,7 @@ def unionize_annotation(grids: GridFolder, annotation: str | Path | None = None
     """
     from brainmap.atlas import ReferenceSpace, bundled
     from brainmap.atlas.annotation_stream import StreamedAnnotation
+    from brainmap.atlas.expression_grid import EXPRESSION_GRID_RESOLUTION_UM, expression_grid_space
     from brainmap.io.nrrd_stream import NrrdSlabs
 
     path = annotation if annotation is not None else grids.paths.get("annotation")
@@ -108,6 +110,8 @@ def unionize_annotation(grids: GridFolder, annotation: str | Path | None = None
         path = bundled.annotation_path(grids.resolution)
     if path is not None:
         return StreamedAnnotation.from_file(path)
+    if grids.resolution == EXPRESSION_GRID_RESOLUTION_UM:
+        return expression_grid_space()
     shape = NrrdSlabs(next(iter(grids.paths.values()))).shape
     finest = ReferenceSpace.bundled(min(bundled.BUNDLED_RESOLUTIONS))
     if len(shape) != 3 or any(round(n * grids.resolution) != round(m * finest.resolution[0])
