@@ -87,6 +87,29 @@ def test_label_outside_the_ontology_is_named(toy):
         LabelIndex(bad, OntologyOrder.from_tree(tree))
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_relabelling_runs_of_labels_matches_a_lookup_and_names_every_unknown_one(toy, signed):
+    """Runs of one label (as an annotation holds them) relabel as a plain lookup does; an unknown label or a
+    negative one inside a run, at a run's start or right after a known run is still found and named."""
+    tree, _, _ = toy
+    order = OntologyOrder.from_tree(tree)
+    lookup = {0: 0, **{int(sid): k + 1 for k, sid in enumerate(order.ids)}}
+    rng = np.random.default_rng(5)
+    values = rng.choice(np.array(list(lookup)), size=400)
+    runs = np.repeat(values, rng.integers(1, 9, size=400)).astype(np.int64 if signed else np.uint32)
+    index = LabelIndex(runs, order)
+    assert index.compact.tolist() == [lookup[int(v)] for v in runs]
+    for bad_value in ([-7] if signed else []) + [999_999]:
+        for where in (0, 5, len(runs) // 2, len(runs) - 1):
+            bad = runs.copy()
+            bad[where : where + 3] = bad_value  # a run of the unknown label
+            with pytest.raises(UnknownStructureError, match=f"structures of the ontology: {bad_value}"):
+                LabelIndex(bad, order)
+            bad[where + 1 :] = bad[where]  # ... that runs to the end
+            with pytest.raises(UnknownStructureError):
+                LabelIndex(bad, order)
+
+
 def test_unknown_structure_in_a_mask_query_is_named(toy):
     _, _, index = toy
     with pytest.raises(UnknownStructureError, match="4242"):
