@@ -29,8 +29,10 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    :attr:`DetectionParams.cell_window_px`), ``F'`` being ``F`` averaged over ``peak_smooth_um`` (3 um: a cell's
    level rather than its brightest granule), so each cell is cut at its half maximum whatever its brightness
    (the fraction is corrected for pixel integration, sampling and that averaging when pixels are not small
-   against a cell: :attr:`DetectionParams.effective_peak_fraction`). Holes smaller than 0.6 of a cell (a dimmer
-   nucleus) are filled. A binary opening by a square of ``speck_um`` (3 um, in whole
+   against a cell: :attr:`DetectionParams.effective_peak_fraction`); a cell's pixels are kept only where that cut
+   lies above the noise threshold (:func:`_cut_above_noise`, a hysteresis: a peak just over the threshold is not
+   a cell; both cell rules). Holes smaller than 0.6 of a cell (a dimmer nucleus) are filled. A binary opening by
+   a square of ``speck_um`` (3 um, in whole
    pixels, rounded down: 2 x 2 at 1.5 um, 3 x 3 at 1 um) then removes specks narrower than that; at coarser
    pixels (a side under 2 pixels, e.g. the virtual microscope's 8 um, where a cell is 1-2 pixels) there is no
    opening, so single-pixel cells stay. Where a cell spans only 1-3 pixels (the virtual microscope's 8 um) its
@@ -154,6 +156,11 @@ class DetectionParams:
             fraction of its sub-pixel peak that its edge holds, from the profile measured at the image's peaks
             (Gaussian spots or flat cells; :func:`_subpixel_cell_rule`); ``False``: the half-maximum rule of finer
             pixels.
+        cut_above_noise: ISH: keep a cell's pixels only where its cut (the fraction of its peak the cell rule keeps)
+            lies above the noise threshold (:func:`_cut_above_noise`): a cell whose outline would sit under the
+            noise has its extent drawn by the noise threshold, not by the cut, and is not told apart from the
+            noise's excursions and the background's small structures (debris, ridges narrower than the opening),
+            whose peaks sit just over the threshold. ``False``: any candidate may be a cell's peak.
         axon_fraction: connectivity: keep a candidate whose contrast is at least this fraction of the largest in
             its 3 x 3 neighbourhood (a pixel an axon only clips is dimmer than those it crosses); 0 disables the
             rule. Connectivity default 0.4 at pixels finer than :data:`AXON_COVER_MIN_PIXEL_UM`, else 0.
@@ -196,6 +203,7 @@ class DetectionParams:
     axon_fraction: float = 0.0
     axon_cover: float = 0.0
     subpixel_cells: bool = True
+    cut_above_noise: bool = True
     detect_injection: bool = True
     saturation_counts: float | None = None
     injection_level: float = 0.5
@@ -839,7 +847,8 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
     info: dict[str, Any] = {}
     if params.peak_fraction > 0 and params.subpixel_cells and params.cell_window_px <= 3:
         # cells of 1-3 pixels: the sub-pixel peak and the spot's measured width set the cut (module docstring)
-        detected &= _subpixel_cell_rule(contrast, detected, params, subpixel)
+        detected &= _subpixel_cell_rule(contrast, detected, params, subpixel,
+                                        (table, background) if params.cut_above_noise else None)
     elif params.peak_fraction > 0:
         # contrast >= fraction * local maximum, in integers: a lookup table of ceil(fraction * level)
         fraction_table = np.ceil(np.arange(65536) * params.effective_peak_fraction).astype(np.uint16)
@@ -847,7 +856,11 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         if params.peak_smooth_px >= 2:
             # the cell's level, not one bright granule: the local maximum of the contrast averaged over a few um
             peak_source = _box_mean(contrast, params.peak_smooth_px)
-        detected &= contrast >= fraction_table[running_max(peak_source, params.cell_window_px)]
+        cut = fraction_table[running_max(peak_source, params.cell_window_px)]
+        detected &= contrast >= cut
+        if params.cut_above_noise:
+            at = np.flatnonzero(detected)
+            detected.ravel()[at] = _cut_above_noise(np.take(cut.ravel(), at), at, table, background)
     if params.peak_fraction > 0:
         detected = _binary_opening(detected, params.speck_px)
         detected = _fill_small_holes(detected, 0.6 * math.pi * (params.diameter_um / 2 / params.pixel_size_um) ** 2)
@@ -932,8 +945,25 @@ def _axon_cover_rule(contrast: np.ndarray, candidates: np.ndarray, local_max: np
     return keep
 
 
+def _cut_above_noise(cut: np.ndarray, at: np.ndarray, table: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """bool, for the pixels of flat indices ``at``: whether the cut a cell rule puts them to (``cut``, contrast
+    counts) lies above the noise threshold there (``table[B] - B``, the contrast a candidate exceeds at its
+    background ``B``; ``table`` the :meth:`NoiseModel.threshold_table`).
+
+    A candidate is kept by a cell rule where its contrast reaches the cut, a fraction of its cell's peak. Where the
+    cut lies at or under the noise threshold, the cell's outline is not in the image: the pixels kept are those
+    over the threshold, whatever the cell's shape, and the peak is no further over the noise than its outline
+    would be under it. So the peak must exceed the threshold by the rule's own factor (1 / fraction) to make a
+    cell: a hysteresis whose two levels both follow from the rule (the threshold for a pixel, the threshold over
+    the cut fraction for a cell's peak), no new constant. Measured where the false positives are:
+    ``docs/detection-bounds.md`` (round 9).
+    """
+    level = np.take(background.ravel(), at)
+    return cut > np.take(table, level).astype(np.int32) - level  # the table is >= its level: no wrap-around
+
+
 def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: DetectionParams,
-                        info: dict[str, float]) -> np.ndarray:
+                        info: dict[str, float], noise: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The cell rule where a cell spans 1-3 pixels (bool, the pixels kept among ``candidates``).
 
     The pixels are too coarse to show a cell's outline, and the brightest pixel is not its peak (the cell's centre
@@ -952,6 +982,9 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
     * **Flat cells** (a plateau with a steep edge, each pixel recording the fraction of it the cell covers: the
       log-curvature depends on where the edge falls in the pixels and spreads widely): the parabola is through
       ``F`` itself and the edge, the pixel half covered, holds half the plateau: ``params.peak_fraction``.
+
+    ``noise``: ``(threshold table, background)``: a pixel is kept only where its cut lies above the noise threshold
+    (:func:`_cut_above_noise`); ``None``: no such test.
     """
     rows, cols = contrast.shape
     # Only the candidates are looked at (a few percent of the pixels): their 3 x 3 neighbourhoods are gathered, by
@@ -974,7 +1007,8 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
     if peaks.size < 10:
         fraction = params.effective_peak_fraction
         info.update(cut_fraction=float(fraction))
-        keep.ravel()[at] = value >= np.ceil(local * fraction)
+        cut = np.ceil(local * fraction)
+        keep.ravel()[at] = (value >= cut) & (_cut_above_noise(cut, at, *noise) if noise is not None else True)
         return keep
 
     def values(dy: int, dx: int) -> np.ndarray:
@@ -1011,7 +1045,8 @@ def _subpixel_cell_rule(contrast: np.ndarray, candidates: np.ndarray, params: De
         fraction = float(params.peak_fraction)
     info.update(cut_fraction=fraction, log_curvature_spread=spread, flat_cells=float(not gaussian),
                 cells=float(peaks.size))
-    keep.ravel()[at] = value >= fraction * reference
+    cut = fraction * reference
+    keep.ravel()[at] = (value >= cut) & (_cut_above_noise(cut, at, *noise) if noise is not None else True)
     return keep
 
 
