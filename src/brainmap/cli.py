@@ -322,23 +322,31 @@ def _run_load(args: argparse.Namespace) -> int:
 
 
 def _run_unionize(args: argparse.Namespace) -> int:
-    from brainmap.io.atomic import atomic_write
-    from brainmap.pipeline.unionize import GridFolder, unionize_annotation, unionize_expression, unionize_projection
+    from contextlib import nullcontext
+
+    from brainmap.pipeline.unionize.grids import GridFolder, projection_volume_slabs
 
     grids = GridFolder(args.grid_dir, resolution=args.grid_resolution)
-    space = unionize_annotation(grids, args.annotation)
-    source = getattr(space, "source", None)  # a StreamedAnnotation's; the 200 um ISH grid's space has none
-    print(f"annotation: {source}, read slab by slab" if source else
-          f"annotation: the bundled 25 um annotation on Allen's {grids.resolution} um ISH expression grid",
-          file=sys.stderr)
-    if args.product == "connectivity":
-        table = unionize_projection(grids, space, experiment_id=args.experiment_id, pixel_size_um=args.pixel_size)
-    else:
-        table = unionize_expression(grids, space, section_data_set_id=args.experiment_id)
+    connectivity = args.product == "connectivity"
+    # The grid files start decoding now, while the unionizers (numba, pandas) load.
+    with projection_volume_slabs(grids, args.annotation) if connectivity else nullcontext() as slabs:
+        from brainmap.io.atomic import atomic_write
+        from brainmap.pipeline.unionize import unionize_annotation, unionize_expression, unionize_projection
+
+        space = unionize_annotation(grids, args.annotation)
+        source = getattr(space, "source", None)  # a StreamedAnnotation's; the 200 um ISH grid's space has none
+        print(f"annotation: {source}, read slab by slab" if source else
+              f"annotation: the bundled 25 um annotation on Allen's {grids.resolution} um ISH expression grid",
+              file=sys.stderr)
+        if connectivity:
+            table = unionize_projection(grids, space, experiment_id=args.experiment_id,
+                                        pixel_size_um=args.pixel_size, slabs=slabs)
+        else:
+            table = unionize_expression(grids, space, section_data_set_id=args.experiment_id)
     out = args.out or args.grid_dir / "structure_unionizes.csv"
     with atomic_write(out, "w", newline="") as fh:
         table.to_csv(fh, index=False)
-    per = "x hemispheres 1, 2, 3" if args.product == "connectivity" else "one row each"
+    per = "x hemispheres 1, 2, 3" if connectivity else "one row each"
     print(f"wrote {out}: {len(table):,} rows ({table.structure_id.nunique()} structures, {per})")
     return 0
 

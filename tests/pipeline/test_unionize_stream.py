@@ -14,7 +14,7 @@ import pytest
 from brainmap.atlas import ReferenceSpace, bundled
 from brainmap.cli import main
 from brainmap.io import read_nrrd, write_nrrd
-from brainmap.pipeline.unionize import GridFolder, unionize_projection
+from brainmap.pipeline.unionize import GridFolder, unionize_annotation, unionize_projection
 from brainmap.pipeline.unionize import _projection_pass
 from brainmap.pipeline.unionize._projection_pass import projection_direct_sums, projection_direct_sums_streamed
 
@@ -114,3 +114,30 @@ def test_ish_unionize_over_slabs_is_the_in_memory_table_bit_for_bit(tmp_path, sl
         assert from_files.to_csv(index=False) == in_memory.to_csv(index=False)
         pd.testing.assert_frame_equal(from_files, in_memory, check_exact=True)
     assert len(calls) == 2  # the folder went through the slabs both times
+
+
+def test_grid_files_start_decoding_before_the_unionizers_load(grid_folder, tmp_path):
+    """`brainmap unionize` starts its files decoding before it imports numba and pandas: the module that starts it
+    imports neither, and slabs started early give the rows of a plain call; slabs of other files are refused."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; import brainmap.pipeline.unionize.grids, brainmap.io.nrrd_stream; "
+             "print(sorted({'numba', 'pandas'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+    from brainmap.pipeline.unionize.grids import projection_volume_slabs
+
+    folder, _ = grid_folder
+    files = GridFolder(folder)
+    space = unionize_annotation(files)
+    plain = unionize_projection(files, space, experiment_id=7)
+    with projection_volume_slabs(files) as slabs:
+        early = unionize_projection(files, space, experiment_id=7, slabs=slabs)
+    pd.testing.assert_frame_equal(early, plain)
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in folder.iterdir():
+        (other / path.name).symlink_to(path)
+    with pytest.raises(ValueError, match="not of this unionize's files"):
+        unionize_projection(files, space, slabs=projection_volume_slabs(GridFolder(other)))

@@ -30,7 +30,7 @@ from brainmap.io.nrrd import (
     _ASCII, _GZIP, _RAW, _check_header, _data_source, _fmt, _parse_header, _remaining_bytes, _skip, read_nrrd,
 )
 
-__all__ = ["NrrdSlabs", "iter_volume_slabs", "SLAB_BYTES", "READ_AHEAD"]
+__all__ = ["NrrdSlabs", "VolumeSlabs", "iter_volume_slabs", "SLAB_BYTES", "READ_AHEAD"]
 
 PathLike = str | os.PathLike[str]
 
@@ -141,11 +141,8 @@ def _raw_pieces(fh: IO[bytes], nbytes: int, piece: int, path: Path, what: str) -
         raise FormatError(f"{path}: {what} is longer than the header says ({_fmt(nbytes)} bytes expected)")
 
 
-def iter_volume_slabs(
-    paths: Mapping[str, PathLike], *, slab_bytes: int = SLAB_BYTES, threads: int | None = None,
-    ahead: int = READ_AHEAD,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Slabs of several same-shaped NRRD volumes, decoded in parallel threads.
+class VolumeSlabs:
+    """Slabs of several same-shaped NRRD volumes, decoded in worker threads from the moment it is made.
 
     Parameters
     ----------
@@ -158,6 +155,71 @@ def iter_volume_slabs(
     ahead : int
         Slabs of each volume decoded ahead of the caller (at least 1).
 
+    Iterate it (once) for ``(start, slabs)`` pairs, as :func:`iter_volume_slabs` gives them. Making it early lets
+    the volumes' first slabs decode while the caller still imports or loads what it needs; use it as a context
+    manager (or call :meth:`close`) so that its threads stop if it is not read to the end.
+
+    Raises FormatError naming the file whose sizes differ from the first's, or whose data are bad (the data's
+    errors when iterating).
+    """
+
+    def __init__(self, paths: Mapping[str, PathLike], *, slab_bytes: int = SLAB_BYTES, threads: int | None = None,
+                 ahead: int = READ_AHEAD):
+        volumes = {name: NrrdSlabs(path) for name, path in paths.items()}
+        self.paths = {name: volume.path for name, volume in volumes.items()}
+        self._first = next(iter(volumes.values()), None)
+        first_name = next(iter(volumes), "")
+        for name, volume in volumes.items():
+            if volume.shape != self._first.shape:
+                raise FormatError(f"{volume.path}: sizes {' '.join(map(str, volume.shape))} differ from "
+                                  f"{self._first.path}'s {' '.join(map(str, self._first.shape))} ({name} vs "
+                                  f"{first_name})")
+        self._reader: _ReadAhead | None = None
+        if self._first is None:
+            return
+        planes = min(volume.planes_per_slab(slab_bytes) for volume in volumes.values())
+        workers = threads or min(len(volumes), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else (os.cpu_count() or 1))
+        self._reader = _ReadAhead({name: volume.slabs(planes) for name, volume in volumes.items()},
+                                  max(1, workers), max(1, ahead)).__enter__()
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        if self._reader is None:
+            return
+        first, reader = self._first, self._reader
+        try:
+            start = 0
+            while start < first.shape[-1]:
+                slabs = reader.next_slabs()
+                if slabs is None:  # pragma: no cover - slabs() gives every plane or raises
+                    raise FormatError(f"{first.path}: a volume ended early")
+                yield start, slabs
+                start += next(iter(slabs.values())).shape[-1]
+            # Each iterator's last step checks its stream's end (CRC, trailing bytes).
+            if reader.next_slabs() is not None:  # pragma: no cover - slabs() stops after the last plane
+                raise FormatError(f"{first.path}: a volume holds more planes than its sizes")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the decoding threads (idempotent)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.__exit__(None, None, None)
+
+    def __enter__(self) -> VolumeSlabs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def iter_volume_slabs(
+    paths: Mapping[str, PathLike], *, slab_bytes: int = SLAB_BYTES, threads: int | None = None,
+    ahead: int = READ_AHEAD,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Slabs of several same-shaped NRRD volumes, decoded in parallel threads (see :class:`VolumeSlabs`).
+
     Yields
     ------
     (start, slabs) : int, dict name -> array
@@ -166,29 +228,8 @@ def iter_volume_slabs(
 
     Raises FormatError naming the file whose sizes differ from the first's, or whose data are bad.
     """
-    volumes = {name: NrrdSlabs(path) for name, path in paths.items()}
-    if not volumes:
-        return
-    first_name, first = next(iter(volumes.items()))
-    for name, volume in volumes.items():
-        if volume.shape != first.shape:
-            raise FormatError(f"{volume.path}: sizes {' '.join(map(str, volume.shape))} differ from "
-                              f"{first.path}'s {' '.join(map(str, first.shape))} ({name} vs {first_name})")
-    planes = min(volume.planes_per_slab(slab_bytes) for volume in volumes.values())
-    workers = threads or min(len(volumes), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                             else (os.cpu_count() or 1))
-    with _ReadAhead({name: volume.slabs(planes) for name, volume in volumes.items()}, max(1, workers),
-                    max(1, ahead)) as reader:
-        start = 0
-        while start < first.shape[-1]:
-            slabs = reader.next_slabs()
-            if slabs is None:  # pragma: no cover - slabs() gives every plane or raises
-                raise FormatError(f"{first.path}: a volume ended early")
-            yield start, slabs
-            start += next(iter(slabs.values())).shape[-1]
-        # Each iterator's last step checks its stream's end (CRC, trailing bytes).
-        if reader.next_slabs() is not None:  # pragma: no cover - slabs() stops after the last plane
-            raise FormatError(f"{first.path}: a volume holds more planes than its sizes")
+    with VolumeSlabs(paths, slab_bytes=slab_bytes, threads=threads, ahead=ahead) as volumes:
+        yield from volumes
 
 
 _END = object()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -21,7 +22,8 @@ from brainmap.atlas.annotation_stream import StreamedAnnotation
 from brainmap.atlas.label_index import flat_view
 from brainmap.atlas.reference_space import ReferenceSpace, midline_index
 from brainmap.errors import FormatError
-from brainmap.io.nrrd_stream import SLAB_BYTES, iter_volume_slabs
+from brainmap.io.nrrd_stream import SLAB_BYTES, VolumeSlabs
+from brainmap.pipeline.unionize.grids import ANNOTATION_KEY, PROJECTION_GRID_NAMES
 
 #: Rows of :attr:`DirectSums.sums`: the injection record's four sums, then the projection record's four
 #: (before the injection record is subtracted).
@@ -133,13 +135,9 @@ def projection_direct_sums(space: ReferenceSpace, grids, exclusion: np.ndarray |
     return _direct(sums, best, where, voxels, n)
 
 
-#: The volumes :func:`projection_direct_sums_streamed` reads, in the kernel's argument order.
-_STREAMED = ("data_mask", "sum_pixels", "injection_fraction", "injection_density", "injection_energy",
-             "injection_sum_pixel_intensities", "projection_density", "projection_energy", "sum_pixel_intensities")
-
-
 def projection_direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, str | os.PathLike[str]], *,
-                                    slab_bytes: int = SLAB_BYTES, threads: int | None = None) -> DirectSums:
+                                    slab_bytes: int = SLAB_BYTES, threads: int | None = None,
+                                    slabs: VolumeSlabs | None = None) -> DirectSums:
     """:func:`projection_direct_sums` over NRRD files read slab by slab (ranges of LR planes), bit for bit equal.
 
     Parameters
@@ -149,43 +147,47 @@ def projection_direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, s
         :func:`~brainmap.io.nrrd.read_nrrd` gives it (its compact labels read where they lie), or a
         :class:`~brainmap.atlas.annotation_stream.StreamedAnnotation` (its labels slab by slab: a 10 um grid).
     paths : mapping name -> NRRD path
-        The volumes of :data:`_STREAMED`, and ``aav_exclusion_fraction`` if present.
+        The volumes of :data:`PROJECTION_GRID_NAMES`, and ``aav_exclusion_fraction`` if present.
     slab_bytes : int
         About how many bytes a slab of one volume takes; memory is about 2 x 10 slabs, whatever the volume size.
     threads : int, optional
         Decoding threads (default: the CPUs available).
+    slabs : VolumeSlabs, optional
+        The same files already being decoded (:func:`~brainmap.pipeline.unionize.grids.projection_volume_slabs`, made before this was called); then
+        ``slab_bytes`` and ``threads`` are its own.
     """
     labels = slab_labels(space)
-    names = list(_STREAMED) + (["aav_exclusion_fraction"] if "aav_exclusion_fraction" in paths else [])
+    names = list(PROJECTION_GRID_NAMES) + (["aav_exclusion_fraction"] if "aav_exclusion_fraction" in paths else [])
     use_exclusion = "aav_exclusion_fraction" in paths
+    files = {**{name: paths[name] for name in names}, **labels.files}
+    if slabs is None:
+        slabs = VolumeSlabs(files, slab_bytes=slab_bytes, threads=threads)
+    elif slabs.paths != {name: Path(path) for name, path in files.items()}:
+        slabs.close()
+        raise ValueError("projection_direct_sums_streamed: the slabs given are not of this unionize's files")
     n = len(space.ontology_order)
     n_lr = space.shape[2]
     accumulators = _accumulators(n)
     midline = midline_index(n_lr)
     no_exclusion = np.zeros(1, np.uint8)
     end = 0
-    for start, slabs in iter_volume_slabs({**{name: paths[name] for name in names}, **labels.files},
-                                          slab_bytes=slab_bytes, threads=threads):
-        first = slabs[names[0]]
+    for start, slab in slabs:
+        first = slab[names[0]]
         if first.shape[:2] != space.shape[:2] or start + first.shape[2] > n_lr:
             raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
         k = first.shape[2]
         end = start + k
 
         def flat(name: str) -> np.ndarray:
-            volume = slabs[name]
+            volume = slab[name]
             return flat_view(volume.view(np.uint8) if volume.dtype == bool else volume)
 
-        _pass(*accumulators, start, labels(start, k, slabs), n, k, space.shape[0] * space.shape[1], True, midline,
-              *(flat(name) for name in _STREAMED),
+        _pass(*accumulators, start, labels(start, k, slab), n, k, space.shape[0] * space.shape[1], True, midline,
+              *(flat(name) for name in PROJECTION_GRID_NAMES),
               flat("aav_exclusion_fraction") if use_exclusion else no_exclusion, use_exclusion)
     if end != n_lr:
         raise FormatError(f"{paths[names[0]]}: grid volume shape differs from the annotation's {space.shape}")
     return _direct(*accumulators, n)
-
-
-#: The key of a streamed annotation file among the volumes :func:`iter_volume_slabs` decodes.
-ANNOTATION_KEY = "\0annotation"
 
 
 class SlabLabels:

@@ -46,7 +46,8 @@ import pandas as pd
 
 from brainmap.atlas.annotation_stream import StreamedAnnotation
 from brainmap.atlas.reference_space import ReferenceSpace
-from brainmap.pipeline.unionize.grids import GridFolder, require
+from brainmap.io.nrrd_stream import VolumeSlabs
+from brainmap.pipeline.unionize.grids import PROJECTION_GRID_NAMES, GridFolder, require
 from brainmap.pipeline.unionize._projection_pass import (
     SUM_NAMES, projection_direct_sums, projection_direct_sums_streamed,
 )
@@ -60,12 +61,6 @@ PROJECTION_UNIONIZE_COLUMNS = [
     "sum_projection_pixel_intensity", "sum_projection_pixels", "volume",
 ]
 
-#: Grid volumes the projection unionizer reads (``aav_exclusion_fraction`` is optional).
-PROJECTION_GRID_NAMES = [
-    "data_mask", "sum_pixels", "injection_fraction", "injection_density", "injection_energy",
-    "injection_sum_pixel_intensities", "projection_density", "projection_energy", "sum_pixel_intensities",
-]
-
 #: Allen's two-photon pixel: 0.35 um x 0.35 um in-plane.
 ALLEN_PIXEL_SIZE_UM = 0.35
 
@@ -77,6 +72,7 @@ def unionize_projection(
     experiment_id: int | None = None,
     pixel_size_um: float = ALLEN_PIXEL_SIZE_UM,
     spacing_um: float | None = None,
+    slabs: VolumeSlabs | None = None,
 ) -> pd.DataFrame:
     """Allen's ProjectionStructureUnionize rows of one experiment.
 
@@ -94,6 +90,9 @@ def unionize_projection(
         In-plane size of an image pixel (Allen: 0.35 um).
     spacing_um : float, optional
         The grid spacing in um (default: the space's resolution along AP), used for volumes and coordinates.
+    slabs : VolumeSlabs, optional
+        ``grids``' files already being decoded (:func:`~brainmap.pipeline.unionize.grids.projection_volume_slabs`,
+        started before the annotation was loaded); only when ``grids`` is a GridFolder read slab by slab.
 
     Returns
     -------
@@ -110,8 +109,11 @@ def unionize_projection(
     if isinstance(grids, GridFolder) and (isinstance(space, StreamedAnnotation)
                                           or space.label_index.compact.flags.f_contiguous):
         # Files in file order: read slab by slab, several volumes in parallel (memory independent of the size).
-        direct = projection_direct_sums_streamed(space, grids.paths)
+        direct = projection_direct_sums_streamed(space, grids.paths, slabs=slabs)
     else:
+        if slabs is not None:
+            slabs.close()
+            raise ValueError("unionize_projection: slabs are for grid files read slab by slab")
         exclusion = grids["aav_exclusion_fraction"] if "aav_exclusion_fraction" in grids else None
         direct = projection_direct_sums(space, grids, exclusion)
     # Each structure's projection record is its voxels' sums minus its injection record (AllenSDK subtracts
