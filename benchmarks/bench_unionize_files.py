@@ -33,6 +33,20 @@ load says nothing about the 60 s target: on 2 quiet cores the CPU alone puts the
 single-thread inflate is about 77 s (16.8 s for each of the three dense volumes, 2.8 s for a sparse one). The two
 CSVs are byte for byte the same. 25 um on the same machine, the command beside the round-2 commit (d42b49e), twice
 each: CPU 7.7 / 8.3 s against 8.6 / 8.5 s, 0.90-0.93 GB both, the CSVs byte for byte the same.
+
+Round 9 (a 2-core AMD EPYC machine whose speed drifted by about 25 % over minutes, so each comparison is paired,
+nothing else running): the annotation file is decoded with the grids and relabelled slab by slab instead of loaded
+whole first; every volume is read 3 slabs ahead, the volume furthest behind first; gzip is inflated by zlib-ng
+(single thread through the reader, the eleven 25 um files: 5.2 s of CPU against ISA-L's 6.0 s; 10 um
+projection_density 16.9 s against 21.2 s, injection_fraction 2.5 s against 5.2 s, sum_pixels 13.5 s against
+11.2 s); relabelling reuses a run's answer; and the command starts its files decoding before numba and pandas load
+(about 1 s of imports and numba's first call). 25 um, the command beside the stop-8 commit (17f99ee), four pairs:
+5.2-6.4 s against 7.5-9.6 s, CPU 8.6-10.0 s against 10.6-13.2 s, 0.65 GB against 0.93-0.99 GB; alone, 4.8-5.1 s in
+the machine's fast phase; ``python -m benchmarks unionize_files``: 4.80 s / 0.61 GB (fast phase), 5.76 s (slow
+phase). 10 um (upsampled annotation), one pair: 64.5 s against 80.5 s, CPU 113 s against 129 s, 1.22 GB against
+0.84 GB (read-ahead); with ``--annotation``: 56.6 s / 0.83 GB. The CSVs are byte for byte the same at both
+resolutions. At 10 um the reader's two threads are the bound (the main thread waits 43 s of 63 s); glibc malloc
+tuning (no mmap for slabs, one arena) cut page faults 3.5x but not the wall time, and is not used.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def unionize_annotation(grids: GridFolder, annotation: str | Path | None = None
 
     An annotation file is decoded in the same threads as the grids and relabelled slab by slab, whatever its
     size: at 25 um that is both faster and smaller than loading it whole first (``brainmap unionize`` on ten
-    25 um files: 5.6-6.4 s and 0.50 GB against 7.1-7.3 s and 0.95-1.0 GB, the CSV the same;
+    25 um files, paired: 5.6-6.4 s and 0.50 GB against 7.1-7.3 s and 0.95-1.0 GB, the CSV the same;
     benchmarks/bench_unionize_files.py), since the annotation's inflate and relabelling no longer come before the
     grids' first slab.
     """
