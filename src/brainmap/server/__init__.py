@@ -16,7 +16,7 @@ Names are imported on first use, so ``import brainmap.server`` does not import F
 
 from __future__ import annotations
 
-from typing import Any
+from brainmap._lazy import lazy_exports
 
 _EXPORTS = {
     "create_app": "brainmap.server.app",
@@ -29,9 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'brainmap.server' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

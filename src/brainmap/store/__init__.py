@@ -13,7 +13,7 @@ Names are imported on first use, so ``import brainmap.store`` does not import SQ
 
 from __future__ import annotations
 
-from typing import Any
+from brainmap._lazy import lazy_exports
 
 _EXPORTS = {
     "Database": "brainmap.store.database",
@@ -38,9 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'brainmap.store' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

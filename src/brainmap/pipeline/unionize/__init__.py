@@ -6,31 +6,15 @@ grid files (:mod:`~brainmap.pipeline.unionize.grids`, no numba or pandas) before
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from brainmap._lazy import lazy_exports
 
-_WHERE = {
-    "GridFolder": "grids",
-    "PROJECTION_GRID_NAMES": "grids",
-    "unionize_annotation": "grids",
-    "ISH_HEMISPHERE_COLUMNS": "ish",
-    "ISH_UNIONIZE_COLUMNS": "ish",
-    "unionize_expression": "ish",
-    "unionize_expression_by_hemisphere": "ish",
-    "PROJECTION_UNIONIZE_COLUMNS": "projection",
-    "unionize_projection": "projection",
-}
+_EXPORTS = {name: f"{__name__}.{module}" for module, names in {
+    "grids": ["GridFolder", "PROJECTION_GRID_NAMES", "unionize_annotation"],
+    "ish": ["ISH_HEMISPHERE_COLUMNS", "ISH_UNIONIZE_COLUMNS", "unionize_expression",
+            "unionize_expression_by_hemisphere"],
+    "projection": ["PROJECTION_UNIONIZE_COLUMNS", "unionize_projection"],
+}.items() for name in names}
 
-__all__ = sorted(_WHERE)
+__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
