@@ -282,9 +282,10 @@ def _fast_gzip_decompressor(codec: str) -> Any:
     Which inflate, measured (2 cores, one thread, the reader's own loop: 8 MB pieces, input topped up as it goes):
     the eleven gzip files ``brainmap unionize`` reads at 25 um (ten double grids of
     ``benchmarks/bench_unionize_files.py`` and the bundled annotation_25.nrrd) take 4.29 s of CPU with zlib-ng
-    against 5.55 s with ISA-L (python-isal) and about 14 s with zlib. zlib-ng is 4x ISA-L on the mostly-zero volumes
-    (injection_fraction: 0.07 s against 0.30 s; ISA-L copies long runs slowly) and 1.2x on the densest
-    (projection_density: 1.03 s against 1.22 s); ISA-L is ahead only on sum_pixels (0.84 s against 0.91 s).
+    against 5.55 s with ISA-L (python-isal); zlib took 1.7-20x their time on the four volumes tried. zlib-ng is
+    4x ISA-L on the mostly-zero volumes (injection_fraction: 0.07 s against 0.30 s; ISA-L copies long runs slowly)
+    and 1.2x on the densest (projection_density: 1.03 s against 1.22 s); ISA-L is ahead only on sum_pixels (0.84 s
+    against 0.91 s).
     ``BRAINMAP_INFLATE=zlib`` (or ``isal``, ``zlib-ng``) chooses one.
     """
     if _inflater is not zlib and codec in ("gzip", "zlib"):

@@ -23,7 +23,7 @@ from brainmap.atlas.label_index import flat_view
 from brainmap.atlas.reference_space import ReferenceSpace, midline_index
 from brainmap.errors import FormatError
 from brainmap.io.nrrd_stream import SLAB_BYTES, VolumeSlabs
-from brainmap.pipeline.unionize.grids import ANNOTATION_KEY, PROJECTION_GRID_NAMES
+from brainmap.pipeline.unionize.grids import ANNOTATION_KEY, PROJECTION_GRID_NAMES, projection_files
 
 #: Rows of :attr:`DirectSums.sums`: the injection record's four sums, then the projection record's four
 #: (before the injection record is subtracted).
@@ -153,13 +153,13 @@ def projection_direct_sums_streamed(space: ReferenceSpace, paths: Mapping[str, s
     threads : int, optional
         Decoding threads (default: the CPUs available).
     slabs : VolumeSlabs, optional
-        The same files already being decoded (:func:`~brainmap.pipeline.unionize.grids.projection_volume_slabs`, made before this was called); then
-        ``slab_bytes`` and ``threads`` are its own.
+        The same files already being decoded (:func:`~brainmap.pipeline.unionize.grids.projection_volume_slabs`,
+        made before this was called); then ``slab_bytes`` and ``threads`` are its own.
     """
     labels = slab_labels(space)
-    names = list(PROJECTION_GRID_NAMES) + (["aav_exclusion_fraction"] if "aav_exclusion_fraction" in paths else [])
+    files = projection_files(paths, labels.files.get(ANNOTATION_KEY))
+    names = [name for name in files if name != ANNOTATION_KEY]
     use_exclusion = "aav_exclusion_fraction" in paths
-    files = {**{name: paths[name] for name in names}, **labels.files}
     if slabs is None:
         slabs = VolumeSlabs(files, slab_bytes=slab_bytes, threads=threads)
     elif slabs.paths != {name: Path(path) for name, path in files.items()}:

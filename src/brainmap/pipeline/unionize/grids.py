@@ -118,10 +118,15 @@ def projection_volume_slabs(grids: GridFolder, annotation: str | Path | None = N
     from brainmap.io.nrrd_stream import VolumeSlabs
 
     require(grids, PROJECTION_GRID_NAMES, "projection unionize")
-    names = PROJECTION_GRID_NAMES + (["aav_exclusion_fraction"] if "aav_exclusion_fraction" in grids else [])
-    path = annotation_file(grids, annotation)
-    return VolumeSlabs({**{name: grids.paths[name] for name in names},
-                        **({} if path is None else {ANNOTATION_KEY: path})})
+    return VolumeSlabs(projection_files(grids.paths, annotation_file(grids, annotation)))
+
+
+def projection_files(paths: Mapping[str, str | Path], annotation: str | Path | None) -> dict[str, str | Path]:
+    """The files a projection unionize decodes slab by slab, in its pass's order: :data:`PROJECTION_GRID_NAMES`,
+    ``aav_exclusion_fraction`` if ``paths`` holds it, then the annotation file (if any) under
+    :data:`ANNOTATION_KEY`."""
+    names = PROJECTION_GRID_NAMES + (["aav_exclusion_fraction"] if "aav_exclusion_fraction" in paths else [])
+    return {**{name: paths[name] for name in names}, **({} if annotation is None else {ANNOTATION_KEY: annotation})}
 
 
 def unionize_annotation(grids: GridFolder, annotation: str | Path | None = None
