@@ -168,11 +168,13 @@ def test_lying_header_costs_one_slab(tmp_path):
             pass
 
 
+@pytest.mark.parametrize("reuse", [False, True], ids=["read", "readinto"])
 @pytest.mark.parametrize("inflate", ["zlib-ng", "isal", "zlib"])
 @pytest.mark.parametrize("piece", [65_536, 100_003, 1 << 20, 5 << 20])
-def test_iter_decompressed_pieces_mixed_ratios(monkeypatch, inflate, piece):
+def test_iter_decompressed_pieces_mixed_ratios(monkeypatch, inflate, piece, reuse):
     """Runs of zeros (one call gives a whole piece: handed out without a copy) next to noise (pieces assembled from
-    several calls), in two gzip members, a skipped prefix; every piece but the last full, the whole equal."""
+    several calls), in two gzip members, a skipped prefix; every piece but the last full, the whole equal; read as
+    new bytes or into the reused buffer."""
     import gzip
     import io
 
@@ -182,10 +184,41 @@ def test_iter_decompressed_pieces_mixed_ratios(monkeypatch, inflate, piece):
                      rng.integers(0, 256, 300_001, dtype=np.uint8).tobytes()])
     skip = 777
     stream = gzip.compress(data[:2_000_000], 6) + gzip.compress(data[2_000_000:], 1)
-    pieces = list(limits.iter_decompressed(io.BytesIO(stream).read, "gzip", len(data) - skip, "mixed",
-                                           skip=skip, piece=piece))
+    source = io.BytesIO(stream)
+    pieces = list(limits.iter_decompressed(source.read, "gzip", len(data) - skip, "mixed", skip=skip, piece=piece,
+                                           readinto=source.readinto if reuse else None))
     assert all(len(p) == piece for p in pieces[:-1]) and 0 < len(pieces[-1]) <= piece
     assert b"".join(p.tobytes() for p in pieces) == data[skip:]
+    truncated = io.BytesIO(stream[:-9])
     with pytest.raises(FormatError, match="mixed"):
-        list(limits.iter_decompressed(io.BytesIO(stream[:-9]).read, "gzip", len(data) - skip, "mixed", skip=skip,
-                                      piece=piece))
+        list(limits.iter_decompressed(truncated.read, "gzip", len(data) - skip, "mixed", skip=skip, piece=piece,
+                                      readinto=truncated.readinto if reuse else None))
+
+
+def test_iter_decompressed_input_follows_the_last_piece(monkeypatch):
+    """Empty planes then dense ones (a volume's edge, then its middle): each dense piece comes out of one call,
+    its input estimated from the piece before it, not from the stream's ratio so far (which the zeros inflate:
+    then most dense pieces came out short and were assembled by copies)."""
+    import gzip
+    import io
+
+    rng = np.random.default_rng(7)
+    piece = 1 << 20
+    dense = rng.integers(0, 16, 24 * piece, dtype=np.uint8).tobytes()  # about 2:1
+    data = bytes(24 * piece) + dense
+    stream = gzip.compress(data, 1)
+    calls = []
+    step = limits._step
+
+    def counted(decompressor, given, limit):
+        out, tail = step(decompressor, given, limit)
+        calls.append(len(out) < limit)
+        return out, tail
+
+    monkeypatch.setattr(limits, "_step", counted)
+    source = io.BytesIO(stream)
+    pieces = list(limits.iter_decompressed(source.read, "gzip", len(data), "dense", piece=piece,
+                                           readinto=source.readinto))
+    assert b"".join(p.tobytes() for p in pieces) == data
+    assert len(calls) <= len(pieces) + 2, f"{len(calls)} calls for {len(pieces)} pieces"
+    assert sum(calls) <= 2

@@ -79,7 +79,8 @@ def test_upsampled_annotation_is_the_coarse_one_repeated():
     for axis in range(3):
         repeated = np.repeat(repeated, 2, axis=axis)
     plane = 264 * 160
-    for start, k in ((0, 1), (5, 3), (225, 3)):
+    # in order, a plane's twin in the next call, out of order and back (the last plane made is reused)
+    for start, k in ((0, 1), (5, 3), (8, 1), (9, 1), (225, 3), (9, 2), (0, 2)):
         assert np.array_equal(fine.compact_slab(start, k), repeated[:, :, start:start + k].ravel(order="F"))
     assert nearest_indices(528, 25.0, 1320, 10.0)[[0, 1, 2, 3, 4, 5, 1319]].tolist() == [0, 0, 1, 1, 1, 2, 527]
     assert fine.compact_slab(0, 1).size == plane

@@ -41,12 +41,15 @@ def nearest_indices(n_coarse: int, coarse_um: float, n_fine: int, fine_um: float
 
 
 @numba.njit(nogil=True, cache=True)
-def _gather_planes(coarse, ia, ib, ic, out):  # pragma: no cover - compiled
-    """``out[a, b, j] = coarse[ia[a], ib[b], ic[j]]`` (out in Fortran order: a fastest)."""
-    for j in range(ic.size):
-        for b in range(ib.size):
-            for a in range(ia.size):
-                out[a, b, j] = coarse[ia[a], ib[b], ic[j]]
+def _gather_plane(coarse, ia, ib, c, out):  # pragma: no cover - compiled
+    """``out[a, b] = coarse[ia[a], ib[b], c]`` (out in Fortran order: a fastest); a column whose ``ib`` repeats
+    the previous one's is copied, not gathered again (2-3 times in 5 when 25 um becomes 10 um)."""
+    for b in range(ib.size):
+        if b > 0 and ib[b] == ib[b - 1]:
+            out[:, b] = out[:, b - 1]
+            continue
+        for a in range(ia.size):
+            out[a, b] = coarse[ia[a], ib[b], c]
 
 
 class StreamedAnnotation:
@@ -80,6 +83,7 @@ class StreamedAnnotation:
         self.source = source
         self._relabel = Relabeller(self.ontology_order)
         self._coarse = coarse
+        self._last_plane: tuple[int, np.ndarray] | None = None  # (coarse plane, its fine plane): see compact_slab
         if coarse is not None:
             assert coarse_resolution is not None
             self._axes = [nearest_indices(n_c, float(r_c), n_f, float(r_f)) for n_c, r_c, n_f, r_f
@@ -126,7 +130,13 @@ class StreamedAnnotation:
                 raise ValueError(f"compact_slab: the annotation file's slab of planes {start}:{start + planes}")
             return self._relabel(raw.ravel(order="F"))
         out = np.empty(self.shape[:2] + (planes,), dtype=np.uint16, order="F")
-        _gather_planes(self._coarse, self._axes[0], self._axes[1], self._axes[2][start : start + planes], out)
+        for j, c in enumerate(self._axes[2][start : start + planes]):
+            # Consecutive fine planes in one coarse plane are the same: the last one made is copied.
+            if self._last_plane is not None and self._last_plane[0] == c:
+                out[:, :, j] = self._last_plane[1]
+                continue
+            _gather_plane(self._coarse, self._axes[0], self._axes[1], c, out[:, :, j])
+            self._last_plane = (c, out[:, :, j].copy(order="F"))
         return out.ravel(order="F")
 
     def voxels(self) -> int:

@@ -313,7 +313,8 @@ _STREAM_READ = 1 << 20
 
 
 def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, source: str, *, skip: int = 0,
-                      piece: int = CHUNK) -> Iterator[np.ndarray]:
+                      piece: int = CHUNK, readinto: Callable[[memoryview], int] | None = None
+                      ) -> Iterator[np.ndarray]:
     """Decompress a stream that must expand to exactly ``skip + nbytes`` bytes, giving the last ``nbytes`` in
     pieces of ``piece`` bytes (the last one shorter) as new uint8 arrays (read-only when a piece came out of one
     decompression call and is handed out without a copy).
@@ -321,7 +322,8 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
     The same checks as :func:`decompress_exact` (corrupt, truncated, shorter, longer, trailing bytes: a
     FormatError naming ``source``), but memory is one piece whatever ``nbytes`` is. The end of the stream is
     checked after the last piece has been given, so a caller must exhaust the iterator before trusting what
-    it built from the pieces.
+    it built from the pieces. ``readinto`` (the same stream's, e.g. a file's ``readinto``) lets the input be
+    read into one reused buffer instead of new bytes joined to the last call's leftover.
     """
     if codec not in _CODECS:
         raise ValueError(f"iter_decompressed: unknown codec {codec!r}")
@@ -337,6 +339,9 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
     pending = b""
     got = 0  # decompressed bytes so far, skipped ones included
     taken = 0  # input bytes read so far
+    ratio: float | None = None  # output per input byte of the last piece
+    piece_start = 0  # input bytes consumed before this piece
+    inbuf = bytearray()  # the reused input buffer (with ``readinto``)
     buffer: np.ndarray | None = None  # the piece being assembled from several outputs
     view = memoryview(b"")
     filled = 0
@@ -350,12 +355,27 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
             size = min(piece, total - got + filled) if got >= skip else 0  # this piece's bytes
             # Ask no more than fits in the current piece (or what is left to skip), so no copy is kept aside.
             want = (skip - got) if got < skip else (size - filled)
-            if tails and filled == 0 and got >= skip:
-                # About the input this piece needs at the ratio so far, with a margin (more input than that
-                # costs copies of the unused tail).
-                ratio = got / max(1, taken - len(pending)) if got else 1.0
-                need = int(want / max(ratio, 1.0) * 1.25) + (1 << 16)
-                if len(pending) < need:
+            if tails and got >= skip:
+                # About the input the rest of this piece needs at the last piece's ratio (the first piece: the
+                # ratio so far), with a margin. Too little input makes the piece come out of several calls and be
+                # copied; too much costs a copy of the unused tail, which is smaller. The last piece's ratio, not
+                # the stream's: a volume's planes compress very differently (empty edges, dense middle), and with
+                # the running ratio two calls in three came up short in a dense 10 um volume.
+                if filled == 0:
+                    piece_start = taken - len(pending)
+                    if ratio is None:
+                        ratio = got / max(1, piece_start) if got else 1.0
+                need = int(want / max(ratio, 1.0) * 1.1) + (1 << 16)
+                if len(pending) < need and readinto is not None:
+                    # The decompressor copies what it leaves unused, so the buffer is free again after the call.
+                    if len(inbuf) < need:
+                        inbuf = bytearray(need + need // 4)
+                    held = len(pending)
+                    inbuf[:held] = pending
+                    more_n = readinto(memoryview(inbuf)[held:need])
+                    taken += more_n
+                    pending = memoryview(inbuf)[: held + more_n]
+                elif len(pending) < need:
                     more = read(need - len(pending))
                     taken += len(more)
                     if more:
@@ -367,6 +387,7 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
                     continue
                 got += len(chunk)
                 if filled == 0 and len(chunk) == size:
+                    ratio = size / max(1, taken - len(pending) - piece_start)
                     yield np.frombuffer(chunk, dtype=np.uint8)  # read-only, the decompressor's own output
                     continue
                 if buffer is None or len(buffer) != size:
@@ -375,6 +396,7 @@ def iter_decompressed(read: Callable[[int], bytes], codec: str, nbytes: int, sou
                 view[filled : filled + len(chunk)] = chunk
                 filled += len(chunk)
                 if filled == size:
+                    ratio = size / max(1, taken - len(pending) - piece_start)
                     yield buffer
                     buffer, filled = None, 0  # given away: the next piece needs a new one
                 continue

@@ -107,7 +107,8 @@ class NrrdSlabs:
                                  else f"raw data file {str(data_path)!r}")
         else:
             codec = "gzip" if self.encoding in _GZIP else "bzip2"
-            pieces = iter_decompressed(fh.read, codec, nbytes, source, skip=byte_skip, piece=piece)
+            pieces = iter_decompressed(fh.read, codec, nbytes, source, skip=byte_skip, piece=piece,
+                                       readinto=fh.readinto)
         for raw in pieces:
             flat = raw.view(self._file_dtype)
             if not self._file_dtype.isnative:
