@@ -71,7 +71,7 @@ def _serial(gridder: Gridder, folder: Path):
     return accumulator
 
 
-def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, client):
+def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, client, same_bits):
     """Two large data sets (a 50 um grid: 77 MB volumes), sections finishing out of order: each summed to the
     bits of a serial sum in section order, finished in the reduction's thread, and the second one's sections
     held back (not added) until the first one is finished (memory: one large accumulator at a time)."""
@@ -106,17 +106,17 @@ def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, cli
         for ours, theirs in zip(expected.parts, accumulator.parts, strict=True):
             assert ours.names and ours.names == theirs.names
             for name in ours.names:  # the very bits: the same additions in the same order
-                assert ours.get(name).tobytes() == theirs.get(name).tobytes(), name
+                assert same_bits(ours.get(name), theirs.get(name)), name
 
 
-def test_without_finish_the_accumulators_are_returned(connectivity, client):
+def test_without_finish_the_accumulators_are_returned(connectivity, client, same_bits):
     gridder = _gridder(connectivity)
     (accumulator,) = grid_sections(client, {connectivity: gridder}, progress=False).values()
     expected = _serial(gridder, connectivity)
     assert accumulator.sections == expected.sections
     for ours, theirs in zip(expected.parts, accumulator.parts, strict=True):
         for name in ours.names:
-            assert ours.get(name).tobytes() == theirs.get(name).tobytes(), name
+            assert same_bits(ours.get(name), theirs.get(name)), name
 
 
 def test_a_failing_section_or_finish_is_raised_in_the_callers_thread(connectivity, client):
@@ -139,7 +139,7 @@ def _our_blocks() -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this machine")
-def test_worker_processes_hand_partials_over_in_shared_memory_to_the_same_bits(connectivity):
+def test_worker_processes_hand_partials_over_in_shared_memory_to_the_same_bits(connectivity, same_bits):
     """Real worker processes: their partials come back as shared-memory blocks, read to the bits of the in-band
     path; nothing is left in /dev/shm after the run."""
     from distributed import Client, LocalCluster
@@ -161,13 +161,13 @@ def test_worker_processes_hand_partials_over_in_shared_memory_to_the_same_bits(c
                 _add(single, _grid_one_section(gridder, str(connectivity), images[0]))
                 for ours, theirs in zip(single.parts, one.parts, strict=True):
                     for name in ours.names:
-                        assert ours.get(name).tobytes() == theirs.get(name).tobytes(), name
+                        assert same_bits(ours.get(name), theirs.get(name)), name
             assert _our_blocks() == []
             (accumulator,) = grid_sections(client, {connectivity: gridder}, progress=False).values()
     assert _our_blocks() == []
     for ours, theirs in zip(expected.parts, accumulator.parts, strict=True):
         for name in ours.names:
-            assert ours.get(name).tobytes() == theirs.get(name).tobytes(), name
+            assert same_bits(ours.get(name), theirs.get(name)), name
 
 
 def test_nothing_is_left_in_shared_memory_after_an_error_or_an_interrupt(connectivity, client):
