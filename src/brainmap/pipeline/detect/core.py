@@ -22,8 +22,9 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    per background level). Connectivity (``noise_low_pairs``): the pairs are :data:`NOISE_PAIR_LAG_PX` apart
    (beyond the camera noise's correlation), only the lower half of each block's pairs by their sum enter (the
    sum and the difference of two values of one noise are independent, and fibres only add light: a mesh of
-   axons over every block does not reach the fit) and their differences are centred on the block's median (the
-   background's slope); the injection site, found first, is left out (docs/detection-bounds.md, round 10).
+   axons over every block does not reach the fit) and their spread is the half-width of their central quarter
+   (the background's slope cancels); the injection site, found first, is left out (docs/detection-bounds.md,
+   round 10).
    The top-hat of pure noise is not centred on 0 (the opening sits below the mean): its offset in sigmas for
    the window used is computed once by simulation (:func:`tophat_noise_offset`).
 4. **Adaptive threshold**: a tissue pixel is a candidate where ``F > (offset + threshold_sigmas) * sigma`` of its
@@ -679,11 +680,18 @@ def _block_samples(image: np.ndarray, step: int, m: int) -> np.ndarray:
 
 def _block_quantile(values: np.ndarray, valid: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
     """Per block (last axis) ``q`` quantile (lower) of the valid entries, and their count."""
+    (quantile,), count = _block_quantiles(values, valid, (q,))
+    return quantile, count
+
+
+def _block_quantiles(values: np.ndarray, valid: np.ndarray, qs: tuple[float, ...]
+                     ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per block (last axis) the ``qs`` quantiles (lower) of the valid entries (one sort), and their count."""
     work = np.where(valid, values, np.inf)
     work.sort(axis=-1)
     count = valid.sum(axis=-1)
-    pick = np.floor(q * np.maximum(count - 1, 0)).astype(np.intp)
-    return np.take_along_axis(work, pick[..., None], -1)[..., 0], count
+    picks = [np.floor(q * np.maximum(count - 1, 0)).astype(np.intp) for q in qs]
+    return [np.take_along_axis(work, pick[..., None], -1)[..., 0] for pick in picks], count
 
 
 def _lower_envelope_fit(level: np.ndarray, variance: np.ndarray, bins: int = 8, q: float = 0.3
@@ -729,8 +737,8 @@ def fit_noise_model(counts: np.ndarray, background: np.ndarray, tissue: np.ndarr
     sum is at most the block's :data:`NOISE_PAIR_FRACTION` quantile of sums enter: for two values of one Gaussian
     noise (equal variances) the sum and the difference are independent, so the choice leaves the differences'
     distribution -- and the half-normal constant -- unchanged, while a fibre, which only adds light, raises the
-    sum of every pair it touches. The chosen differences of each block are centred on their median: a slope of the
-    background offsets them all alike, the noise's difference is symmetric about 0.
+    sum of every pair it touches. Their spread is the half-width of their central quarter (the 0.375 and 0.625
+    quantiles): a slope of the background offsets them all alike and cancels.
     """
     rows, cols = counts.shape
     lag = NOISE_PAIR_LAG_PX if params.noise_low_pairs else 1
@@ -746,17 +754,17 @@ def fit_noise_model(counts: np.ndarray, background: np.ndarray, tissue: np.ndarr
     if tsub.size == 0 or not tsub.any():
         return NoiseModel(1.0, 0.0, 0.0)
     level, count = _block_quantile(bsub, tsub, 0.5)
-    diff = lsub - rsub
-    pairs = tsub
     if params.noise_low_pairs:
         sums = lsub + rsub
         cut, _ = _block_quantile(sums, tsub, NOISE_PAIR_FRACTION)
-        pairs = tsub & (sums <= cut[..., None])
-        # the background's slope over a block offsets every pair's difference alike (3x an adjacent pair's: the
-        # glow around an injection site); the noise's difference is symmetric about 0
-        middle, _ = _block_quantile(diff, pairs, 0.5)
-        diff -= middle[..., None]
-    low_diff, _ = _block_quantile(np.abs(diff), pairs, 0.25)
+        # the half-width of the differences' central quarter: the background's slope over a block offsets every
+        # pair's difference alike (3x an adjacent pair's: the glow around an injection site) and cancels; for a
+        # noise symmetric about 0 it is the quartile of |difference|
+        (lower, upper), _ = _block_quantiles(lsub - rsub, tsub & (sums <= cut[..., None]), (0.375, 0.625))
+        with np.errstate(invalid="ignore"):  # blocks without a pair: inf - inf (left out below, by their count)
+            low_diff = (upper - lower) / 2
+    else:
+        low_diff, _ = _block_quantile(np.abs(lsub - rsub), tsub, 0.25)
     # |difference of two pixels| is half-normal with scale sigma * sqrt(2); its quartile is 0.4506 sigma.
     variance = (low_diff / 0.4506) ** 2
     use = count >= max(8, (m * m) // 4)
