@@ -100,7 +100,7 @@ NOISE_MAX_BLOCKS = 1600
 REFIT_DENSITY = 0.02
 #: ``noise_low_pairs``: the two pixels of a pair of the noise fit are this many pixels apart along a row. Adjacent
 #: pixels share correlated noise (readout, demosaicing, resampling kernels of about a pixel), so their difference
-#: reads the noise short (0.85-0.9 of it on the second family, whose readout is smoothed by a 0.7 px Gaussian:
+#: reads the noise short (0.75-0.9 of it on the second family, whose readout is smoothed by a 0.7 px Gaussian:
 #: correlation 0.6 at 1 pixel, 0.13 at 2, 0.01 at 3); 3 pixels apart the two noises are independent.
 NOISE_PAIR_LAG_PX = 3
 #: ``noise_low_pairs``: the fraction of each block's pairs, the lowest by their sum, whose differences measure the
