@@ -497,17 +497,60 @@ def test_the_second_family_draws_axon_pixels_at_the_true_density_when_asked():
 
 def test_a_dense_mesh_of_axons_is_not_taken_for_noise():
     """Around the injection site of the second family drawn at its true density (``fibre_rate="axon"``), axons
-    cover whole blocks of the noise fit: fitted once, the noise comes out several times too high and most axon
-    pixels fall under the threshold. Fitted again without the candidates (``noise_refits``, the connectivity
-    default) the noise drops and recall recovers."""
+    cover whole blocks of the noise fit: fitted once on adjacent pairs, all of them, the noise comes out several
+    times too high and most axon pixels fall under the threshold. The pairs 3 pixels apart chosen by their sum
+    (``noise_low_pairs``) already see less of the mesh; fitted again without the candidates (``noise_refits``;
+    both the connectivity defaults) the noise drops and recall recovers."""
     vs, arrays, truth, _, _ = _second_family_connectivity_crop(4, "axon")
     params = DetectionParams.for_dataset(vs.dataset)
-    assert params.noise_refits >= 1
-    once = detect_section(arrays, params.with_(noise_refits=0))
+    assert params.noise_refits >= 1 and params.noise_low_pairs
+    once = detect_section(arrays, params.with_(noise_refits=0, noise_low_pairs=False))
+    low_pairs_once = detect_section(arrays, params.with_(noise_refits=0))
     again = detect_section(arrays, params)
     assert again.noise.sigma(250.0) < 0.5 * once.noise.sigma(250.0)
+    assert low_pairs_once.noise.sigma(250.0) < 0.65 * once.noise.sigma(250.0)
     recall_once, recall_again = precision_recall(once.signal, truth)[1], precision_recall(again.signal, truth)[1]
     assert recall_again > recall_once + 0.15 and recall_again > 0.75
+
+
+def test_the_noise_fit_does_not_see_a_mesh_of_axons_without_an_injection_site(monkeypatch):
+    """A window of another of the benchmark's sections (``images[13::k]``, second family at 10 um) is a mesh of
+    axons with no injection site: fibres touch most pixels of every block of the noise fit. Pairs 3 pixels apart
+    (beyond the camera noise's correlation), the lower half of each block's by their sum (the sum and the
+    difference of two values of one noise are independent; fibres only add light), read the noise the renderer
+    drew: the sd of the differences of the truth's fibre-free pixels (no fibre light within 3 x 3), 3 pixels apart.
+    Adjacent pairs, all of them, read the mesh as noise (~1.7x) and lose a quarter of the axon pixels."""
+    import brainmap.specimen.synthetic.second_family as sf
+
+    drawn = {}
+    fibres = sf._fibres
+
+    def keep_light(*args, **kwargs):
+        length, light = fibres(*args, **kwargs)
+        drawn["light"] = light
+        return length, light
+
+    monkeypatch.setattr(sf, "_fibres", keep_light)
+    vs = VirtualSpecimen.make("connectivity", experiment_id=EXPERIMENT)
+    images = vs.dataset.usable_images()
+    arrays, truth, _ = sf.crop_second_family(vs, images[13::len(images) // 6][4], (300, 300),
+                                             centre_reference_um=(8500.0, 3500.0, 8500.0))
+    params = DetectionParams.for_dataset(vs.dataset)
+    assert params.noise_low_pairs
+    result = detect_section(arrays, params)
+    adjacent = detect_section(arrays, params.with_(noise_low_pairs=False))
+    assert result.injection is None
+    free = (ndimage.maximum_filter(drawn["light"], 3) == 0) & result.tissue
+    assert free.mean() < 0.6  # a mesh: fibre light within 3 x 3 of most pixels
+    counts = arrays["signal"].astype(np.float64)
+    pair = free[:, :-3] & free[:, 3:]
+    diff = (counts[:, :-3] - counts[:, 3:])[pair]
+    true_sigma = 1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2)
+    level = float(np.median(((counts[:, :-3] + counts[:, 3:]) / 2)[pair]))
+    assert result.noise.sigma(level) == pytest.approx(true_sigma, rel=0.15)
+    assert adjacent.noise.sigma(level) > 1.4 * true_sigma
+    recall, recall_adjacent = precision_recall(result.signal, truth)[1], precision_recall(adjacent.signal, truth)[1]
+    assert recall > 0.85 and recall > recall_adjacent + 0.1
 
 
 # -- the fast paths give numpy's and scipy's numbers -----------------------------------------------------------

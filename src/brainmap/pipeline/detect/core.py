@@ -19,8 +19,14 @@ uint16 values of a channel. The method, per section image (vectorized, a few doz
    noise). Per block of ``noise_block_um``, the median background and a robust variance (from the lower quartile
    of the absolute difference of horizontally adjacent tissue pixels) are measured on a subsample; signal only
    ever inflates a block's variance, so ``a, b`` are fitted to the lower envelope of the blocks (a low quantile
-   per background level). The top-hat of pure noise is not centred on 0 (the opening sits below the mean): its
-   offset in sigmas for the window used is computed once by simulation (:func:`tophat_noise_offset`).
+   per background level). Connectivity (``noise_low_pairs``): the pairs are :data:`NOISE_PAIR_LAG_PX` apart
+   (beyond the camera noise's correlation), only the lower half of each block's pairs by their sum enter (the
+   sum and the difference of two values of one noise are independent, and fibres only add light: a mesh of
+   axons over every block does not reach the fit) and their spread is the half-width of their central quarter
+   (the background's slope cancels); the injection site, found first, is left out (docs/detection-bounds.md,
+   round 10).
+   The top-hat of pure noise is not centred on 0 (the opening sits below the mean): its offset in sigmas for
+   the window used is computed once by simulation (:func:`tophat_noise_offset`).
 4. **Adaptive threshold**: a tissue pixel is a candidate where ``F > (offset + threshold_sigmas) * sigma`` of its
    own background (one lookup table from background counts to threshold counts).
 5. **Cells (ISH)**: the cell diameter is measured from the image (the autocorrelation of the contrast,
@@ -92,6 +98,14 @@ NOISE_MAX_BLOCKS = 1600
 #: The noise model is fitted again without the candidates (``noise_refits``) only where they cover more than this
 #: fraction of the tissue (sparse signal leaves the first fit's lower envelope clear).
 REFIT_DENSITY = 0.02
+#: ``noise_low_pairs``: the two pixels of a pair of the noise fit are this many pixels apart along a row. Adjacent
+#: pixels share correlated noise (readout, demosaicing, resampling kernels of about a pixel), so their difference
+#: reads the noise short (0.75-0.9 of it on the second family, whose readout is smoothed by a 0.7 px Gaussian:
+#: correlation 0.6 at 1 pixel, 0.13 at 2, 0.01 at 3); 3 pixels apart the two noises are independent.
+NOISE_PAIR_LAG_PX = 3
+#: ``noise_low_pairs``: the fraction of each block's pairs, the lowest by their sum, whose differences measure the
+#: noise (the lower half: a block whose pixels are at least half fibre-free is read as noise alone).
+NOISE_PAIR_FRACTION = 0.5
 #: Connectivity: the coverage rule (``axon_cover``) is the default at pixels at least this coarse (um), where an axon
 #: (about a micron wide) crosses well under half a pixel's width; finer pixels keep the 3 x 3 rule (``axon_fraction``).
 AXON_COVER_MIN_PIXEL_UM = 2.5
@@ -179,6 +193,10 @@ class DetectionParams:
             their neighbours) are taken out, when the candidates cover more than :data:`REFIT_DENSITY` of the
             tissue: where signal is dense over whole blocks (a mesh of axons around an injection) the first fit
             takes it for noise. Connectivity default 1, ISH 0.
+        noise_low_pairs: the noise fit's pairs are :data:`NOISE_PAIR_LAG_PX` pixels apart and only the lowest
+            :data:`NOISE_PAIR_FRACTION` of each block's pairs by their sum enter (:func:`fit_noise_model`): a mesh
+            of axons over every block is not read as noise. ``False``: horizontally adjacent pixels, all pairs.
+            Connectivity default ``True``, ISH ``False``.
     """
 
     product: str = "connectivity"
@@ -209,6 +227,7 @@ class DetectionParams:
     injection_level: float = 0.5
     injection_window_um: float = 50.0
     noise_refits: int = 0
+    noise_low_pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.product not in PRODUCTS:
@@ -245,8 +264,8 @@ class DetectionParams:
                                         peak_smooth_um=3.0, tissue_noise_sigmas=TISSUE_NOISE_SIGMAS)
         elif product == "connectivity":
             coarse = float(pixel_size_um) >= AXON_COVER_MIN_PIXEL_UM  # an axon crosses under half a pixel
-            base = dict(peak_fraction=0.0, detect_injection=True, noise_refits=1, axon_fraction=0.0 if coarse else 0.4,
-                        axon_cover=0.65 if coarse else 0.0)
+            base = dict(peak_fraction=0.0, detect_injection=True, noise_refits=1, noise_low_pairs=True,
+                        axon_fraction=0.0 if coarse else 0.4, axon_cover=0.65 if coarse else 0.0)
         else:
             raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
         return cls(product=product, pixel_size_um=float(pixel_size_um), **{**base, **overrides})
@@ -661,11 +680,18 @@ def _block_samples(image: np.ndarray, step: int, m: int) -> np.ndarray:
 
 def _block_quantile(values: np.ndarray, valid: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
     """Per block (last axis) ``q`` quantile (lower) of the valid entries, and their count."""
+    (quantile,), count = _block_quantiles(values, valid, (q,))
+    return quantile, count
+
+
+def _block_quantiles(values: np.ndarray, valid: np.ndarray, qs: tuple[float, ...]
+                     ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per block (last axis) the ``qs`` quantiles (lower) of the valid entries (one sort), and their count."""
     work = np.where(valid, values, np.inf)
     work.sort(axis=-1)
     count = valid.sum(axis=-1)
-    pick = np.floor(q * np.maximum(count - 1, 0)).astype(np.intp)
-    return np.take_along_axis(work, pick[..., None], -1)[..., 0], count
+    picks = [np.floor(q * np.maximum(count - 1, 0)).astype(np.intp) for q in qs]
+    return [np.take_along_axis(work, pick[..., None], -1)[..., 0] for pick in picks], count
 
 
 def _lower_envelope_fit(level: np.ndarray, variance: np.ndarray, bins: int = 8, q: float = 0.3
@@ -707,21 +733,38 @@ def fit_noise_model(counts: np.ndarray, background: np.ndarray, tissue: np.ndarr
     """Fit :class:`NoiseModel` to one image (module docstring, step 3).
 
     ``counts`` raw signal counts, ``background`` the opening, ``tissue`` the tissue mask, all ``(rows, cols)``.
+    With ``params.noise_low_pairs`` the pairs are :data:`NOISE_PAIR_LAG_PX` apart and, per block, only those whose
+    sum is at most the block's :data:`NOISE_PAIR_FRACTION` quantile of sums enter: for two values of one Gaussian
+    noise (equal variances) the sum and the difference are independent, so the choice leaves the differences'
+    distribution -- and the half-normal constant -- unchanged, while a fibre, which only adds light, raises the
+    sum of every pair it touches. Their spread is the half-width of their central quarter (the 0.375 and 0.625
+    quantiles): a slope of the background offsets them all alike and cancels.
     """
     rows, cols = counts.shape
-    if cols < 2 or rows < 1:
+    lag = NOISE_PAIR_LAG_PX if params.noise_low_pairs else 1
+    if cols <= lag or rows < 1:
         return NoiseModel(1.0, 0.0, 0.0)
     block, step = _noise_grid((rows, cols - 1), params)
     m = block // step
-    # Only the samples are needed: take them, then difference horizontally adjacent pixels.
-    lsub = _block_samples(counts[:, :-1], step, m).astype(np.float32)
-    rsub = _block_samples(counts[:, 1:], step, m).astype(np.float32)
-    tsub = _block_samples(tissue[:, :-1], step, m) & _block_samples(tissue[:, 1:], step, m)
-    bsub = _block_samples(background[:, :-1], step, m).astype(np.float32)
+    # Only the samples are needed: take them, then difference the pixels ``lag`` apart along a row.
+    lsub = _block_samples(counts[:, :-lag], step, m).astype(np.float32)
+    rsub = _block_samples(counts[:, lag:], step, m).astype(np.float32)
+    tsub = _block_samples(tissue[:, :-lag], step, m) & _block_samples(tissue[:, lag:], step, m)
+    bsub = _block_samples(background[:, :-lag], step, m).astype(np.float32)
     if tsub.size == 0 or not tsub.any():
         return NoiseModel(1.0, 0.0, 0.0)
     level, count = _block_quantile(bsub, tsub, 0.5)
-    low_diff, _ = _block_quantile(np.abs(lsub - rsub), tsub, 0.25)
+    if params.noise_low_pairs:
+        sums = lsub + rsub
+        cut, _ = _block_quantile(sums, tsub, NOISE_PAIR_FRACTION)
+        # the half-width of the differences' central quarter: the background's slope over a block offsets every
+        # pair's difference alike (3x an adjacent pair's: the glow around an injection site) and cancels; for a
+        # noise symmetric about 0 it is the quartile of |difference|
+        (lower, upper), _ = _block_quantiles(lsub - rsub, tsub & (sums <= cut[..., None]), (0.375, 0.625))
+        with np.errstate(invalid="ignore"):  # blocks without a pair: inf - inf (left out below, by their count)
+            low_diff = (upper - lower) / 2
+    else:
+        low_diff, _ = _block_quantile(np.abs(lsub - rsub), tsub, 0.25)
     # |difference of two pixels| is half-normal with scale sigma * sqrt(2); its quartile is 0.4506 sigma.
     variance = (low_diff / 0.4506) ** 2
     use = count >= max(8, (m * m) // 4)
@@ -824,7 +867,18 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         cap = np.minimum(np.ceil(levels * (1.0 + params.background_excess)), 65535).astype(np.uint16)
         cap = np.repeat(np.repeat(cap, block, axis=0)[:rows], block, axis=1)[:, :cols]
         np.minimum(background, cap, out=background)
-    noise = fit_noise_model(work, background, tissue, params)
+    injection = None
+    saturation = None
+    level = 0.0
+    if params.detect_injection and params.product == "connectivity":
+        saturation = saturation_level(work, params)
+        sub_tissue = _subsample(tissue)
+        typical = float(np.median(_subsample(background)[sub_tissue])) if sub_tissue.any() else 0.0
+        level = typical + params.injection_level * (saturation - typical)
+        injection = detect_injection(work, tissue, level, params)
+    # the site is signal, not background: its bright texture is not the camera's noise
+    noise_tissue = tissue if injection is None else tissue & ~injection
+    noise = fit_noise_model(work, background, noise_tissue, params)
     levels_used = int(background.max()) + 1 if background.size else 1  # the table up to the highest background
     table = noise.threshold_table(params.threshold_sigmas, levels_used)
     detected = work > np.take(table, background)  # np.take: ~2x a fancy index here
@@ -835,7 +889,7 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         sub_tissue = _subsample(tissue)
         if np.count_nonzero(_subsample(detected)) <= REFIT_DENSITY * np.count_nonzero(sub_tissue):
             break  # sparse signal: the first fit's lower envelope is clear of it
-        clear = tissue & ~running_max(detected.view(np.uint8), 3).view(bool)
+        clear = noise_tissue & ~running_max(detected.view(np.uint8), 3).view(bool)
         if np.count_nonzero(_subsample(clear)) < 0.25 * np.count_nonzero(sub_tissue):
             break  # too little tissue left clear of signal to fit on: keep the first fit
         noise = fit_noise_model(work, background, clear, params)
@@ -873,16 +927,9 @@ def detect_section(image_arrays: Mapping[str, np.ndarray], params: DetectionPara
         if params.axon_cover > 0:
             detected &= _axon_cover_rule(contrast, detected, local_max, params.axon_cover, info)
 
-    injection = None
-    saturation = None
     info.update(background_window_px=params.background_window_px, cell_diameter_um=params.cell_diameter_um,
                 **subpixel)
-    if params.detect_injection and params.product == "connectivity":
-        saturation = saturation_level(work, params)
-        sub_tissue = _subsample(tissue)
-        typical = float(np.median(_subsample(background)[sub_tissue])) if sub_tissue.any() else 0.0
-        level = typical + params.injection_level * (saturation - typical)
-        injection = detect_injection(work, tissue, level, params)
+    if saturation is not None:
         info["injection_level_counts"] = level
         if injection is not None:
             bright = injection & (work >= level)
