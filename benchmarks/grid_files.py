@@ -116,7 +116,7 @@ def annotation_file(resolution: int = 10) -> Path:
     made by nearest-neighbour upsampling of the bundled 25 um annotation, computed and written slab by slab; cached.
     Allen's own annotation_10.nrrd is not bundled nor in ../shared; this stands in for it (same shape and type)."""
     from brainmap.atlas import bundled
-    from brainmap.atlas.annotation_stream import _gather_planes, nearest_indices
+    from brainmap.atlas.annotation_stream import _gather_plane, nearest_indices
     from brainmap.io import read_nrrd
 
     target = cache_dir() / f"ccf_{resolution}" / f"annotation_{resolution}.nrrd"
@@ -131,7 +131,8 @@ def annotation_file(resolution: int = 10) -> Path:
         for k0 in range(0, shape[2], planes):
             k1 = min(k0 + planes, shape[2])
             slab = np.empty(shape[:2] + (k1 - k0,), dtype=np.uint32, order="F")
-            _gather_planes(coarse, axes[0], axes[1], axes[2][k0:k1], slab)
+            for j in range(k1 - k0):
+                _gather_plane(coarse, axes[0], axes[1], axes[2][k0 + j], slab[:, :, j])
             writer.write(slab)
     return target
 
