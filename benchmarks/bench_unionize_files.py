@@ -47,6 +47,22 @@ phase). 10 um (upsampled annotation), one pair: 64.5 s against 80.5 s, CPU 113 s
 0.84 GB (read-ahead); with ``--annotation``: 56.6 s / 0.83 GB. The CSVs are byte for byte the same at both
 resolutions. At 10 um the reader's two threads are the bound (the main thread waits 43 s of 63 s); glibc malloc
 tuning (no mmap for slabs, one arena) cut page faults 3.5x but not the wall time, and is not used.
+
+Round 10 (the same machine, paired with the round-9 commit eab16c8, nothing else running): the streamed inflate
+came out of three calls per piece in the dense volumes (each piece's input was sized from the stream's running
+ratio, which the empty planes at a volume's edges inflate; 2290 of 3430 calls short for projection_density_10, the
+piece then assembled by copies). Sized from the last piece's ratio it is one call per piece (1140 for 1140), and
+the input is read into one reused buffer: one dense 10 um volume, one thread, 17.5-18.0 s -> 15.5-15.9 s wall,
+page faults 450 K -> 37 K. The upsampled 10 um annotation copies its repeated planes and columns (2.65 -> 0.55 s
+of CPU). 10 um, two pairs: 55.3 / 56.1 s against 60.2 / 58.2 s, CPU 102.5 / 102.6 s against 109.3 / 106.0 s
+(a third pair, 70.9 against 65.2 s, had 41 s of system time in the new run: the host reclaiming memory, the
+VM's `kdamond`); ``python -m benchmarks unionize_files`` with 10 um: **54.2 s / 1.14 GB** (CPU 100.1 s), with
+``--annotation`` 54.3 s / 0.82 GB; target met. 25 um did not move (four pairs 5.20-5.86 s against 5.07-5.76 s,
+the machine in its slower phase; the benchmark 5.47 s / 0.68 GB, CPU 8.8 s): a timeline (py-spy, 200 Hz) shows
+the decoding threads idle ~0.4 s each while the main thread imports (1.0 s), builds the label index (0.5 s) and
+makes numba's first call (0.5 s), and ~1 s after the last slab for the last passes, the roll-up, the CSV and the
+exit. Deeper read-ahead was tried again against that idle time (6 and 10 slabs, four rounds of three): mean 5.75
+and 6.38 s against 5.95 s, within the noise; not used.
 """
 
 from __future__ import annotations
