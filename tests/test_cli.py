@@ -38,6 +38,21 @@ def test_demo_writes_slices_and_summary(tmp_path, capsys, space100):
     assert summary[0].startswith("structure_id,acronym") and len(summary) == 14  # header, root, 12 divisions
 
 
+def test_only_the_commands_own_process_spares_the_exit_collections():
+    """Run as the process's command (no argv) the objects are frozen for the exit; called with argv (as the
+    tests do, going on afterwards) nothing is frozen."""
+    import gc
+
+    before = gc.get_freeze_count()
+    assert main(["info"]) == 0
+    assert gc.get_freeze_count() == before
+    probe = ("import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); "
+             "sys.argv = ['brainmap', 'info']; from brainmap.cli import main; sys.exit(main())")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("frozen True")
+
+
 def test_info_lists_bundled_files(capsys):
     assert main(["info"]) == 0
     printed = capsys.readouterr().out

@@ -408,6 +408,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BrainmapError, FileNotFoundError, ValueError) as error:
         print(f"brainmap: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if argv is None:  # the process's own command line: it exits next
+            _spare_the_exit_collections()
+
+
+def _spare_the_exit_collections() -> None:
+    """Move every object to the collector's permanent generation before the interpreter exits.
+
+    At exit the interpreter runs full garbage collections over every object still alive, and numba, llvmlite,
+    pandas and scipy leave many: ~0.3 s of a 5 s ``brainmap unionize`` (a script that only calls one cached numba
+    function exits in 0.42 s, frozen in 0.07 s). Frozen objects are not traversed; what reference counting frees
+    is still freed, the atexit handlers still run, and the operating system takes back the rest. Only for the
+    command's own process (tests call :func:`main` with ``argv`` and go on)."""
+    import gc
+
+    gc.freeze()
 
 
 if __name__ == "__main__":  # pragma: no cover
