@@ -210,3 +210,21 @@ def test_bad_volume_names_and_empty_bundles(tmp_path):
     with pytest.raises(ValueError, match="no volumes"):
         write_grid_bundle(path, {})
     assert not path.exists()
+
+
+def test_any_layout_or_byte_order_writes_the_same_file(volumes, tmp_path):
+    """A volume given in Fortran order is written from its own memory (no copy), any other layout or byte order
+    through a copy: the file is the same bytes whichever it was, and a read-only or strided view is not changed."""
+    energy = volumes["energy"]
+    want = grid_bundle_bytes({"energy": np.ascontiguousarray(energy)})
+    strided = np.zeros((energy.shape[0] * 2, *energy.shape[1:]), np.float32)
+    strided[::2] = energy
+    frozen = np.asfortranarray(energy)
+    frozen.flags.writeable = False
+    for given in (np.asfortranarray(energy), frozen, strided[::2], energy.astype(">f4"),
+                  np.asfortranarray(energy).transpose(1, 0, 2).transpose(1, 0, 2)):
+        path = tmp_path / "layout.zip"
+        write_grid_bundle(path, {"energy": given})
+        assert path.read_bytes() == want == grid_bundle_bytes({"energy": given})
+        assert grid_bundle_bytes({"energy": given}, fast=True) == grid_bundle_bytes({"energy": energy}, fast=True)
+    np.testing.assert_array_equal(strided[::2], energy)

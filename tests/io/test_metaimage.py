@@ -303,3 +303,21 @@ def test_unwritable_data_is_refused_before_touching_files(grid_files):
     with pytest.raises(ValueError, match="values"):
         write_metaimage(header, np.zeros((2, 2, 2)), spacing=(1, 2))
     assert (header.read_bytes(), raw.read_bytes()) == before
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<u2"])
+def test_data_as_a_buffer_is_the_copied_bytes(order, dtype):
+    """``as_buffer``: the data bytes as a read-only view where the array is in the file's layout (Fortran order):
+    of its own memory when it is also in the file's byte order (little-endian), else of the converted array;
+    other layouts get the same bytes copied."""
+    from brainmap.io.metaimage import encode_metaimage
+
+    array = np.asarray(np.arange(4 * 3 * 5).reshape(4, 3, 5), dtype=dtype, order=order)
+    header, copied = encode_metaimage(array, 25.0, data_file="x.raw")
+    header_b, viewed = encode_metaimage(array, 25.0, data_file="x.raw", as_buffer=True)
+    assert header_b == header and bytes(viewed) == copied
+    assert isinstance(viewed, memoryview) == (order == "F")
+    if isinstance(viewed, memoryview):
+        assert viewed.readonly
+        assert np.shares_memory(np.frombuffer(viewed, np.uint8), array) == (dtype[0] == "<")

@@ -126,12 +126,20 @@ def test_compiled_adds_are_numpys_and_refuse_what_does_not_fit():
         add_masked(got, index, np.packbits(mask), values[mask][1:])
     with pytest.raises(IndexError):
         add_unique(np.zeros(10), np.array([3, 10]), np.ones(2))
-    with pytest.raises(ValueError, match="float64"):
-        add_unique(np.zeros(10, np.float32), np.array([3]), np.ones(1))
+    single = start.astype(np.float32)  # float32 volumes: each sum rounded once, as numpy's gather, add, scatter
+    want32 = single.copy()
+    want32[index] = want32[index] + values
+    add_unique(single, index, values)
+    assert _bits(single) == _bits(want32)
+    with pytest.raises(ValueError, match="float64 or float32"):
+        add_unique(np.zeros(10, np.int64), np.array([3]), np.ones(1))
     big = zeroed(POPULATE_BYTES // 8 + 1)  # mapped with its pages (Linux), zeros, writable
     assert big.dtype == np.float64 and big.flags.writeable and not big.any()
     big[-1] += 1.0
     assert big.sum() == 1.0
+    big32 = zeroed(POPULATE_BYTES // 4 + 1, np.float32)
+    assert big32.dtype == np.float32 and big32.size == POPULATE_BYTES // 4 + 1 and big32.flags.writeable
+    assert not big32.any()
 
 
 @pytest.mark.parametrize("resolution, tilt_deg", [(25, 4.0), (50, 4.0), (100, 4.0), (25, 0.0), (50, 30.0)])

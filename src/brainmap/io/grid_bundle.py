@@ -175,7 +175,7 @@ def _check_name(volume: str) -> None:
         raise ValueError(f"grid bundle: {volume!r} is not a valid volume name (a plain file name is needed)")
 
 
-def _add(archive: zipfile.ZipFile, member: str, payload: bytes, compresslevel: int | None = None,
+def _add(archive: zipfile.ZipFile, member: str, payload: bytes | memoryview, compresslevel: int | None = None,
          fast: bool = False) -> None:
     info = zipfile.ZipInfo(member, date_time=_FIXED_TIME)
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -190,6 +190,21 @@ def _add(archive: zipfile.ZipFile, member: str, payload: bytes, compresslevel: i
         if hasattr(handle, "_compressor"):  # zipfile's writer since Python 3.6; else zlib's deflate, as above
             handle._compressor = isal_zlib.compressobj(1, zlib.DEFLATED, -15)
         handle.write(payload)
+
+
+def _write_bundle(fh: Any, volumes: Mapping[str, Any], spacing: float | Sequence[float],
+                  offset: float | Sequence[float], compresslevel: int | None, fast: bool) -> None:
+    """Write the zip of :func:`grid_bundle_bytes` into the seekable binary ``fh``."""
+    if not volumes:
+        raise ValueError("grid bundle: no volumes to write")
+    with zipfile.ZipFile(fh, "w") as archive:
+        for volume, data in volumes.items():
+            _check_name(volume)
+            # The volume's own memory where it is already the file's bytes: no 0.3 GB copy per 25 um volume.
+            header, payload = encode_metaimage(data, spacing, offset=offset, data_file=f"{volume}.raw",
+                                               as_buffer=True)
+            _add(archive, f"{volume}.mhd", header, compresslevel)
+            _add(archive, f"{volume}.raw", payload, compresslevel, fast)
 
 
 def grid_bundle_bytes(
@@ -207,15 +222,8 @@ def grid_bundle_bytes(
     ``compresslevel`` is deflate's level (1-9; None: zlib's default, 6); ``fast`` deflates the data with ISA-L's
     level 1 instead (about 4x zlib's level 1 on large volumes; ``compresslevel`` then applies to the headers).
     """
-    if not volumes:
-        raise ValueError("grid bundle: no volumes to write")
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for volume, data in volumes.items():
-            _check_name(volume)
-            header, payload = encode_metaimage(data, spacing, offset=offset, data_file=f"{volume}.raw")
-            _add(archive, f"{volume}.mhd", header, compresslevel)
-            _add(archive, f"{volume}.raw", payload, compresslevel, fast)
+    _write_bundle(buffer, volumes, spacing, offset, compresslevel, fast)
     return buffer.getvalue()
 
 
@@ -230,8 +238,10 @@ def write_grid_bundle(
 ) -> None:
     """Write ``volumes`` (name -> array indexed [x, y, z]) as an Allen-style grid-data zip, atomically.
 
-    See :func:`grid_bundle_bytes`; ``spacing`` (default 200 um, the ISH grid) and ``offset`` are in microns.
+    See :func:`grid_bundle_bytes` (the same bytes, written as they are made); ``spacing`` (default 200 um, the
+    ISH grid) and ``offset`` are in microns.
     """
-    payload = grid_bundle_bytes(volumes, spacing, offset=offset, compresslevel=compresslevel, fast=fast)
+    if not volumes:  # before the file is opened: nothing is written
+        raise ValueError("grid bundle: no volumes to write")
     with atomic_write(path) as fh:
-        fh.write(payload)
+        _write_bundle(fh, volumes, spacing, offset, compresslevel, fast)

@@ -467,12 +467,15 @@ def encode_metaimage(
     data_file: str = "LOCAL",
     compress: bool = False,
     byte_order_msb: bool = False,
-) -> tuple[bytes, bytes]:
+    as_buffer: bool = False,
+) -> tuple[bytes, bytes | memoryview]:
     """Encode ``data`` (indexed [x, y, z], x fastest in the file) as MetaImage (header bytes, data bytes).
 
     ``spacing`` and ``offset`` are per axis (or one value for all), in physical units (microns for Allen
     grids). For ``data_file="LOCAL"`` the data bytes follow the header in the same file (.mha); otherwise
     they go to the file named ``data_file``. ``compress`` zlib-compresses the data (CompressedData = True).
+    ``as_buffer`` gives the data bytes as a read-only byte view of ``data``'s own memory where its type, byte
+    order and layout (Fortran order) already are the file's, instead of a copy (a 25 um float32 volume: 0.3 GB).
     """
     array, met_type = _cast(data, element_type)
     if array.ndim == 0:
@@ -484,7 +487,10 @@ def encode_metaimage(
     except ValueError:
         raise ValueError(f"write_metaimage: spacing {spacing!r} and offset {offset!r} need {ndim} values") from None
     stored = array.astype(array.dtype.newbyteorder(">" if byte_order_msb else "<"), copy=False)
-    payload = np.ascontiguousarray(stored.T).tobytes()  # C order of the transpose = x fastest
+    if as_buffer and not compress and stored.T.flags.c_contiguous:
+        payload: bytes | memoryview = memoryview(stored.T).cast("B").toreadonly()
+    else:
+        payload = stored.T.tobytes()  # C order of the transpose = x fastest (one copy, whatever the layout)
     if compress:
         payload = zlib.compress(payload, 6)
     header = MetaImageHeader(

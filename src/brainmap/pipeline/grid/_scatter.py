@@ -39,9 +39,10 @@ def _count_masked(bits, n):  # pragma: no cover - compiled
     return count
 
 
-def _check(volume: np.ndarray, index: np.ndarray, check: bool) -> None:
-    if volume.ndim != 1 or volume.dtype != np.float64 or not volume.flags.c_contiguous:
-        raise ValueError("the volume must be a flat, contiguous float64 array")
+def _check(volume: np.ndarray, index: np.ndarray, check: bool, dtypes: tuple = (np.float64,)) -> None:
+    if volume.ndim != 1 or volume.dtype not in dtypes or not volume.flags.c_contiguous:
+        names = " or ".join(np.dtype(d).name for d in dtypes)
+        raise ValueError(f"the volume must be a flat, contiguous {names} array")
     if index.dtype.kind not in "iu":
         raise TypeError(f"flat indices must be integers, not {index.dtype}")
     if check and index.size and (int(index.min()) < 0 or int(index.max()) >= volume.size):
@@ -51,9 +52,12 @@ def _check(volume: np.ndarray, index: np.ndarray, check: bool) -> None:
 def add_unique(volume: np.ndarray, index: np.ndarray, values: np.ndarray, *, check: bool = True) -> None:
     """``volume[index] += values`` for an ``index`` that holds each voxel at most once (the same bits).
 
+    A float32 volume gets ``float32(volume[i] + values[k])``, the float64 sum rounded once: the bits of numpy's
+    ``volume[index] = volume[index] + values``.
+
     Parameters
     ----------
-    volume : (n_voxels,) float64, contiguous; changed in place.
+    volume : (n_voxels,) float64 or float32, contiguous; changed in place.
     index : (m,) int32 or int64 flat indices, each at most once.
     values : (m,) float64.
     check : bool
@@ -63,7 +67,7 @@ def add_unique(volume: np.ndarray, index: np.ndarray, values: np.ndarray, *, che
     values = np.ascontiguousarray(values, dtype=np.float64)
     if index.ndim != 1 or index.shape != values.shape:
         raise ValueError(f"{index.size} indices for {values.size} values")
-    _check(volume, index, check)
+    _check(volume, index, check, (np.float64, np.float32))
     _add_unique(volume, index, values)
 
 

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from brainmap.atlas.expression_grid import (EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM,
                                              EXPRESSION_GRID_SHAPE)
@@ -486,8 +487,9 @@ def reduce_partial(partial: PartialGrid) -> tuple[np.ndarray, dict[str, np.ndarr
 POPULATE_BYTES = 1 << 26
 
 
-def zeroed(n: int) -> np.ndarray:
-    """A float64 vector of ``n`` zeros, its pages mapped at once when it is large (a 25 um volume: 616 MB).
+def zeroed(n: int, dtype: DTypeLike = np.float64) -> np.ndarray:
+    """A vector of ``n`` zeros (float64, or ``dtype``), its pages mapped at once when it is large (a 25 um float64
+    volume: 616 MB).
 
     ``np.zeros`` maps the memory lazily and asks for transparent huge pages: the accumulator's first adds into a
     new dense volume (scattered over every column of the grid) then fault each 2 MB page in, and where the
@@ -495,12 +497,13 @@ def zeroed(n: int) -> np.ndarray:
     process, 1.0-1.3 s of CPU per 25 um volume (six per demo), 0.05 s when free huge pages were at hand. An
     anonymous ``mmap`` with ``MAP_POPULATE`` (Linux) maps zeroed 4 KiB pages in one call: 0.17-0.19 s, whatever
     the fragmentation (docs/performance-demo.md, round 6). Elsewhere, or for small vectors, ``np.zeros``."""
-    nbytes = int(n) * 8
+    dtype = np.dtype(dtype)
+    nbytes = int(n) * dtype.itemsize
     populate = getattr(mmap, "MAP_POPULATE", None)
     if populate is None or nbytes < POPULATE_BYTES:
-        return np.zeros(n)
+        return np.zeros(n, dtype=dtype)
     memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
-    return np.frombuffer(memory, dtype=np.float64)  # the array holds the mapping; unmapped with it
+    return np.frombuffer(memory, dtype=dtype)  # the array holds the mapping; unmapped with it
 
 
 class GridAccumulator:
