@@ -71,7 +71,14 @@ def _serial(gridder: Gridder, folder: Path):
     return accumulator
 
 
-def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, client, same_bits):
+@pytest.fixture(scope="module")
+def serial(connectivity):
+    """The data set's sections summed one after another in section order, in this process (made once: the
+    tests below only read it)."""
+    return _serial(_gridder(connectivity), connectivity)
+
+
+def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, client, serial, same_bits):
     """Two large data sets (a 50 um grid: 77 MB volumes), sections finishing out of order: each summed to the
     bits of a serial sum in section order, finished in the reduction's thread, and the second one's sections
     held back (not added) until the first one is finished (memory: one large accumulator at a time)."""
@@ -100,7 +107,7 @@ def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, cli
     assert not any(on_main for _, _, on_main, _, _ in finished)  # finished in the reduction's thread
     _, _, _, before, after = finished[0]
     assert before == after == 0  # large data sets summed one at a time: the other one waits for this one's finish
-    expected = _serial(gridder, connectivity)
+    expected = serial
     for _, accumulator, *_ in finished:
         assert accumulator.sections == len(gridder.usable_images())
         for ours, theirs in zip(expected.parts, accumulator.parts, strict=True):
@@ -109,10 +116,10 @@ def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, cli
                 assert same_bits(ours.get(name), theirs.get(name)), name
 
 
-def test_without_finish_the_accumulators_are_returned(connectivity, client, same_bits):
+def test_without_finish_the_accumulators_are_returned(connectivity, client, serial, same_bits):
     gridder = _gridder(connectivity)
     (accumulator,) = grid_sections(client, {connectivity: gridder}, progress=False).values()
-    expected = _serial(gridder, connectivity)
+    expected = serial
     assert accumulator.sections == expected.sections
     for ours, theirs in zip(expected.parts, accumulator.parts, strict=True):
         for name in ours.names:
@@ -139,14 +146,14 @@ def _our_blocks() -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this machine")
-def test_worker_processes_hand_partials_over_in_shared_memory_to_the_same_bits(connectivity, same_bits):
+def test_worker_processes_hand_partials_over_in_shared_memory_to_the_same_bits(connectivity, serial, same_bits):
     """Real worker processes: their partials come back as shared-memory blocks, read to the bits of the in-band
     path; nothing is left in /dev/shm after the run."""
     from distributed import Client, LocalCluster
 
     gridder = _gridder(connectivity)
     images = gridder.usable_images()
-    expected = _serial(gridder, connectivity)  # in-band, in this process
+    expected = serial  # in-band, in this process
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
             with SectionReduction(client) as reduction:
