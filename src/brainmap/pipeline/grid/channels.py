@@ -94,8 +94,9 @@ class _SlabMajor:
     (``axis``, the one the slabs are thin along) moved last, so a section's voxels lie in a few runs of memory.
 
     In the grid's own order a coronal section's voxels are 2 KB apart (AP is the fastest axis): adding a data set's
-    sums voxel by voxel took 3.3-3.8 s, against 1.2-1.6 s in this order (a demo experiment, 123 sections; the
-    same additions, so the same bits). A sagittal section's axis (LR) is already last."""
+    sums voxel by voxel took 3.3-3.8 s, against 1.4-1.7 s in this order, the index conversion and the mapped zeros
+    included (a demo experiment, 123 sections; the same additions, so the same bits). A sagittal section's axis
+    (LR) is already last."""
 
     def __init__(self, shape: tuple[int, int, int], axis: int):
         self.shape, self.axis = tuple(shape), axis
@@ -103,14 +104,14 @@ class _SlabMajor:
 
     def index(self, flat: np.ndarray) -> np.ndarray:
         """The flat indices (the grid's Fortran order) of voxels, in this layout's."""
-        a, d, _ = self.shape
+        n_ap, n_dv, n_lr = self.shape
         if self.axis == 2:
             return flat
-        rest, ap = np.divmod(flat, a)  # rest = dv + D lr
+        rest, ap = np.divmod(flat, n_ap)  # rest = dv + n_dv lr
         if self.axis == 0:  # (DV, LR, AP)
-            return rest + ap * (self.shape[1] * self.shape[2])
-        lr, dv = np.divmod(rest, d)  # axis 1: (AP, LR, DV)
-        return ap + a * lr + a * self.shape[2] * dv
+            return rest + ap * (n_dv * n_lr)
+        lr, dv = np.divmod(rest, n_dv)  # axis 1: (AP, LR, DV)
+        return ap + n_ap * lr + n_ap * n_lr * dv
 
     def zeros(self) -> np.ndarray:
         """A flat float32 volume of zeros in this layout (pages mapped at once: first-touch faults took ~4 s of
@@ -121,23 +122,25 @@ class _SlabMajor:
         """A flat volume in this layout as the grid's (AP, DV, LR) Fortran-order volume.
 
         Copied one LR plane at a time (a coronal layout's through a small buffer: the plane's source rows made
-        contiguous first, then transposed) into a volume whose pages are mapped at once: 0.06-0.1 s for a 25 um
-        float32 volume on the development machine, where first-touch faults of a new volume took ~0.9 s."""
-        a, d, l = self.shape
+        contiguous first, then transposed) into a volume whose pages are mapped at once: 0.2-0.25 s for a 25 um
+        float32 volume, the mapping included, where numpy's copy of the transposed view into a new volume took
+        0.9-1.1 s (first-touch faults; a coronal layout's voxels each read from another page)."""
+        n_ap, n_dv, n_lr = self.shape
         if self.axis == 2:
             return flat.reshape(self.shape, order="F")
-        out = zeroed(flat.size, flat.dtype).reshape(self.shape, order="F")  # pages mapped at once, as the sums'
-        if self.axis == 0:  # memory (DV, LR, AP): an LR plane is A rows of D contiguous voxels
-            rows = flat.reshape(a, l, d)  # C order: [ap, lr, dv]
-            buffer = np.empty((a, d), dtype=flat.dtype)
-            for plane in range(l):
+        out = zeroed(flat.size, flat.dtype).reshape(self.shape, order="F")
+        if self.axis == 0:  # memory (DV, LR, AP): an LR plane is n_ap rows of n_dv contiguous voxels
+            rows = flat.reshape(n_ap, n_lr, n_dv)  # C order: [ap, lr, dv]
+            buffer = np.empty((n_ap, n_dv), dtype=flat.dtype)
+            for plane in range(n_lr):
                 np.copyto(buffer, rows[:, plane, :])
                 out[:, :, plane] = buffer
-        else:  # memory (AP, LR, DV): an LR plane is D rows of A contiguous voxels
-            rows = flat.reshape(d, l, a)  # C order: [dv, lr, ap]
-            for plane in range(l):
+        else:  # memory (AP, LR, DV): an LR plane is n_dv rows of n_ap contiguous voxels
+            rows = flat.reshape(n_dv, n_lr, n_ap)  # C order: [dv, lr, ap]
+            for plane in range(n_lr):
                 out[:, :, plane] = rows[:, plane, :].T
         return out
+
 
 def _add_partial(sums: dict[str, np.ndarray], partial, names: list[str], layout: _SlabMajor) -> None:
     """Add a section's partial sums into the flat float32 volumes of ``sums`` (in ``layout``), voxel by voxel
