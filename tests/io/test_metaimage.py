@@ -321,3 +321,18 @@ def test_data_as_a_buffer_is_the_copied_bytes(order, dtype):
     if isinstance(viewed, memoryview):
         assert viewed.readonly
         assert np.shares_memory(np.frombuffer(viewed, np.uint8), array) == (dtype[0] == "<")
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".mha"])
+def test_a_fortran_order_array_is_written_as_its_c_order_copy(tmp_path, suffix):
+    """``write_metaimage`` writes a Fortran-order array from its own memory: the same files as its C-order copy."""
+    array = np.asfortranarray(np.random.default_rng(3).normal(size=(6, 5, 4)).astype(np.float32))
+    paths = []
+    for name, given in (("f", array), ("c", np.ascontiguousarray(array))):
+        path = tmp_path / f"{name}{suffix}"
+        write_metaimage(path, given, 25.0)
+        paths.append(path)
+    assert paths[0].read_bytes().replace(b"f.raw", b"c.raw") == paths[1].read_bytes()
+    if suffix == ".mhd":
+        assert (tmp_path / "f.raw").read_bytes() == (tmp_path / "c.raw").read_bytes()
+    np.testing.assert_array_equal(read_metaimage(paths[0])[0], array)

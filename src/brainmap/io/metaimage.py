@@ -527,7 +527,7 @@ def write_metaimage(
     target = Path(path)
     if target.suffix.lower() == ".mha":
         header, payload = encode_metaimage(data, spacing, element_type=element_type, offset=offset,
-                                           compress=compress, byte_order_msb=byte_order_msb)
+                                           compress=compress, byte_order_msb=byte_order_msb, as_buffer=True)
         with atomic_write(target) as fh:
             fh.write(header)
             fh.write(payload)
@@ -536,7 +536,8 @@ def write_metaimage(
     if data_path == target:
         raise ValueError(f"write_metaimage: {target} must end in .mhd or .mha")
     header, payload = encode_metaimage(data, spacing, element_type=element_type, offset=offset,
-                                       data_file=data_path.name, compress=compress, byte_order_msb=byte_order_msb)
+                                       data_file=data_path.name, compress=compress, byte_order_msb=byte_order_msb,
+                                       as_buffer=True)  # written from the array's memory where it can be
     with atomic_write(target) as header_fh:
         header_fh.write(header)
         with atomic_write(data_path) as data_fh:  # committed first; the header is moved into place last
