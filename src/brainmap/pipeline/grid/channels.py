@@ -121,24 +121,22 @@ class _SlabMajor:
     def volume(self, flat: np.ndarray) -> np.ndarray:
         """A flat volume in this layout as the grid's (AP, DV, LR) Fortran-order volume.
 
-        Copied one LR plane at a time (a coronal layout's through a small buffer: the plane's source rows made
+        A coronal layout is copied one LR plane at a time through a small buffer (the plane's source rows made
         contiguous first, then transposed) into a volume whose pages are mapped at once: 0.2-0.25 s for a 25 um
-        float32 volume, the mapping included, where numpy's copy of the transposed view into a new volume took
-        0.9-1.1 s (first-touch faults; a coronal layout's voxels each read from another page)."""
+        float32 volume, the mapping included, where numpy's copy of the transposed view took 0.9-1.1 s (each
+        voxel read from another page). An axis-1 layout keeps AP contiguous: numpy's copy of the view is fast."""
         n_ap, n_dv, n_lr = self.shape
         if self.axis == 2:
             return flat.reshape(self.shape, order="F")
         out = zeroed(flat.size, flat.dtype).reshape(self.shape, order="F")
-        if self.axis == 0:  # memory (DV, LR, AP): an LR plane is n_ap rows of n_dv contiguous voxels
-            rows = flat.reshape(n_ap, n_lr, n_dv)  # C order: [ap, lr, dv]
-            buffer = np.empty((n_ap, n_dv), dtype=flat.dtype)
-            for plane in range(n_lr):
-                np.copyto(buffer, rows[:, plane, :])
-                out[:, :, plane] = buffer
-        else:  # memory (AP, LR, DV): an LR plane is n_dv rows of n_ap contiguous voxels
-            rows = flat.reshape(n_dv, n_lr, n_ap)  # C order: [dv, lr, ap]
-            for plane in range(n_lr):
-                out[:, :, plane] = rows[:, plane, :].T
+        if self.axis == 1:  # memory (AP, LR, DV)
+            np.copyto(out, flat.reshape(n_ap, n_lr, n_dv, order="F").transpose(0, 2, 1))
+            return out
+        rows = flat.reshape(n_ap, n_lr, n_dv)  # memory (DV, LR, AP), as C order: [ap, lr, dv]
+        buffer = np.empty((n_ap, n_dv), dtype=flat.dtype)
+        for plane in range(n_lr):
+            np.copyto(buffer, rows[:, plane, :])
+            out[:, :, plane] = buffer
         return out
 
 
@@ -149,7 +147,7 @@ def _add_partial(sums: dict[str, np.ndarray], partial, names: list[str], layout:
     Each voxel's float64 sum is added as ``float32(total + sum)``, the arithmetic of adding a float64 slab to the
     float32 volume; only the voxels the section reached are touched (the slab of planes it crosses, added whole,
     took ~90 ns per voxel), in one compiled pass (numpy's gather, add and scatter in the grid's order took 8.9 s of
-    the 13.3 s a demo experiment's channels took to resample; this, 1.2-1.6 s)."""
+    the 13.3 s a demo experiment's channels took to resample; :class:`_SlabMajor` gives this pass's figure)."""
     index, values = reduce_partial(partial)
     index = layout.index(index)
     for name in names:
