@@ -60,6 +60,9 @@ def test_projection_unionize_equals_allensdk(tree, case):
     assert (oracle["max_voxel_density"] == recipe.TOP).sum() > 20  # planted ties decided by AllenSDK's order
     assert len(oracle) > 1000
     assert (oracle["sum_projection_pixels"] == 0).sum() > 2  # records without a max voxel (silent structures)
+    if case == "100um":  # structures whose own record ties with a descendant's (recipe.OWN_RECORD_TIES)
+        own = oracle[oracle["structure_id"].isin(recipe.OWN_RECORD_TIES[::2]) & (oracle["is_injection"] == 0)]
+        assert len(own) == 6 and (own["max_voxel_density"] == recipe.TOP).all()
     keys = lambda rows: set(zip(rows["hemisphere_id"], rows["structure_id"]))  # noqa: E731
     injection, projection = oracle[oracle["is_injection"] == 1], oracle[oracle["is_injection"] == 0]
     assert keys(injection) - keys(projection)  # a structure inside the injection core: its projection row is left out

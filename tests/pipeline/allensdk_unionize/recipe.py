@@ -11,7 +11,8 @@ volumes AllenSDK's ``TissuecyteUnionizer`` reads, built on the real CCF 2017 ann
   section imaged with no pixels (``sum_pixels`` 0 where the densities are positive);
 * silent structures: projection signal only in the section without pixels;
 * planted ties: voxels holding exactly the same largest values in many structures and in both hemispheres, so
-  the ancestors' and the bilateral records' tie rules decide the max voxels.
+  the ancestors' and the bilateral records' tie rules decide the max voxels; among them structures annotated
+  directly whose descendants are too, so a structure's own record ties with a descendant's.
 
 Every pseudo-random number comes from integer hashing of voxel indices (no RNG stream, so no numpy version changes
 it); the smooth functions (exp, tanh) may differ in the last bit between platforms, far below rtol 1e-9. Inside the injection core the projection and injection volumes are equal
@@ -31,6 +32,11 @@ INJECTED_STRUCTURE = 362  # MD, right hemisphere
 EXCLUDED_STRUCTURE = 262  # RT, left hemisphere
 #: Sibling sets planted with the same largest value (VISp and MOp layers), both hemispheres.
 TIED_SIBLINGS = [593, 721, 778, 320, 943, 648, 844]
+#: Two structures annotated directly whose only directly annotated descendant is planted with the same largest
+#: value (the 100 um case): sV with 794 and PB with 123. AllenSDK visits a structure's own record before its
+#: descendants', so the descendant's voxel wins the tie; in signed-label order the structure's own record would
+#: come last, on the left for sV (its id below the descendant's) and on the right for PB (above it).
+OWN_RECORD_TIES = [229, 794, 867, 123]
 TOP, SECOND = 0.9375, 0.875  # planted projection maxima (all other valid densities stay below 0.85)
 INJECTION_TOP = 0.8125  # planted injection-density maximum (other core values <= 0.75)
 
@@ -125,7 +131,7 @@ def make_grids(annotation: np.ndarray, resolution: float) -> dict[str, np.ndarra
         labels = labels[(labels != 0) & (labels != labels.max())]  # never the label sorted first by AllenSDK
         chosen = set(labels[::step].tolist())
         if tier == TOP:
-            chosen |= set(TIED_SIBLINGS)
+            chosen |= set(TIED_SIBLINGS) | set(OWN_RECORD_TIES)
         for sid in sorted(chosen):
             for side in (right, ~right):
                 for voxel in _first_voxels(free & side & (annotation == sid), 1):
