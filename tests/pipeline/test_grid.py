@@ -199,6 +199,24 @@ def test_projection_volumes_on_a_uniform_specimen(tmp_path, space100):
     assert root_injection.sum_projection_pixels.iloc[0] == pytest.approx(40 * 40, rel=0.05)
 
 
+@pytest.mark.parametrize(("rows", "edge", "has_data"), [(372, 74, False), (378, 75, True)])
+def test_a_voxel_has_data_when_half_of_it_was_imaged(rows, edge, has_data):
+    """``data_mask`` needs half a voxel imaged (``min_coverage`` 0.5): images 7440 um and 7560 um tall (20 um
+    pixels, DV from 0) end 40 um and 60 um into the DV voxels 74 and 75, which get no data and data; the voxels
+    above are whole and have data, those below were not imaged."""
+    dataset = _dataset("connectivity", numbers=range(60, 64), size=(rows, 570), shift_um=(50.0, 0.0, 0.0))
+    spec = GridSpec.allen(100)
+    tissue = np.ones((rows, 570), bool)
+    nothing = np.zeros((rows, 570), np.uint16)
+    accumulator = GridAccumulator(spec)
+    for image in dataset.images:
+        accumulator.add(grid_projection_section(dataset, image, _detection(nothing, tissue, nothing + 300), spec))
+    data = projection_volumes(accumulator, dataset.pixel_size_um)["data_mask"][60:64] > 0
+    assert data[:, :edge].all()
+    assert (data[:, edge] == has_data).all()
+    assert not data[:, edge + 1:].any()
+
+
 # -- ISH volumes and files --------------------------------------------------------------------------------------
 def test_expression_grids_uniform_specimen_and_no_data(tmp_path):
     """A sagittal ISH series over the left hemisphere with 30 % expressing pixels: density 0.3, intensity and
