@@ -114,6 +114,19 @@ def test_run_writes_every_stage_then_skips_and_redoes_what_changed(completed):
     assert pd.read_csv(ish / PIPELINE_DIR / UNIONIZE_FILE).shape[0] > 100
 
 
+def test_another_grid_resolution_grids_and_unionizes_again(completed, tmp_path):
+    """A finished connectivity data set run at another grid resolution is gridded and unionized again (its
+    alignment kept), and the other resolution's grid files go."""
+    conn = tmp_path / "conn"
+    shutil.copytree(completed[0], conn)
+    coarser = RunSettings(grid_resolution_um=50, keep_alignment=True)
+    (run,) = run_pipeline([conn], coarser, workers=1, progress=False)
+    assert run.stages == {"align": "skipped", "grid": "done", "unionize": "done"}
+    grids = conn / PIPELINE_DIR / "grids"
+    assert (grids / "projection_density_50.nrrd").exists() and not (grids / "projection_density_100.nrrd").exists()
+    assert StageRecord.read(conn / PIPELINE_DIR, "grid").summary["resolution_um"] == 50
+
+
 def test_a_new_aligner_version_aligns_again(completed, monkeypatch):
     """A folder aligned by an earlier aligner (another ``ALIGN_FORMAT``) is aligned again, not taken as done."""
     _, ish, _, _ = completed
