@@ -151,8 +151,8 @@ def test_accumulator_add_and_merge_agree():
 
 # -- connectivity volumes and files -----------------------------------------------------------------------------
 def test_projection_volumes_on_a_uniform_specimen(tmp_path, space100):
-    """Tissue everywhere at LR < 6000 um, signal in one pixel of every 2 x 2 (density 0.25), an injection site of known
-    area: the volumes' formulas, the data mask, Allen's files, and the unionizer reading them."""
+    """Tissue everywhere at LR < 6000 um, signal in one pixel of every 2 x 2 (density 0.25, brighter in an injection
+    site of known area): the volumes' formulas, the data mask, Allen's files, and the unionizer reading them."""
     dataset = _dataset("connectivity", numbers=range(60, 64), shift_um=(50.0, 0.0, 0.0))  # planes mid-voxel
     spec = GridSpec.allen(100)
     rows, cols = 400, 570
@@ -167,8 +167,8 @@ def test_projection_volumes_on_a_uniform_specimen(tmp_path, space100):
     accumulator = GridAccumulator(spec)
     for image in dataset.images:
         injection = site if image.section_number == 61 else None
-        detection = _detection(np.where(injection if injection is not None else False, 4000, mask), tissue, counts,
-                               injection)
+        site_signal = (injection if injection is not None else False) & (mask > 0)
+        detection = _detection(np.where(site_signal, 4000, mask), tissue, counts, injection)
         accumulator.add(grid_projection_section(dataset, image, detection, spec))
     volumes = projection_volumes(accumulator, dataset.pixel_size_um)
     assert set(volumes) == set(PROJECTION_VOLUMES)
@@ -184,9 +184,18 @@ def test_projection_volumes_on_a_uniform_specimen(tmp_path, space100):
     # the injection site: 40 x 40 pixels = 800 x 800 um at DV 4000-4800, LR 4000-4800, in section 61's slab
     injection_pixels = (volumes["injection_fraction"] * volumes["sum_pixels"]).sum()
     assert injection_pixels == pytest.approx(40 * 40)
+    # (its signal a quarter of its pixels, as around it: injection_density is the site's signal, not its area)
     assert volumes["injection_fraction"][61, 40:48, 40:48] == pytest.approx(1.0)
-    assert volumes["injection_density"][61, 40:48, 40:48] == pytest.approx(1.0)
-    assert volumes["projection_density"][61, 40:48, 40:48] == pytest.approx(1.0)
+    assert volumes["injection_density"][61, 40:48, 40:48] == pytest.approx(0.25)
+    assert volumes["injection_energy"][61, 40:48, 40:48] == pytest.approx(0.25 * 4000)
+    assert volumes["projection_density"][61, 40:48, 40:48] == pytest.approx(0.25)
+    assert volumes["projection_energy"][61, 40:48, 40:48] == pytest.approx(0.25 * 4000)
+    # outside the site the injection volumes are 0, the projection signal is not
+    outside = np.ones(volumes["injection_fraction"].shape, bool)
+    outside[61, 40:48, 40:48] = False
+    assert (volumes["projection_energy"][inner] > 0).all()
+    for name in ("injection_fraction", "injection_density", "injection_energy"):
+        assert volumes[name][outside].max() < 1e-3 * volumes[name][61, 40:48, 40:48].min(), name
 
     paths = Gridder.for_dataset(dataset, 100).write(tmp_path, volumes)
     assert {p.name for p in paths} == {f"{name}_100.nrrd" for name in PROJECTION_VOLUMES}
@@ -196,7 +205,7 @@ def test_projection_volumes_on_a_uniform_specimen(tmp_path, space100):
     assert np.array_equal(folder["projection_density"], volumes["projection_density"])
     table = unionize_projection(folder, space100, pixel_size_um=20.0)
     root_injection = table[(table.structure_id == 997) & (table.hemisphere_id == 3) & table.is_injection]
-    assert root_injection.sum_projection_pixels.iloc[0] == pytest.approx(40 * 40, rel=0.05)
+    assert root_injection.sum_projection_pixels.iloc[0] == pytest.approx(40 * 40 / 4, rel=0.05)
 
 
 @pytest.mark.parametrize(("rows", "edge", "has_data"), [(372, 74, False), (378, 75, True)])
