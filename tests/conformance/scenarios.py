@@ -492,6 +492,13 @@ def _(c: Context) -> Any:
              for r in experiment] for experiment in ranked]
 
 
+@scenario("MouseConnectivityCache.rank_structures(defaults)")
+def _(c: Context) -> Any:
+    ranked = _mcc(c).rank_structures(c.ids["connectivity"], False)
+    return [[[int(r["structure_id"]), int(r["hemisphere_id"]), float(r["normalized_projection_volume"])]
+             for r in experiment] for experiment in ranked]
+
+
 @scenario("MouseConnectivityCache.filter_structure_unionizes")
 def _(c: Context) -> Any:
     mcc = _mcc(c)

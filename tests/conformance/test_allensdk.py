@@ -449,7 +449,8 @@ def _(r, t):
     assert [x[3] for x in r] == pytest.approx([x[3] for x in sorted(expected)])
 
 
-@check("MouseConnectivityCache.rank_structures")
+@check("MouseConnectivityCache.rank_structures",  # the second with AllenSDK's defaults: the same structures
+       "MouseConnectivityCache.rank_structures(defaults)")
 def _(r, t):
     summary = {int(s["id"]) for s in t.tree.get_structures_by_set_id([167587189])}
     assert len(r) == len(t.ids["connectivity"])

@@ -117,16 +117,23 @@ def test_projection_matrix_is_the_pivot_of_the_unionizes(mcc, sdk_server):
 
 
 def test_rank_structures(mcc, sdk_server):
+    """AllenSDK's defaults: the summary structures (set 167587189), hemispheres 1 and 2, values above 0.01."""
     ids = sorted(sdk_server.data.connectivity_ids)[:4]
     raw = _raw_unionizes(sdk_server, ids)
-    ranked = mcc.rank_structures(ids, is_injection=False, hemisphere_ids=[1, 2], n=4, threshold=0.01)
-    assert len(ranked) == len(ids)
-    for experiment_id, top in zip(ids, ranked):
-        rows = raw[(raw.section_data_set_id == experiment_id) & ~raw.is_injection & raw.hemisphere_id.isin([1, 2])
-                   & (raw.normalized_projection_volume >= 0.01)]
-        expected = rows.sort_values(["normalized_projection_volume", "structure_id", "hemisphere_id"],
-                                    ascending=[False, True, True]).head(4)
-        assert [r["id"] for r in top] == list(expected["id"])
+    summary = {int(s["id"]) for s in StructureTree.bundled().get_structures_by_set_id([167587189])}
+    for ranked, structures in ((mcc.rank_structures(ids, is_injection=False, n=4), summary),
+                               (mcc.rank_structures(ids, False, sorted(set(raw.structure_id)), [1, 2], n=4,
+                                                    threshold=0.01), set(raw.structure_id))):
+        assert len(ranked) == len(ids)
+        for experiment_id, top in zip(ids, ranked):
+            rows = raw[(raw.section_data_set_id == experiment_id) & ~raw.is_injection
+                       & raw.hemisphere_id.isin([1, 2]) & raw.structure_id.isin(structures)
+                       & (raw.normalized_projection_volume > 0.01)]
+            expected = rows.sort_values(["normalized_projection_volume", "structure_id", "hemisphere_id"],
+                                        ascending=[False, True, True]).head(4)
+            assert [r["id"] for r in top] == list(expected["id"])
+        assert sum(map(len, ranked)) > 0 or structures is summary  # (this server's rows hold few summary structures)
+    assert summary == set(mcc.default_structure_ids) and len(summary) == 316
 
 
 def test_volumes(mcc, sdk_server):

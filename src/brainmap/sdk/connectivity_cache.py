@@ -82,6 +82,10 @@ def _unionize_table(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return records_to_columns(rows, columns)
 
 
+#: Structure set "Brain - Summary Structures": AllenSDK's default structures for ranking and projection matrices.
+SUMMARY_STRUCTURE_SET_ID = 167587189
+
+
 class MouseConnectivityCache(ReferenceSpaceCache):
     """Cached connectivity data of one server (see the module docstring).
 
@@ -99,6 +103,7 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         super().__init__(25 if resolution is None else resolution, ccf_version or "annotation/ccf_2017",
                          manifest_file, version, base_uri, cache, offline=offline, progress=progress,
                          verify=verify, rate_limit=rate_limit, entries=CONNECTIVITY_ENTRIES)
+        self._default_structure_ids: list[int] | None = None
 
     # -- experiments ---------------------------------------------------------------------------------------------
     def get_experiments(self, dataframe: bool = False, file_name: str | None = None, cre: Any = None,
@@ -222,11 +227,23 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         tree = self.get_structure_tree() if include_descendants else None
         return filter_unionizes(unionizes, is_injection, structure_ids, include_descendants, hemisphere_ids, tree)
 
+    @property
+    def default_structure_ids(self) -> list[int]:
+        """The summary structures (structure set 167587189), AllenSDK's default for :meth:`rank_structures` and
+        :meth:`get_projection_matrix`."""
+        if self._default_structure_ids is None:
+            summary = self.get_structure_tree().get_structures_by_set_id([SUMMARY_STRUCTURE_SET_ID])
+            self._default_structure_ids = [int(s["id"]) for s in summary]
+        return self._default_structure_ids
+
     def rank_structures(self, experiment_ids: Iterable[int], is_injection: bool, structure_ids: Any = None,
                         hemisphere_ids: Any = None, rank_on: str = "normalized_projection_volume", n: int = 5,
                         threshold: float = 10**-2) -> list[list[dict[str, Any]]]:
-        """For each experiment, its ``n`` unionize rows of largest ``rank_on`` at or above ``threshold``."""
+        """For each experiment, its ``n`` unionize rows of largest ``rank_on`` above ``threshold``; as AllenSDK,
+        of the summary structures (:attr:`default_structure_ids`) and hemispheres 1 and 2 unless given."""
         ids = [int(i) for i in experiment_ids]
+        structure_ids = self.default_structure_ids if structure_ids is None else structure_ids
+        hemisphere_ids = [1, 2] if hemisphere_ids is None else hemisphere_ids
         out = []
         for experiment_id, table in zip(ids, self._unionize_tables(ids)):
             frame = filter_unionizes(to_dataframe(table), is_injection, structure_ids, False, hemisphere_ids)
@@ -241,6 +258,8 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         ``{hemisphere_id, structure_id, label}`` (label ``VISp-L``), hemisphere-major. With ``dataframe`` the
         matrix is a DataFrame (index the experiment ids, columns the labels). Vectorized (one pivot)."""
         ids = [int(i) for i in experiment_ids]
+        if projection_structure_ids is None:  # AllenSDK's default: the summary structures
+            projection_structure_ids = self.default_structure_ids
         tables = self._unionize_tables(ids, ["experiment_id", "structure_id", "hemisphere_id", "is_injection",
                                              parameter] if parameter in UNIONIZE_COLUMNS else None)
         structures = self.structure_rows()

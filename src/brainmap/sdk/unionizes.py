@@ -60,12 +60,12 @@ def filter_unionizes(unionizes: pd.DataFrame, is_injection: bool | None = None, 
 
 
 def rank_unionizes(unionizes: pd.DataFrame, rank_on: str, n: int, threshold: float) -> list[dict[str, Any]]:
-    """The ``n`` rows of largest ``rank_on`` that are at least ``threshold``, largest first (ties by structure
-    id, then hemisphere), as records."""
+    """The ``n`` rows of largest ``rank_on`` above ``threshold`` (AllenSDK's "exceeds"), largest first (ties by
+    structure id, then hemisphere), as records."""
     if rank_on not in unionizes.columns:
         raise ValueError(f"rank_on: no column {rank_on!r}; columns are {', '.join(map(str, unionizes.columns))}")
     values = unionizes[rank_on].to_numpy(dtype=np.float64)
-    keep = np.flatnonzero(values >= threshold)
+    keep = np.flatnonzero(values > threshold)
     order = np.lexsort((unionizes["hemisphere_id"].to_numpy()[keep], unionizes["structure_id"].to_numpy()[keep],
                         -values[keep]))
     return unionizes.iloc[keep[order[:n]]].to_dict("records")
