@@ -32,8 +32,6 @@ from brainmap.pipeline.run import RunSettings
 
 #: Structure set "Brain - Major Divisions" (12 structures: isocortex, olfactory areas, hippocampal formation, ...).
 MAJOR_DIVISIONS_SET = 687527670
-#: Structure set "Brain - Summary Structures" (316): what the top-structure tables rank.
-SUMMARY_SET = 167587189
 
 #: Where the demo cuts: a coronal plane through the dorsal hippocampus, a sagittal one through the left
 #: hemisphere (um from the volume's anterior and left faces).

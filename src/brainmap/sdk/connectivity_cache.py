@@ -82,10 +82,6 @@ def _unionize_table(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return records_to_columns(rows, columns)
 
 
-#: Structure set "Brain - Summary Structures": AllenSDK's default structures for ranking and projection matrices.
-SUMMARY_STRUCTURE_SET_ID = 167587189
-
-
 class MouseConnectivityCache(ReferenceSpaceCache):
     """Cached connectivity data of one server (see the module docstring).
 
@@ -232,8 +228,7 @@ class MouseConnectivityCache(ReferenceSpaceCache):
         """The summary structures (structure set 167587189), AllenSDK's default for :meth:`rank_structures` and
         :meth:`get_projection_matrix`."""
         if self._default_structure_ids is None:
-            summary = self.get_structure_tree().get_structures_by_set_id([SUMMARY_STRUCTURE_SET_ID])
-            self._default_structure_ids = [int(s["id"]) for s in summary]
+            self._default_structure_ids = self.get_structure_tree().summary_structure_ids()
         return self._default_structure_ids
 
     def rank_structures(self, experiment_ids: Iterable[int], is_injection: bool, structure_ids: Any = None,
