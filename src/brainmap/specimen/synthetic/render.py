@@ -51,6 +51,7 @@ from scipy import ndimage
 from scipy.special import ndtr
 
 from brainmap.atlas.template import upsample_linear
+from brainmap.pipeline.grid._trilinear import axis_corners, blend
 from brainmap.specimen.deformation import DeformationField
 from brainmap.specimen.synthetic.appearance import appearance_channels, check_appearance, form_image
 from brainmap.specimen.synthetic.geometry import SectionPlan, SpecimenPlan
@@ -222,17 +223,16 @@ def sample_volume(volume: np.ndarray, resolution_um: float, reference_um: np.nda
         return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=cval, prefilter=False,
                                        output=np.float32)
     out = np.empty(coords.shape[1:], dtype=np.float32)
-    _sample_3d(volume, coords.reshape(3, -1), int(order), float(cval), out.reshape(-1))
+    _sample_3d(volume[np.newaxis], coords.reshape(3, -1), int(order), float(cval), out.reshape(-1))
     return out
 
 
 @numba.njit(nogil=True, cache=True)
 def _sample_3d(volume, coords, order, cval, out):  # pragma: no cover - compiled (its tests call it through Python)
-    """``map_coordinates`` of a 3-D volume, order 0 or 1, mode "constant", no prefilter: a point outside
-    ``[0, n - 1]`` on any axis (or NaN) gets ``cval``; else the sum, in double, over the corners in C order (last
-    axis fastest) of value x weight of axis 0 x axis 1 x axis 2, with weights ``1 - x`` and ``1 - (1 - x)``;
-    order 0 takes the voxel at ``floor(c + 0.5)``."""
-    n0, n1, n2 = volume.shape
+    """``map_coordinates`` of a 3-D volume (given as ``(1, n0, n1, n2)``), order 0 or 1, mode "constant", no
+    prefilter: a point outside ``[0, n - 1]`` on any axis (or NaN) gets ``cval``; order 1 is the pipeline's
+    trilinear arithmetic (:mod:`brainmap.pipeline.grid._trilinear`); order 0 takes the voxel at ``floor(c + 0.5)``."""
+    _, n0, n1, n2 = volume.shape
     for p in range(coords.shape[1]):
         c0 = np.float64(coords[0, p])
         c1 = np.float64(coords[1, p])
@@ -241,24 +241,12 @@ def _sample_3d(volume, coords, order, cval, out):  # pragma: no cover - compiled
             out[p] = cval
             continue
         if order == 0:
-            out[p] = np.float64(volume[int(np.floor(c0 + 0.5)), int(np.floor(c1 + 0.5)), int(np.floor(c2 + 0.5))])
+            out[p] = np.float64(volume[0, int(np.floor(c0 + 0.5)), int(np.floor(c1 + 0.5)), int(np.floor(c2 + 0.5))])
             continue
-        f0, f1, f2 = np.floor(c0), np.floor(c1), np.floor(c2)
-        i0, i1, i2 = int(f0), int(f1), int(f2)
-        # at the last voxel (c == n - 1) the far corner's weight is 0: any voxel there adds 0
-        j0, j1, j2 = min(i0 + 1, n0 - 1), min(i1 + 1, n1 - 1), min(i2 + 1, n2 - 1)
-        a0, a1, a2 = 1.0 - (c0 - f0), 1.0 - (c1 - f1), 1.0 - (c2 - f2)
-        b0, b1, b2 = 1.0 - a0, 1.0 - a1, 1.0 - a2
-        t = 0.0
-        t += np.float64(volume[i0, i1, i2]) * a0 * a1 * a2
-        t += np.float64(volume[i0, i1, j2]) * a0 * a1 * b2
-        t += np.float64(volume[i0, j1, i2]) * a0 * b1 * a2
-        t += np.float64(volume[i0, j1, j2]) * a0 * b1 * b2
-        t += np.float64(volume[j0, i1, i2]) * b0 * a1 * a2
-        t += np.float64(volume[j0, i1, j2]) * b0 * a1 * b2
-        t += np.float64(volume[j0, j1, i2]) * b0 * b1 * a2
-        t += np.float64(volume[j0, j1, j2]) * b0 * b1 * b2
-        out[p] = t
+        i0, j0, a0, b0 = axis_corners(c0, n0)
+        i1, j1, a1, b1 = axis_corners(c1, n1)
+        i2, j2, a2, b2 = axis_corners(c2, n2)
+        out[p] = blend(volume, 0, i0, j0, a0, b0, i1, j1, a1, b1, i2, j2, a2, b2)
 
 
 # -- damage ---------------------------------------------------------------------------------------------------
