@@ -242,10 +242,8 @@ def expression_volumes(accumulator: ExpressionAccumulator, dataset: SectionDataS
                 ])
                 # map_coordinates(order=1, mode="constant", prefilter=False) of every quantity, the same bits
                 add_trilinear(samples, sums, coords)
+    samples *= (spec.resolution_um / lattice.cell_um) ** 2 / supersample**3  # per voxel column: cells -> voxel
     sampled = dict(zip(EXPRESSION_QUANTITIES, samples))
-    scale = (spec.resolution_um / lattice.cell_um) ** 2 / supersample**3  # per voxel column: cells -> voxel
-    for name in sampled:
-        sampled[name] *= scale
     full = (spec.resolution_um / dataset.pixel_size_um) ** 2
     data = sampled["covered"] >= min_coverage * full
     pixels = sampled["sum_pixels"]
