@@ -87,10 +87,12 @@ def serial(connectivity):
     return _serial(_gridder(connectivity), connectivity)
 
 
-def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, client, serial, same_bits):
-    """Two large data sets (a 50 um grid: 77 MB volumes), sections finishing out of order: each summed to the
-    bits of a serial sum in section order, finished in the reduction's thread, and the second one's sections
-    held back (not added) until the first one is finished (memory: one large accumulator at a time)."""
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, client, serial, same_bits, batch):
+    """Two large data sets (a 50 um grid: 77 MB volumes), sections finishing out of order, one or three to a task
+    (41 sections: the last task holds two): each summed to the bits of a serial sum in section order, finished in
+    the reduction's thread, and the second one's sections held back (not added) until the first one is finished
+    (memory: one large accumulator at a time)."""
     from distributed import as_completed
 
     gridder = _gridder(connectivity)
@@ -106,10 +108,11 @@ def test_sections_are_summed_in_section_order_and_none_is_lost(connectivity, cli
         after = held.sections if held is not None else None
         finished.append((folder, accumulator, threading.current_thread() is threading.main_thread(), before, after))
 
-    with SectionReduction(client, finish) as reduction:
+    with SectionReduction(client, finish, batch=batch) as reduction:
         futures = reduction.submit(connectivity, gridder, priority=2) + reduction.submit(other, gridder, priority=1)
-        for future in as_completed(futures):
-            reduction.take(future)
+        assert len(futures) == 2 * -(-41 // batch)
+        taken = sum(reduction.take(future) for future in as_completed(futures))
+        assert taken == 2 * 41 == reduction.sections(connectivity) + reduction.sections(other)
         assert list(reduction.join()) == [connectivity, other]
     assert reduction.accumulators == {}
     assert [f for f, *_ in finished] == [connectivity, other]

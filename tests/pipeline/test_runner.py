@@ -236,21 +236,33 @@ def test_no_ish_smoothing_switch_regrids_without_allens_smoothing(completed, tmp
     assert _outputs(ish) == completed[3]["ish"]
 
 
-def test_local_workers_keep_one_blas_thread_and_glibcs_own_malloc_thresholds():
+def _worker_settings() -> dict:
+    import dask
+
+    names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    return {**{name: os.environ.get(name) for name in names},
+            "profile": dask.config.get("distributed.worker.profile.enabled")}
+
+
+def test_local_workers_keep_one_blas_thread_and_glibcs_own_malloc_thresholds_and_run_no_profiler():
     """Dask starts workers with MALLOC_TRIM_THRESHOLD_, which froze glibc's mmap threshold at 128 KiB and made the
-    demo spend more time faulting fresh pages than computing; the runner's local workers go without it."""
+    demo spend more time faulting fresh pages than computing; the runner's local workers go without it, and
+    without Dask's profiler (it samples every task's stack for a dashboard a local run does not start)."""
+    import dask
+
     from brainmap.pipeline.run.runner import dask_client
 
     os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"  # as a Dask nanny started earlier in this process leaves it
     try:
         with dask_client(workers=1) as client:
-            seen = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS",
-                                                                       "OPENBLAS_NUM_THREADS")})
+            seen = client.run(_worker_settings)
         assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's environment is given back
     finally:
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     (worker,) = seen.values()
-    assert worker == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert worker == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                      "profile": False}
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # this process's config is given back
 
 
 def test_packed_partials_unpack_to_the_same_bits_in_fewer_bytes(specimens, same_bits):

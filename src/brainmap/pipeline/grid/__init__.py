@@ -8,8 +8,8 @@
   grids (MetaImage float32, -1 = no data).
 
 A data set is gridded as a map over its usable sections (not failed, with an Alignment2d) and a reduction:
-:meth:`Gridder.process` (detection + :func:`grid_section`; one Dask task per section) returns a small partial
-grid, :meth:`Gridder.accumulator` sums them (``add`` / ``merge``), :meth:`Gridder.volumes` makes the volumes
+:meth:`Gridder.process` (detection + :func:`grid_section`; a few sections to a Dask task) returns a small partial grid,
+:meth:`Gridder.accumulator` sums them (``add`` / ``merge``), :meth:`Gridder.volumes` makes the volumes
 and :meth:`Gridder.write` writes them with Allen's names. :func:`grid_dataset` and :func:`grid_folder` do all of
 it in one process.
 """

@@ -15,8 +15,8 @@ SIGKILL) and started again redoes only what is not verifiably done, and never ta
 result. A stage is redone when its inputs or parameters change.
 
 Parallelism (Dask): all data sets are aligned at once (one task each); as soon as one is aligned, its sections are
-detected and gridded as one task per section (run after the alignments still waiting), their partial grids summed
-as they arrive; then each data set is unionized (one task each). By default a local cluster of worker processes
+detected and gridded, a few consecutive sections to a task (run after the alignments still waiting), their partial
+grids summed as they arrive; then each data set is unionized (one task each). By default a local cluster of worker processes
 is started; ``scheduler=`` connects to an existing dask.distributed scheduler instead (``docs/performance-demo.md``:
 what the runner does about Dask's costs).
 """
@@ -213,6 +213,14 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
 
 
 # --------------------------------------------------------------------------- detect + grid
+#: Sections per detect + grid task. Each dask task costs ~5 ms of the client's process and ~2 ms of its worker's
+#: CPU whatever it does (700 trivial tasks on a local cluster of two: 3.5 s of the main process's CPU one to a
+#: task, 0.8 s four to a task), and a worker waits for its next task's message. The demo's ~700 sections, paired
+#: runs on one machine: 1 to a task 78.0 / 69.9 s, 4 73.3 / 65.6 s, 8 67.4 / 63.2 s; 8, 16 and 32 the same within
+#: the noise. A connectivity section takes 50-70 ms: eight hold the last task to about half a second.
+SECTIONS_PER_TASK = 8
+
+
 def _grid_one_section(gridder, folder: str, image: SectionImage, handoff: Handoff | None = None):
     """The map step: read one section's channels, detect, grid; returns the partial grid (connectivity partials
     packed for the trip to the process that sums them: :class:`PackedPartial`; with a ``handoff`` usable here,
@@ -222,6 +230,20 @@ def _grid_one_section(gridder, folder: str, image: SectionImage, handoff: Handof
     if isinstance(result, list):
         return [_pack(p, handoff) if isinstance(p, PartialGrid) else p for p in result]
     return _pack(result, handoff) if isinstance(result, PartialGrid) else result
+
+
+def _grid_sections(gridder, folder: str, images: Sequence[SectionImage], handoff: Handoff | None = None) -> list:
+    """:func:`_grid_one_section` for a run of consecutive sections, one task: the results in their order (if
+    one section fails, the partials already made are discarded and its error is raised)."""
+    results: list = []
+    try:
+        for image in images:
+            results.append(_grid_one_section(gridder, folder, image, handoff))
+    except BaseException:
+        for result in results:
+            _discard(result)
+        raise
+    return results
 
 
 def _pack(partial: PartialGrid, handoff: Handoff | None) -> PackedPartial | SharedPartial:
@@ -391,11 +413,12 @@ def _discard(result: Any) -> None:
 
 
 class SectionReduction:
-    """Sections of data sets gridded on a dask.distributed ``client`` (one task per section: read its channels,
-    detect, grid) and their partial grids summed per data set, in section order whatever order they arrive in.
+    """Sections of data sets gridded on a dask.distributed ``client`` (one task per ``batch`` of consecutive
+    sections: read each one's channels, detect, grid) and their partial grids summed per data set, in section
+    order whatever order they arrive in.
 
-    :meth:`submit` a data set's :class:`~brainmap.pipeline.grid.Gridder` (its section futures are returned),
-    :meth:`take` each finished section future, then :meth:`join`. ``finish(folder, accumulator)`` is called as
+    :meth:`submit` a data set's :class:`~brainmap.pipeline.grid.Gridder` (its task futures are returned),
+    :meth:`take` each finished task future (it returns how many sections it held), then :meth:`join`. ``finish(folder, accumulator)`` is called as
     soon as all of a data set's sections are in, after which the accumulator is dropped (so only the data sets
     still being gridded are held); :attr:`accumulators` keeps the others.
 
@@ -414,8 +437,9 @@ class SectionReduction:
     _FINISHED = object()
 
     def __init__(self, client: Any, finish: Callable[[Path, Any], None] | None = None, *, prefetch: int = 4,
-                 shared_memory: bool | None = None) -> None:
+                 shared_memory: bool | None = None, batch: int = SECTIONS_PER_TASK) -> None:
         self.client = client
+        self.batch = max(1, batch)
         # Workers on this host hand their partials over through shared memory (None: in-band, e.g. no /dev/shm);
         # by default unless BRAINMAP_HANDOFF=inband (to measure one against the other).
         if shared_memory is None:
@@ -423,22 +447,22 @@ class SectionReduction:
         self.handoff = Handoff.create() if shared_memory else None
         self.finish = finish
         self.accumulators: dict[Path, Any] = {}
-        self._pending: dict[Any, tuple[Path, int]] = {}
+        self._pending: dict[Any, tuple[Path, int, int]] = {}  # a task's folder, first position, section count
         self._count: dict[Path, int] = {}
         self._waiting: dict[Path, dict[int, Any]] = {}
         self._added: dict[Path, int] = {}
         self._large: dict[Path, bool] = {}
         self._progress = threading.Condition()  # guards the counts and lists below
         self._error: BaseException | None = None
-        self._taken = 0  # futures handed over
+        self._taken = 0  # sections handed over
         self._done = 0  # of them through the adder (added, waiting for their turn, or dropped after an error)
         self._finished: list[Path] = []  # finished, not yet collected by the caller
         self._ready: list[tuple[Path, Any]] = []  # complete, waiting for the finisher
         self._finishing: set[Path] = set()  # at most one large and one small data set at a time
         self._tokens = 0  # finishes done whose token the adder has not yet handled
         self._prefetch = max(1, prefetch)
-        self._in_flight = 0  # fetched, not yet through the adder
-        self._to_fetch: list[tuple[Path, int, Any]] = []  # taken, not yet fetched
+        self._in_flight = 0  # sections fetched, not yet through the adder
+        self._to_fetch: list[tuple[Path, int, int, Any]] = []  # tasks taken, not yet fetched
         self._stopping = False
         self._large_order: list[Path] = []  # the large data sets not yet through, in submit order
         self._to_add: queue.Queue[Any] = queue.Queue()
@@ -450,7 +474,8 @@ class SectionReduction:
 
     # ------------------------------------------------------------------ the caller's thread
     def submit(self, folder: Path, gridder: Any, priority: int = 0) -> list[Any]:
-        """Submit every usable section of the data set in ``folder`` (a higher ``priority`` runs first)."""
+        """Submit every usable section of the data set in ``folder`` (a higher ``priority`` runs first); returns
+        the tasks' futures (:meth:`sections` tells how many sections that is)."""
         images = gridder.usable_images()
         accumulator = gridder.accumulator()
         with self._progress:
@@ -467,25 +492,31 @@ class SectionReduction:
             return []
         shared = self.client.scatter(gridder, broadcast=True)
         futures = []
-        for position, image in enumerate(images):
-            future = self.client.submit(_grid_one_section, shared, str(folder), image, self.handoff, pure=False,
+        for start in range(0, len(images), self.batch):
+            run = images[start:start + self.batch]
+            future = self.client.submit(_grid_sections, shared, str(folder), run, self.handoff, pure=False,
                                         priority=priority)
-            self._pending[future] = (folder, position)
+            self._pending[future] = (folder, start, len(run))
             futures.append(future)
         return futures
+
+    def sections(self, folder: Path) -> int:
+        """How many sections of ``folder`` were submitted."""
+        return self._count[folder]
 
     def __contains__(self, future: Any) -> bool:
         return future in self._pending
 
-    def take(self, future: Any) -> None:
-        """Hand over a finished section future: its partial is fetched and added (once every section before it
-        in its data set is in) by this object's threads."""
+    def take(self, future: Any) -> int:
+        """Hand over a finished task future: its partials are fetched and added (once every section before them
+        in their data set is in) by this object's threads. Returns how many sections the task held."""
         self._raise()
-        folder, position = self._pending.pop(future)
+        folder, start, count = self._pending.pop(future)
         with self._progress:
-            self._taken += 1
-            self._to_fetch.append((folder, position, future))
+            self._taken += count
+            self._to_fetch.append((folder, start, count, future))
             self._progress.notify_all()
+        return count
 
     def finished(self) -> list[Path]:
         """The data sets finished (``finish`` returned) since the last call."""
@@ -549,34 +580,35 @@ class SectionReduction:
             self._progress.notify_all()
 
     # ------------------------------------------------------------------ the threads
-    def _next_to_fetch(self) -> tuple[Path, int, Any] | None:
-        """The first future taken whose data set may be added to now (None: stop), once fewer than ``prefetch``
+    def _next_to_fetch(self) -> tuple[Path, int, int, Any] | None:
+        """The first task taken whose data set may be added to now (None: stop), once fewer than ``prefetch``
         fetched partials wait for the adder."""
         with self._progress:
             while True:
                 if self._stopping:
                     return None
                 if self._in_flight < self._prefetch or self._error is not None:
-                    for i, (folder, _, _) in enumerate(self._to_fetch):
+                    for i, (folder, _, count, _) in enumerate(self._to_fetch):
                         if self._error is not None or not self._large[folder] or self._large_order[:1] == [folder]:
-                            self._in_flight += 1
+                            self._in_flight += count
                             return self._to_fetch.pop(i)
                 self._progress.wait()
 
     def _fetch_loop(self) -> None:
         while (item := self._next_to_fetch()) is not None:
-            folder, position, future = item
-            result = None
+            folder, start, count, future = item
+            results: list = [None] * count
             if self._error is None:
                 try:
                     # straight from the worker that holds it (by default the data would pass through the
                     # scheduler, which a local cluster runs in this process: twice the bytes through this
                     # process's event loop; a partial the client cannot reach is gathered by the scheduler)
-                    result = self.client.gather(future, direct=True)
+                    results = self.client.gather(future, direct=True)
                 except BaseException as error:  # noqa: BLE001 (raised in the caller's thread)
                     self._fail(error)
             future.release()
-            self._to_add.put((folder, position, result))
+            for offset, result in enumerate(results):
+                self._to_add.put((folder, start + offset, result))
         self._to_add.put(self._STOP)
 
     def _add_loop(self) -> None:
@@ -683,9 +715,9 @@ def _gridder_is_large(gridder: Any) -> bool:
 def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = True,
                   finish: Callable[[Path, Any], None] | None = None, shared_memory: bool | None = None
                   ) -> dict[Path, Any]:
-    """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per
-    section (read its channels, detect, grid), the partial grids summed in section order as they arrive
-    (:class:`SectionReduction`).
+    """Detect and grid every usable section of every data set on a dask.distributed ``client``: one task per run
+    of consecutive sections (read their channels, detect, grid), the partial grids summed in section order as
+    they arrive (:class:`SectionReduction`).
 
     Args:
         client: a connected ``distributed.Client``.
@@ -706,9 +738,10 @@ def grid_sections(client: Any, gridders: dict[Path, Any], *, progress: bool = Tr
         for rank, (folder, gridder) in enumerate(gridders.items()):
             # One data set after another (a higher priority runs first), so few accumulators are held at once.
             futures += reduction.submit(folder, gridder, priority=len(gridders) - rank)
-        for future in tqdm(as_completed(futures), total=len(futures), desc="detect + grid", unit="section",
-                           disable=not progress):
-            reduction.take(future)
+        with tqdm(total=sum(map(reduction.sections, gridders)), desc="detect + grid", unit="section",
+                  disable=not progress) as bar:
+            for future in as_completed(futures):
+                bar.update(reduction.take(future))
         for _ in reduction.join():
             pass
     return reduction.accumulators
@@ -787,10 +820,17 @@ _UNIONIZE_PRIORITY = -1000
 #: the kernel than in Python (sys 133 s, user 129 s). Workers keep Dask's other settings (one BLAS/OpenMP thread).
 _MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
+#: Dask's settings for the local cluster's workers (a nanny hands its config to its worker). Each worker's statistical
+#: profiler samples the running task's stack every 10 ms for the dashboard's profile page, and a local run starts no
+#: dashboard. Measured (2026-12-06, the demo's connectivity data set gridded on two workers, three alternating
+#: pairs): 15.7 / 13.9 / 15.0 s of the workers' CPU with it, 13.4 / 13.4 / 11.8 s without.
+_LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
 
 @contextmanager
 def _worker_environment() -> Iterator[None]:
-    """Start local workers with glibc's own (dynamic) malloc thresholds: see ``_MALLOC_VARIABLES``."""
+    """Start local workers with glibc's own (dynamic) malloc thresholds (see ``_MALLOC_VARIABLES``) and without
+    Dask's profiler (``_LOCAL_WORKER_CONFIG``)."""
     import dask
 
     environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
@@ -798,7 +838,7 @@ def _worker_environment() -> Iterator[None]:
     # A nanny also writes its variables into this process's environment, where later workers would inherit them.
     saved = {key: os.environ.pop(key) for key in _MALLOC_VARIABLES if key in os.environ}
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **_LOCAL_WORKER_CONFIG}):
             yield
     finally:
         os.environ.update(saved)
@@ -847,8 +887,7 @@ def run_pipeline(
                 for folder in reduction.finished():
                     unionize(folder)
                 if future in reduction:
-                    reduction.take(future)
-                    grid_bar.update()
+                    grid_bar.update(reduction.take(future))
                     continue
                 folder = aligning.pop(future)
                 runs[folder].stages["align"] = future.result()
@@ -878,7 +917,7 @@ def run_pipeline(
                 large_first = large_first or large
                 sections = reduction.submit(folder, gridders[folder],
                                             priority=-len(expected_grid) - band * _PRIORITY_BAND)
-                grid_bar.total += len(sections)
+                grid_bar.total += reduction.sections(folder)
                 grid_bar.refresh()
                 done.update(sections)
             align_bar.close()
