@@ -16,9 +16,9 @@ result. A stage is redone when its inputs or parameters change.
 
 Parallelism (Dask): all data sets are aligned at once (one task each); as soon as one is aligned, its sections are
 detected and gridded, a few consecutive sections to a task (run after the alignments still waiting), their partial
-grids summed as they arrive; then each data set is unionized (one task each). By default a local cluster of worker processes
-is started; ``scheduler=`` connects to an existing dask.distributed scheduler instead (``docs/performance-demo.md``:
-what the runner does about Dask's costs).
+grids summed as they arrive; then each data set is unionized (one task each). By default a local cluster of worker
+processes is started; ``scheduler=`` connects to an existing dask.distributed scheduler instead
+(``docs/performance-demo.md``: what the runner does about Dask's costs).
 """
 
 from __future__ import annotations
@@ -215,9 +215,10 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
 # --------------------------------------------------------------------------- detect + grid
 #: Sections per detect + grid task. Each dask task costs ~5 ms of the client's process and ~2 ms of its worker's
 #: CPU whatever it does (700 trivial tasks on a local cluster of two: 3.5 s of the main process's CPU one to a
-#: task, 0.8 s four to a task), and a worker waits for its next task's message. The demo's ~700 sections, paired
-#: runs on one machine: 1 to a task 78.0 / 69.9 s, 4 73.3 / 65.6 s, 8 67.4 / 63.2 s; 8, 16 and 32 the same within
-#: the noise. A connectivity section takes 50-70 ms: eight hold the last task to about half a second.
+#: task, 0.8 s four to a task), and a worker waits for its next task's message. The demo's 451 sections, runs one
+#: after another on one machine: 1 to a task 78.0 / 69.9 s, 4 73.3 / 65.6 s, 8 67.4 / 63.2 s; 8, 16 and 32 the same
+#: within the noise (docs/performance-demo.md, round 12). A connectivity section takes 50-70 ms: eight hold the
+#: last task to about half a second.
 SECTIONS_PER_TASK = 8
 
 
@@ -418,17 +419,19 @@ class SectionReduction:
     order whatever order they arrive in.
 
     :meth:`submit` a data set's :class:`~brainmap.pipeline.grid.Gridder` (its task futures are returned),
-    :meth:`take` each finished task future (it returns how many sections it held), then :meth:`join`. ``finish(folder, accumulator)`` is called as
-    soon as all of a data set's sections are in, after which the accumulator is dropped (so only the data sets
-    still being gridded are held); :attr:`accumulators` keeps the others.
+    :meth:`take` each finished task future (it returns how many sections it held), then :meth:`join`.
+    ``finish(folder, accumulator)`` is called as soon as all of a data set's sections are in, after which the
+    accumulator is dropped (so only the data sets still being gridded are held); :attr:`accumulators` keeps the
+    others.
 
     The caller's thread only hands futures over: one thread fetches the partials from the workers (in the order
     they were taken, straight from the worker; at most ``prefetch`` ahead of the adds), one adds them, and two
-    finish data sets (one large and one small at a time), so a section's fetch, the adds before it and the writing of a finished data set overlap (numba's adds,
-    deflate and the comms release the GIL; docs/performance-demo.md, round 7). Memory: large data sets
-    (:func:`_is_large`: a 25 um connectivity accumulator is 1-2 GB) are summed one at a time, in the order they
-    were submitted: the sections of the next one stay on their workers until the one before is finished (its
-    grids written); the sections of small ones (ISH) are fetched and added meanwhile.
+    finish data sets (one large and one small at a time), so a section's fetch, the adds before it and the
+    writing of a finished data set overlap (numba's adds, deflate and the comms release the GIL;
+    docs/performance-demo.md, round 7). Memory: large data sets (:func:`_is_large`: a 25 um connectivity
+    accumulator is 1-2 GB) are summed one at a time, in the order they were submitted: the sections of the next
+    one stay on their workers until the one before is finished (its grids written); the sections of small ones
+    (ISH) are fetched and added meanwhile.
     Use it as a context manager (or call :meth:`close`): the threads stop, and an error in any of them is raised
     in the caller's thread by :meth:`take`, :meth:`finished` or :meth:`join`.
     """
@@ -820,10 +823,10 @@ _UNIONIZE_PRIORITY = -1000
 #: the kernel than in Python (sys 133 s, user 129 s). Workers keep Dask's other settings (one BLAS/OpenMP thread).
 _MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
-#: Dask's settings for the local cluster's workers (a nanny hands its config to its worker). Each worker's statistical
-#: profiler samples the running task's stack every 10 ms for the dashboard's profile page, and a local run starts no
-#: dashboard. Measured (2026-12-06, the demo's connectivity data set gridded on two workers, three alternating
-#: pairs): 15.7 / 13.9 / 15.0 s of the workers' CPU with it, 13.4 / 13.4 / 11.8 s without.
+#: Dask's settings for the local cluster's workers (a nanny hands its config to its worker). Each worker's
+#: statistical profiler samples the running task's stack every 10 ms for the dashboard's profile page, and a local
+#: run starts no dashboard. Measured (2026-12-06, the demo's connectivity data set gridded on two workers, three
+#: alternating pairs): 15.7 / 13.9 / 15.0 s of the workers' CPU with it, 13.4 / 13.4 / 11.8 s without.
 _LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
