@@ -234,17 +234,9 @@ def _grid_one_section(gridder, folder: str, image: SectionImage, handoff: Handof
 
 
 def _grid_sections(gridder, folder: str, images: Sequence[SectionImage], handoff: Handoff | None = None) -> list:
-    """:func:`_grid_one_section` for a run of consecutive sections, one task: the results in their order (if
-    one section fails, the partials already made are discarded and its error is raised)."""
-    results: list = []
-    try:
-        for image in images:
-            results.append(_grid_one_section(gridder, folder, image, handoff))
-    except BaseException:
-        for result in results:
-            _discard(result)
-        raise
-    return results
+    """:func:`_grid_one_section` for a run of consecutive sections, one task: the results in their order. A
+    section's error fails the run, whose shared-memory directory is swept on close with whatever it holds."""
+    return [_grid_one_section(gridder, folder, image, handoff) for image in images]
 
 
 def _pack(partial: PartialGrid, handoff: Handoff | None) -> PackedPartial | SharedPartial:
