@@ -80,6 +80,16 @@ def test_the_pool_of_free_blocks_is_bounded(handoff):
     assert len(handoff.pooled()) == POOL_BLOCKS and handoff.blocks() == []
 
 
+def test_the_pool_of_free_blocks_is_bounded_in_bytes(handoff, monkeypatch):
+    from brainmap.pipeline.run import handoff as module
+
+    monkeypatch.setattr(module, "POOL_BYTES", 10_000)
+    made = [handoff.allocate([(np.float64, 400)]) for _ in range(5)]  # 3,200 bytes each: three fit
+    for block, _ in made:
+        block.recycle()
+    assert [int(name.split("-")[0]) for name in handoff.pooled()] == [3200] * 3 and handoff.blocks() == []
+
+
 def test_shared_partials_add_the_bits_of_in_band_ones(handoff, same_bits):
     spec = GridSpec.allen(100)
     inband, shared = GridAccumulator(spec, dense_fraction=0.005), GridAccumulator(spec, dense_fraction=0.005)
