@@ -183,7 +183,7 @@ class Handoff:
             names = os.listdir(pool)
         except OSError:
             return None
-        sized = sorted((size, name) for name in names if (size := _pooled_size(name)))
+        sized = sorted(item for item in ((_pooled_size(name), name) for name in names) if item[0])
         order = [item for item in sized if item[0] >= size] + [item for item in reversed(sized) if item[0] < size]
         for _, name in order:
             path = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(8)}")
