@@ -80,15 +80,19 @@ def test_the_pool_of_free_blocks_is_bounded(handoff):
     assert len(handoff.pooled()) == POOL_BLOCKS and handoff.blocks() == []
 
 
+def _pooled_sizes(handoff) -> list[int]:
+    return sorted(int(name.split("-")[0]) for name in handoff.pooled())
+
+
 def test_a_block_is_claimed_from_the_smallest_pooled_block_that_holds_it(handoff):
     made = [handoff.allocate([(np.float64, n)]) for n in (1000, 100, 10)]  # 8,000, 800 and 80 bytes
     for block, _ in made:
         block.recycle()
     claimed, _ = handoff.allocate([(np.float64, 50)])  # 400 bytes: the 800-byte block
     assert claimed.size == 400 and os.path.getsize(claimed.path) == 800
-    assert sorted(int(name.split("-")[0]) for name in handoff.pooled()) == [80, 8000]
+    assert _pooled_sizes(handoff) == [80, 8000]
     grown, _ = handoff.allocate([(np.float64, 2000)])  # 16,000 bytes: none holds it, the largest is grown
-    assert os.path.getsize(grown.path) == 16000 and [int(n.split("-")[0]) for n in handoff.pooled()] == [80]
+    assert os.path.getsize(grown.path) == 16000 and _pooled_sizes(handoff) == [80]
 
 
 def test_the_pool_of_free_blocks_is_bounded_in_bytes(handoff, monkeypatch):
@@ -98,7 +102,7 @@ def test_the_pool_of_free_blocks_is_bounded_in_bytes(handoff, monkeypatch):
     made = [handoff.allocate([(np.float64, 400)]) for _ in range(5)]  # 3,200 bytes each: three fit
     for block, _ in made:
         block.recycle()
-    assert [int(name.split("-")[0]) for name in handoff.pooled()] == [3200] * 3 and handoff.blocks() == []
+    assert _pooled_sizes(handoff) == [3200] * 3 and handoff.blocks() == []
 
 
 def test_shared_partials_add_the_bits_of_in_band_ones(handoff, same_bits):

@@ -183,8 +183,8 @@ class Handoff:
             names = os.listdir(pool)
         except OSError:
             return None
-        sized = sorted(item for item in ((_pooled_size(name), name) for name in names) if item[0])
-        order = [item for item in sized if item[0] >= size] + [item for item in reversed(sized) if item[0] < size]
+        sized = sorted((_pooled_size(name), name) for name in names)  # size 0: not a block's name, never taken
+        order = [item for item in sized if item[0] >= size] + [item for item in reversed(sized) if 0 < item[0] < size]
         for _, name in order:
             path = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(8)}")
             try:
