@@ -240,14 +240,17 @@ def _worker_settings() -> dict:
     import dask
 
     names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    housekeeping = ("admin.tick.interval", "admin.system-monitor.interval", "worker.memory.monitor-interval")
     return {**{name: os.environ.get(name) for name in names},
-            "profile": dask.config.get("distributed.worker.profile.enabled")}
+            "profile": dask.config.get("distributed.worker.profile.enabled"),
+            **{name: dask.config.get(f"distributed.{name}") for name in housekeeping}}
 
 
 def test_local_workers_keep_one_blas_thread_and_glibcs_own_malloc_thresholds_and_run_no_profiler():
     """Dask starts workers with MALLOC_TRIM_THRESHOLD_, which froze glibc's mmap threshold at 128 KiB and made the
-    demo spend more time faulting fresh pages than computing; the runner's local workers go without it, and
-    without Dask's profiler (it samples every task's stack for a dashboard a local run does not start)."""
+    demo spend more time faulting fresh pages than computing; the runner's local workers go without it, without
+    Dask's profiler (it samples every task's stack for a dashboard a local run does not start), and with its
+    housekeeping callbacks (event-loop tick, system and memory monitors) at longer intervals."""
     import dask
 
     from brainmap.pipeline.run.runner import dask_client
@@ -261,8 +264,10 @@ def test_local_workers_keep_one_blas_thread_and_glibcs_own_malloc_thresholds_and
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     (worker,) = seen.values()
     assert worker == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                      "profile": False}
+                      "profile": False, "admin.tick.interval": "1s", "admin.system-monitor.interval": "5s",
+                      "worker.memory.monitor-interval": "500ms"}
     assert dask.config.get("distributed.worker.profile.enabled") is True  # this process's config is given back
+    assert dask.config.get("distributed.admin.tick.interval") == "20ms"
 
 
 def test_packed_partials_unpack_to_the_same_bits_in_fewer_bytes(specimens, same_bits):
