@@ -41,7 +41,8 @@ from brainmap.atlas.reference_space import HEMISPHERE_BOTH, HEMISPHERE_LEFT, HEM
 from brainmap.errors import FormatError, UnknownStructureError
 from brainmap.search.results import SearchInputError
 from brainmap.atlas.expression_grid import (  # noqa: F401 (expression_grid_annotation re-exported)
-    EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM, EXPRESSION_GRID_SHAPE, expression_grid_annotation)
+    EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM, EXPRESSION_GRID_SHAPE, expression_grid_annotation,
+    expression_grid_space)
 
 if TYPE_CHECKING:  # pragma: no cover
     from brainmap.search.matrix import MatrixStore
@@ -75,7 +76,8 @@ class SearchGrid:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def ish(cls, space25: ReferenceSpace | None = None) -> "SearchGrid":
-        """The 200 um ISH grid made from a 25 um reference space (default: the bundled CCF 2017 one, cached)."""
+        """The 200 um ISH grid made from a 25 um reference space (default: the bundled CCF 2017 one,
+        :func:`~brainmap.atlas.expression_grid.expression_grid_space`, cached)."""
         if space25 is None:
             return _bundled_ish_grid()
         if not np.allclose(space25.resolution, 25):
@@ -220,7 +222,7 @@ class SearchGrid:
 
 @lru_cache(maxsize=1)
 def _bundled_ish_grid() -> SearchGrid:
-    return SearchGrid.ish(ReferenceSpace.bundled(25))
+    return SearchGrid(expression_grid_space(), origin_um=EXPRESSION_GRID_ORIGIN_UM)
 
 
 # ------------------------------------------------------------------------------------------------ coverage
