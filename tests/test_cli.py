@@ -133,3 +133,16 @@ def test_every_option_has_help():
                 yield " ".join(path + [action.option_strings[-1]])
 
     assert list(walk(build_parser(), ["brainmap"])) == []
+
+
+def test_help_lists_the_commands_without_loading_the_search_services():
+    code = ("import sys\nfrom brainmap.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED' if any(m.startswith(('brainmap.server.routes', 'brainmap.search', 'fastapi', 'sqlalchemy', "
+            "'numba')) for m in sys.modules) else 'NOT LOADED')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "search    search services on a data directory" in out and "unionize" in out
+    assert out.strip().endswith("NOT LOADED"), out[-300:]
+    # a search command still gets its service's options
+    code = code.replace("['--help']", "['search', 'differential', '--help']")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--structures1" in out and out.strip().endswith("LOADED") and "NOT LOADED" not in out

@@ -145,7 +145,8 @@ def build_parser(services: bool = True) -> argparse.ArgumentParser:
                        help="voxel size in um of the template the sections are registered to (default 25)")
     align.add_argument("--template", type=Path, help="a template volume in the CCF (NRRD at the reference "
                        "resolution, e.g. Allen's average_template_25.nrrd); default: a cached average template "
-                       "($BRAINMAP_TEMPLATE_DIR or ~/.cache/brainmap), else the annotation-derived one")
+                       "($BRAINMAP_TEMPLATE_DIR or ~/.cache/brainmap), else the annotation-derived one (kept there "
+                       "once made)")
     align.add_argument("--contrast", choices=["model", "template"], default="model",
                        help="model (default): the specimen's own per-structure intensity model, any stain; "
                             "template: the template's values (a specimen of the same contrast)")
@@ -401,7 +402,9 @@ def _run_mask(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``brainmap`` command; returns the exit status."""
     words = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(services=not words or "search" in words or any(w in ("-h", "--help") for w in words[:1]))
+    # the search services' sub-commands (their options come from the server's service table: ~2 s of imports)
+    # only where a command line reaches them; `brainmap --help` lists the commands, not search's sub-commands
+    parser = build_parser(services="search" in words)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
