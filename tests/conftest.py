@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +34,19 @@ def shared_file(relative: str) -> Path:
 #: Test folders whose tests share costly session-scoped set-ups (a served data directory, a database cluster, a
 #: browser): each runs in one test process. Elsewhere a module is the unit handed to a process.
 _SHARED_SETUP_FOLDERS = {"conformance", "portal", "server", "store", "sdk", "search"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests' made reference templates go to a folder of this test process, removed at its end (not the
+    user's ``~/.cache/brainmap``, whose Allen average template, if any, would change what the aligner sees)."""
+    from brainmap.atlas.template_cache import TEMPLATE_DIR_ENV
+
+    config._brainmap_template_dir = tempfile.mkdtemp(prefix="brainmap-test-templates-")
+    os.environ[TEMPLATE_DIR_ENV] = config._brainmap_template_dir
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(getattr(config, "_brainmap_template_dir", ""), ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)

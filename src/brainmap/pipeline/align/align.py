@@ -51,6 +51,8 @@ import numpy as np
 from tqdm import tqdm
 
 from brainmap.atlas import ReferenceSpace
+from brainmap.atlas.template import make_template
+from brainmap.atlas.template_cache import cached_make_template, template_dir
 from brainmap.specimen.folder import read_dataset, update_alignment
 from brainmap.specimen.model import SPECIMEN_AXES, SectionDataSet, nominal_tvr
 from brainmap.specimen.deformation import DeformationField
@@ -303,29 +305,27 @@ class ReferenceTemplate:
 def reference_template(resolution_um: int = 25, *, use_cache: bool = True) -> ReferenceTemplate:
     """The reference template at ``resolution_um`` (25, 50 or 100), made once per process: a cached average
     template if there is one (:func:`cached_template_path`), else the bundled reference space's
-    annotation-derived Nissl-like one (:func:`brainmap.atlas.template.make_template`, seed 0, ~5 s at 25 um)."""
-    from brainmap.atlas.template import make_template
-
+    annotation-derived Nissl-like one (:func:`brainmap.atlas.template.make_template`, seed 0, ~5 s at 25 um;
+    kept in the same folder once made and read back by later processes:
+    :func:`brainmap.atlas.template_cache.cached_make_template`). ``use_cache=False``: made here, neither file
+    read nor written."""
     cached = cached_template_path(resolution_um) if use_cache else None
     if cached is not None:
         log.info("reference template: %s", cached)
         return template_from_file(cached, resolution_um)
 
     space = ReferenceSpace.bundled(resolution_um)
-    volume = np.ascontiguousarray(make_template(space, seed=0), dtype=np.float32)
+    made = cached_make_template(space, seed=0) if use_cache else make_template(space, seed=0)
+    volume = np.ascontiguousarray(made, dtype=np.float32)
     return ReferenceTemplate(volume, float(space.resolution[0]), np.ascontiguousarray(space.annotation > 0),
                              np.ascontiguousarray(space.label_index.compact))
 
 
-#: Where a cached average template is looked for (``average_template_{resolution}.nrrd``, e.g. Allen's, which
-#: ``ReferenceSpaceCache.get_template_volume`` fetches): ``$BRAINMAP_TEMPLATE_DIR``, else ``~/.cache/brainmap``.
-TEMPLATE_DIR_ENV = "BRAINMAP_TEMPLATE_DIR"
-
-
 def cached_template_path(resolution_um: int) -> Path | None:
-    """The cached average template file for ``resolution_um``, if there is one (see :data:`TEMPLATE_DIR_ENV`)."""
-    folder = Path(os.environ.get(TEMPLATE_DIR_ENV) or Path.home() / ".cache" / "brainmap")
-    path = folder / f"average_template_{int(resolution_um)}.nrrd"
+    """The cached average template file for ``resolution_um`` (``average_template_{resolution}.nrrd``, e.g.
+    Allen's, which ``ReferenceSpaceCache.get_template_volume`` fetches) in :func:`~brainmap.atlas.template_cache.
+    template_dir` (``$BRAINMAP_TEMPLATE_DIR``, else ``~/.cache/brainmap``), if there is one."""
+    path = template_dir() / f"average_template_{int(resolution_um)}.nrrd"
     return path if path.is_file() else None
 
 
