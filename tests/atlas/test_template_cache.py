@@ -92,3 +92,12 @@ def test_only_the_most_recently_used_templates_of_a_resolution_are_kept(small, t
     cached_make_template(small, seed=seed_of[oldest.name], folder=tmp_path)
     cached_make_template(small, seed=KEEP_PER_RESOLUTION + 2, folder=tmp_path)
     assert oldest.exists() and (tmp_path / "average_template_100.nrrd").exists()
+
+
+def test_no_home_folder_gives_the_template_uncached(small, monkeypatch, same_bits):
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv(template_cache.TEMPLATE_DIR_ENV, raising=False)
+    monkeypatch.setattr(template_cache.Path, "home", staticmethod(no_home))
+    assert same_bits(cached_make_template(small, seed=0), template.make_template(small, seed=0))

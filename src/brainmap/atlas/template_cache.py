@@ -130,7 +130,13 @@ def cached_make_template(space: ReferenceSpace, seed: int = 0, *, folder: str | 
     >>> bool((made == again).all()), again.dtype.name
     (True, 'float32')
     """
-    folder = Path(folder) if folder is not None else template_dir()
+    if folder is None:
+        try:
+            folder = template_dir()
+        except RuntimeError as error:  # no $BRAINMAP_TEMPLATE_DIR and no home folder to put ~/.cache in
+            log.info("the made template is not cached (%s)", error)
+            return template.make_template(space, seed=seed)
+    folder = Path(folder)
     label = _resolution_label(space)
     path = folder / f"{_PREFIX}_{label}um_{template_key(space, seed)[:32]}.npy"
     volume = _load(path, space)
