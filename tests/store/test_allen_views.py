@@ -3,13 +3,17 @@ fixture's metadata (tests/store/conftest.py) and Allen's real ontology values.""
 
 from __future__ import annotations
 
-import pytest
+import warnings
 
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import SAWarning
+from sqlalchemy.orm import aliased
+
+from brainmap.store.models import Base
 from brainmap.store.rma import execute_rma
 
 from .test_rma_compile import VISP_WT
-
-pytestmark = pytest.mark.filterwarnings("ignore:Did not locate an expression in selectable")
 
 
 def rows(database, text):
@@ -88,3 +92,18 @@ def test_well_known_file_download_link(loaded_database):
     files = rows(loaded_database, "model::WellKnownFile,rma::criteria,[attachable_id$eq100],"
                                   "rma::options[num_rows$eq'all']")
     assert files and all(f["download_link"] == f"/api/v2/well_known_file_download/{f['id']}" for f in files)
+
+
+def test_every_attribute_of_every_model_selects_through_an_alias_without_a_warning(loaded_database):
+    """An RMA include selects its model through an alias: every mapped attribute (constants such as
+    ``Structure.ontology_id`` too) must adapt to it; SQLAlchemy's warning that it cannot is an error here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SAWarning)
+        for mapper in Base.registry.mappers:
+            alias = aliased(mapper.class_)
+            stmt = select(*[getattr(alias, attr.key).label(attr.key) for attr in mapper.column_attrs]).limit(1)
+            with loaded_database.engine.connect() as connection:
+                connection.execute(stmt).all()
+    structure = rows(loaded_database, "model::Structure,rma::criteria,[id$eq385],rma::include,parent,"
+                                      "rma::options[only$eq'structures.ontology_id,parent.ontology_id,parent.acronym']")
+    assert structure == [{"ontology_id": 1, "parent": {"ontology_id": 1, "acronym": "VIS"}}]

@@ -14,7 +14,6 @@ The functions take the tables as arguments, so this module imports nothing of :m
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 from sqlalchemy import (
@@ -31,9 +30,9 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    type_coerce,
     union_all,
 )
-from sqlalchemy.exc import SAWarning
 from sqlalchemy.sql import Subquery
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -77,10 +76,15 @@ def ALLEN_NULL(kind: type[TypeEngine] | TypeEngine = String) -> Any:  # noqa: N8
 
 
 def allen_constant(value: Any, kind: type[TypeEngine] | TypeEngine) -> Any:
-    """A constant attribute (``Structure.ontology_id`` is 1 for every structure of the mouse ontology)."""
+    """A constant attribute (``Structure.ontology_id`` is 1 for every structure of the mouse ontology).
+
+    A number is written into the SQL as it is (``1``); it is typed with ``type_coerce``, not given a type as a
+    ``literal_column``, whose bare column an alias of the model (an RMA include's) cannot adapt: SQLAlchemy warned
+    on every such include and used the expression unadapted (the same SQL, which this renders without a warning).
+    """
     if isinstance(value, str):
         return literal(value, kind)
-    return literal_column(repr(int(value)) if kind is Integer else repr(value), kind)
+    return type_coerce(literal_column(repr(int(value)) if kind is Integer else repr(value)), kind)
 
 
 def fixed_rows_select(name: str, columns: dict[str, type[TypeEngine]], rows: Sequence[dict[str, Any]]) -> Subquery:
@@ -199,9 +203,3 @@ def atlas_images_select(plates: Sequence[dict[str, Any]]) -> Subquery:
     columns = {"id": Integer, "data_set_id": Integer, "section_number": Integer, "annotated": Boolean,
                "width": Integer, "height": Integer, "resolution": Float, "x": Integer, "y": Integer}
     return fixed_rows_select("sub_images", columns, plates)
-
-
-# A constant attribute (ontology_id, organism_id) holds no column, so SQLAlchemy warns, for every aliased
-# include, that it found none to adapt; the constant is right as it is.
-warnings.filterwarnings("ignore", message="Did not locate an expression in selectable for attribute",
-                        category=SAWarning)
