@@ -152,6 +152,37 @@ def serve_process(serve_args: Sequence[str], cwd: Path, timeout_s: float = 60.0)
                     os.killpg(server.pid, signal.SIGKILL)
 
 
+@contextmanager
+def _serve_app(app, timeout_s: float = 30.0) -> Iterator[str]:
+    """An ASGI ``app`` object served by uvicorn on a free loopback port, in a thread of this process (for a test
+    that adds routes to the app it serves); yields its base URL once it listens, stops it at the end."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn-in-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise AssertionError(f"uvicorn did not start listening within {timeout_s:.0f} s")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """``with serve_app(app) as base:`` an ASGI app object served by uvicorn on loopback (see :func:`_serve_app`)."""
+    return _serve_app
+
+
 @pytest.fixture(scope="session")
 def brainmap_serve():
     """``with brainmap_serve(["serve", "--data-dir", D], cwd) as base:`` a real server of the installed command."""

@@ -143,28 +143,27 @@ def test_tiles_come_from_the_pyramids_made_at_load_and_follow_a_changed_image(po
     assert _get(portal, url).content == before
 
 
-def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path):
+def test_the_average_template_is_served_where_the_data_directory_has_it(tmp_path, serve_app):
     """Allen's template is not shipped: a volume put where the file routes look for it is what Neuroglancer gets,
     and the reference page shows the template layer only then."""
-    pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
+    import httpx
 
     from brainmap.io.nrrd import write_nrrd
     from brainmap.server.app import create_app
 
-    client = TestClient(create_app(tmp_path, warm_up=False))
-    assert client.get("/portal/precomputed/template/info").status_code == 404
-    assert "no average template in this data directory" in client.get("/reference").text
+    with serve_app(create_app(tmp_path, warm_up=False)) as base, httpx.Client(base_url=base, timeout=60) as client:
+        assert client.get("/portal/precomputed/template/info").status_code == 404
+        assert "no average template in this data directory" in client.get("/reference").text
     shape = ReferenceSpace.bundled(100).shape
     volume = np.random.default_rng(0).random(shape, dtype=np.float32) * 500
     (tmp_path / "average_template").mkdir()
     write_nrrd(tmp_path / "average_template" / "average_template_100.nrrd", volume, spacing_um=100.0)
-    client = TestClient(create_app(tmp_path, warm_up=False))
-    scale = client.get("/portal/precomputed/template/info").json()["scales"][0]
-    assert scale["size"] == [shape[2], shape[1], shape[0]] and scale["resolution"] == [100000.0] * 3
-    raw = np.frombuffer(client.get("/portal/precomputed/template/t/0-64_0-64_0-64").content, dtype="<f4")
-    assert np.array_equal(raw.reshape(64, 64, 64), volume[:64, :64, :64])
-    page = client.get("/reference").text
+    with serve_app(create_app(tmp_path, warm_up=False)) as base, httpx.Client(base_url=base, timeout=60) as client:
+        scale = client.get("/portal/precomputed/template/info").json()["scales"][0]
+        assert scale["size"] == [shape[2], shape[1], shape[0]] and scale["resolution"] == [100000.0] * 3
+        raw = np.frombuffer(client.get("/portal/precomputed/template/t/0-64_0-64_0-64").content, dtype="<f4")
+        assert np.array_equal(raw.reshape(64, 64, 64), volume[:64, :64, :64])
+        page = client.get("/reference").text
     assert "Allen&#39;s average template" in page or "Allen's average template" in page
 
 

@@ -280,10 +280,11 @@ def test_health_says_only_that_it_is_up(http, server):
     assert str(server.data.root) not in text and "pid" not in text
 
 
-def test_unexpected_errors_are_500_with_a_request_id_and_no_path(server_data, caplog):
+def test_unexpected_errors_are_500_with_a_request_id_and_no_path(server_data, caplog, serve_app):
     """A route that fails unexpectedly: 500, Allen's envelope with a request id, no path; the traceback logged
-    under that id. (In-process: a real server has no route that fails on purpose.)"""
-    from starlette.testclient import TestClient
+    under that id; the connection stays usable (the next request on it is answered, not reset). (The app is
+    served in this process, uvicorn in a thread: a real server has no route that fails on purpose.)"""
+    import httpx
 
     from brainmap.errors import FormatError
     from brainmap.server.app import create_app
@@ -299,7 +300,8 @@ def test_unexpected_errors_are_500_with_a_request_id_and_no_path(server_data, ca
 
     app.add_api_route("/boom", boom)
     app.add_api_route("/bad_file", bad_file)
-    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level("ERROR", "brainmap.server"):
+    with serve_app(app) as base, httpx.Client(base_url=base, timeout=30) as client, \
+            caplog.at_level("ERROR", "brainmap.server"):
         response = client.get("/boom")
         assert response.status_code == 500
         body = _envelope(response)

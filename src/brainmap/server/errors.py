@@ -175,8 +175,49 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request parameter(s): " + "; ".join(parts)
 
 
+async def answer_exception(request: Request, exc: Exception) -> Response:
+    """The answer to ``exc`` (:func:`status_of`); a 500 is logged with its traceback under a new request id."""
+    status = status_of(exc)
+    request_id = None
+    if status >= 500:
+        request_id = uuid.uuid4().hex[:16]
+        log.error("request %s: error answering %s %s", request_id, request.method, request.url.path, exc_info=exc)
+    return error_response(exc, request, status, request_id)
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an exception that no handler took (a 500 with a request id, logged once) before it reaches the
+    server. Starlette's catch-all answers it too, but then re-raises it: uvicorn logs it a second time and closes
+    the connection, so a keep-alive client's next request on that connection was reset (seen through a real
+    server; Starlette's in-process test client hid it). An exception after the answer has started is re-raised:
+    only the server can end that response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            response = await answer_exception(Request(scope, receive), exc)
+            await response(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every exception with Allen's envelope (see the module docstring)."""
+    """Answer every exception with Allen's envelope (see the module docstring). Call it before adding other
+    middleware: :class:`UnexpectedErrorMiddleware` must sit inside them (the request log sees its 500)."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -192,17 +233,10 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers[key] = value
         return response
 
-    async def _expected(request: Request, exc: Exception) -> Response:
-        status = status_of(exc)
-        request_id = None
-        if status >= 500:
-            request_id = uuid.uuid4().hex[:16]
-            log.error("request %s: error answering %s %s", request_id, request.method, request.url.path,
-                      exc_info=exc)
-        return error_response(exc, request, status, request_id)
-
-    # Known kinds go to Starlette's ExceptionMiddleware (answered, not re-raised); only a truly unexpected
-    # exception reaches the catch-all, which Starlette answers and then re-raises for the server to log.
+    # Known kinds go to Starlette's ExceptionMiddleware (answered, not re-raised); anything else is answered by
+    # UnexpectedErrorMiddleware just outside it, and only what an outer middleware raises reaches the catch-all
+    # (Starlette's ServerErrorMiddleware answers it and re-raises it for the server).
     for kind in (BrainmapError, FileNotFoundError, DBAPIError, OverflowError):
-        app.add_exception_handler(kind, _expected)
-    app.add_exception_handler(Exception, _expected)
+        app.add_exception_handler(kind, answer_exception)
+    app.add_exception_handler(Exception, answer_exception)
+    app.add_middleware(UnexpectedErrorMiddleware)
