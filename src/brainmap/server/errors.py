@@ -41,7 +41,8 @@ from brainmap.errors import BrainmapError, UnknownStructureError
 from brainmap.store.rma import RmaError, render_error
 from brainmap.store.rma.envelope import error_envelope
 
-__all__ = ["ApiError", "NotFound", "error_response", "install_error_handlers", "scrub_paths", "status_of"]
+__all__ = ["ApiError", "NotFound", "UnexpectedErrorMiddleware", "answer_exception", "error_response",
+           "install_error_handlers", "scrub_paths", "status_of"]
 
 log = logging.getLogger("brainmap.server")
 
