@@ -48,6 +48,15 @@ def template_key(space: ReferenceSpace, seed: int = 0) -> str:
     shape, memory order and voxel size, the ontology (preorder ids, parents, names), the seed, the source of the
     template and label-index modules, and the numpy and scipy versions (their arithmetic and random streams).
 
+    Parameters
+    ----------
+    space : the reference space (annotation + ontology).
+    seed : the template's seed.
+
+    Returns
+    -------
+    64 hex digits (SHA-256); ~0.03 s at 50 um, ~0.2 s at 25 um.
+
     Examples
     --------
     >>> from brainmap.atlas import ReferenceSpace
