@@ -242,8 +242,9 @@ def test_reference_viewer_names_structures_on_hover_and_draws_surfaces(web, port
 
 
 def test_the_reference_view_is_written_to_the_url_and_a_reload_restores_it(web):
-    # (The reload cancels what the first load still fetches: chunks, the event stream, the icon.)
-    web.may_abort = ("/portal/precomputed/", "/portal/ng/events/", "/portal/static/favicon")
+    # (The reload cancels what the first load still fetches: chunks, the event stream, the icon, and a script of
+    # Neuroglancer's client that it loads only when first needed. A missing one is still a 404, caught.)
+    web.may_abort = ("/portal/precomputed/", "/portal/ng/events/", "/portal/static/favicon", "/portal/ng/v/")
     web.page.goto(web.base + "/reference?structure=VISp")
     frame = web.page.frame_locator("#neuroglancer")
     frame.locator(".neuroglancer-layer-item-label").first.wait_for(timeout=60_000)
