@@ -45,12 +45,30 @@ def expression_grid_annotation(annotation: np.ndarray, resolution_um: int = 25) 
     if annotation.ndim != 3:
         raise ValueError(f"the annotation must be 3-D (AP, DV, LR), got shape {annotation.shape}")
     if resolution_um <= 0 or EXPRESSION_GRID_RESOLUTION_UM % resolution_um:
-        raise ValueError(f"the annotation's voxels must divide {EXPRESSION_GRID_RESOLUTION_UM} um, got {resolution_um} um")
+        raise ValueError(f"the annotation's voxels must divide {EXPRESSION_GRID_RESOLUTION_UM} um, "
+                         f"got {resolution_um} um")
     step = EXPRESSION_GRID_RESOLUTION_UM // int(resolution_um)
     sub = annotation[::step, ::step, ::step]
     grid = np.zeros(tuple(n + 1 for n in sub.shape), dtype=np.uint32, order="F")
     grid[: sub.shape[0], : sub.shape[1], : sub.shape[2]] = sub
     return grid
+
+
+def on_expression_grid(space: ReferenceSpace) -> ReferenceSpace:
+    """``space``'s ontology on the 200 um expression grid, its annotation sampled by
+    :func:`expression_grid_annotation` (an isotropic space of 25, 50 or 100 um voxels).
+
+    Examples
+    --------
+    >>> from brainmap.atlas import ReferenceSpace
+    >>> on_expression_grid(ReferenceSpace.bundled(100)).annotation.shape
+    (67, 41, 58)
+    """
+    resolution = np.asarray(space.resolution, dtype=np.float64)
+    if not np.allclose(resolution, resolution[0]) or abs(resolution[0] - round(resolution[0])) > 1e-9:
+        raise ValueError(f"the reference space's voxels must be cubes of whole microns, got {resolution.tolist()} um")
+    annotation = expression_grid_annotation(space.annotation, int(round(resolution[0])))
+    return ReferenceSpace(space.structure_tree, annotation, EXPRESSION_GRID_RESOLUTION_UM)
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +80,4 @@ def expression_grid_space() -> ReferenceSpace:
     not ~1.2 s (the 25 um file: 77 M voxels to inflate, measured 2026-12-07; each Dask worker that unionizes an
     ISH data set made this space).
     """
-    space100 = ReferenceSpace.bundled(100)
-    return ReferenceSpace(space100.structure_tree, expression_grid_annotation(space100.annotation, 100),
-                          EXPRESSION_GRID_RESOLUTION_UM)
+    return on_expression_grid(ReferenceSpace.bundled(100))

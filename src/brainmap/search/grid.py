@@ -42,7 +42,7 @@ from brainmap.errors import FormatError, UnknownStructureError
 from brainmap.search.results import SearchInputError
 from brainmap.atlas.expression_grid import (  # noqa: F401 (expression_grid_annotation re-exported)
     EXPRESSION_GRID_ORIGIN_UM, EXPRESSION_GRID_RESOLUTION_UM, EXPRESSION_GRID_SHAPE, expression_grid_annotation,
-    expression_grid_space)
+    expression_grid_space, on_expression_grid)
 
 if TYPE_CHECKING:  # pragma: no cover
     from brainmap.search.matrix import MatrixStore
@@ -82,8 +82,7 @@ class SearchGrid:
             return _bundled_ish_grid()
         if not np.allclose(space25.resolution, 25):
             raise ValueError(f"SearchGrid.ish needs a 25 um reference space, got {space25.resolution.tolist()} um")
-        grid = expression_grid_annotation(space25.annotation)
-        return cls(ReferenceSpace(space25.structure_tree, grid, GRID_RESOLUTION_UM), origin_um=EXPRESSION_GRID_ORIGIN_UM)
+        return cls(on_expression_grid(space25), origin_um=EXPRESSION_GRID_ORIGIN_UM)
 
     @classmethod
     def from_reference_space(cls, space: ReferenceSpace) -> "SearchGrid":
