@@ -215,6 +215,39 @@ def test_streamed_files_equal_the_whole_volume_files(tmp_path):
         assert (tmp_path / "slabbed" / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+def test_the_volumes_are_the_quantities_over_the_tissue_pixels_inside_the_data_mask(tmp_path):
+    """Allen's volumes from the summed quantities, written out here with numpy's own expressions (not the module's
+    buffers): the whole-volume path and the streamed files (slabs of 7 and 3 planes: the slab writer's two sets
+    of arrays taken in turn, a short last slab) hold exactly these bits."""
+    spec = GridSpec.allen(100)
+    accumulator = GridAccumulator(spec, dense_fraction=1e-2).add_all(_partials(spec))
+    assert accumulator.entries and accumulator.sums  # sparse and dense quantities both
+    get = accumulator.get
+    pixels = get("sum_pixels")
+    data = get("covered") >= 0.5 * (100 / 40.0) ** 2
+    has = data & (pixels > 0)
+    safe = np.where(pixels > 0, pixels, 1.0)
+    want = {"projection_density": np.where(has, get("sum_projection_pixels") / safe, 0.0),
+            "projection_energy": np.where(has, get("sum_projection_intensity") / safe, 0.0),
+            "injection_fraction": np.where(has, get("injection_pixels") / safe, 0.0),
+            "injection_density": np.where(has, get("injection_projection_pixels") / safe, 0.0),
+            "injection_energy": np.where(has, get("injection_projection_intensity") / safe, 0.0),
+            "sum_pixels": np.where(data, pixels, 0.0),
+            "sum_pixel_intensities": np.where(data, get("sum_pixel_intensities"), 0.0),
+            "injection_sum_pixel_intensities": np.where(data, get("injection_sum_pixel_intensities"), 0.0),
+            "data_mask": data.astype(np.uint8)}
+    assert has.sum() > 1000 and want["injection_density"].any() and (want["projection_density"] > 0).sum() > 100
+    volumes = projection_volumes(accumulator, 40.0)
+    for planes in (7, 3):
+        paths = write_projection_grids_streamed(tmp_path / str(planes), accumulator, 40.0,
+                                                slab_bytes=132 * 80 * 8 * planes)
+        for path in paths:
+            name = path.name.removesuffix("_100.nrrd")
+            expected = spec.volume(want[name], np.uint8 if name == "data_mask" else np.float64)
+            assert _bits(volumes[name]) == _bits(expected), name
+            assert _bits(read_nrrd(path)[0]) == _bits(expected), (planes, name)
+
+
 @pytest.mark.parametrize("plane", ["coronal", "sagittal", "horizontal"])
 def test_reduce_partial_sums_each_voxel_once_as_np_add_at_does(plane):
     """A section's entries summed per voxel over its window (AP planes, flat range, or np.unique): each voxel

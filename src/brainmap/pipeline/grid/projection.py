@@ -131,38 +131,63 @@ def grid_projection_section(dataset: SectionDataSet, image: SectionImage, detect
                       footprint_um=block * pixel_um, plane=(normal, offset))
 
 
-def _volume_values(get, full: float, min_coverage: float, entries=None) -> dict[str, np.ndarray]:
+def _volume_values(get, full: float, min_coverage: float, entries=None, out: dict[str, np.ndarray] | None = None
+                   ) -> dict[str, np.ndarray]:
     """The volumes' flat values (float64; ``data_mask`` bool) from ``get(quantity)``: the same element-wise
     formulas over the whole grid or a range of it (the same bits either way). ``entries(quantity)``, if given,
     returns a sparse quantity's ``(positions, values)`` in that range (None for a dense one): its volumes are
     then computed at those positions only (0 elsewhere, as ``0 / pixels`` is), not over the whole range -- the
-    demo's 25 um signal and injection quantities are sparse, and their quotients were a third of the writing."""
+    demo's 25 um signal and injection quantities are sparse, and their quotients were a third of the writing.
+    ``out`` (:func:`_value_buffers`) receives the values (and its scratch arrays are overwritten); a slab writer
+    reuses two of them instead of fresh arrays for every slab, whose pages the kernel zeroed each time (2.4 GB of
+    page faults and 2.8 s of system time per demo, docs/performance-demo.md, round 16). None: new arrays."""
     pixels = get("sum_pixels")
-    data = get("covered") >= min_coverage * full
-    safe = np.where(pixels > 0, pixels, 1.0)
-    has = data & (pixels > 0)
+    if out is None:
+        out = _value_buffers(pixels.size)
+    safe, positive, data, has = out["_safe"], out["_positive"], out["data_mask"], out["_has"]
+    np.greater_equal(get("covered"), min_coverage * full, out=data)
+    np.greater(pixels, 0, out=positive)
+    safe.fill(1.0)
+    np.copyto(safe, pixels, where=positive)  # np.where(pixels > 0, pixels, 1.0)
+    np.logical_and(data, positive, out=has)
 
-    def where(mask: np.ndarray, name: str, divide: bool) -> np.ndarray:
+    def where(mask: np.ndarray, name: str, divide: bool, target: np.ndarray) -> np.ndarray:
+        # np.where(mask, values / safe if divide else values, 0.0), written into ``target``
         sparse = entries(name) if entries is not None else None
+        target.fill(0.0)
         if sparse is None:
             values = get(name)
-            return np.where(mask, values / safe if divide else values, 0.0)
+            if divide:
+                np.divide(values, safe, out=target, where=mask)
+            else:
+                np.copyto(target, values, where=mask)
+            return target
         at, values = sparse
-        out = np.zeros(mask.shape)
-        out[at] = np.where(mask[at], values / safe[at] if divide else values, 0.0)
-        return out
+        target[at] = np.where(mask[at], values / safe[at] if divide else values, 0.0)
+        return target
 
-    return {
-        "projection_density": where(has, "sum_projection_pixels", True),
-        "projection_energy": where(has, "sum_projection_intensity", True),
-        "injection_fraction": where(has, "injection_pixels", True),
-        "injection_density": where(has, "injection_projection_pixels", True),
-        "injection_energy": where(has, "injection_projection_intensity", True),
-        "sum_pixels": np.where(data, pixels, 0.0),
-        "sum_pixel_intensities": where(data, "sum_pixel_intensities", False),
-        "injection_sum_pixel_intensities": where(data, "injection_sum_pixel_intensities", False),
-        "data_mask": data,
-    }
+    volumes = {name: where(has, quantity, True, out[name]) for name, quantity in _QUOTIENTS}
+    volumes["sum_pixels"] = out["sum_pixels"]
+    volumes["sum_pixels"].fill(0.0)
+    np.copyto(volumes["sum_pixels"], pixels, where=data)  # np.where(data, pixels, 0.0)
+    for name in ("sum_pixel_intensities", "injection_sum_pixel_intensities"):
+        volumes[name] = where(data, name, False, out[name])
+    volumes["data_mask"] = data
+    return volumes
+
+
+#: The volumes that are a quantity over the voxel's tissue pixels: (volume, quantity).
+_QUOTIENTS = (("projection_density", "sum_projection_pixels"), ("projection_energy", "sum_projection_intensity"),
+              ("injection_fraction", "injection_pixels"), ("injection_density", "injection_projection_pixels"),
+              ("injection_energy", "injection_projection_intensity"))
+
+
+def _value_buffers(n: int) -> dict[str, np.ndarray]:
+    """Arrays of ``n`` values for :func:`_volume_values`: each volume's (``data_mask`` bool, the rest float64)
+    and its scratch arrays (names starting with ``_``)."""
+    buffers = {name: np.empty(n, dtype=bool if name == "data_mask" else np.float64) for name in PROJECTION_VOLUMES}
+    buffers.update(_safe=np.empty(n), _positive=np.empty(n, dtype=bool), _has=np.empty(n, dtype=bool))
+    return buffers
 
 
 def projection_volumes(accumulator: GridAccumulator, pixel_size_um: float, *, min_coverage: float = 0.5
@@ -222,10 +247,14 @@ def write_projection_grids_streamed(folder: str | os.PathLike[str], accumulator:
                                                       thread_name_prefix="grid-write"))
         entries = getattr(accumulator, "get_entries", None)  # a GridAccumulator's sparse quantities
         writing: list = []
+        # two sets of arrays, in turn: one filled while the threads deflate the other
+        buffers = [_value_buffers(min(planes, spec.shape[2]) * plane) for _ in range(2)]
         for k0 in range(0, spec.shape[2], planes):
             k1 = min(k0 + planes, spec.shape[2])
+            out = {name: b[: (k1 - k0) * plane] for name, b in buffers[(k0 // planes) % 2].items()}
             values = _volume_values(lambda name: accumulator.get_range(name, k0 * plane, k1 * plane), full,
-                                    min_coverage, entries and (lambda name: entries(name, k0 * plane, k1 * plane)))
+                                    min_coverage, entries and (lambda name: entries(name, k0 * plane, k1 * plane)),
+                                    out=out)
             shape = spec.shape[:2] + (k1 - k0,)
             slabs = {name: v.reshape(shape, order="F") for name, v in values.items()}
             # This slab's quotients were computed while the threads deflated the one before (pipelined: the
