@@ -151,12 +151,13 @@ def _volume_values(get, full: float, min_coverage: float, entries=None, out: dic
     np.copyto(safe, pixels, where=positive)  # np.where(pixels > 0, pixels, 1.0)
     np.logical_and(data, positive, out=has)
 
-    def where(mask: np.ndarray, name: str, divide: bool, target: np.ndarray) -> np.ndarray:
-        # np.where(mask, values / safe if divide else values, 0.0), written into ``target``
-        sparse = entries(name) if entries is not None else None
+    def where(mask: np.ndarray, name: str, divide: bool, target: np.ndarray, values=None) -> np.ndarray:
+        # np.where(mask, values / safe if divide else values, 0.0), written into ``target``; ``values`` given:
+        # the quantity's, already read
+        sparse = entries(name) if entries is not None and values is None else None
         target.fill(0.0)
         if sparse is None:
-            values = get(name)
+            values = get(name) if values is None else values
             if divide:
                 np.divide(values, safe, out=target, where=mask)
             else:
@@ -167,9 +168,7 @@ def _volume_values(get, full: float, min_coverage: float, entries=None, out: dic
         return target
 
     volumes = {name: where(has, quantity, True, out[name]) for name, quantity in _QUOTIENTS}
-    volumes["sum_pixels"] = out["sum_pixels"]
-    volumes["sum_pixels"].fill(0.0)
-    np.copyto(volumes["sum_pixels"], pixels, where=data)  # np.where(data, pixels, 0.0)
+    volumes["sum_pixels"] = where(data, "sum_pixels", False, out["sum_pixels"], pixels)
     for name in ("sum_pixel_intensities", "injection_sum_pixel_intensities"):
         volumes[name] = where(data, name, False, out[name])
     volumes["data_mask"] = data
