@@ -76,6 +76,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from brainmap.pipeline.detect._holes import fill_small_holes
+
 __all__ = [
     "DetectionParams",
     "DetectionResult",
@@ -1124,16 +1126,9 @@ def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
     stained soma is part of the cell); larger holes (between cells, regions without expression) stay."""
     if max_area_px < 4 or not mask.any():  # at coarse pixels a nucleus is under a pixel: no holes
         return mask
-    # The holes are the components of the complement that do not touch the image's border (one labelling pass;
-    # ndimage.binary_fill_holes iterates dilations and costs far more on a large image).
-    labels, n = ndimage.label(~mask)
-    if n == 0:
-        return mask
-    small = np.bincount(labels.ravel(), minlength=n + 1) <= max_area_px
-    small[0] = False
-    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    small[border] = False
-    return mask | small[labels]
+    # Runs of the complement joined across rows (compiled), not ndimage.label's label image counted and gathered
+    # (47 -> 3 ms on a 2048 x 2048 section at 1 um) nor ndimage.binary_fill_holes' iterated dilations.
+    return fill_small_holes(mask, max_area_px)
 
 
 def _binary_opening(mask: np.ndarray, side: int) -> np.ndarray:
