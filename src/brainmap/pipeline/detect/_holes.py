@@ -57,7 +57,7 @@ def _fill(mask, max_area, out):  # pragma: no cover - compiled
             stop[k] = c
             k += 1
     first[rows] = k
-    parent = np.arange(runs).astype(np.int64)
+    parent = np.arange(runs)  # int64, as runs
     for r in range(1, rows):
         i, i_end = first[r - 1], first[r]
         j, j_end = first[r], first[r + 1]
