@@ -78,7 +78,8 @@ def connectivity(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def aligned_connectivity(connectivity):
-    alignment2d, alignment3d = align_dataset(connectivity, reference_resolution_um=RESOLUTION, progress=False)
+    result = align_dataset(connectivity, reference_resolution_um=RESOLUTION, progress=False)
+    alignment2d, alignment3d = result.alignment2d, result.alignment3d
     return connectivity, alignment2d, alignment3d
 
 
@@ -142,7 +143,8 @@ def test_non_linear_stage_recovers_a_warp_and_every_mapping_goes_through_it(tmp_
     dataset = read_dataset(folder)
     truth = read_truth(folder)
     affine = align_sections(folder, dataset, AlignSettings(reference_resolution_um=RESOLUTION, nonlinear=False))
-    alignment2d, alignment3d = align_dataset(folder, reference_resolution_um=RESOLUTION, progress=False)
+    result = align_dataset(folder, reference_resolution_um=RESOLUTION, progress=False)
+    alignment2d, alignment3d = result.alignment2d, result.alignment3d
     stored = read_dataset(folder)
     assert stored.deformation is not None and (folder / "deformation.nrrd").exists()
     both = dict(true_deformation=truth.deformation)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from brainmap.pipeline.align import alignment_error
 from brainmap.pipeline.align import reconstruct
@@ -69,6 +70,76 @@ def test_real_tissue_under_a_smooth_background_is_kept(monkeypatch):
             with monkeypatch.context() as m:  # the rule leaves real tissue's mask as it was
                 m.setattr(reconstruct, "MIN_EDGE_STEP", -np.inf)
                 assert np.array_equal(normalize_section(dimmed)[1], mask)
+
+
+def _camera(level: np.ndarray, relative_sd: float, correlated: bool, rng: np.random.Generator) -> np.ndarray:
+    """A camera's reading of ``level``: gamma-distributed counts of the given relative spread (shot noise is not
+    Gaussian), optionally smeared over neighbours by a 0.7 pixel readout blur, spread kept (not the aligner's
+    smoothing)."""
+    shape = 1.0 / relative_sd ** 2
+    noise = rng.gamma(shape, level / shape) - level
+    if correlated:
+        blurred = ndimage.gaussian_filter(noise, 0.7)
+        noise = blurred * (noise.std() / blurred.std())
+    return (level + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("relative_sd", [0.005, 0.02, 0.05, 0.15])
+@pytest.mark.parametrize("correlated", [False, True])
+def test_a_noisy_empty_slide_is_no_tissue(relative_sd, correlated):
+    # the real slide's level under a camera's noise: its specks above the old floor (~3 noise sigmas of the
+    # smoothed image) were taken for tissue, none dropped as small beside the largest (the largest was a speck)
+    real = _real(sorted(GLTA.glob("*.png"))[3])
+    slide = np.full(real.shape, float(np.median(real[:8])))
+    for seed in range(3):
+        blank = _camera(slide, relative_sd, correlated, np.random.default_rng(seed))
+        values, mask = normalize_section(blank)
+        assert not mask.any() and not values.any(), (seed, int(mask.sum()))
+
+
+@pytest.mark.parametrize("relative_sd", [0.005, 0.02, 0.05])
+def test_real_tissue_under_a_camera_noise_keeps_its_mask(relative_sd):
+    rng = np.random.default_rng(1)
+    for path in sorted(GLTA.glob("*.png")):
+        real = _real(path)
+        _, plain = normalize_section(real)
+        _, mask = normalize_section(_camera(np.maximum(real, 1.0), relative_sd, False, rng))
+        dice = 2.0 * (plain & mask).sum() / (plain.sum() + mask.sum())
+        assert dice > 0.9, (path.name, dice)
+    noisy = _camera(np.maximum(_real(sorted(GLTA.glob("*.png"))[0]), 1.0), relative_sd, False, rng)
+    mask = normalize_section(noisy)[1]
+    with pytest.MonkeyPatch.context() as m:  # the seed rule leaves real tissue's mask as the floor made it
+        m.setattr(reconstruct, "SEED_SIGMAS", 0.0)
+        assert np.array_equal(normalize_section(noisy)[1], mask)
+
+
+def test_the_smoothed_noise_is_measured_at_its_standard_deviation():
+    rng = np.random.default_rng(3)
+    for blur in (0.0, 0.7):
+        noise = rng.normal(0.0, 1.0, (300, 400))
+        if blur:
+            noise = ndimage.gaussian_filter(noise, blur)
+        smooth = ndimage.gaussian_filter(noise, reconstruct.SMOOTH_PX)
+        ramp = np.linspace(0.0, 5.0 * smooth.std(), smooth.shape[1])[None, :]  # a bias field's slope
+        sd = reconstruct._smoothed_noise_sd(smooth + ramp)
+        assert sd == pytest.approx(smooth.std(), rel=0.1 if blur else 0.05)
+        assert reconstruct._border_noise(smooth) < 0.5 * smooth.std()  # what the floor's ``noise`` reads
+
+
+def test_the_empty_edge_section_of_a_virtual_sagittal_specimen_is_no_tissue(tmp_path):
+    # the virtual microscope's lateral-most section of this draw is bare glass under its camera's noise
+    from brainmap.pipeline.align.reconstruct import read_alignment_image
+
+    folder = tmp_path / "sagittal"
+    make_specimen("ish", folder, gene="Pvalb", plane="sagittal", pixel_size_um=40.0, truth_resolution_um=100,
+                  seed=1928254200, progress=False)
+    dataset = read_dataset(folder)
+    images = [i for i in dataset.sorted_images() if not i.failed]
+    first = read_alignment_image(folder, images[0], "tissue")
+    assert np.percentile(first, 99.9) < 2.0 * np.median(first)  # no tissue drawn: glass and its noise
+    assert not normalize_section(first)[1].any()
+    for image in images[1:]:
+        assert normalize_section(read_alignment_image(folder, image, "tissue"))[1].sum() > 100, image.section_number
 
 
 @pytest.fixture(scope="module")

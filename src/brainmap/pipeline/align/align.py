@@ -201,6 +201,8 @@ class AlignResult:
         deformation: the non-linear deformation after the affine (``W o tvr``), or None.
         contrast: the similarity the last rounds used: ``"model"`` or ``"template"`` (chosen by the template
             check, or asked for).
+        without_tissue: image ids of the sections that show no tissue (an empty slide: placed by the nearest
+            section with tissue, not to be gridded).
     """
 
     alignment2d: dict[int, Alignment2d]
@@ -213,6 +215,7 @@ class AlignResult:
     doubtful_below: float = 0.6
     deformation: DeformationField | None = None
     contrast: str = "model"
+    without_tissue: list[int] = field(default_factory=list)
 
     @property
     def doubtful(self) -> list[int]:
@@ -883,13 +886,14 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         volume_correlation=float(volume_correlation),
         rejected=[stack.section_images[k].id for k in rejected],
         seconds=time.perf_counter() - started, warnings=warnings, doubtful_below=FALLBACK_BELOW * expected,
-        deformation=deformation, contrast=contrast)
+        deformation=deformation, contrast=contrast,
+        without_tissue=[image.id for k, image in enumerate(stack.section_images) if not stack.has_tissue(k)])
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,
                   progress: bool = True, nonlinear: bool = True, contrast: str = "model",
                   first_levels_um: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-                  ) -> tuple[dict[int, Alignment2d], Alignment3d]:
+                  ) -> AlignResult:
     """Align a data set folder to the reference and store the result in its ``dataset.json``.
 
     Args:
@@ -903,8 +907,9 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
             (:class:`AlignSettings`; None: its defaults).
 
     Returns:
-        ``(alignment2d by image id, alignment3d)``: every image's pixel ``(x, y)`` <-> specimen ``(sx, sy)``
-        um transform and the data set's specimen ``(sx, sy, sz)`` um <-> reference ``(AP, DV, LR)`` um one.
+        What the aligner found (:class:`AlignResult`): every image's pixel ``(x, y)`` <-> specimen ``(sx, sy)`` um
+        transform, the data set's specimen ``(sx, sy, sz)`` um <-> reference ``(AP, DV, LR)`` um one, and the
+        sections without tissue.
 
     Raises:
         MissingFileError: the folder, ``dataset.json`` or an image file is missing.
@@ -916,7 +921,7 @@ def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: in
                                                            nonlinear=nonlinear, contrast=contrast, **levels),
                             progress=progress)
     update_alignment(folder, result.alignment2d, result.alignment3d, result.deformation)
-    return result.alignment2d, result.alignment3d
+    return result
 
 
 def run_align_cli(folder: str | os.PathLike[str], reference_resolution_um: int = 25, *,

@@ -189,6 +189,17 @@ def _flatten_border(a: np.ndarray) -> np.ndarray:
     return a - surface + np.float32(np.median(surface))
 
 
+#: The tissue mask is found on the working image smoothed by a Gaussian of this sigma (pixels).
+SMOOTH_PX = 1.0
+#: Lag (pixels) of the border differences :func:`_smoothed_noise_sd` reads the smoothed noise from.
+NOISE_LAG_PX = 3
+#: A tissue component must reach this many noise standard deviations (:func:`_smoothed_noise_sd`) somewhere. The
+#: largest of ~10^4 independent values of noise lies ~4 sigmas up: an empty slide's noise kept specks of 'tissue'
+#: above :func:`tissue_mask`'s floor (~3 sigmas), all of them small, so none was dropped as smaller than 2 % of the
+#: largest. Tissue, faint edges included, is a component with a body far above the noise.
+SEED_SIGMAS = 6.0
+
+
 def normalize_section(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A working image made tissue-positive on a zero background, and its tissue mask.
 
@@ -213,8 +224,8 @@ def normalize_section(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     low, high = np.percentile(a[::2, ::2], [0.5, 99.5])
     sign = 1.0 if high - background >= background - low else -1.0
     values = (a - np.float32(background)) * np.float32(sign)
-    smooth = ndimage.gaussian_filter(values, 1.0)
-    mask = tissue_mask(smooth, noise=_border_noise(smooth))
+    smooth = ndimage.gaussian_filter(values, SMOOTH_PX)
+    mask = tissue_mask(smooth, noise=_border_noise(smooth), noise_sd=_smoothed_noise_sd(smooth))
     if 10 <= mask.sum() < mask.size * 0.9:
         # the slide's own level as a smooth surface from the pixels well away from the tissue
         away = ~_morphology.dilate(mask, 3)
@@ -231,8 +242,8 @@ def normalize_section(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             surface = ndimage.zoom(surface, (rows / surface.shape[0], cols / surface.shape[1]), order=1,
                                    mode="nearest", grid_mode=True)[:rows, :cols]
         values -= surface
-        smooth = ndimage.gaussian_filter(values, 1.0)
-        mask = tissue_mask(smooth, noise=_border_noise(smooth))
+        smooth = ndimage.gaussian_filter(values, SMOOTH_PX)
+        mask = tissue_mask(smooth, noise=_border_noise(smooth), noise_sd=_smoothed_noise_sd(smooth))
     if mask.sum() < 10:
         return np.zeros_like(values), np.zeros(values.shape, dtype=bool)
     scale = float(np.median(values[mask][::4]))
@@ -299,22 +310,42 @@ def _otsu(values: np.ndarray) -> float:
     return float(centres[int(np.argmax(between))])
 
 
-def _border_noise(image: np.ndarray) -> float:
-    """Standard deviation of the background noise: the median absolute difference of neighbouring pixels
-    along the image border (1/16 of each side), which a smooth bias field or uneven illumination does not
-    inflate."""
+def _border_differences(image: np.ndarray, lag: int) -> np.ndarray:
+    """Differences of pixels ``lag`` apart along the image border (1/16 of each side, at least 2 pixels), less
+    their median: what a smooth bias field or uneven illumination adds to them is taken out."""
     rows, cols = image.shape
     br, bc = max(2, rows // 16), max(2, cols // 16)
-    diffs = np.concatenate([np.diff(image[:br], axis=1).ravel(), np.diff(image[-br:], axis=1).ravel(),
-                            np.diff(image[:, :bc], axis=0).ravel(), np.diff(image[:, -bc:], axis=0).ravel()])
-    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2.0))
+    diffs = np.concatenate([(image[:br, lag:] - image[:br, :-lag]).ravel(),
+                            (image[-br:, lag:] - image[-br:, :-lag]).ravel(),
+                            (image[lag:, :bc] - image[:-lag, :bc]).ravel(),
+                            (image[lag:, -bc:] - image[:-lag, -bc:]).ravel()])
+    return diffs - np.median(diffs)
 
 
-def tissue_mask(smooth: np.ndarray, noise: float = 0.0) -> np.ndarray:
+def _border_noise(image: np.ndarray) -> float:
+    """The background noise's spread as neighbouring pixels differ along the image border: 1.4826 x the median
+    absolute deviation of their differences over sqrt(2). The standard deviation of white noise; on the
+    :data:`SMOOTH_PX`-smoothed working image, whose neighbours the smoothing correlates, 0.48 of it (0.39 for a
+    camera's correlated noise): :func:`tissue_mask`'s floor of 6 of these lies ~3 noise sigmas up."""
+    return float(1.4826 * np.median(np.abs(_border_differences(image, 1))) / np.sqrt(2.0))
+
+
+def _smoothed_noise_sd(smooth: np.ndarray) -> float:
+    """Standard deviation of the background noise of the :data:`SMOOTH_PX`-smoothed working image: the spread
+    of border differences :data:`NOISE_LAG_PX` apart over ``sqrt(2 (1 - rho))``, ``rho`` the smoothing's
+    correlation of white noise at that lag (``exp(-lag^2 / (4 SMOOTH_PX^2))``: 0.11 at 3 pixels)."""
+    rho = np.exp(-NOISE_LAG_PX ** 2 / (4.0 * SMOOTH_PX ** 2))
+    spread = 1.4826 * np.median(np.abs(_border_differences(smooth, NOISE_LAG_PX)))
+    return float(spread / np.sqrt(2.0 * (1.0 - rho)))
+
+
+def tissue_mask(smooth: np.ndarray, noise: float = 0.0, noise_sd: float = 0.0) -> np.ndarray:
     """Tissue of a smoothed, tissue-positive, zero-background image: above half the Otsu level between
     background and tissue (computed on every 2nd pixel) and above 6x the background ``noise`` (so that a section
-    with very little tissue does not threshold its noise); connected components smaller than 2 % of the largest
-    dropped; holes (background components not touching the image border) filled."""
+    with very little tissue does not threshold its noise; :func:`_border_noise`); connected components smaller
+    than 2 % of the largest dropped, and those that nowhere reach :data:`SEED_SIGMAS` x the noise's standard
+    deviation ``noise_sd`` (an empty slide's noise); holes (background components not touching the image
+    border) filled."""
     sub = smooth[::2, ::2]
     top = float(smooth.max())
     if top <= 6 * noise or top <= 0:
@@ -328,7 +359,10 @@ def tissue_mask(smooth: np.ndarray, noise: float = 0.0) -> np.ndarray:
         return mask
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = 0
-    mask = sizes[labels] >= 0.02 * sizes.max()
+    keep = sizes >= 0.02 * sizes.max()
+    if noise_sd > 0:
+        keep &= ndimage.maximum(smooth, labels, np.arange(n + 1)) > SEED_SIGMAS * noise_sd
+    mask = keep[labels]
     holes, n_holes = ndimage.label(~mask)
     if n_holes:
         outside = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,9 @@ class Gridder:
         spill_planes: the grids summed so and their blocks (LR planes), decided when the gridder is made (in the
             process that sums the sections): :meth:`process` sends those grids' sections spilled
             (:class:`~brainmap.pipeline.grid.spill.SpilledSection`), summed per voxel and compressed in the worker.
+        without_tissue: image ids the aligner found no tissue in (:attr:`.AlignResult.without_tissue`): not
+            gridded, as a failed section is not. Detection alone cannot tell an empty slide from a window inside
+            the brain (both one class of pixels), and takes the whole of either for tissue.
     """
 
     dataset: SectionDataSet
@@ -114,6 +117,7 @@ class Gridder:
     smoothing: bool = True
     spill_dir: str | None = None
     spill_planes: dict[GridSpec, int] | None = None
+    without_tissue: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.spill_planes is None:
@@ -124,7 +128,8 @@ class Gridder:
     def for_dataset(cls, dataset: SectionDataSet, resolution_um: float | None = None, *,
                     spec: GridSpec | None = None, params: DetectionParams | None = None,
                     block_px: int | None = None, also_um: tuple[float, ...] = (), smoothing: bool = True,
-                    spill_dir: str | os.PathLike[str] | None = None) -> Gridder:
+                    spill_dir: str | os.PathLike[str] | None = None, without_tissue: Iterable[int] = ()
+                    ) -> Gridder:
         """A gridder on Allen's grid at ``resolution_um`` (default 200 um ISH, 100 um connectivity) or ``spec``;
         connectivity data sets are gridded at the resolutions ``also_um`` too (from the same detections)."""
         if dataset.alignment3d is None:
@@ -136,11 +141,11 @@ class Gridder:
         extra = tuple(GridSpec.allen(r) for r in dict.fromkeys(also_um) if GridSpec.allen(r) != spec) \
             if dataset.product == "connectivity" else ()
         return cls(dataset, spec, params, block_px, lattice, extra, smoothing,
-                   None if spill_dir is None else str(spill_dir))
+                   None if spill_dir is None else str(spill_dir), without_tissue=frozenset(map(int, without_tissue)))
 
     def usable_images(self) -> list[SectionImage]:
-        """The sections that are gridded: not failed, with an Alignment2d."""
-        return self.dataset.usable_images()
+        """The sections that are gridded: not failed, with an Alignment2d, not found without tissue."""
+        return [i for i in self.dataset.usable_images() if i.id not in self.without_tissue]
 
     def detect(self, arrays: Mapping[str, np.ndarray]) -> DetectionResult:
         return detect_section(arrays, self.params)

@@ -63,8 +63,9 @@ UNIONIZE_FILE = PipelineFolder.UNIONIZE
 STAGE_FORMAT = 7
 #: The version of what the align stage finds, in its fingerprint: a change of the aligner's results bumps it, so
 #: data sets aligned by an earlier brainmap are aligned again, not taken as done (1: round 6's aligner, nested
-#: point subsets in the early rounds and unsmoothed later 3-D rounds; folders aligned before it had no version).
-ALIGN_FORMAT = 1
+#: point subsets in the early rounds and unsmoothed later 3-D rounds; folders aligned before it had no version;
+#: 2: an empty slide's noise is no tissue, and the record lists the sections without tissue, which are not gridded).
+ALIGN_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -166,15 +167,22 @@ def _unionize_fingerprint(folder: Path, dataset: SectionDataSet) -> str:
 
 
 # --------------------------------------------------------------------------- align
-def _write_alignment(layout: PipelineFolder, dataset: SectionDataSet) -> Path:
+def _write_alignment(layout: PipelineFolder, dataset: SectionDataSet, without_tissue: Sequence[int] = ()) -> Path:
     path = layout.alignment
     doc = {
         "alignment3d": dataset.alignment3d.to_allen(),
         "alignment2d": {str(i.id): i.alignment2d.to_allen() for i in dataset.images if i.alignment2d is not None},
+        "without_tissue": sorted(int(i) for i in without_tissue),
     }
     with atomic_write(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1, sort_keys=True)
     return path
+
+
+def _without_tissue(layout: PipelineFolder) -> frozenset[int]:
+    """The image ids the aligner found no tissue in (the alignment record's; none for a record without them)."""
+    doc = json.loads(layout.alignment.read_text(encoding="utf-8"))
+    return frozenset(int(i) for i in doc.get("without_tissue", ()))
 
 
 def _restore_alignment(layout: PipelineFolder) -> None:
@@ -202,12 +210,14 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
         _restore_alignment(layout)
         return "skipped"
     aligned = dataset.alignment3d is not None and all(i.alignment2d is not None for i in dataset.images if not i.failed)
+    without_tissue: list[int] = []
     if not (settings.keep_alignment and aligned):
-        align_dataset(folder, reference_resolution_um=settings.reference_resolution_um, progress=False,
-                      nonlinear=settings.nonlinear, contrast=settings.contrast,
-                      first_levels_um=settings.first_alignment_levels_um)
+        result = align_dataset(folder, reference_resolution_um=settings.reference_resolution_um, progress=False,
+                               nonlinear=settings.nonlinear, contrast=settings.contrast,
+                               first_levels_um=settings.first_alignment_levels_um)
+        without_tissue = result.without_tissue
         dataset = read_dataset(folder)
-    path = _write_alignment(layout, dataset)
+    path = _write_alignment(layout, dataset, without_tissue)
     StageRecord("align", expected, StageRecord.describe_outputs(work, [path])).write(work)
     return "done"
 
@@ -913,6 +923,7 @@ def run_pipeline(
                 gridders[folder] = Gridder.for_dataset(dataset, settings.grid_resolution(dataset.product),
                                                        also_um=settings.extra_grid_resolutions_um,
                                                        smoothing=settings.ish_smoothing,
+                                                       without_tissue=_without_tissue(PipelineFolder.of(folder)),
                                                        spill_dir=PipelineFolder.of(folder).work)  # 10 um grids
                 expected_grid[folder] = expected
                 # Data sets in the order they were aligned (earlier ones first), so few accumulators are held; the
