@@ -14,6 +14,7 @@ whole.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shlex
@@ -100,6 +101,13 @@ def test_the_readme_commands_make_a_served_data_directory(walked):
     for row in data_sets.values():  # every data set's folder is inside the data directory, none of its truth
         folder = data / row["storage_directory"]
         assert folder.is_dir() and not (folder / "truth").exists()
+    # each virtual specimen is its own draw: the two connectivity experiments are not one brain's images
+    specimens = here / "brainmap-demo" / "specimens"
+    seeds = {json.loads((f / "dataset.json").read_text())["metadata"]["seed"] for f in specimens.iterdir()}
+    assert len(seeds) == 6
+    first = [sorted((specimens / f"connectivity_{e}" / "images").glob("*_tissue.tif"))[0].read_bytes()
+             for e in (112672974, 100141219)]
+    assert first[0] != first[1]
 
 
 def test_every_search_service_answers_with_rows(walked):

@@ -20,6 +20,7 @@ Everything is written into ``out``; a second run reuses the specimens and skips 
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -165,11 +166,17 @@ def _atlas_summary(space: ReferenceSpace, out: Path) -> dict[str, Path]:
     return written
 
 
+def specimen_seed(name: str) -> int:
+    """The seed of the demo's specimen in the folder ``name``: a CRC-32 of the name, so each specimen is its own
+    draw (pose, sections, damage, texture, noise) and the same one on every run."""
+    return zlib.crc32(name.encode("utf-8"))
+
+
 def _make_one_specimen(product: str, target: str, what: dict) -> str:
     from brainmap.specimen.synthetic import make_specimen
 
     make_specimen(product, target, pixel_size_um=DEMO_PIXEL_SIZE_UM[product], truth_resolution_um=100,
-                  overwrite=True, **what)
+                  overwrite=True, seed=specimen_seed(Path(target).name), **what)
     return target
 
 
