@@ -189,3 +189,38 @@ def brainmap_serve():
     if not BRAINMAP.exists():
         pytest.skip(f"no brainmap command beside {sys.executable} (pip install -e . makes it)")
     return serve_process
+
+
+@contextmanager
+def _reaping_semaphores() -> Iterator[None]:
+    """Around a process group killed by SIGKILL: afterwards, unlink the POSIX named semaphores of Python's
+    multiprocessing (``/dev/shm/sem.mp-*``) that appeared meanwhile and that no living process has mapped. The
+    group's resource tracker died with it, so nothing else would (each killed run left 6-12 of them); a semaphore
+    of a process still alive (another test's) is mapped by it, by inode (``/proc/PID/maps`` names the file glibc
+    made it under, since renamed), and is kept."""
+    shm = Path("/dev/shm")
+    before = set(shm.glob("sem.mp-*"))
+    try:
+        yield
+    finally:
+        new = set(shm.glob("sem.mp-*")) - before
+        if new:
+            mapped: set[int] = set()
+            for maps in Path("/proc").glob("[0-9]*/maps"):
+                try:
+                    lines = maps.read_text().splitlines()
+                except OSError:  # the process ended, or is not ours to read
+                    continue
+                mapped.update(int(line.split()[4]) for line in lines if "/dev/shm/" in line)
+            for path in new:
+                try:
+                    if path.stat().st_ino not in mapped:
+                        path.unlink()
+                except FileNotFoundError:
+                    pass
+
+
+@pytest.fixture(scope="session")
+def reaping_semaphores():
+    """``with reaping_semaphores():`` around a process group killed by SIGKILL (see :func:`_reaping_semaphores`)."""
+    return _reaping_semaphores

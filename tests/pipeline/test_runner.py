@@ -164,20 +164,23 @@ def test_a_section_the_aligner_finds_no_tissue_in_is_not_gridded(tmp_path):
     assert read_dataset(folder).image(bare[0]).alignment2d is not None  # placed by its neighbour, for display
 
 
-def test_sigkill_in_the_middle_then_rerun_finishes_with_correct_outputs(specimens, completed, tmp_path):
+def test_sigkill_in_the_middle_then_rerun_finishes_with_correct_outputs(specimens, completed, tmp_path,
+                                                                       reaping_semaphores):
     killed = _copy(specimens, tmp_path, "conn")
     command = [sys.executable, "-m", "brainmap.cli", "run", str(killed), "--keep-alignment", "--workers", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    align_record = killed / PIPELINE_DIR / "align.record.json"
-    while not align_record.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    # into detection and gridding: on a 2-core AMD EPYC the whole grid stage of this specimen takes ~1.4 s after
-    # the align record (Dask's worker start included), 2 s was past its end
-    time.sleep(0.5)
-    assert process.poll() is None, "the run finished before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)  # the runner and its Dask workers, no clean-up
-    process.wait(timeout=30)
+    with reaping_semaphores():
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        deadline = time.monotonic() + 120
+        align_record = killed / PIPELINE_DIR / "align.record.json"
+        while not align_record.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        # into detection and gridding: on a 2-core AMD EPYC the whole grid stage of this specimen takes ~1.4 s
+        # after the align record (Dask's worker start included), 2 s was past its end
+        time.sleep(0.5)
+        assert process.poll() is None, "the run finished before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)  # the runner and its Dask workers, no clean-up
+        process.wait(timeout=30)
     assert not (killed / PIPELINE_DIR / "unionize.record.json").exists()
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -72,19 +72,21 @@ def dense_run(specimen, tmp_path_factory):
 
 def test_a_spilled_run_killed_mid_grid_is_finished_by_the_next_with_the_dense_runs_files(specimen, dense_run,
                                                                                          tmp_path, monkeypatch,
-                                                                                         same_bits):
+                                                                                         same_bits, reaping_semaphores):
     folder = _copy(specimen, tmp_path / "conn")
     work = folder / PIPELINE_DIR
-    process = subprocess.Popen([sys.executable, "-c", _SPILLED_RUN, str(folder)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(work.glob("grid-spill-*/*.spill")) and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        spilling = list(work.glob("grid-spill-*"))
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the runner and its Dask workers, no clean-up
-        process.wait()
+    with reaping_semaphores():
+        process = subprocess.Popen([sys.executable, "-c", _SPILLED_RUN, str(folder)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while (not list(work.glob("grid-spill-*/*.spill")) and process.poll() is None
+                   and time.monotonic() < deadline):
+                time.sleep(0.01)
+            spilling = list(work.glob("grid-spill-*"))
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)  # the runner and its Dask workers, no clean-up
+            process.wait()
     assert spilling and StageRecord.read(work, "grid") is None, "the run was not caught while spilling"
 
     import brainmap.pipeline.grid as grid
