@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
 from brainmap.atlas.expression_grid import expression_grid_space
 from brainmap.pipeline.run import RunSettings, run_pipeline
@@ -138,30 +139,53 @@ def test_a_new_aligner_version_aligns_again(completed, monkeypatch):
     assert align_stage(ish, kept) == "skipped"
 
 
-def test_a_section_the_aligner_finds_no_tissue_in_is_not_gridded(tmp_path):
+@pytest.mark.parametrize("keep_alignment", [False, True])
+def test_a_section_the_aligner_finds_no_tissue_in_is_not_gridded(tmp_path, keep_alignment):
     """This draw's lateral-most sagittal section is bare glass (the virtual microscope drew no tissue in it).
     Detection alone takes a one-class image for a window inside the brain, all tissue: gridded, the slide's
-    ~140 mm2 would count as tissue where the aligner placed it. The aligner finds it empty, the alignment record
-    says so, and the grid stage leaves it out as it leaves out a failed section."""
+    ~140 mm2 would count as tissue where the aligner placed it. The aligner finds it empty (when it aligns, and when
+    the data set's own transforms are kept), the alignment record says so, and the grid stage leaves it out as it
+    leaves out a failed section."""
     from brainmap.pipeline.run.layout import PipelineFolder
     from brainmap.specimen import read_dataset
     from brainmap.specimen.folder import read_section_image
 
     folder = tmp_path / "ish"
     make_specimen("ish", folder, gene="Pvalb", plane="sagittal", pixel_size_um=40, truth_resolution_um=100,
-                  seed=1928254200, progress=False)
+                  seed=1928254200, progress=False, alignment="all" if keep_alignment else "none")
     dataset = read_dataset(folder)
     usable = [i for i in dataset.sorted_images() if not i.failed]
     bare = [i.id for i in usable if np.percentile(read_section_image(folder, i, "tissue"), 99.9)
             < 2.0 * np.median(read_section_image(folder, i, "tissue"))]
     assert len(bare) == 1
-    (run,) = run_pipeline([folder], RunSettings(grid_resolution_um=100, reference_resolution_um=50), workers=1,
-                          progress=False)
+    settings = RunSettings(grid_resolution_um=100, reference_resolution_um=50, keep_alignment=keep_alignment)
+    (run,) = run_pipeline([folder], settings, workers=1, progress=False)
     assert run.stages["grid"] == "done"
     layout = PipelineFolder.of(folder)
     assert json.loads(layout.alignment.read_text())["without_tissue"] == bare
     assert StageRecord.read(layout.work, "grid").summary["sections"] == len(usable) - 1
     assert read_dataset(folder).image(bare[0]).alignment2d is not None  # placed by its neighbour, for display
+
+
+def test_windows_inside_the_brain_are_not_called_empty(specimens, tmp_path):
+    """Images without a glass border (every pixel tissue: windows inside the brain) show the aligner no tissue;
+    that does not make the sections of a data set aligned elsewhere empty, when they are most of them."""
+    from brainmap.pipeline.align import sections_without_tissue
+    from brainmap.specimen import read_dataset
+    from brainmap.specimen.folder import read_section_image
+
+    folder = _copy(specimens, tmp_path, "ish")
+    dataset = read_dataset(folder)
+    assert sections_without_tissue(folder, dataset, reference_resolution_um=50) == []
+    rng = np.random.default_rng(0)
+    for k, image in enumerate(dataset.sorted_images()):
+        if k % 3 == 0:
+            continue  # a third of the sections whole: the rest are windows
+        tissue = read_section_image(folder, image, "tissue")
+        level = np.percentile(tissue, 99)  # the tissue's level, everywhere, under a camera's shot noise
+        window = rng.poisson(level, tissue.shape).astype(tissue.dtype)
+        tifffile.imwrite(folder / "images" / image.channels["tissue"], window)
+    assert sections_without_tissue(folder, dataset, reference_resolution_um=50) == []
 
 
 def test_sigkill_in_the_middle_then_rerun_finishes_with_correct_outputs(specimens, completed, tmp_path,

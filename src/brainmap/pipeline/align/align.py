@@ -102,6 +102,7 @@ __all__ = [
     "refine_sections",
     "register_to_template",
     "run_align_cli",
+    "sections_without_tissue",
 ]
 
 
@@ -888,6 +889,28 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         seconds=time.perf_counter() - started, warnings=warnings, doubtful_below=FALLBACK_BELOW * expected,
         deformation=deformation, contrast=contrast,
         without_tissue=[image.id for k, image in enumerate(stack.section_images) if not stack.has_tissue(k)])
+
+
+def sections_without_tissue(folder: str | os.PathLike[str], dataset: SectionDataSet | None = None, *,
+                            reference_resolution_um: int = 25) -> list[int]:
+    """Image ids of the sections (not failed) whose alignment image shows no tissue, as the aligner reads them
+    (:func:`.reconstruct.load_sections` at the working pixel of ``reference_resolution_um``): for a data set aligned
+    elsewhere, whose sections the aligner did not read. None are named when fewer than half the usable sections show
+    tissue: the aligner finds tissue against a slide's border, and images without one (windows inside the brain)
+    show it none, which does not make them empty.
+    """
+    dataset = read_dataset(folder) if dataset is None else dataset
+    try:
+        stack = load_sections(folder, dataset,
+                              working_um=AlignSettings(reference_resolution_um=reference_resolution_um
+                                                       ).section_working_um)
+    except AlignmentError:  # no section shows tissue
+        return []
+    usable = [k for k in range(len(stack)) if not stack.failed[k]]
+    empty = [k for k in usable if not stack.has_tissue(k)]
+    if 2 * (len(usable) - len(empty)) < len(usable):
+        return []
+    return [stack.section_images[k].id for k in empty]
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,

@@ -64,7 +64,8 @@ STAGE_FORMAT = 7
 #: The version of what the align stage finds, in its fingerprint: a change of the aligner's results bumps it, so
 #: data sets aligned by an earlier brainmap are aligned again, not taken as done (1: round 6's aligner, nested
 #: point subsets in the early rounds and unsmoothed later 3-D rounds; folders aligned before it had no version;
-#: 2: an empty slide's noise is no tissue, and the record lists the sections without tissue, which are not gridded).
+#: 2: an empty slide's noise is no tissue, and the record lists the sections without tissue, which are not gridded;
+#: with the transforms kept, the sections are read for that alone).
 ALIGN_FORMAT = 2
 
 
@@ -199,7 +200,7 @@ def _restore_alignment(layout: PipelineFolder) -> None:
 
 def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
     """Align one data set unless done; returns "done" or "skipped". Runs in a Dask worker."""
-    from brainmap.pipeline.align import align_dataset
+    from brainmap.pipeline.align import align_dataset, sections_without_tissue
 
     layout = PipelineFolder.of(folder).make()
     folder, work = layout.dataset, layout.work
@@ -210,13 +211,15 @@ def align_stage(folder: str | os.PathLike[str], settings: RunSettings) -> str:
         _restore_alignment(layout)
         return "skipped"
     aligned = dataset.alignment3d is not None and all(i.alignment2d is not None for i in dataset.images if not i.failed)
-    without_tissue: list[int] = []
     if not (settings.keep_alignment and aligned):
         result = align_dataset(folder, reference_resolution_um=settings.reference_resolution_um, progress=False,
                                nonlinear=settings.nonlinear, contrast=settings.contrast,
                                first_levels_um=settings.first_alignment_levels_um)
         without_tissue = result.without_tissue
         dataset = read_dataset(folder)
+    else:  # the transforms kept: the sections are read for their tissue alone
+        without_tissue = sections_without_tissue(folder, dataset,
+                                                 reference_resolution_um=settings.reference_resolution_um)
     path = _write_alignment(layout, dataset, without_tissue)
     StageRecord("align", expected, StageRecord.describe_outputs(work, [path])).write(work)
     return "done"
