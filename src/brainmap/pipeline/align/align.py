@@ -74,6 +74,7 @@ from brainmap.pipeline.align.reconstruct import (
     place_section,
     register_neighbours,
     section_spacing,
+    tissue_shown,
 )
 from brainmap.pipeline.align.register import (
     Grid2d,
@@ -893,24 +894,20 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
 
 def sections_without_tissue(folder: str | os.PathLike[str], dataset: SectionDataSet | None = None, *,
                             reference_resolution_um: int = 25) -> list[int]:
-    """Image ids of the sections (not failed) whose alignment image shows no tissue, as the aligner reads them
-    (:func:`.reconstruct.load_sections` at the working pixel of ``reference_resolution_um``): for a data set aligned
+    """Image ids of the sections (not failed) whose alignment image shows no tissue, as the aligner reads them at
+    the working pixel of ``reference_resolution_um`` (:func:`.reconstruct.tissue_shown`): for a data set aligned
     elsewhere, whose sections the aligner did not read. None are named when fewer than half the usable sections show
     tissue: the aligner finds tissue against a slide's border, and images without one (windows inside the brain)
     show it none, which does not make them empty.
     """
     dataset = read_dataset(folder) if dataset is None else dataset
-    try:
-        stack = load_sections(folder, dataset,
-                              working_um=AlignSettings(reference_resolution_um=reference_resolution_um
-                                                       ).section_working_um)
-    except AlignmentError:  # no section shows tissue
-        return []
-    usable = [k for k in range(len(stack)) if not stack.failed[k]]
-    empty = [k for k in usable if not stack.has_tissue(k)]
+    shown = tissue_shown(folder, dataset,
+                         working_um=AlignSettings(reference_resolution_um=reference_resolution_um).section_working_um)
+    usable = [image.id for image in dataset.sorted_images() if not image.failed]
+    empty = [i for i in usable if not shown[i]]
     if 2 * (len(usable) - len(empty)) < len(usable):
         return []
-    return [stack.section_images[k].id for k in empty]
+    return empty
 
 
 def align_dataset(folder: str | os.PathLike[str], *, reference_resolution_um: int = 25,

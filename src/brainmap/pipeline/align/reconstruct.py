@@ -387,6 +387,27 @@ def _read_working(folder: str | os.PathLike[str], image: SectionImage, channel: 
     return normalize_section(block_mean(pixels, factor))
 
 
+def _working_factor(dataset: SectionDataSet, working_um: float) -> int:
+    """The block-averaging factor that takes the data set's pixels to about ``working_um`` (never finer)."""
+    return max(1, int(working_um / dataset.pixel_size_um + 0.5))
+
+
+def tissue_shown(folder: str | os.PathLike[str], dataset: SectionDataSet, *, working_um: float,
+                 channel: str | None = None) -> dict[int, bool]:
+    """Whether each section image (failed ones too) shows tissue as :func:`load_sections` finds it (at least
+    :data:`MIN_TISSUE_PIXELS` working pixels of its mask), by image id; the images are read one at a time and
+    nothing of them is kept."""
+    channel = choose_channel(dataset, channel)
+    factor = _working_factor(dataset, working_um)
+
+    def shows(image: SectionImage) -> bool:
+        return int(_read_working(folder, image, channel, factor)[1].sum()) >= MIN_TISSUE_PIXELS
+
+    images = dataset.sorted_images()
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # zlib and scipy release the GIL
+        return {image.id: shown for image, shown in zip(images, pool.map(shows, images))}
+
+
 def load_sections(folder: str | os.PathLike[str], dataset: SectionDataSet, *, working_um: float,
                   channel: str | None = None, progress: bool = False) -> SectionStack:
     """Read every section image's alignment channel, block-average it to about ``working_um`` microns per pixel
@@ -398,7 +419,7 @@ def load_sections(folder: str | os.PathLike[str], dataset: SectionDataSet, *, wo
         AlignmentError: no section has tissue.
     """
     channel = choose_channel(dataset, channel)
-    factor = max(1, int(working_um / dataset.pixel_size_um + 0.5))
+    factor = _working_factor(dataset, working_um)
     images = dataset.sorted_images()
     if not images:
         raise AlignmentError(f"SectionDataSet {dataset.id} has no section images")
