@@ -394,7 +394,7 @@ def _working_factor(dataset: SectionDataSet, working_um: float) -> int:
 
 def tissue_shown(folder: str | os.PathLike[str], dataset: SectionDataSet, *, working_um: float,
                  channel: str | None = None) -> dict[int, bool]:
-    """Whether each section image (failed ones too) shows tissue as :func:`load_sections` finds it (at least
+    """Whether each section image not failed shows tissue as :func:`load_sections` finds it (at least
     :data:`MIN_TISSUE_PIXELS` working pixels of its mask), by image id; the images are read one at a time and
     nothing of them is kept."""
     channel = choose_channel(dataset, channel)
@@ -403,7 +403,7 @@ def tissue_shown(folder: str | os.PathLike[str], dataset: SectionDataSet, *, wor
     def shows(image: SectionImage) -> bool:
         return int(_read_working(folder, image, channel, factor)[1].sum()) >= MIN_TISSUE_PIXELS
 
-    images = dataset.sorted_images()
+    images = [image for image in dataset.sorted_images() if not image.failed]
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # zlib and scipy release the GIL
         return {image.id: shown for image, shown in zip(images, pool.map(shows, images))}
 
