@@ -203,8 +203,8 @@ class AlignResult:
         deformation: the non-linear deformation after the affine (``W o tvr``), or None.
         contrast: the similarity the last rounds used: ``"model"`` or ``"template"`` (chosen by the template
             check, or asked for).
-        without_tissue: image ids of the sections that show no tissue (an empty slide: placed by the nearest
-            section with tissue, not to be gridded).
+        without_tissue: image ids of the sections (not failed) that show no tissue (an empty slide: placed by the
+            nearest section with tissue, not to be gridded).
     """
 
     alignment2d: dict[int, Alignment2d]
@@ -889,7 +889,8 @@ def align_sections(folder: str | os.PathLike[str], dataset: SectionDataSet | Non
         rejected=[stack.section_images[k].id for k in rejected],
         seconds=time.perf_counter() - started, warnings=warnings, doubtful_below=FALLBACK_BELOW * expected,
         deformation=deformation, contrast=contrast,
-        without_tissue=[image.id for k, image in enumerate(stack.section_images) if not stack.has_tissue(k)])
+        without_tissue=[image.id for k, image in enumerate(stack.section_images)
+                        if not stack.failed[k] and not stack.has_tissue(k)])
 
 
 def sections_without_tissue(folder: str | os.PathLike[str], dataset: SectionDataSet | None = None, *,
